@@ -1,0 +1,7 @@
+//! The client binary. All the work is in `relaychat::cli::client`.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = relaychat::cli::client::ClientCli::parse();
+    relaychat::cli::finish(relaychat::cli::client::run(cli))
+}

@@ -1,0 +1,7 @@
+//! The relay binary. All the work is in `relaychat::cli::server`.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = relaychat::cli::server::ServerCli::parse();
+    relaychat::cli::finish(relaychat::cli::server::run(cli))
+}

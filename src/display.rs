@@ -1,0 +1,102 @@
+//! Turning untrusted text into safe, readable lines for a terminal (and later the window).
+//!
+//! Everything a client prints came from other people, through the network. A name or a message
+//! could carry `ESC [ 2 J` (clear the screen), a carriage return that overwrites the line, or a
+//! right-to-left override that makes `exe.txt` look like `txt.exe`. [`visible`] replaces every such
+//! character with a printable escape like `\x1b`, so it is shown, never executed.
+
+use chrono::{Local, TimeZone};
+
+/// Returns `s` with every control or direction-changing character written out as an escape.
+///
+/// Newlines are escaped too; callers that want multi-line output split on `'\n'` first (see
+/// [`chat_line`]).
+pub fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            // C1 controls (0x9b is a one-byte CSI on some terminals), bidirectional overrides and
+            // isolates, and zero-width marks.
+            '\u{80}'..='\u{9f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `[HH:MM:SS]` in the local time zone for a Unix time in milliseconds.
+pub fn clock(unix_ms: u64) -> String {
+    let ms = i64::try_from(unix_ms).unwrap_or(i64::MAX);
+    match Local.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("[%H:%M:%S]").to_string(),
+        None => "[??:??:??]".to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `[12:00:01] bob: hello`, with each later line of a multi-line message indented by two spaces.
+pub fn chat_line(unix_ms: u64, from: &str, text: &str) -> String {
+    let mut lines = text.split('\n');
+    let first = lines.next().unwrap_or_default();
+    let mut out = format!("{} {}: {}", clock(unix_ms), visible(from), visible(first));
+    for line in lines {
+        out.push_str("\n  ");
+        out.push_str(&visible(line));
+    }
+    out
+}
+
+/// `[12:00:01] * bob joined lobby`: a notice from the relay or the client itself. The caller has
+/// already passed any untrusted parts through [`visible`].
+pub fn notice_line(unix_ms: u64, notice: &str) -> String {
+    format!("{} * {}", clock(unix_ms), notice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_made_visible() {
+        assert_eq!(visible("a\u{1b}[31mred"), "a\\x1b[31mred");
+        assert_eq!(visible("over\rwrite"), "over\\rwrite");
+        assert_eq!(visible("bell\u{7}"), "bell\\x07");
+        assert_eq!(visible("csi\u{9b}2J"), "csi\\u{9b}2J");
+        assert_eq!(visible("gpj.\u{202e}exe"), "gpj.\\u{202e}exe");
+        assert_eq!(visible("你好 🎉 Zoë"), "你好 🎉 Zoë");
+    }
+
+    #[test]
+    fn multi_line_messages_indent_later_lines() {
+        let line = chat_line(0, "bob", "one\ntwo\u{1b}\nthree");
+        let parts: Vec<&str> = line.split('\n').collect();
+        assert_eq!(parts.len(), 3);
+        assert!(parts[0].ends_with("] bob: one"), "{line}");
+        assert_eq!(parts[1], "  two\\x1b");
+        assert_eq!(parts[2], "  three");
+    }
+
+    #[test]
+    fn clock_has_the_contract_shape() {
+        let c = clock(now_ms());
+        assert_eq!(c.len(), 10, "{c}");
+        assert!(c.starts_with('[') && c.ends_with(']') && &c[3..4] == ":" && &c[6..7] == ":");
+    }
+}

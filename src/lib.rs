@@ -1,0 +1,31 @@
+//! # relaychat
+//!
+//! A chat relay over plain TCP, written with `std::net` and `std::thread` only: no async runtime.
+//! Two people behind NATs both dial out to a relay; the relay passes their messages along. It is
+//! a grown-up port of a student project, "501密聊", and a lesson in sockets and threads.
+//!
+//! ## Layout, in reading order
+//!
+//! 1. [`frame`]: the wire format. Pure functions from frames to bytes and back; no sockets. Start
+//!    here: everything else moves these frames around.
+//! 2. [`wire`]: the thin I/O loop around `frame` (read whole frames from any `Read`, write them to
+//!    any `Write`), and the small [`wire::Stream`] trait that lets TLS slot in later.
+//! 3. [`rules`]: what a valid name, room and message look like; shared by both ends.
+//! 4. [`server`]: the relay. An accept thread, a reader and a writer thread per connection, and one
+//!    hub thread that owns the rooms. Its docs draw the threads; `Server::run` documents shutdown.
+//! 5. [`client`]: the client library. Handshake, then a writer thread draining a bounded send queue
+//!    and a reader thread producing [`client::Event`]s.
+//! 6. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).
+//! 7. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
+//!
+//! `docs/PROTOCOL.md` specifies the bytes; `docs/ARCHITECTURE.md` draws every thread and channel.
+//! `examples/` holds numbered lessons, from a frame round trip to the seed's original two-thread
+//! relay.
+
+pub mod cli;
+pub mod client;
+pub mod display;
+pub mod frame;
+pub mod rules;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,266 @@
+//! The relay: accepts connections, runs one reader and one writer thread per connection, and routes
+//! messages between rooms through a single hub thread.
+//!
+//! ## Threads and who owns what
+//!
+//! ```text
+//!                      ToHub (bounded)                      Bytes (bounded, per client)
+//!  accept thread ──Connected──▶ ┌─────┐ ──────────────────▶ writer thread ──▶ socket
+//!  (owns listener)              │ hub │
+//!  reader thread ──Hello/Say──▶ └─────┘   (owns every room, name and per-client queue)
+//!  (owns socket, one per conn)
+//! ```
+//!
+//! - The **accept thread** owns the `TcpListener`. For every connection it spawns a connection
+//!   thread and keeps its `JoinHandle`.
+//! - Each **connection thread** ([`conn`]) reads frames from its socket. After the hello it spawns
+//!   a **writer thread** that owns a clone of the socket and drains a bounded queue.
+//! - The **hub thread** ([`hub`]) owns all shared state: who is online, which room they are in, and
+//!   the sending half of each writer's queue. Nobody else touches that state, so there is no
+//!   `Mutex` and events are handled in one well-defined order.
+//!
+//! See [`Server::run`] for the shutdown sequence and `docs/ARCHITECTURE.md` for the whole picture.
+
+mod conn;
+mod hub;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+
+use hub::{Hub, ToHub};
+
+/// The port the seed project used, kept as the default.
+pub const DEFAULT_PORT: u16 = 21567;
+
+/// Tunables of the relay. [`ServerConfig::default`] gives the documented values.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen. Default `0.0.0.0:21567`.
+    pub bind: SocketAddr,
+    /// A connection must send its hello within this time or it is closed. Default 10 s.
+    pub hello_timeout: Duration,
+    /// Frames each client's writer queue holds before the hub starts to hold frames back for it.
+    /// Default 1024.
+    pub client_queue: usize,
+    /// How long a client's queue may stay full (no progress at all) before the client is
+    /// disconnected as too slow. Default 5 s.
+    pub stall_limit: Duration,
+    /// How many frames the hub holds back for one slow client before disconnecting it, however
+    /// much progress it makes. Bounds the memory one slow reader can cost. Default 8192.
+    pub max_backlog: usize,
+    /// How long a closing connection waits for the peer to close its side after the last frame,
+    /// before the socket is cut. Default 1 s.
+    pub linger: Duration,
+    /// How long shutdown waits for connections to end by themselves before cutting them. Default 2 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            hello_timeout: Duration::from_secs(10),
+            client_queue: 1024,
+            stall_limit: Duration::from_secs(5),
+            max_backlog: 8192,
+            linger: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A bound, not yet running relay. Create it with [`Server::bind`], stop it with a
+/// [`ShutdownHandle`], run it with [`Server::run`].
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    config: ServerConfig,
+    stop: Arc<AtomicBool>,
+}
+
+/// Asks a running [`Server`] to shut down. Cheap to clone; usable from any thread (the signal
+/// handler thread in `bin/server.rs`, or a test).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    wake_addr: SocketAddr,
+}
+
+impl ShutdownHandle {
+    /// Starts the shutdown sequence. Returns at once; [`Server::run`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // The accept thread is blocked in `accept()`, and std offers no way to interrupt that.
+        // So we connect to ourselves: `accept()` returns, the thread sees the flag and stops.
+        // The address is the listener's own, on loopback.
+        let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_secs(1));
+    }
+}
+
+impl Server {
+    /// Binds the listening socket. Port 0 picks a free port (see [`Server::local_addr`]).
+    pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        let listener = TcpListener::bind(config.bind)?;
+        Ok(Server {
+            listener,
+            config,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that stops this server.
+    pub fn shutdown_handle(&self) -> io::Result<ShutdownHandle> {
+        let mut wake_addr = self.listener.local_addr()?;
+        if wake_addr.ip().is_unspecified() {
+            wake_addr.set_ip(match wake_addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        Ok(ShutdownHandle {
+            stop: self.stop.clone(),
+            wake_addr,
+        })
+    }
+
+    /// Serves until a [`ShutdownHandle`] asks it to stop, then shuts down cleanly.
+    ///
+    /// ## Shutdown sequence
+    ///
+    /// 1. [`ShutdownHandle::shutdown`] sets the stop flag and wakes the accept thread, which
+    ///    stops accepting, drops the listener and hands back the `JoinHandle` of every connection.
+    /// 2. The hub is told [`ToHub::Shutdown`]. It queues a `Goodbye` frame for every client,
+    ///    drops every client queue's sender, cuts connections that never said hello, and exits,
+    ///    handing back a [`crate::wire::Closer`] for every connection still open.
+    /// 3. Each writer thread, seeing its queue closed, writes what is left (ending with the
+    ///    goodbye), half-closes the socket and waits up to `linger` for the client to close its
+    ///    side. That wakes the connection's reader, which ends the connection.
+    /// 4. We wait up to `shutdown_grace` for the connections to end by themselves. Any that did not
+    ///    (a client that stopped reading) are cut with their `Closer`.
+    /// 5. Every connection thread and the hub thread are joined. Nothing is left running.
+    pub fn run(self) -> io::Result<()> {
+        let addr = self.local_addr()?;
+        log::info!("relay listening on {addr}");
+        let (to_hub, from_conns) = bounded(HUB_QUEUE);
+        let hub = Hub::new(self.config.clone(), from_conns);
+        let hub_thread = thread::Builder::new()
+            .name("hub".into())
+            .spawn(move || hub.run())?;
+
+        let conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);
+        drop(self.listener); // step 1 done: nobody can connect any more
+
+        log::info!(
+            "shutting down: saying goodbye to {} connection(s)",
+            conn_threads.len()
+        );
+        let _ = to_hub.send(ToHub::Shutdown); // step 2
+        drop(to_hub);
+        let closers = hub_thread.join().unwrap_or_else(|_| {
+            log::error!("the hub thread panicked");
+            Vec::new()
+        });
+
+        let deadline = Instant::now() + self.config.shutdown_grace; // steps 3 and 4
+        while Instant::now() < deadline && !conn_threads.iter().all(JoinHandle::is_finished) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        for closer in &closers {
+            closer.close();
+        }
+        for handle in conn_threads {
+            // A panic in one connection is logged by the panic hook; it must not stop shutdown.
+            let _ = handle.join(); // step 5
+        }
+        log::info!("relay stopped");
+        Ok(())
+    }
+}
+
+/// Capacity of the channel into the hub. Bounded so that a flood of frames from many readers
+/// slows the readers (and, through TCP, their senders) instead of growing memory without limit.
+const HUB_QUEUE: usize = 4096;
+
+/// Accepts connections until the stop flag is set; returns the handles of all connection threads
+/// that may still be running.
+fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    to_hub: &Sender<ToHub>,
+    config: &ServerConfig,
+) -> Vec<JoinHandle<()>> {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id: u64 = 0;
+    for incoming in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match incoming {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Typically EMFILE (out of file descriptors). Pause instead of spinning.
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        next_id += 1;
+        if let Some(handle) = start_connection(stream, next_id, to_hub, config) {
+            conns.push(handle);
+        }
+        reap_finished(&mut conns);
+    }
+    conns
+}
+
+/// Joins the connection threads that have already ended, so the list does not grow forever.
+fn reap_finished(conns: &mut Vec<JoinHandle<()>>) {
+    let (done, running): (Vec<_>, Vec<_>) = conns.drain(..).partition(|h| h.is_finished());
+    *conns = running;
+    for handle in done {
+        let _ = handle.join();
+    }
+}
+
+fn start_connection(
+    stream: TcpStream,
+    id: u64,
+    to_hub: &Sender<ToHub>,
+    config: &ServerConfig,
+) -> Option<JoinHandle<()>> {
+    let addr = match stream.peer_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            log::warn!("connection #{id}: no peer address ({e}); dropped");
+            return None;
+        }
+    };
+    log::info!("{addr}: connected (#{id})");
+    // Chat frames are small; Nagle's algorithm would hold each one back waiting for more.
+    if let Err(e) = stream.set_nodelay(true) {
+        log::warn!("{addr}: cannot set TCP_NODELAY: {e}");
+    }
+    let to_hub = to_hub.clone();
+    let config = config.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("conn-{id}"))
+        .spawn(move || conn::serve(stream, conn::ConnInfo { id, addr }, to_hub, config));
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            log::error!("{addr}: cannot start a thread for this connection: {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! One client connection on the relay: a reader (this thread) and a writer thread.
+//!
+//! The life of a connection:
+//!
+//! 1. **Hello phase.** The connection thread owns the whole stream. It waits up to
+//!    `hello_timeout` for a [`Frame::Hello`], checks the version and the names, and on any problem
+//!    writes an error frame itself and closes. No other thread exists yet.
+//! 2. **Joined phase.** It clones the stream, starts the writer thread with the clone and a
+//!    bounded queue, and hands the queue's sender to the hub. From now on only the writer writes.
+//!    This thread only reads frames and turns them into [`ToHub`] events.
+//! 3. **End.** When the reader sees EOF or an error it tells the hub `Closed`, then joins the
+//!    writer. The writer ends when the hub drops its queue sender (after `Closed`, a goodbye, a
+//!    protocol error, a slow-client disconnect or shutdown).
+//!
+//! Everything here is generic over [`Stream`], so TLS can be slotted in later.
+
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::hub::{Bytes, ConnId, ToHub};
+use super::ServerConfig;
+use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
+use crate::rules;
+use crate::wire::{write_frame, FrameReader, ReadError, Stream};
+
+/// Who this connection is, for logs and for the hub.
+pub(crate) struct ConnInfo {
+    pub id: ConnId,
+    pub addr: SocketAddr,
+}
+
+/// Serves one connection to its end. Runs on the connection's own thread.
+pub(crate) fn serve<S: Stream>(
+    stream: S,
+    info: ConnInfo,
+    to_hub: Sender<ToHub>,
+    config: ServerConfig,
+) {
+    let closer = match stream.closer() {
+        Ok(closer) => closer,
+        Err(e) => {
+            log::warn!("{}: cannot set up connection: {e}", info.addr);
+            return;
+        }
+    };
+    if to_hub
+        .send(ToHub::Connected {
+            id: info.id,
+            addr: info.addr,
+            closer,
+        })
+        .is_err()
+    {
+        return; // the hub is gone: the server is shutting down
+    }
+    let mut reader = FrameReader::new(stream);
+    let writer = match hello_phase(&mut reader, &info, &config) {
+        Some((name, room)) => joined_phase(reader, &info, name, room, &to_hub, &config),
+        None => None,
+    };
+    // The hub forgets us and drops our queue's sender; only then can the writer finish.
+    let _ = to_hub.send(ToHub::Closed { id: info.id });
+    if let Some(writer) = writer {
+        if writer.join().is_err() {
+            log::error!("{}: writer thread panicked", info.addr);
+        }
+    }
+}
+
+/// Waits for a valid hello. On success returns the name and room; on failure tells the client
+/// why (while we still own the whole stream) and returns `None`.
+fn hello_phase<S: Stream>(
+    reader: &mut FrameReader<S>,
+    info: &ConnInfo,
+    config: &ServerConfig,
+) -> Option<(String, String)> {
+    let addr = info.addr;
+    if let Err(e) = reader
+        .get_ref()
+        .set_read_timeout(Some(config.hello_timeout))
+    {
+        log::warn!("{addr}: cannot set the hello timeout: {e}");
+        return None;
+    }
+    let refusal = match reader.read_frame() {
+        Ok(Some(Frame::Hello {
+            version,
+            name,
+            room,
+        })) => match check_hello(version, &name, &room) {
+            Ok(()) => return Some((name, room)),
+            Err(refusal) => refusal,
+        },
+        Ok(Some(other)) => (
+            ErrorCode::Protocol,
+            format!(
+                "expected a hello frame first, got kind 0x{:02x}",
+                other.kind()
+            ),
+        ),
+        Ok(None) => {
+            log::info!("{addr}: closed before saying hello");
+            return None;
+        }
+        Err(e) if e.is_timeout() => (
+            ErrorCode::HelloTimeout,
+            format!("no hello within {} s", config.hello_timeout.as_secs_f64()),
+        ),
+        Err(e) => (ErrorCode::Protocol, e.to_string()),
+    };
+    let (code, message) = refusal;
+    log::info!("{addr}: refused: {message}");
+    // Best effort: the peer may already be gone. A short write timeout keeps a peer that does not
+    // read from holding this thread.
+    let _ = reader.get_ref().set_write_timeout(Some(config.linger));
+    let _ = write_frame(reader.get_mut(), &Frame::Error { code, message });
+    let _ = reader.get_mut().flush();
+    None
+}
+
+fn check_hello(version: u16, name: &str, room: &str) -> Result<(), (ErrorCode, String)> {
+    if version != PROTOCOL_VERSION {
+        return Err((
+            ErrorCode::VersionMismatch,
+            format!("protocol version {version} is not supported; this relay speaks version {PROTOCOL_VERSION}"),
+        ));
+    }
+    rules::check_name(name).map_err(|e| (ErrorCode::BadName, e.to_string()))?;
+    rules::check_room(room).map_err(|e| (ErrorCode::BadRoom, e.to_string()))?;
+    Ok(())
+}
+
+/// Starts the writer, joins the hub, and reads frames until the connection ends. Returns the
+/// writer's handle for `serve` to join.
+fn joined_phase<S: Stream>(
+    mut reader: FrameReader<S>,
+    info: &ConnInfo,
+    name: String,
+    room: String,
+    to_hub: &Sender<ToHub>,
+    config: &ServerConfig,
+) -> Option<JoinHandle<()>> {
+    let addr = info.addr;
+    let id = info.id;
+    let writer_stream = match prepare_writer_stream(&reader, config) {
+        Ok(stream) => stream,
+        Err(e) => {
+            log::warn!("{addr}: cannot set up the writer: {e}");
+            return None;
+        }
+    };
+    // Bounded: this queue is the buffer between the hub (fast) and this client's network (maybe
+    // slow). The hub never blocks on it; see hub.rs for what happens when it is full.
+    let (to_client, from_hub) = bounded::<Bytes>(config.client_queue);
+    // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
+    // when the client has closed its side (see `write_loop`).
+    let (_reader_alive, reader_gone) = bounded::<()>(0);
+    let linger = config.linger;
+    let writer = thread::Builder::new()
+        .name(format!("conn-{id}-writer"))
+        .spawn(move || write_loop(writer_stream, from_hub, reader_gone, linger));
+    let writer = match writer {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("{addr}: cannot start the writer thread: {e}");
+            return None;
+        }
+    };
+    if to_hub
+        .send(ToHub::Hello {
+            id,
+            name,
+            room,
+            to_client,
+        })
+        .is_ok()
+    {
+        read_loop(&mut reader, id, addr, to_hub);
+    }
+    // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
+    Some(writer)
+}
+
+fn prepare_writer_stream<S: Stream>(
+    reader: &FrameReader<S>,
+    config: &ServerConfig,
+) -> std::io::Result<S> {
+    let stream = reader.get_ref();
+    stream.set_read_timeout(None)?;
+    // A write that cannot make progress for this long means the client stopped reading.
+    stream.set_write_timeout(Some(config.stall_limit))?;
+    stream.try_clone_stream()
+}
+
+/// Turns frames from a joined client into hub events until EOF or an error.
+fn read_loop<S: Stream>(
+    reader: &mut FrameReader<S>,
+    id: ConnId,
+    addr: SocketAddr,
+    to_hub: &Sender<ToHub>,
+) {
+    loop {
+        let event = match reader.read_frame() {
+            Ok(Some(Frame::Say { text })) => match rules::check_text(&text) {
+                Ok(()) => ToHub::Say { id, text },
+                Err(e) => ToHub::Warn {
+                    id,
+                    code: ErrorCode::BadText,
+                    message: e.to_string(),
+                },
+            },
+            Ok(Some(Frame::Who)) => ToHub::Who { id },
+            Ok(Some(Frame::Goodbye)) => ToHub::Goodbye { id },
+            Ok(Some(other)) => {
+                let message = format!(
+                    "frame kind 0x{:02x} is not allowed from a client here",
+                    other.kind()
+                );
+                log::warn!("{addr}: {message}");
+                let _ = to_hub.send(ToHub::Fail {
+                    id,
+                    code: ErrorCode::Protocol,
+                    message,
+                });
+                return;
+            }
+            Ok(None) => return,
+            Err(ReadError::Io(e)) => {
+                log::info!("{addr}: read ended: {e}");
+                return;
+            }
+            Err(e) => {
+                log::warn!("{addr}: {e}");
+                let _ = to_hub.send(ToHub::Fail {
+                    id,
+                    code: ErrorCode::Protocol,
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        let said_goodbye = matches!(event, ToHub::Goodbye { .. });
+        if to_hub.send(event).is_err() || said_goodbye {
+            return;
+        }
+    }
+}
+
+/// The writer thread: drains the queue into the socket until the hub drops the sender.
+///
+/// Frames are written into a `BufWriter` and flushed only when the queue is momentarily empty, so a
+/// burst becomes a few large writes while a lone message still goes out at once.
+///
+/// When the queue closes, it flushes, half-closes the socket (TCP FIN: "nothing more from me") and
+/// waits up to `linger` for the reader to finish, i.e. for the client to close its side. Then it
+/// shuts the socket down completely, which also wakes a reader whose client never closes.
+fn write_loop<S: Stream>(
+    stream: S,
+    from_hub: Receiver<Bytes>,
+    reader_gone: Receiver<()>,
+    linger: std::time::Duration,
+) {
+    let closer = stream.closer().ok();
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    let result = (|| -> std::io::Result<()> {
+        while let Ok(bytes) = from_hub.recv() {
+            out.write_all(&bytes)?;
+            while let Ok(more) = from_hub.try_recv() {
+                out.write_all(&more)?;
+            }
+            out.flush()?;
+        }
+        out.flush()?;
+        out.get_ref().shutdown_write()
+    })();
+    if let Err(e) = result {
+        log::debug!("writer ended: {e}");
+    } else {
+        // Returns when the reader drops its end (client closed) or when linger runs out.
+        let _ = reader_gone.recv_timeout(linger);
+    }
+    if let Some(closer) = closer {
+        closer.close();
+    }
+}

@@ -1,0 +1,402 @@
+//! The hub: the one thread that owns rooms, names and every client's outgoing queue.
+//!
+//! Connection threads never talk to each other. They send [`ToHub`] events into one bounded
+//! channel, and the hub handles them one at a time. Because only the hub touches the peer map,
+//! there are no locks, and everyone in a room sees events in the same order.
+//!
+//! ## A slow client never stalls the hub
+//!
+//! The hub must never block on a client, or one client that stops reading would freeze the whole
+//! relay. So it only ever uses `try_send` on a client's queue. When that queue is full, the frame is
+//! kept in a per-client *backlog* (order is preserved: nothing jumps the backlog) and retried on
+//! every turn of the loop. A client is disconnected as too slow when its queue makes no progress
+//! for `stall_limit`, or when its backlog passes `max_backlog` frames. Both limits are in
+//! [`ServerConfig`]; the frames are shared (`Arc`) so a backlog costs little more than pointers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::ServerConfig;
+use crate::display::now_ms;
+use crate::frame::{self, ErrorCode, Frame};
+use crate::wire::Closer;
+
+/// One encoded frame, shared by every client it goes to: a broadcast is encoded once.
+pub(crate) type Bytes = Arc<[u8]>;
+
+/// A connection's number, given by the accept thread. Names can be reused; ids are not.
+pub(crate) type ConnId = u64;
+
+/// Everything the hub hears about. Sent by the accept thread, connection threads and `run`.
+pub(crate) enum ToHub {
+    /// A TCP connection was accepted. `closer` lets the hub cut it at shutdown or when it is too slow.
+    Connected {
+        id: ConnId,
+        addr: SocketAddr,
+        closer: Closer,
+    },
+    /// A valid hello arrived (version and name rules already checked by the connection thread).
+    /// `to_client` is the sending half of the new writer thread's queue.
+    Hello {
+        id: ConnId,
+        name: String,
+        room: String,
+        to_client: Sender<Bytes>,
+    },
+    /// Chat text from a joined client (already checked against the text rules).
+    Say { id: ConnId, text: String },
+    /// The client asked who is online.
+    Who { id: ConnId },
+    /// Tell this client about a mistake it made, and keep the connection.
+    Warn {
+        id: ConnId,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The client broke the protocol after joining: tell it why and disconnect it.
+    Fail {
+        id: ConnId,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The client said goodbye.
+    Goodbye { id: ConnId },
+    /// The connection thread is ending; forget this connection.
+    Closed { id: ConnId },
+    /// The server is stopping; see [`super::Server::run`].
+    Shutdown,
+}
+
+/// A connection the hub knows about, joined or not.
+struct Conn {
+    addr: SocketAddr,
+    closer: Closer,
+    /// `Some` once the hello was accepted.
+    peer: Option<Peer>,
+}
+
+/// A joined client.
+struct Peer {
+    name: String,
+    room: String,
+    to_client: Sender<Bytes>,
+    /// Frames waiting because `to_client` was full.
+    backlog: VecDeque<Bytes>,
+    /// When the queue last accepted a frame while a backlog existed.
+    last_progress: Instant,
+}
+
+/// How often the hub retries backlogs while any exist.
+const BACKLOG_TICK: Duration = Duration::from_millis(5);
+
+pub(crate) struct Hub {
+    config: ServerConfig,
+    events: Receiver<ToHub>,
+    conns: HashMap<ConnId, Conn>,
+    /// Online names, across all rooms: names are unique server-wide.
+    names: HashMap<String, ConnId>,
+    /// Room → members by name. A `BTreeMap` keeps the online list sorted for free.
+    rooms: HashMap<String, BTreeMap<String, ConnId>>,
+}
+
+impl Hub {
+    pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>) -> Hub {
+        Hub {
+            config,
+            events,
+            conns: HashMap::new(),
+            names: HashMap::new(),
+            rooms: HashMap::new(),
+        }
+    }
+
+    /// Handles events until [`ToHub::Shutdown`] (or until every sender is gone). Returns the closer
+    /// of every connection still open, so `run` can cut the ones that do not end by themselves.
+    pub(crate) fn run(mut self) -> Vec<Closer> {
+        loop {
+            let event = if self.any_backlog() {
+                match self.events.recv_timeout(BACKLOG_TICK) {
+                    Ok(event) => Some(event),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.events.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break,
+                }
+            };
+            if let Some(ToHub::Shutdown) = event {
+                break;
+            }
+            if let Some(event) = event {
+                self.handle(event);
+            }
+            self.retry_backlogs();
+        }
+        self.say_goodbye_to_all()
+    }
+
+    fn handle(&mut self, event: ToHub) {
+        match event {
+            ToHub::Connected { id, addr, closer } => {
+                self.conns.insert(
+                    id,
+                    Conn {
+                        addr,
+                        closer,
+                        peer: None,
+                    },
+                );
+            }
+            ToHub::Hello {
+                id,
+                name,
+                room,
+                to_client,
+            } => self.join(id, name, room, to_client),
+            ToHub::Say { id, text } => self.say(id, text),
+            ToHub::Who { id } => self.who(id),
+            ToHub::Warn { id, code, message } => self.send_to(id, &Frame::Error { code, message }),
+            ToHub::Fail { id, code, message } => {
+                self.send_to(
+                    id,
+                    &Frame::Error {
+                        code,
+                        message: message.clone(),
+                    },
+                );
+                self.leave(id, &message);
+            }
+            ToHub::Goodbye { id } => self.leave(id, "said goodbye"),
+            ToHub::Closed { id } => {
+                self.leave(id, "connection closed");
+                self.conns.remove(&id);
+            }
+            ToHub::Shutdown => {}
+        }
+    }
+
+    fn join(&mut self, id: ConnId, name: String, room: String, to_client: Sender<Bytes>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let addr = conn.addr;
+        if self.names.contains_key(&name) {
+            log::info!("{addr}: refused: name {name:?} is taken");
+            let message = format!("the name {name:?} is already taken; choose another with --name");
+            // Queue the error and drop the sender right away: the writer writes the error, sees
+            // its queue closed, and ends the connection.
+            let _ = to_client.try_send(encode(&Frame::Error {
+                code: ErrorCode::NameTaken,
+                message,
+            }));
+            return;
+        }
+        let welcome = Frame::Welcome {
+            name: name.clone(),
+            room: room.clone(),
+        };
+        let _ = to_client.try_send(encode(&welcome));
+        conn.peer = Some(Peer {
+            name: name.clone(),
+            room: room.clone(),
+            to_client,
+            backlog: VecDeque::new(),
+            last_progress: Instant::now(),
+        });
+        log::info!("{addr}: {name} joined {room}");
+        self.names.insert(name.clone(), id);
+        self.broadcast(
+            &room,
+            Some(id),
+            &Frame::Joined {
+                name: name.clone(),
+                room: room.clone(),
+            },
+        );
+        self.rooms.entry(room).or_default().insert(name, id);
+        self.who(id);
+    }
+
+    fn say(&mut self, id: ConnId, text: String) {
+        let Some(peer) = self.peer(id) else { return };
+        let frame = Frame::Chat {
+            from: peer.name.clone(),
+            sent_at_ms: now_ms(),
+            text,
+        };
+        let room = peer.room.clone();
+        self.broadcast(&room, Some(id), &frame);
+    }
+
+    fn who(&mut self, id: ConnId) {
+        let Some(peer) = self.peer(id) else { return };
+        let room = peer.room.clone();
+        let names = self
+            .rooms
+            .get(&room)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        self.send_to(id, &Frame::Online { room, names });
+    }
+
+    /// Removes a joined client from its room and tells the room. Dropping the peer drops the
+    /// queue's sender, which is how the writer thread learns to finish and close the socket.
+    fn leave(&mut self, id: ConnId, why: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(peer) = conn.peer.take() else { return };
+        log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
+        self.names.remove(&peer.name);
+        if let Some(members) = self.rooms.get_mut(&peer.room) {
+            members.remove(&peer.name);
+            if members.is_empty() {
+                self.rooms.remove(&peer.room);
+            }
+        }
+        self.broadcast(
+            &peer.room,
+            None,
+            &Frame::Left {
+                name: peer.name,
+                room: peer.room.clone(),
+            },
+        );
+    }
+
+    /// Sends one frame to everyone in `room` except `skip`.
+    fn broadcast(&mut self, room: &str, skip: Option<ConnId>, frame: &Frame) {
+        let Some(members) = self.rooms.get(room) else {
+            return;
+        };
+        let bytes = encode(frame);
+        let targets: Vec<ConnId> = members
+            .values()
+            .copied()
+            .filter(|&m| Some(m) != skip)
+            .collect();
+        for target in targets {
+            self.push(target, bytes.clone());
+        }
+    }
+
+    fn send_to(&mut self, id: ConnId, frame: &Frame) {
+        self.push(id, encode(frame));
+    }
+
+    /// Queues bytes for one client without ever blocking (see the module docs).
+    fn push(&mut self, id: ConnId, bytes: Bytes) {
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
+        if !peer.backlog.is_empty() {
+            peer.backlog.push_back(bytes);
+            return;
+        }
+        match peer.to_client.try_send(bytes) {
+            Ok(()) => {}
+            Err(TrySendError::Full(bytes)) => {
+                peer.backlog.push_back(bytes);
+                peer.last_progress = Instant::now();
+            }
+            // The writer has ended (socket error); the connection thread will report `Closed`.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn any_backlog(&self) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.peer.as_ref().is_some_and(|p| !p.backlog.is_empty()))
+    }
+
+    /// Moves held-back frames into queues that have room, and disconnects clients that stayed
+    /// stuck for too long.
+    fn retry_backlogs(&mut self) {
+        let mut too_slow = Vec::new();
+        for (&id, conn) in &mut self.conns {
+            let Some(peer) = conn.peer.as_mut() else {
+                continue;
+            };
+            if peer.backlog.is_empty() {
+                continue;
+            }
+            while let Some(bytes) = peer.backlog.pop_front() {
+                match peer.to_client.try_send(bytes) {
+                    Ok(()) => peer.last_progress = Instant::now(),
+                    Err(TrySendError::Full(bytes)) | Err(TrySendError::Disconnected(bytes)) => {
+                        peer.backlog.push_front(bytes);
+                        break;
+                    }
+                }
+            }
+            let stalled = peer.last_progress.elapsed();
+            if !peer.backlog.is_empty()
+                && (stalled > self.config.stall_limit
+                    || peer.backlog.len() > self.config.max_backlog)
+            {
+                too_slow.push((id, stalled, peer.backlog.len()));
+            }
+        }
+        for (id, stalled, held) in too_slow {
+            let why = format!(
+                "too slow: {held} frames held back, no progress for {:.1} s",
+                stalled.as_secs_f64()
+            );
+            self.leave(id, &why);
+            // Its queue is full, so an error frame could not get through; just cut the socket.
+            if let Some(conn) = self.conns.get(&id) {
+                conn.closer.close();
+            }
+        }
+    }
+
+    /// Shutdown step 2: queue a goodbye for every joined client, then drop every queue sender.
+    fn say_goodbye_to_all(self) -> Vec<Closer> {
+        let bye = encode(&Frame::Goodbye);
+        let mut closers = Vec::with_capacity(self.conns.len());
+        for (_, conn) in self.conns {
+            match conn.peer {
+                // Best effort: a client whose queue is full gets cut at the end of the grace time.
+                Some(peer) => {
+                    let _ = peer.to_client.try_send(bye.clone());
+                }
+                // Still in the hello phase: nothing to say goodbye to, cut it now.
+                None => conn.closer.close(),
+            }
+            closers.push(conn.closer);
+        }
+        closers
+    }
+
+    fn peer(&self, id: ConnId) -> Option<&Peer> {
+        self.conns.get(&id)?.peer.as_ref()
+    }
+
+    fn peer_mut(&mut self, id: ConnId) -> Option<&mut Peer> {
+        self.conns.get_mut(&id)?.peer.as_mut()
+    }
+}
+
+/// Encodes a frame the hub built itself. Those frames are small by construction (names are at
+/// most 32 characters, text was checked against the text limit), so encoding cannot fail; if it
+/// ever did, the receiver gets an error frame instead of a panic.
+fn encode(frame: &Frame) -> Bytes {
+    match frame::encode_to_vec(frame) {
+        Ok(bytes) => bytes.into(),
+        Err(e) => {
+            log::error!("internal: cannot encode {:?} frame: {e}", frame.kind());
+            let fallback = Frame::Error {
+                code: ErrorCode::Other(0),
+                message: e.to_string(),
+            };
+            frame::encode_to_vec(&fallback).unwrap_or_default().into()
+        }
+    }
+}

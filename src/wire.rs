@@ -1,0 +1,295 @@
+//! The thin I/O layer around [`crate::frame`]: read frames from, and write frames to, any byte
+//! stream.
+//!
+//! Everything here is generic over [`std::io::Read`] / [`std::io::Write`] (and the small [`Stream`]
+//! trait for the extra things a connection needs), so the same server and client code will run
+//! over a TLS stream later without a rewrite: only a new `impl Stream` is needed.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use crate::frame::{self, Frame, FrameError};
+
+/// A bidirectional byte stream that a connection can be built on.
+///
+/// A connection has one reader thread and one writer thread, so it needs a second handle to the
+/// same stream ([`Stream::try_clone_stream`]), and a way for a third party to cut it off
+/// ([`Stream::closer`]), which is how a stalled thread is woken up at shutdown.
+pub trait Stream: Read + Write + Send + Sized + 'static {
+    /// A second handle to the same underlying stream, for the writer thread.
+    fn try_clone_stream(&self) -> io::Result<Self>;
+    /// A handle that can shut the stream down from any thread.
+    fn closer(&self) -> io::Result<Closer>;
+    /// Sets (or clears) the read timeout; a timed-out read fails with `WouldBlock`/`TimedOut`.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Sets (or clears) the write timeout.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Half-closes the stream: "I will send no more" (TCP FIN). The peer reads EOF.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn closer(&self) -> io::Result<Closer> {
+        let clone = self.try_clone()?;
+        Ok(Closer(Box::new(move || {
+            // Errors are ignored on purpose: the stream may already be closed, which is the goal.
+            let _ = clone.shutdown(Shutdown::Both);
+        })))
+    }
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// A kill switch for one stream. Calling [`Closer::close`] makes every blocked `read` on the stream
+/// return EOF and every blocked `write` fail, so the threads that own the stream wake up and end.
+///
+/// Holding a `Closer` does not mean owning the stream: the only thing it can do is close it.
+pub struct Closer(Box<dyn Fn() + Send + Sync>);
+
+impl Closer {
+    /// Shuts the stream down in both directions. Safe to call more than once.
+    pub fn close(&self) {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Closer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Closer")
+    }
+}
+
+/// Why [`FrameReader::read_frame`] failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The stream failed (reset, timeout, ...).
+    Io(io::Error),
+    /// The bytes are not valid protocol.
+    Frame(FrameError),
+    /// The peer closed the stream in the middle of a frame, `have` bytes into it.
+    TruncatedAtEof { have: usize },
+}
+
+impl ReadError {
+    /// True when the error is a read timeout (`SO_RCVTIMEO` expired).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ReadError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "read failed: {e}"),
+            ReadError::Frame(e) => write!(f, "bad frame: {e}"),
+            ReadError::TruncatedAtEof { have } => {
+                write!(
+                    f,
+                    "connection closed in the middle of a frame ({have} bytes into it)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(e) => Some(e),
+            ReadError::Frame(e) => Some(e),
+            ReadError::TruncatedAtEof { .. } => None,
+        }
+    }
+}
+
+/// How much to ask the kernel for in one `read`. Big enough that a burst of small chat frames
+/// arrives in one system call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads whole frames from a byte stream, buffering partial ones.
+///
+/// The buffer holds at most one frame plus one read's worth of bytes: it never grows past
+/// `4 + MAX_FRAME_LEN + READ_CHUNK`, because the length prefix is checked before the payload is
+/// awaited.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Bytes `buf[start..end]` are received but not yet decoded.
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Wraps a stream.
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The wrapped stream, mutably: for writing to it while no other thread does.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Returns the next frame, or `Ok(None)` on a clean EOF (the peer closed between frames).
+    pub fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            match frame::decode(pending) {
+                Ok(Some((frame, used))) => {
+                    self.start += used;
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Frame(e)),
+            }
+            // Need more bytes. `frame_size` has already vetted the length (or there are fewer
+            // than four bytes), so growing the buffer to it is safe.
+            let needed = frame::frame_size(pending)
+                .map_err(ReadError::Frame)?
+                .unwrap_or(frame::LEN_PREFIX);
+            self.make_room(needed);
+            let n = match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReadError::Io(e)),
+            };
+            if n == 0 {
+                let have = self.end - self.start;
+                return if have == 0 {
+                    Ok(None)
+                } else {
+                    Err(ReadError::TruncatedAtEof { have })
+                };
+            }
+            self.end += n;
+        }
+    }
+
+    /// Moves undecoded bytes to the front and makes sure a frame of `needed` bytes fits with
+    /// room left for at least one more read.
+    fn make_room(&mut self, needed: usize) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let want = needed.max(self.end + 1).max(READ_CHUNK);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        } else if self.buf.len() > 2 * READ_CHUNK && self.end < READ_CHUNK && needed <= READ_CHUNK {
+            // A big frame passed through earlier; give the memory back.
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+    }
+}
+
+/// Encodes `frame` and writes it in one `write_all`. Does not flush.
+pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> io::Result<()> {
+    let bytes =
+        frame::encode_to_vec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    w.write_all(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_to_vec;
+
+    /// A reader that hands out its bytes a few at a time, like a slow network.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Say { text: "hi".into() },
+            Frame::Say {
+                text: "x".repeat(200_000),
+            },
+            Frame::Who,
+            Frame::Goodbye,
+        ]
+    }
+
+    #[test]
+    fn reads_frames_across_any_read_size() {
+        let data: Vec<u8> = frames()
+            .iter()
+            .flat_map(|f| encode_to_vec(f).unwrap())
+            .collect();
+        for step in [1, 3, 7, 4096, 1 << 20] {
+            let mut r = FrameReader::new(Trickle {
+                data: data.clone(),
+                at: 0,
+                step,
+            });
+            for want in frames() {
+                assert_eq!(r.read_frame().unwrap(), Some(want));
+            }
+            assert!(
+                matches!(r.read_frame(), Ok(None)),
+                "clean EOF after the last frame"
+            );
+        }
+    }
+
+    #[test]
+    fn eof_mid_frame_is_an_error_not_a_clean_close() {
+        let mut data = encode_to_vec(&Frame::Say {
+            text: "hello".into(),
+        })
+        .unwrap();
+        data.truncate(data.len() - 2);
+        let mut r = FrameReader::new(&data[..]);
+        assert!(
+            matches!(r.read_frame(), Err(ReadError::TruncatedAtEof { have }) if have == data.len())
+        );
+    }
+
+    #[test]
+    fn oversize_prefix_fails_without_waiting_for_the_payload() {
+        let data = [0xff, 0xff, 0xff, 0xff];
+        let mut r = FrameReader::new(&data[..]);
+        assert!(matches!(
+            r.read_frame(),
+            Err(ReadError::Frame(FrameError::TooLarge { .. }))
+        ));
+        assert!(
+            r.buf.len() <= READ_CHUNK,
+            "nothing was allocated for the claimed length"
+        );
+    }
+}
