@@ -57,11 +57,7 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Someone else in our room said something.
-    Chat {
-        from: String,
-        sent_at_ms: u64,
-        text: String,
-    },
+    Chat { from: String, sent_at_ms: u64, text: String },
     /// Someone entered our room.
     Joined { name: String, room: String },
     /// Someone left our room.
@@ -163,10 +159,8 @@ impl Client {
     pub fn connect_tcp(server: &str, config: &ClientConfig) -> Result<Client, ClientError> {
         rules::check_name(&config.name)?;
         rules::check_room(&config.room)?;
-        let stream = dial(server).map_err(|source| ClientError::Connect {
-            server: server.to_owned(),
-            source,
-        })?;
+        let stream =
+            dial(server).map_err(|source| ClientError::Connect { server: server.to_owned(), source })?;
         Client::connect(stream, config)
     }
 
@@ -177,33 +171,21 @@ impl Client {
         rules::check_room(&config.room)?;
         let hs = |e: io::Error| ClientError::Handshake(e.to_string());
         let mut reader = FrameReader::new(stream);
-        let hello = Frame::Hello {
-            version: PROTOCOL_VERSION,
-            name: config.name.clone(),
-            room: config.room.clone(),
-        };
+        let hello =
+            Frame::Hello { version: PROTOCOL_VERSION, name: config.name.clone(), room: config.room.clone() };
         write_frame(reader.get_mut(), &hello).map_err(hs)?;
         reader.get_mut().flush().map_err(hs)?;
-        reader
-            .get_ref()
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(hs)?;
+        reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(hs)?;
         let (name, room) = match reader.read_frame() {
             Ok(Some(Frame::Welcome { name, room })) => (name, room),
-            Ok(Some(Frame::Error { code, message })) => {
-                return Err(ClientError::Refused { code, message })
-            }
+            Ok(Some(Frame::Error { code, message })) => return Err(ClientError::Refused { code, message }),
             Ok(Some(other)) => {
                 return Err(ClientError::Handshake(format!(
                     "expected a welcome, got frame kind 0x{:02x}",
                     other.kind()
                 )))
             }
-            Ok(None) => {
-                return Err(ClientError::Handshake(
-                    "the server closed the connection".into(),
-                ))
-            }
+            Ok(None) => return Err(ClientError::Handshake("the server closed the connection".into())),
             Err(e) if e.is_timeout() => {
                 return Err(ClientError::Handshake(format!(
                     "no answer within {} s",
@@ -218,8 +200,7 @@ impl Client {
 
         let (to_writer, from_app) = bounded(SEND_QUEUE);
         let (to_app, events) = bounded(EVENT_QUEUE);
-        let writer =
-            spawn("client-writer", move || write_loop(write_half, from_app)).map_err(hs)?;
+        let writer = spawn("client-writer", move || write_loop(write_half, from_app)).map_err(hs)?;
         let reader = spawn("client-reader", move || read_loop(reader, to_app)).map_err(hs)?;
         Ok(Client {
             name,
@@ -250,9 +231,7 @@ impl Client {
     /// Queues text for everyone else in our room. Blocks only if the send queue is full.
     pub fn send_text(&self, text: &str) -> Result<(), ClientError> {
         rules::check_text(text)?;
-        self.queue(Frame::Say {
-            text: text.to_owned(),
-        })
+        self.queue(Frame::Say { text: text.to_owned() })
     }
 
     /// Asks who is online; the answer arrives as [`Event::Online`].
@@ -281,10 +260,7 @@ impl Client {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
-        drop(std::mem::replace(
-            &mut self.events,
-            crossbeam_channel::never(),
-        ));
+        drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
         if let Some(reader) = self.reader.take() {
             let deadline = Instant::now() + CLOSE_TIMEOUT;
             while !reader.is_finished() && Instant::now() < deadline {
@@ -349,15 +325,7 @@ fn write_loop<S: Stream>(stream: S, from_app: Receiver<Frame>) {
 fn read_loop<S: Stream>(mut reader: FrameReader<S>, to_app: Sender<Event>) {
     let end = loop {
         let event = match reader.read_frame() {
-            Ok(Some(Frame::Chat {
-                from,
-                sent_at_ms,
-                text,
-            })) => Event::Chat {
-                from,
-                sent_at_ms,
-                text,
-            },
+            Ok(Some(Frame::Chat { from, sent_at_ms, text })) => Event::Chat { from, sent_at_ms, text },
             Ok(Some(Frame::Joined { name, room })) => Event::Joined { name, room },
             Ok(Some(Frame::Left { name, room })) => Event::Left { name, room },
             Ok(Some(Frame::Online { room, names })) => Event::Online { room, names },

@@ -44,11 +44,7 @@ pub const LEN_PREFIX: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// `0x01` C→S. The first frame of every connection: who I am and which room I want.
-    Hello {
-        version: u16,
-        name: String,
-        room: String,
-    },
+    Hello { version: u16, name: String, room: String },
     /// `0x02` C→S. A line of chat for everyone else in my room.
     Say { text: String },
     /// `0x03` C→S. Ask who is online in my room; answered with [`Frame::Online`].
@@ -61,11 +57,7 @@ pub enum Frame {
     /// closes the connection right after.
     Error { code: ErrorCode, message: String },
     /// `0x12` S→C. Chat text from `from`, stamped by the server (milliseconds since the Unix epoch).
-    Chat {
-        from: String,
-        sent_at_ms: u64,
-        text: String,
-    },
+    Chat { from: String, sent_at_ms: u64, text: String },
     /// `0x13` S→C. `name` entered `room`.
     Joined { name: String, room: String },
     /// `0x14` S→C. `name` left `room`.
@@ -159,22 +151,13 @@ impl fmt::Display for FrameError {
             }
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind 0x{k:02x}"),
             FrameError::Truncated { kind } => {
-                write!(
-                    f,
-                    "frame kind 0x{kind:02x}: a field runs past the end of the frame"
-                )
+                write!(f, "frame kind 0x{kind:02x}: a field runs past the end of the frame")
             }
             FrameError::TrailingBytes { kind, extra } => {
-                write!(
-                    f,
-                    "frame kind 0x{kind:02x}: {extra} unexpected bytes after the last field"
-                )
+                write!(f, "frame kind 0x{kind:02x}: {extra} unexpected bytes after the last field")
             }
             FrameError::BadUtf8 { kind } => {
-                write!(
-                    f,
-                    "frame kind 0x{kind:02x}: a text field is not valid UTF-8"
-                )
+                write!(f, "frame kind 0x{kind:02x}: a text field is not valid UTF-8")
             }
         }
     }
@@ -223,20 +206,14 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.extend_from_slice(&[0; LEN_PREFIX]);
     out.push(frame.kind());
     match frame {
-        Frame::Hello {
-            version,
-            name,
-            room,
-        } => {
+        Frame::Hello { version, name, room } => {
             out.extend_from_slice(&version.to_be_bytes());
             put_str(out, name);
             put_str(out, room);
         }
         Frame::Say { text } => put_str(out, text),
         Frame::Who | Frame::Goodbye => {}
-        Frame::Welcome { name, room }
-        | Frame::Joined { name, room }
-        | Frame::Left { name, room } => {
+        Frame::Welcome { name, room } | Frame::Joined { name, room } | Frame::Left { name, room } => {
             put_str(out, name);
             put_str(out, room);
         }
@@ -244,11 +221,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             out.push(code.to_byte());
             put_str(out, message);
         }
-        Frame::Chat {
-            from,
-            sent_at_ms,
-            text,
-        } => {
+        Frame::Chat { from, sent_at_ms, text } => {
             put_str(out, from);
             out.extend_from_slice(&sent_at_ms.to_be_bytes());
             put_str(out, text);
@@ -264,10 +237,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let len = out.len() - start - LEN_PREFIX;
     if len > MAX_FRAME_LEN {
         out.truncate(start);
-        return Err(FrameError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
     }
     // `len <= MAX_FRAME_LEN` was just checked, so it fits in a u32.
     out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
@@ -297,10 +267,7 @@ pub fn frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
         return Err(FrameError::Empty);
     }
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
     }
     Ok(Some(LEN_PREFIX + len))
 }
@@ -326,40 +293,17 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
 /// Parses kind + payload. `body` is never empty: [`frame_size`] rejects `N == 0`.
 fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
     let (&kind, payload) = body.split_first().ok_or(FrameError::Empty)?;
-    let mut f = Fields {
-        kind,
-        rest: payload,
-    };
+    let mut f = Fields { kind, rest: payload };
     let frame = match kind {
-        HELLO => Frame::Hello {
-            version: f.u16()?,
-            name: f.string()?,
-            room: f.string()?,
-        },
+        HELLO => Frame::Hello { version: f.u16()?, name: f.string()?, room: f.string()? },
         SAY => Frame::Say { text: f.string()? },
         WHO => Frame::Who,
         GOODBYE => Frame::Goodbye,
-        WELCOME => Frame::Welcome {
-            name: f.string()?,
-            room: f.string()?,
-        },
-        ERROR => Frame::Error {
-            code: ErrorCode::from_byte(f.u8()?),
-            message: f.string()?,
-        },
-        CHAT => Frame::Chat {
-            from: f.string()?,
-            sent_at_ms: f.u64()?,
-            text: f.string()?,
-        },
-        JOINED => Frame::Joined {
-            name: f.string()?,
-            room: f.string()?,
-        },
-        LEFT => Frame::Left {
-            name: f.string()?,
-            room: f.string()?,
-        },
+        WELCOME => Frame::Welcome { name: f.string()?, room: f.string()? },
+        ERROR => Frame::Error { code: ErrorCode::from_byte(f.u8()?), message: f.string()? },
+        CHAT => Frame::Chat { from: f.string()?, sent_at_ms: f.u64()?, text: f.string()? },
+        JOINED => Frame::Joined { name: f.string()?, room: f.string()? },
+        LEFT => Frame::Left { name: f.string()?, room: f.string()? },
         ONLINE => {
             let room = f.string()?;
             let count = f.u32()?;
@@ -442,10 +386,7 @@ impl<'a> Fields<'a> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(FrameError::TrailingBytes {
-                kind: self.kind,
-                extra: self.rest.len(),
-            })
+            Err(FrameError::TrailingBytes { kind: self.kind, extra: self.rest.len() })
         }
     }
 }
@@ -457,60 +398,21 @@ mod tests {
     /// One of every kind, with awkward contents: empty strings, Chinese, emoji, newlines.
     fn samples() -> Vec<Frame> {
         vec![
-            Frame::Hello {
-                version: PROTOCOL_VERSION,
-                name: "alice".into(),
-                room: "lobby".into(),
-            },
-            Frame::Hello {
-                version: 0xffff,
-                name: String::new(),
-                room: String::new(),
-            },
-            Frame::Say {
-                text: "你好，世界 🎉".into(),
-            },
-            Frame::Say {
-                text: "line one\nline two".into(),
-            },
-            Frame::Say {
-                text: String::new(),
-            },
+            Frame::Hello { version: PROTOCOL_VERSION, name: "alice".into(), room: "lobby".into() },
+            Frame::Hello { version: 0xffff, name: String::new(), room: String::new() },
+            Frame::Say { text: "你好，世界 🎉".into() },
+            Frame::Say { text: "line one\nline two".into() },
+            Frame::Say { text: String::new() },
             Frame::Who,
             Frame::Goodbye,
-            Frame::Welcome {
-                name: "张伟".into(),
-                room: "501".into(),
-            },
-            Frame::Error {
-                code: ErrorCode::NameTaken,
-                message: "name taken".into(),
-            },
-            Frame::Error {
-                code: ErrorCode::Other(200),
-                message: "from the future".into(),
-            },
-            Frame::Chat {
-                from: "bob".into(),
-                sent_at_ms: 1_700_000_000_123,
-                text: "hi".into(),
-            },
-            Frame::Joined {
-                name: "bob".into(),
-                room: "lobby".into(),
-            },
-            Frame::Left {
-                name: "bob".into(),
-                room: "lobby".into(),
-            },
-            Frame::Online {
-                room: "lobby".into(),
-                names: vec![],
-            },
-            Frame::Online {
-                room: "lobby".into(),
-                names: vec!["alice".into(), "bob".into()],
-            },
+            Frame::Welcome { name: "张伟".into(), room: "501".into() },
+            Frame::Error { code: ErrorCode::NameTaken, message: "name taken".into() },
+            Frame::Error { code: ErrorCode::Other(200), message: "from the future".into() },
+            Frame::Chat { from: "bob".into(), sent_at_ms: 1_700_000_000_123, text: "hi".into() },
+            Frame::Joined { name: "bob".into(), room: "lobby".into() },
+            Frame::Left { name: "bob".into(), room: "lobby".into() },
+            Frame::Online { room: "lobby".into(), names: vec![] },
+            Frame::Online { room: "lobby".into(), names: vec!["alice".into(), "bob".into()] },
         ]
     }
 
@@ -518,11 +420,7 @@ mod tests {
     fn every_frame_round_trips() {
         for frame in samples() {
             let bytes = encode_to_vec(&frame).unwrap();
-            assert_eq!(
-                decode(&bytes).unwrap(),
-                Some((frame.clone(), bytes.len())),
-                "{frame:?}"
-            );
+            assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())), "{frame:?}");
         }
     }
 
@@ -531,11 +429,7 @@ mod tests {
         for frame in samples() {
             let bytes = encode_to_vec(&frame).unwrap();
             for cut in 0..bytes.len() {
-                assert_eq!(
-                    decode(&bytes[..cut]).unwrap(),
-                    None,
-                    "{frame:?} cut at {cut}"
-                );
+                assert_eq!(decode(&bytes[..cut]).unwrap(), None, "{frame:?} cut at {cut}");
             }
             assert_eq!(decode(&bytes).unwrap().unwrap().0, frame);
         }
@@ -599,21 +493,12 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::Say { text });
 
         let mut out = vec![9, 9];
-        let too_big = Frame::Say {
-            text: "x".repeat(MAX_FRAME_LEN - 4),
-        };
+        let too_big = Frame::Say { text: "x".repeat(MAX_FRAME_LEN - 4) };
         assert_eq!(
             encode(&too_big, &mut out),
-            Err(FrameError::TooLarge {
-                len: MAX_FRAME_LEN + 1,
-                max: MAX_FRAME_LEN
-            })
+            Err(FrameError::TooLarge { len: MAX_FRAME_LEN + 1, max: MAX_FRAME_LEN })
         );
-        assert_eq!(
-            out,
-            vec![9, 9],
-            "a failed encode leaves the buffer as it was"
-        );
+        assert_eq!(out, vec![9, 9], "a failed encode leaves the buffer as it was");
     }
 
     /// A tiny deterministic PRNG (xorshift64*) so the garbage test needs no extra crate and every
@@ -641,7 +526,7 @@ mod tests {
             }
             // Bias half of the cases toward a plausible header so the payload parser gets
             // exercised, not just the length check.
-            if len >= 5 && rng.next() % 2 == 0 {
+            if len >= 5 && rng.next().is_multiple_of(2) {
                 buf[..4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
                 buf[4] = [HELLO, SAY, WHO, ERROR, CHAT, ONLINE][(rng.next() % 6) as usize];
             }
@@ -650,10 +535,7 @@ mod tests {
                 assert_eq!(encode_to_vec(&frame).unwrap(), buf[..used].to_vec());
             }
         }
-        assert!(
-            decoded > 0,
-            "the biased cases should produce some valid frames"
-        );
+        assert!(decoded > 0, "the biased cases should produce some valid frames");
     }
 
     #[test]
@@ -662,9 +544,6 @@ mod tests {
             FrameError::TooLarge { len: 5, max: 4 }.to_string(),
             "frame of 5 bytes exceeds the limit of 4 bytes"
         );
-        assert_eq!(
-            FrameError::UnknownKind(0x7f).to_string(),
-            "unknown frame kind 0x7f"
-        );
+        assert_eq!(FrameError::UnknownKind(0x7f).to_string(), "unknown frame kind 0x7f");
     }
 }

@@ -25,11 +25,7 @@ pub enum RuleError {
     /// The name or room is empty.
     Empty { what: &'static str },
     /// Too many characters.
-    TooLong {
-        what: &'static str,
-        chars: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, chars: usize, max: usize },
     /// A character outside the allowed set.
     BadChar { what: &'static str, ch: char },
     /// Starts with `.` or `-`.
@@ -47,11 +43,9 @@ impl fmt::Display for RuleError {
             RuleError::TooLong { what, chars, max } => {
                 write!(f, "{what} has {chars} characters; the limit is {max}")
             }
-            RuleError::BadChar { what, ch } => write!(
-                f,
-                "{what} contains {:?}; use letters, digits, '_', '-' or '.'",
-                ch
-            ),
+            RuleError::BadChar { what, ch } => {
+                write!(f, "{what} contains {:?}; use letters, digits, '_', '-' or '.'", ch)
+            }
             RuleError::BadStart { what } => write!(f, "{what} must not start with '.' or '-'"),
             RuleError::EmptyText => write!(f, "message is empty"),
             RuleError::TextTooLong { bytes, max } => {
@@ -80,10 +74,7 @@ pub fn check_text(text: &str) -> Result<(), RuleError> {
         return Err(RuleError::EmptyText);
     }
     if text.len() > MAX_TEXT_BYTES {
-        return Err(RuleError::TextTooLong {
-            bytes: text.len(),
-            max: MAX_TEXT_BYTES,
-        });
+        return Err(RuleError::TextTooLong { bytes: text.len(), max: MAX_TEXT_BYTES });
     }
     Ok(())
 }
@@ -94,16 +85,9 @@ fn check_identifier(what: &'static str, s: &str) -> Result<(), RuleError> {
     }
     let chars = s.chars().count();
     if chars > MAX_NAME_CHARS {
-        return Err(RuleError::TooLong {
-            what,
-            chars,
-            max: MAX_NAME_CHARS,
-        });
+        return Err(RuleError::TooLong { what, chars, max: MAX_NAME_CHARS });
     }
-    if let Some(ch) = s
-        .chars()
-        .find(|&c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
+    if let Some(ch) = s.chars().find(|&c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
         return Err(RuleError::BadChar { what, ch });
     }
     if s.starts_with(['.', '-']) {
@@ -118,15 +102,7 @@ mod tests {
 
     #[test]
     fn good_names_pass() {
-        for name in [
-            "alice",
-            "bob_2",
-            "张伟",
-            "Zoë",
-            "a.b-c",
-            "x",
-            &"n".repeat(MAX_NAME_CHARS),
-        ] {
+        for name in ["alice", "bob_2", "张伟", "Zoë", "a.b-c", "x", &"n".repeat(MAX_NAME_CHARS)] {
             assert_eq!(check_name(name), Ok(()), "{name}");
         }
     }
@@ -135,34 +111,10 @@ mod tests {
     fn bad_names_fail_with_the_right_reason() {
         let cases: &[(&str, RuleError)] = &[
             ("", RuleError::Empty { what: "name" }),
-            (
-                "a b",
-                RuleError::BadChar {
-                    what: "name",
-                    ch: ' ',
-                },
-            ),
-            (
-                "../etc",
-                RuleError::BadChar {
-                    what: "name",
-                    ch: '/',
-                },
-            ),
-            (
-                "a\u{1b}[31m",
-                RuleError::BadChar {
-                    what: "name",
-                    ch: '\u{1b}',
-                },
-            ),
-            (
-                "bob\n",
-                RuleError::BadChar {
-                    what: "name",
-                    ch: '\n',
-                },
-            ),
+            ("a b", RuleError::BadChar { what: "name", ch: ' ' }),
+            ("../etc", RuleError::BadChar { what: "name", ch: '/' }),
+            ("a\u{1b}[31m", RuleError::BadChar { what: "name", ch: '\u{1b}' }),
+            ("bob\n", RuleError::BadChar { what: "name", ch: '\n' }),
             (".hidden", RuleError::BadStart { what: "name" }),
             ("-rf", RuleError::BadStart { what: "name" }),
         ];
@@ -172,11 +124,7 @@ mod tests {
         let long = "n".repeat(MAX_NAME_CHARS + 1);
         assert_eq!(
             check_room(&long),
-            Err(RuleError::TooLong {
-                what: "room",
-                chars: MAX_NAME_CHARS + 1,
-                max: MAX_NAME_CHARS
-            })
+            Err(RuleError::TooLong { what: "room", chars: MAX_NAME_CHARS + 1, max: MAX_NAME_CHARS })
         );
     }
 
@@ -187,10 +135,7 @@ mod tests {
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
         assert_eq!(
             check_text(&long),
-            Err(RuleError::TextTooLong {
-                bytes: MAX_TEXT_BYTES + 1,
-                max: MAX_TEXT_BYTES
-            })
+            Err(RuleError::TextTooLong { bytes: MAX_TEXT_BYTES + 1, max: MAX_TEXT_BYTES })
         );
     }
 }

@@ -107,11 +107,7 @@ impl Server {
     /// Binds the listening socket. Port 0 picks a free port (see [`Server::local_addr`]).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
         let listener = TcpListener::bind(config.bind)?;
-        Ok(Server {
-            listener,
-            config,
-            stop: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(Server { listener, config, stop: Arc::new(AtomicBool::new(false)) })
     }
 
     /// The address actually bound.
@@ -128,10 +124,7 @@ impl Server {
                 IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
             });
         }
-        Ok(ShutdownHandle {
-            stop: self.stop.clone(),
-            wake_addr,
-        })
+        Ok(ShutdownHandle { stop: self.stop.clone(), wake_addr })
     }
 
     /// Serves until a [`ShutdownHandle`] asks it to stop, then shuts down cleanly.
@@ -154,17 +147,13 @@ impl Server {
         log::info!("relay listening on {addr}");
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
         let hub = Hub::new(self.config.clone(), from_conns);
-        let hub_thread = thread::Builder::new()
-            .name("hub".into())
-            .spawn(move || hub.run())?;
+        let hub_thread = thread::Builder::new().name("hub".into()).spawn(move || hub.run())?;
 
-        let conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);
+        let mut conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);
         drop(self.listener); // step 1 done: nobody can connect any more
+        reap_finished(&mut conn_threads);
 
-        log::info!(
-            "shutting down: saying goodbye to {} connection(s)",
-            conn_threads.len()
-        );
+        log::info!("shutting down: {} connection(s) still open", conn_threads.len());
         let _ = to_hub.send(ToHub::Shutdown); // step 2
         drop(to_hub);
         let closers = hub_thread.join().unwrap_or_else(|_| {

@@ -95,10 +95,7 @@ impl fmt::Display for ReadError {
             ReadError::Io(e) => write!(f, "read failed: {e}"),
             ReadError::Frame(e) => write!(f, "bad frame: {e}"),
             ReadError::TruncatedAtEof { have } => {
-                write!(
-                    f,
-                    "connection closed in the middle of a frame ({have} bytes into it)"
-                )
+                write!(f, "connection closed in the middle of a frame ({have} bytes into it)")
             }
         }
     }
@@ -134,12 +131,7 @@ pub struct FrameReader<R> {
 impl<R: Read> FrameReader<R> {
     /// Wraps a stream.
     pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            buf: vec![0; READ_CHUNK],
-            start: 0,
-            end: 0,
-        }
+        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0 }
     }
 
     /// The wrapped stream.
@@ -166,9 +158,7 @@ impl<R: Read> FrameReader<R> {
             }
             // Need more bytes. `frame_size` has already vetted the length (or there are fewer
             // than four bytes), so growing the buffer to it is safe.
-            let needed = frame::frame_size(pending)
-                .map_err(ReadError::Frame)?
-                .unwrap_or(frame::LEN_PREFIX);
+            let needed = frame::frame_size(pending).map_err(ReadError::Frame)?.unwrap_or(frame::LEN_PREFIX);
             self.make_room(needed);
             let n = match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(n) => n,
@@ -177,11 +167,7 @@ impl<R: Read> FrameReader<R> {
             };
             if n == 0 {
                 let have = self.end - self.start;
-                return if have == 0 {
-                    Ok(None)
-                } else {
-                    Err(ReadError::TruncatedAtEof { have })
-                };
+                return if have == 0 { Ok(None) } else { Err(ReadError::TruncatedAtEof { have }) };
             }
             self.end += n;
         }
@@ -208,8 +194,7 @@ impl<R: Read> FrameReader<R> {
 
 /// Encodes `frame` and writes it in one `write_all`. Does not flush.
 pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> io::Result<()> {
-    let bytes =
-        frame::encode_to_vec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let bytes = frame::encode_to_vec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     w.write_all(&bytes)
 }
 
@@ -236,9 +221,7 @@ mod tests {
     fn frames() -> Vec<Frame> {
         vec![
             Frame::Say { text: "hi".into() },
-            Frame::Say {
-                text: "x".repeat(200_000),
-            },
+            Frame::Say { text: "x".repeat(200_000) },
             Frame::Who,
             Frame::Goodbye,
         ]
@@ -246,50 +229,29 @@ mod tests {
 
     #[test]
     fn reads_frames_across_any_read_size() {
-        let data: Vec<u8> = frames()
-            .iter()
-            .flat_map(|f| encode_to_vec(f).unwrap())
-            .collect();
+        let data: Vec<u8> = frames().iter().flat_map(|f| encode_to_vec(f).unwrap()).collect();
         for step in [1, 3, 7, 4096, 1 << 20] {
-            let mut r = FrameReader::new(Trickle {
-                data: data.clone(),
-                at: 0,
-                step,
-            });
+            let mut r = FrameReader::new(Trickle { data: data.clone(), at: 0, step });
             for want in frames() {
                 assert_eq!(r.read_frame().unwrap(), Some(want));
             }
-            assert!(
-                matches!(r.read_frame(), Ok(None)),
-                "clean EOF after the last frame"
-            );
+            assert!(matches!(r.read_frame(), Ok(None)), "clean EOF after the last frame");
         }
     }
 
     #[test]
     fn eof_mid_frame_is_an_error_not_a_clean_close() {
-        let mut data = encode_to_vec(&Frame::Say {
-            text: "hello".into(),
-        })
-        .unwrap();
+        let mut data = encode_to_vec(&Frame::Say { text: "hello".into() }).unwrap();
         data.truncate(data.len() - 2);
         let mut r = FrameReader::new(&data[..]);
-        assert!(
-            matches!(r.read_frame(), Err(ReadError::TruncatedAtEof { have }) if have == data.len())
-        );
+        assert!(matches!(r.read_frame(), Err(ReadError::TruncatedAtEof { have }) if have == data.len()));
     }
 
     #[test]
     fn oversize_prefix_fails_without_waiting_for_the_payload() {
         let data = [0xff, 0xff, 0xff, 0xff];
         let mut r = FrameReader::new(&data[..]);
-        assert!(matches!(
-            r.read_frame(),
-            Err(ReadError::Frame(FrameError::TooLarge { .. }))
-        ));
-        assert!(
-            r.buf.len() <= READ_CHUNK,
-            "nothing was allocated for the claimed length"
-        );
+        assert!(matches!(r.read_frame(), Err(ReadError::Frame(FrameError::TooLarge { .. }))));
+        assert!(r.buf.len() <= READ_CHUNK, "nothing was allocated for the claimed length");
     }
 }

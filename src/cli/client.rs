@@ -58,20 +58,12 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         Some(name) => name,
         None => os_user_name().context("no --name given and the OS user name is unknown")?,
     };
-    let config = ClientConfig {
-        name,
-        room: cli.room,
-    };
+    let config = ClientConfig { name, room: cli.room };
     let client = Client::connect_tcp(&cli.server, &config).map_err(connect_error)?;
     let mut out = Out(io::stdout());
     out.line(&notice_line(
         now_ms(),
-        &format!(
-            "connected to {} as {} in {}",
-            visible(&cli.server),
-            client.name(),
-            client.room()
-        ),
+        &format!("connected to {} as {} in {}", visible(&cli.server), client.name(), client.room()),
     ))?;
     let keyboard = spawn_stdin_reader()?;
     chat_loop(client, keyboard, &mut out)
@@ -85,11 +77,7 @@ fn connect_error(e: ClientError) -> anyhow::Error {
 }
 
 /// The main loop: keyboard lines out, events in.
-fn chat_loop(
-    client: Client,
-    keyboard: Receiver<io::Result<String>>,
-    out: &mut Out,
-) -> anyhow::Result<Exit> {
+fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, out: &mut Out) -> anyhow::Result<Exit> {
     loop {
         select! {
             recv(keyboard) -> line => match line {
@@ -149,25 +137,16 @@ fn handle_line(client: &Client, line: &str, out: &mut Out) -> anyhow::Result<Ste
 
 fn show_event(event: &Event, out: &mut Out) -> anyhow::Result<()> {
     let line = match event {
-        Event::Chat {
-            from,
-            sent_at_ms,
-            text,
-        } => chat_line(*sent_at_ms, from, text),
-        Event::Joined { name, room } => notice_line(
-            now_ms(),
-            &format!("{} joined {}", visible(name), visible(room)),
-        ),
-        Event::Left { name, room } => notice_line(
-            now_ms(),
-            &format!("{} left {}", visible(name), visible(room)),
-        ),
+        Event::Chat { from, sent_at_ms, text } => chat_line(*sent_at_ms, from, text),
+        Event::Joined { name, room } => {
+            notice_line(now_ms(), &format!("{} joined {}", visible(name), visible(room)))
+        }
+        Event::Left { name, room } => {
+            notice_line(now_ms(), &format!("{} left {}", visible(name), visible(room)))
+        }
         Event::Online { room, names } => {
             let names: Vec<String> = names.iter().map(|n| visible(n)).collect();
-            notice_line(
-                now_ms(),
-                &format!("online in {}: {}", visible(room), names.join(", ")),
-            )
+            notice_line(now_ms(), &format!("online in {}: {}", visible(room), names.join(", ")))
         }
         Event::Warning { message, .. } => {
             eprintln!("error: {}", visible(message));
@@ -184,9 +163,7 @@ struct Out(io::Stdout);
 impl Out {
     fn line(&mut self, line: &str) -> anyhow::Result<()> {
         let mut lock = self.0.lock();
-        writeln!(lock, "{line}")
-            .and_then(|()| lock.flush())
-            .context("cannot write to stdout")
+        writeln!(lock, "{line}").and_then(|()| lock.flush()).context("cannot write to stdout")
     }
 }
 
@@ -211,9 +188,8 @@ fn spawn_stdin_reader() -> anyhow::Result<Receiver<io::Result<String>>> {
                         if buf.last() == Some(&b'\n') {
                             buf.pop();
                         }
-                        let line = String::from_utf8(buf.clone()).map_err(|_| {
-                            io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8")
-                        });
+                        let line = String::from_utf8(buf.clone())
+                            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"));
                         if to_main.send(line).is_err() {
                             return;
                         }
@@ -232,9 +208,7 @@ fn spawn_stdin_reader() -> anyhow::Result<Receiver<io::Result<String>>> {
 
 /// The OS user name, as the default chat name.
 fn os_user_name() -> Option<String> {
-    ["USER", "USERNAME", "LOGNAME"]
-        .iter()
-        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    ["USER", "USERNAME", "LOGNAME"].iter().find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
 }
 
 #[cfg(test)]

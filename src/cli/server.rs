@@ -26,10 +26,7 @@ pub struct ServerCli {
 /// Runs the relay until SIGINT or SIGTERM.
 pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = ServerConfig {
-        bind: cli.bind,
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig { bind: cli.bind, ..ServerConfig::default() };
     let server = Server::bind(config).with_context(|| format!("cannot listen on {}", cli.bind))?;
     let shutdown = server.shutdown_handle()?;
 
@@ -37,19 +34,13 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
     // work inside the signal handler itself. The thread asks the server to stop and ends.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     let signals_handle = signals.handle();
-    let signal_thread = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                log::info!("{name} received");
-                shutdown.shutdown();
-            }
-        })?;
+    let signal_thread = thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            log::info!("{name} received");
+            shutdown.shutdown();
+        }
+    })?;
 
     let result = server.run();
     signals_handle.close(); // ends `forever()` if no signal came (run failed)

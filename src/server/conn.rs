@@ -33,12 +33,7 @@ pub(crate) struct ConnInfo {
 }
 
 /// Serves one connection to its end. Runs on the connection's own thread.
-pub(crate) fn serve<S: Stream>(
-    stream: S,
-    info: ConnInfo,
-    to_hub: Sender<ToHub>,
-    config: ServerConfig,
-) {
+pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>, config: ServerConfig) {
     let closer = match stream.closer() {
         Ok(closer) => closer,
         Err(e) => {
@@ -46,14 +41,7 @@ pub(crate) fn serve<S: Stream>(
             return;
         }
     };
-    if to_hub
-        .send(ToHub::Connected {
-            id: info.id,
-            addr: info.addr,
-            closer,
-        })
-        .is_err()
-    {
+    if to_hub.send(ToHub::Connected { id: info.id, addr: info.addr, closer }).is_err() {
         return; // the hub is gone: the server is shutting down
     }
     let mut reader = FrameReader::new(stream);
@@ -78,37 +66,25 @@ fn hello_phase<S: Stream>(
     config: &ServerConfig,
 ) -> Option<(String, String)> {
     let addr = info.addr;
-    if let Err(e) = reader
-        .get_ref()
-        .set_read_timeout(Some(config.hello_timeout))
-    {
+    if let Err(e) = reader.get_ref().set_read_timeout(Some(config.hello_timeout)) {
         log::warn!("{addr}: cannot set the hello timeout: {e}");
         return None;
     }
     let refusal = match reader.read_frame() {
-        Ok(Some(Frame::Hello {
-            version,
-            name,
-            room,
-        })) => match check_hello(version, &name, &room) {
+        Ok(Some(Frame::Hello { version, name, room })) => match check_hello(version, &name, &room) {
             Ok(()) => return Some((name, room)),
             Err(refusal) => refusal,
         },
-        Ok(Some(other)) => (
-            ErrorCode::Protocol,
-            format!(
-                "expected a hello frame first, got kind 0x{:02x}",
-                other.kind()
-            ),
-        ),
+        Ok(Some(other)) => {
+            (ErrorCode::Protocol, format!("expected a hello frame first, got kind 0x{:02x}", other.kind()))
+        }
         Ok(None) => {
             log::info!("{addr}: closed before saying hello");
             return None;
         }
-        Err(e) if e.is_timeout() => (
-            ErrorCode::HelloTimeout,
-            format!("no hello within {} s", config.hello_timeout.as_secs_f64()),
-        ),
+        Err(e) if e.is_timeout() => {
+            (ErrorCode::HelloTimeout, format!("no hello within {} s", config.hello_timeout.as_secs_f64()))
+        }
         Err(e) => (ErrorCode::Protocol, e.to_string()),
     };
     let (code, message) = refusal;
@@ -125,7 +101,9 @@ fn check_hello(version: u16, name: &str, room: &str) -> Result<(), (ErrorCode, S
     if version != PROTOCOL_VERSION {
         return Err((
             ErrorCode::VersionMismatch,
-            format!("protocol version {version} is not supported; this relay speaks version {PROTOCOL_VERSION}"),
+            format!(
+                "protocol version {version} is not supported; this relay speaks version {PROTOCOL_VERSION}"
+            ),
         ));
     }
     rules::check_name(name).map_err(|e| (ErrorCode::BadName, e.to_string()))?;
@@ -169,25 +147,14 @@ fn joined_phase<S: Stream>(
             return None;
         }
     };
-    if to_hub
-        .send(ToHub::Hello {
-            id,
-            name,
-            room,
-            to_client,
-        })
-        .is_ok()
-    {
+    if to_hub.send(ToHub::Hello { id, name, room, to_client }).is_ok() {
         read_loop(&mut reader, id, addr, to_hub);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
     Some(writer)
 }
 
-fn prepare_writer_stream<S: Stream>(
-    reader: &FrameReader<S>,
-    config: &ServerConfig,
-) -> std::io::Result<S> {
+fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConfig) -> std::io::Result<S> {
     let stream = reader.get_ref();
     stream.set_read_timeout(None)?;
     // A write that cannot make progress for this long means the client stopped reading.
@@ -196,35 +163,19 @@ fn prepare_writer_stream<S: Stream>(
 }
 
 /// Turns frames from a joined client into hub events until EOF or an error.
-fn read_loop<S: Stream>(
-    reader: &mut FrameReader<S>,
-    id: ConnId,
-    addr: SocketAddr,
-    to_hub: &Sender<ToHub>,
-) {
+fn read_loop<S: Stream>(reader: &mut FrameReader<S>, id: ConnId, addr: SocketAddr, to_hub: &Sender<ToHub>) {
     loop {
         let event = match reader.read_frame() {
             Ok(Some(Frame::Say { text })) => match rules::check_text(&text) {
                 Ok(()) => ToHub::Say { id, text },
-                Err(e) => ToHub::Warn {
-                    id,
-                    code: ErrorCode::BadText,
-                    message: e.to_string(),
-                },
+                Err(e) => ToHub::Warn { id, code: ErrorCode::BadText, message: e.to_string() },
             },
             Ok(Some(Frame::Who)) => ToHub::Who { id },
             Ok(Some(Frame::Goodbye)) => ToHub::Goodbye { id },
             Ok(Some(other)) => {
-                let message = format!(
-                    "frame kind 0x{:02x} is not allowed from a client here",
-                    other.kind()
-                );
+                let message = format!("frame kind 0x{:02x} is not allowed from a client here", other.kind());
                 log::warn!("{addr}: {message}");
-                let _ = to_hub.send(ToHub::Fail {
-                    id,
-                    code: ErrorCode::Protocol,
-                    message,
-                });
+                let _ = to_hub.send(ToHub::Fail { id, code: ErrorCode::Protocol, message });
                 return;
             }
             Ok(None) => return,
@@ -234,11 +185,7 @@ fn read_loop<S: Stream>(
             }
             Err(e) => {
                 log::warn!("{addr}: {e}");
-                let _ = to_hub.send(ToHub::Fail {
-                    id,
-                    code: ErrorCode::Protocol,
-                    message: e.to_string(),
-                });
+                let _ = to_hub.send(ToHub::Fail { id, code: ErrorCode::Protocol, message: e.to_string() });
                 return;
             }
         };

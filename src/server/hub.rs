@@ -34,35 +34,18 @@ pub(crate) type ConnId = u64;
 /// Everything the hub hears about. Sent by the accept thread, connection threads and `run`.
 pub(crate) enum ToHub {
     /// A TCP connection was accepted. `closer` lets the hub cut it at shutdown or when it is too slow.
-    Connected {
-        id: ConnId,
-        addr: SocketAddr,
-        closer: Closer,
-    },
+    Connected { id: ConnId, addr: SocketAddr, closer: Closer },
     /// A valid hello arrived (version and name rules already checked by the connection thread).
     /// `to_client` is the sending half of the new writer thread's queue.
-    Hello {
-        id: ConnId,
-        name: String,
-        room: String,
-        to_client: Sender<Bytes>,
-    },
+    Hello { id: ConnId, name: String, room: String, to_client: Sender<Bytes> },
     /// Chat text from a joined client (already checked against the text rules).
     Say { id: ConnId, text: String },
     /// The client asked who is online.
     Who { id: ConnId },
     /// Tell this client about a mistake it made, and keep the connection.
-    Warn {
-        id: ConnId,
-        code: ErrorCode,
-        message: String,
-    },
+    Warn { id: ConnId, code: ErrorCode, message: String },
     /// The client broke the protocol after joining: tell it why and disconnect it.
-    Fail {
-        id: ConnId,
-        code: ErrorCode,
-        message: String,
-    },
+    Fail { id: ConnId, code: ErrorCode, message: String },
     /// The client said goodbye.
     Goodbye { id: ConnId },
     /// The connection thread is ending; forget this connection.
@@ -105,13 +88,7 @@ pub(crate) struct Hub {
 
 impl Hub {
     pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>) -> Hub {
-        Hub {
-            config,
-            events,
-            conns: HashMap::new(),
-            names: HashMap::new(),
-            rooms: HashMap::new(),
-        }
+        Hub { config, events, conns: HashMap::new(), names: HashMap::new(), rooms: HashMap::new() }
     }
 
     /// Handles events until [`ToHub::Shutdown`] (or until every sender is gone). Returns the closer
@@ -144,32 +121,14 @@ impl Hub {
     fn handle(&mut self, event: ToHub) {
         match event {
             ToHub::Connected { id, addr, closer } => {
-                self.conns.insert(
-                    id,
-                    Conn {
-                        addr,
-                        closer,
-                        peer: None,
-                    },
-                );
+                self.conns.insert(id, Conn { addr, closer, peer: None });
             }
-            ToHub::Hello {
-                id,
-                name,
-                room,
-                to_client,
-            } => self.join(id, name, room, to_client),
+            ToHub::Hello { id, name, room, to_client } => self.join(id, name, room, to_client),
             ToHub::Say { id, text } => self.say(id, text),
             ToHub::Who { id } => self.who(id),
             ToHub::Warn { id, code, message } => self.send_to(id, &Frame::Error { code, message }),
             ToHub::Fail { id, code, message } => {
-                self.send_to(
-                    id,
-                    &Frame::Error {
-                        code,
-                        message: message.clone(),
-                    },
-                );
+                self.send_to(id, &Frame::Error { code, message: message.clone() });
                 self.leave(id, &message);
             }
             ToHub::Goodbye { id } => self.leave(id, "said goodbye"),
@@ -191,16 +150,10 @@ impl Hub {
             let message = format!("the name {name:?} is already taken; choose another with --name");
             // Queue the error and drop the sender right away: the writer writes the error, sees
             // its queue closed, and ends the connection.
-            let _ = to_client.try_send(encode(&Frame::Error {
-                code: ErrorCode::NameTaken,
-                message,
-            }));
+            let _ = to_client.try_send(encode(&Frame::Error { code: ErrorCode::NameTaken, message }));
             return;
         }
-        let welcome = Frame::Welcome {
-            name: name.clone(),
-            room: room.clone(),
-        };
+        let welcome = Frame::Welcome { name: name.clone(), room: room.clone() };
         let _ = to_client.try_send(encode(&welcome));
         conn.peer = Some(Peer {
             name: name.clone(),
@@ -211,25 +164,14 @@ impl Hub {
         });
         log::info!("{addr}: {name} joined {room}");
         self.names.insert(name.clone(), id);
-        self.broadcast(
-            &room,
-            Some(id),
-            &Frame::Joined {
-                name: name.clone(),
-                room: room.clone(),
-            },
-        );
+        self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
         self.rooms.entry(room).or_default().insert(name, id);
         self.who(id);
     }
 
     fn say(&mut self, id: ConnId, text: String) {
         let Some(peer) = self.peer(id) else { return };
-        let frame = Frame::Chat {
-            from: peer.name.clone(),
-            sent_at_ms: now_ms(),
-            text,
-        };
+        let frame = Frame::Chat { from: peer.name.clone(), sent_at_ms: now_ms(), text };
         let room = peer.room.clone();
         self.broadcast(&room, Some(id), &frame);
     }
@@ -237,11 +179,7 @@ impl Hub {
     fn who(&mut self, id: ConnId) {
         let Some(peer) = self.peer(id) else { return };
         let room = peer.room.clone();
-        let names = self
-            .rooms
-            .get(&room)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let names = self.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
         self.send_to(id, &Frame::Online { room, names });
     }
 
@@ -260,14 +198,7 @@ impl Hub {
                 self.rooms.remove(&peer.room);
             }
         }
-        self.broadcast(
-            &peer.room,
-            None,
-            &Frame::Left {
-                name: peer.name,
-                room: peer.room.clone(),
-            },
-        );
+        self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });
     }
 
     /// Sends one frame to everyone in `room` except `skip`.
@@ -276,11 +207,7 @@ impl Hub {
             return;
         };
         let bytes = encode(frame);
-        let targets: Vec<ConnId> = members
-            .values()
-            .copied()
-            .filter(|&m| Some(m) != skip)
-            .collect();
+        let targets: Vec<ConnId> = members.values().copied().filter(|&m| Some(m) != skip).collect();
         for target in targets {
             self.push(target, bytes.clone());
         }
@@ -311,9 +238,7 @@ impl Hub {
     }
 
     fn any_backlog(&self) -> bool {
-        self.conns
-            .values()
-            .any(|c| c.peer.as_ref().is_some_and(|p| !p.backlog.is_empty()))
+        self.conns.values().any(|c| c.peer.as_ref().is_some_and(|p| !p.backlog.is_empty()))
     }
 
     /// Moves held-back frames into queues that have room, and disconnects clients that stayed
@@ -338,17 +263,14 @@ impl Hub {
             }
             let stalled = peer.last_progress.elapsed();
             if !peer.backlog.is_empty()
-                && (stalled > self.config.stall_limit
-                    || peer.backlog.len() > self.config.max_backlog)
+                && (stalled > self.config.stall_limit || peer.backlog.len() > self.config.max_backlog)
             {
                 too_slow.push((id, stalled, peer.backlog.len()));
             }
         }
         for (id, stalled, held) in too_slow {
-            let why = format!(
-                "too slow: {held} frames held back, no progress for {:.1} s",
-                stalled.as_secs_f64()
-            );
+            let why =
+                format!("too slow: {held} frames held back, no progress for {:.1} s", stalled.as_secs_f64());
             self.leave(id, &why);
             // Its queue is full, so an error frame could not get through; just cut the socket.
             if let Some(conn) = self.conns.get(&id) {
@@ -392,10 +314,7 @@ fn encode(frame: &Frame) -> Bytes {
         Ok(bytes) => bytes.into(),
         Err(e) => {
             log::error!("internal: cannot encode {:?} frame: {e}", frame.kind());
-            let fallback = Frame::Error {
-                code: ErrorCode::Other(0),
-                message: e.to_string(),
-            };
+            let fallback = Frame::Error { code: ErrorCode::Other(0), message: e.to_string() };
             frame::encode_to_vec(&fallback).unwrap_or_default().into()
         }
     }

@@ -1,0 +1,149 @@
+//! Shared helpers for the integration tests: a relay on a free loopback port, and a raw frame-level
+//! connection for poking at it.
+//!
+//! Every read has a timeout, so a bug makes a test fail with a message instead of hanging.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
+use relaychat::server::{Server, ServerConfig, ShutdownHandle};
+use relaychat::wire::{FrameReader, ReadError};
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A relay running on its own thread, stopped and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::start_with(ServerConfig::default())
+    }
+
+    pub fn start_with(config: ServerConfig) -> TestServer {
+        let config = ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..config };
+        let server = Server::bind(config).expect("bind a loopback port");
+        let addr = server.local_addr().unwrap();
+        let handle = server.shutdown_handle().unwrap();
+        let thread = Some(std::thread::spawn(move || server.run()));
+        TestServer { addr, handle, thread }
+    }
+
+    /// Stops the relay and returns how long `run` took to return after the request.
+    pub fn stop(&mut self) -> Duration {
+        let t = Instant::now();
+        self.handle.shutdown();
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("server thread panicked").expect("server run failed");
+        }
+        t.elapsed()
+    }
+
+    /// A library client in `room`.
+    pub fn client(&self, name: &str, room: &str) -> Client {
+        let config = ClientConfig { name: name.into(), room: room.into() };
+        let client = Client::connect_tcp(&self.addr.to_string(), &config).expect("client connects");
+        // Joining is followed by the list of who is online; take it so tests start clean.
+        match next_event(&client) {
+            Event::Online { .. } => client,
+            other => panic!("{name}: expected the online list first, got {other:?}"),
+        }
+    }
+
+    /// A raw connection that has said hello and read the welcome and online list.
+    pub fn raw_joined(&self, name: &str, room: &str) -> Raw {
+        let mut raw = Raw::connect(self.addr);
+        raw.send(&Frame::Hello { version: PROTOCOL_VERSION, name: name.into(), room: room.into() });
+        assert_eq!(raw.recv(), Frame::Welcome { name: name.into(), room: room.into() });
+        assert!(matches!(raw.recv(), Frame::Online { .. }));
+        raw
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The next event, or a panic after [`WAIT`].
+pub fn next_event(client: &Client) -> Event {
+    client.events().recv_timeout(WAIT).expect("an event within the time limit")
+}
+
+/// The next chat event's (from, text), skipping nothing: anything else fails the test.
+pub fn next_chat(client: &Client) -> (String, String) {
+    match next_event(client) {
+        Event::Chat { from, text, .. } => (from, text),
+        other => panic!("expected chat, got {other:?}"),
+    }
+}
+
+/// Asserts that no event arrives within `quiet`.
+pub fn assert_no_event(client: &Client, quiet: Duration) {
+    if let Ok(event) = client.events().recv_timeout(quiet) {
+        panic!("expected silence, got {event:?}");
+    }
+}
+
+/// A connection that speaks raw frames (or raw bytes), for hostile-input tests.
+pub struct Raw {
+    pub reader: FrameReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { reader: FrameReader::new(stream) }
+    }
+
+    pub fn send(&mut self, frame: &Frame) {
+        self.send_bytes(&encode_to_vec(frame).unwrap());
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    pub fn recv(&mut self) -> Frame {
+        match self.reader.read_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => panic!("connection closed while a frame was expected"),
+            Err(e) => panic!("read failed while a frame was expected: {e}"),
+        }
+    }
+
+    /// Reads until the relay closes the connection; returns the frames seen on the way.
+    pub fn recv_until_closed(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            match self.reader.read_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => return frames,
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return frames,
+                Err(e) => panic!("expected the relay to close the connection, got {e} after {frames:?}"),
+            }
+        }
+    }
+
+    /// True once the peer has closed: a read returns EOF (or reset) rather than timing out.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.get_mut().read(&mut byte), Ok(0))
+            || matches!(self.reader.get_mut().read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
