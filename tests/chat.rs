@@ -42,7 +42,10 @@ fn three_clients_in_a_room_all_hear_each_other_and_leave_notices() {
     assert_eq!(next_chat(&c), ("b".into(), "from b".into()));
 
     c.who().unwrap();
-    assert_eq!(next_event(&c), Event::Online { room: "501".into(), names: vec!["a".into(), "b".into(), "c".into()] });
+    assert_eq!(
+        next_event(&c),
+        Event::Online { room: "501".into(), names: vec!["a".into(), "b".into(), "c".into()] }
+    );
 
     c.close();
     assert_eq!(next_event(&a), Event::Left { name: "c".into(), room: "501".into() });
@@ -142,7 +145,11 @@ fn fifty_clients_times_a_hundred_messages_nothing_lost_duplicated_or_reordered()
                             assert_eq!(format!("u{sender}"), from, "sender label matches the text");
                             assert_ne!(from, format!("u{i}"), "own message echoed back");
                             let expected = next_from.entry(from.clone()).or_insert(0);
-                            assert_eq!(m.parse::<usize>().unwrap(), *expected, "u{i}: from {from} out of order");
+                            assert_eq!(
+                                m.parse::<usize>().unwrap(),
+                                *expected,
+                                "u{i}: from {from} out of order"
+                            );
                             *expected += 1;
                             received += 1;
                         }

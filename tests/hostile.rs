@@ -61,7 +61,11 @@ fn garbage_before_hello_gets_an_error_and_a_close() {
         ("zero length", vec![0, 0, 0, 0], ErrorCode::Protocol),
         ("unknown kind", vec![0, 0, 0, 1, 0x7e], ErrorCode::Protocol),
         ("bad utf-8 name", bad_utf8, ErrorCode::Protocol),
-        ("text before hello", relaychat::frame::encode_to_vec(&Frame::Say { text: "hi".into() }).unwrap(), ErrorCode::Protocol),
+        (
+            "text before hello",
+            relaychat::frame::encode_to_vec(&Frame::Say { text: "hi".into() }).unwrap(),
+            ErrorCode::Protocol,
+        ),
         ("server-only kind", relaychat::frame::encode_to_vec(&Frame::Goodbye).unwrap(), ErrorCode::Protocol),
     ];
     for (i, (what, bytes, code)) in cases.into_iter().enumerate() {
@@ -82,7 +86,10 @@ fn bad_hellos_are_refused_with_their_own_codes() {
         (hello("bad name"), ErrorCode::BadName),
         (hello(""), ErrorCode::BadName),
         (hello("\u{1b}[2J"), ErrorCode::BadName),
-        (Frame::Hello { version: PROTOCOL_VERSION, name: "ok".into(), room: "../etc".into() }, ErrorCode::BadRoom),
+        (
+            Frame::Hello { version: PROTOCOL_VERSION, name: "ok".into(), room: "../etc".into() },
+            ErrorCode::BadRoom,
+        ),
         (hello("alice"), ErrorCode::NameTaken),
     ];
     for (i, (frame, code)) in cases.into_iter().enumerate() {
@@ -112,7 +119,9 @@ fn broken_frames_after_joining_get_an_error_and_a_close() {
         raw.send_bytes(&bytes);
         let message = expect_error_then_close(&mut raw, ErrorCode::Protocol);
         assert!(!message.is_empty(), "{what}");
-        assert!(matches!(next_event(&bystanders.alice), Event::Left { name, .. } if name == format!("evil{i}")));
+        assert!(
+            matches!(next_event(&bystanders.alice), Event::Left { name, .. } if name == format!("evil{i}"))
+        );
         assert!(matches!(next_event(&bystanders.bob), Event::Left { .. }));
         bystanders.still_chatting(what);
     }

@@ -1,0 +1,227 @@
+//! End-to-end: the real `server` and `client` binaries, driven through stdin/stdout/stderr, exactly
+//! as a script would. This is the terminal client's contract (see `src/cli/client.rs`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver};
+use relaychat::client::{Client, ClientConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A running binary with its output lines arriving on channels.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env_remove("RELAYCHAT_SERVER").env_remove("RELAYCHAT_NAME").env_remove("RELAYCHAT_BIND");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start binary");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
+        Proc { child, stdin, stdout, stderr }
+    }
+
+    fn server() -> (Proc, String) {
+        let server = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", "127.0.0.1:0"], &[]);
+        let line = server.expect(&server.stderr, "relay listening on ");
+        let addr = line.rsplit(' ').next().unwrap().to_owned();
+        (server, addr)
+    }
+
+    fn client(addr: &str, name: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["--server", addr, "--name", name];
+        args.extend_from_slice(extra);
+        let client = Proc::spawn(env!("CARGO_BIN_EXE_client"), &args, &[]);
+        client.expect(&client.stdout, &format!("* connected to {addr} as {name} in "));
+        client
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for a line containing `needle` on `stream`; fails after [`WAIT`].
+    fn expect(&self, stream: &Receiver<String>, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while let Ok(line) = stream.recv_deadline(deadline) {
+            if line.contains(needle) {
+                return line;
+            }
+            seen.push(line);
+        }
+        panic!("no line containing {needle:?}; saw {seen:#?}");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = unbounded();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// `[HH:MM:SS] ` at the start of a line.
+fn has_clock(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 11 && b[0] == b'[' && b[3] == b':' && b[6] == b':' && b[9] == b']' && b[10] == b' '
+}
+
+#[test]
+fn two_terminal_clients_chat_through_the_real_relay() {
+    let (_server, addr) = Proc::server();
+    let mut alice = Proc::client(&addr, "alice", &[]);
+    let mut bob = Proc::client(&addr, "bob", &["--room", "lobby"]);
+    let joined = alice.expect(&alice.stdout, "* bob joined lobby");
+    assert!(has_clock(&joined), "{joined}");
+
+    bob.type_line("hello 你好 🎉");
+    let line = alice.expect(&alice.stdout, "bob: hello 你好 🎉");
+    assert!(has_clock(&line), "{line}");
+    alice.type_line("hi bob");
+    bob.expect(&bob.stdout, "alice: hi bob");
+
+    alice.type_line("/who");
+    alice.expect(&alice.stdout, "* online in lobby: alice, bob");
+    bob.type_line("\u{1b}[31mred\u{7}");
+    alice.expect(&alice.stdout, "bob: \\x1b[31mred\\x07");
+    bob.type_line("/help");
+    bob.expect(&bob.stdout, "commands: /who");
+    bob.type_line("/nonsense");
+    bob.expect(&bob.stderr, "error: unknown command /nonsense");
+    bob.type_line("//slash");
+    alice.expect(&alice.stdout, "bob: /slash");
+
+    // EOF on stdin: bob's last line is still delivered, then he leaves and exits 0.
+    bob.type_line("last words");
+    drop(bob.stdin.take());
+    assert!(bob.wait().success());
+    alice.expect(&alice.stdout, "bob: last words");
+    alice.expect(&alice.stdout, "* bob left lobby");
+
+    alice.type_line("/quit");
+    assert!(alice.wait().success());
+}
+
+#[test]
+fn multi_line_messages_are_indented_and_own_lines_not_echoed() {
+    let (_server, addr) = Proc::server();
+    let mut alice = Proc::client(&addr, "alice", &[]);
+    let lib = Client::connect_tcp(&addr, &ClientConfig { name: "lib".into(), room: "lobby".into() }).unwrap();
+    alice.expect(&alice.stdout, "* lib joined lobby");
+    lib.send_text("first\nsecond\u{1b}[2J").unwrap();
+    alice.expect(&alice.stdout, "lib: first");
+    let next = alice.stdout.recv_timeout(WAIT).unwrap();
+    assert_eq!(next, "  second\\x1b[2J");
+
+    alice.type_line("mine");
+    lib.send_text("marker").unwrap();
+    let line = alice.expect(&alice.stdout, "lib: marker");
+    assert!(!line.contains("mine"));
+    drop(alice.stdin.take());
+    assert!(alice.wait().success());
+    let rest: Vec<String> = alice.stdout.try_iter().collect();
+    assert!(rest.iter().all(|l| !l.contains("mine")), "own line echoed: {rest:?}");
+    lib.close();
+}
+
+#[test]
+fn a_taken_name_exits_non_zero_with_one_error_line() {
+    let (_server, addr) = Proc::server();
+    let _alice = Proc::client(&addr, "alice", &[]);
+    let mut second = Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", &addr, "--name", "alice"], &[]);
+    let status = second.wait();
+    assert!(!status.success());
+    let err = second.expect(&second.stderr, "error: ");
+    assert!(err.contains("already taken"), "{err}");
+}
+
+#[test]
+fn an_unreachable_relay_exits_non_zero() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut client = Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", &free, "--name", "x"], &[]);
+    assert!(!client.wait().success());
+    let err = client.expect(&client.stderr, "error: ");
+    assert!(err.contains("cannot reach the relay"), "{err}");
+}
+
+#[test]
+fn a_bad_name_is_refused_before_connecting() {
+    let mut client =
+        Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", "127.0.0.1:9", "--name", "a b"], &[]);
+    assert!(!client.wait().success());
+    client.expect(&client.stderr, "error: name contains ' '");
+}
+
+#[test]
+fn environment_variables_choose_server_and_name() {
+    let (_server, addr) = Proc::server();
+    let client = Proc::spawn(
+        env!("CARGO_BIN_EXE_client"),
+        &[],
+        &[("RELAYCHAT_SERVER", &addr), ("RELAYCHAT_NAME", "envy")],
+    );
+    client.expect(&client.stdout, &format!("* connected to {addr} as envy in lobby"));
+}
+
+#[test]
+fn sigterm_stops_the_relay_within_five_seconds_and_clients_exit_non_zero() {
+    let (mut server, addr) = Proc::server();
+    let mut alice = Proc::client(&addr, "alice", &[]);
+    let mut bob = Proc::client(&addr, "bob", &["--room", "elsewhere"]);
+    let started = Instant::now();
+    server.terminate();
+    let status = server.wait();
+    let took = started.elapsed();
+    assert!(status.success(), "server exit status {status:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    server.expect(&server.stderr, "relay stopped");
+    for client in [&mut alice, &mut bob] {
+        assert!(!client.wait().success());
+        client.expect(&client.stderr, "error: the server said goodbye");
+    }
+}
