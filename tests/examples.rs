@@ -1,0 +1,49 @@
+//! Runs the numbered lessons in `examples/` that work headless, so they cannot rot.
+//! `cargo test` builds every example; this finds the binaries next to the test executable.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{next_chat, TestServer};
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} not built: run the whole `cargo test`, which builds every example, or `cargo build --examples` first", path.display());
+    path
+}
+
+fn run(name: &str, args: &[&str]) -> String {
+    let Output { status, stdout, stderr } = Command::new(example(name)).args(args).output().unwrap();
+    assert!(status.success(), "{name} failed: {}", String::from_utf8_lossy(&stderr));
+    String::from_utf8(stdout).unwrap()
+}
+
+#[test]
+fn lesson_01_round_trips_frames() {
+    let out = run("01_frame_round_trip", &[]);
+    assert!(out.contains("decoded"), "{out}");
+    assert!(out.contains("none was an error"), "{out}");
+    assert!(out.contains("refused a 4294967295-byte frame"), "{out}");
+}
+
+#[test]
+fn lesson_02_seed_relay_demo_forwards_a_line() {
+    let out = run("02_seed_relay", &["--demo"]);
+    assert!(out.contains("user 2 heard: hello from user 1, 你好"), "{out}");
+    assert!(out.contains("both directions finished"), "{out}");
+}
+
+#[test]
+fn lesson_03_minimal_client_reaches_a_real_relay() {
+    let server = TestServer::start();
+    let bob = server.client("bob", "lobby");
+    let out = run("03_minimal_client", &[&server.addr.to_string(), "lesson3", "hi from the lesson"]);
+    assert!(out.contains("welcome: we are lesson3 in lobby"), "{out}");
+    assert!(out.contains("closed"), "{out}");
+    let _joined = common::next_event(&bob);
+    assert_eq!(next_chat(&bob), ("lesson3".into(), "hi from the lesson".into()));
+}
