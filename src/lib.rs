@@ -16,7 +16,8 @@
 //! 5. [`client`]: the client library. Handshake, then a writer thread draining a bounded send queue
 //!    and a reader thread producing [`client::Event`]s.
 //! 6. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).
-//! 7. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
+//! 7. [`spin`]: a channel wait that polls briefly before sleeping; why that halves latency here.
+//! 8. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
 //!
 //! `docs/PROTOCOL.md` specifies the bytes; `docs/ARCHITECTURE.md` draws every thread and channel.
 //! `examples/` holds numbered lessons, from a frame round trip to the seed's original two-thread
@@ -28,4 +29,5 @@ pub mod display;
 pub mod frame;
 pub mod rules;
 pub mod server;
+pub mod spin;
 pub mod wire;

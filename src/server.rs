@@ -51,14 +51,17 @@ pub struct ServerConfig {
     /// How long a client's queue may stay full (no progress at all) before the client is
     /// disconnected as too slow. Default 5 s.
     pub stall_limit: Duration,
-    /// How many frames the hub holds back for one slow client before disconnecting it, however
-    /// much progress it makes. Bounds the memory one slow reader can cost. Default 8192.
-    pub max_backlog: usize,
+    /// How many bytes of frames the hub holds back for one slow client before disconnecting it,
+    /// however much progress it makes. Bounds the memory one slow reader can cost. Default 32 MiB.
+    pub max_backlog_bytes: usize,
     /// How long a closing connection waits for the peer to close its side after the last frame,
     /// before the socket is cut. Default 1 s.
     pub linger: Duration,
     /// How long shutdown waits for connections to end by themselves before cutting them. Default 2 s.
     pub shutdown_grace: Duration,
+    /// How long the hub and the writers poll their queue before sleeping (see [`crate::spin`]).
+    /// Default 100 µs; zero turns polling off.
+    pub spin: Duration,
 }
 
 impl Default for ServerConfig {
@@ -68,9 +71,10 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(10),
             client_queue: 1024,
             stall_limit: Duration::from_secs(5),
-            max_backlog: 8192,
+            max_backlog_bytes: 32 * 1024 * 1024,
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
+            spin: Duration::from_micros(100),
         }
     }
 }

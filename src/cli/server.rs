@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -21,12 +22,17 @@ pub struct ServerCli {
     /// Address and port to listen on. Use [::]:21567 for IPv6 as well.
     #[arg(long, env = "RELAYCHAT_BIND", default_value = "0.0.0.0:21567")]
     pub bind: SocketAddr,
+    /// Microseconds the relay's threads poll for work before sleeping; 0 turns polling off.
+    /// Polling trades a little CPU after each message for lower latency (see src/spin.rs).
+    #[arg(long, default_value_t = 100)]
+    pub spin_us: u64,
 }
 
 /// Runs the relay until SIGINT or SIGTERM.
 pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = ServerConfig { bind: cli.bind, ..ServerConfig::default() };
+    let config =
+        ServerConfig { bind: cli.bind, spin: Duration::from_micros(cli.spin_us), ..ServerConfig::default() };
     let server = Server::bind(config).with_context(|| format!("cannot listen on {}", cli.bind))?;
     let shutdown = server.shutdown_handle()?;
 

@@ -17,6 +17,7 @@
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -136,10 +137,10 @@ fn joined_phase<S: Stream>(
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
     // when the client has closed its side (see `write_loop`).
     let (_reader_alive, reader_gone) = bounded::<()>(0);
-    let linger = config.linger;
+    let (linger, spin) = (config.linger, config.spin);
     let writer = thread::Builder::new()
         .name(format!("conn-{id}-writer"))
-        .spawn(move || write_loop(writer_stream, from_hub, reader_gone, linger));
+        .spawn(move || write_loop(writer_stream, from_hub, reader_gone, linger, spin));
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -208,12 +209,13 @@ fn write_loop<S: Stream>(
     stream: S,
     from_hub: Receiver<Bytes>,
     reader_gone: Receiver<()>,
-    linger: std::time::Duration,
+    linger: Duration,
+    spin: Duration,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     let result = (|| -> std::io::Result<()> {
-        while let Ok(bytes) = from_hub.recv() {
+        while let Ok(bytes) = crate::spin::recv(&from_hub, spin) {
             out.write_all(&bytes)?;
             while let Ok(more) = from_hub.try_recv() {
                 out.write_all(&more)?;

@@ -10,7 +10,7 @@
 //! relay. So it only ever uses `try_send` on a client's queue. When that queue is full, the frame is
 //! kept in a per-client *backlog* (order is preserved: nothing jumps the backlog) and retried on
 //! every turn of the loop. A client is disconnected as too slow when its queue makes no progress
-//! for `stall_limit`, or when its backlog passes `max_backlog` frames. Both limits are in
+//! for `stall_limit`, or when its backlog passes `max_backlog_bytes`. Both limits are in
 //! [`ServerConfig`]; the frames are shared (`Arc`) so a backlog costs little more than pointers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -67,8 +67,9 @@ struct Peer {
     name: String,
     room: String,
     to_client: Sender<Bytes>,
-    /// Frames waiting because `to_client` was full.
+    /// Frames waiting because `to_client` was full, and their total size.
     backlog: VecDeque<Bytes>,
+    backlog_bytes: usize,
     /// When the queue last accepted a frame while a backlog existed.
     last_progress: Instant,
 }
@@ -102,7 +103,7 @@ impl Hub {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match self.events.recv() {
+                match crate::spin::recv(&self.events, self.config.spin) {
                     Ok(event) => Some(event),
                     Err(_) => break,
                 }
@@ -160,6 +161,7 @@ impl Hub {
             room: room.clone(),
             to_client,
             backlog: VecDeque::new(),
+            backlog_bytes: 0,
             last_progress: Instant::now(),
         });
         log::info!("{addr}: {name} joined {room}");
@@ -223,13 +225,13 @@ impl Hub {
             return;
         };
         if !peer.backlog.is_empty() {
-            peer.backlog.push_back(bytes);
+            peer.hold_back(bytes);
             return;
         }
         match peer.to_client.try_send(bytes) {
             Ok(()) => {}
             Err(TrySendError::Full(bytes)) => {
-                peer.backlog.push_back(bytes);
+                peer.hold_back(bytes);
                 peer.last_progress = Instant::now();
             }
             // The writer has ended (socket error); the connection thread will report `Closed`.
@@ -253,8 +255,12 @@ impl Hub {
                 continue;
             }
             while let Some(bytes) = peer.backlog.pop_front() {
+                let len = bytes.len();
                 match peer.to_client.try_send(bytes) {
-                    Ok(()) => peer.last_progress = Instant::now(),
+                    Ok(()) => {
+                        peer.backlog_bytes -= len;
+                        peer.last_progress = Instant::now();
+                    }
                     Err(TrySendError::Full(bytes)) | Err(TrySendError::Disconnected(bytes)) => {
                         peer.backlog.push_front(bytes);
                         break;
@@ -263,9 +269,9 @@ impl Hub {
             }
             let stalled = peer.last_progress.elapsed();
             if !peer.backlog.is_empty()
-                && (stalled > self.config.stall_limit || peer.backlog.len() > self.config.max_backlog)
+                && (stalled > self.config.stall_limit || peer.backlog_bytes > self.config.max_backlog_bytes)
             {
-                too_slow.push((id, stalled, peer.backlog.len()));
+                too_slow.push((id, stalled, peer.backlog_bytes));
             }
         }
         for (id, stalled, held) in too_slow {
@@ -303,6 +309,13 @@ impl Hub {
 
     fn peer_mut(&mut self, id: ConnId) -> Option<&mut Peer> {
         self.conns.get_mut(&id)?.peer.as_mut()
+    }
+}
+
+impl Peer {
+    fn hold_back(&mut self, bytes: Bytes) {
+        self.backlog_bytes += bytes.len();
+        self.backlog.push_back(bytes);
     }
 }
 
