@@ -273,9 +273,15 @@ impl Client {
 }
 
 impl Drop for Client {
-    /// A client dropped without [`Client::close`] cuts the connection at once, so its threads end.
+    /// A client dropped without [`Client::close`] cuts the connection at once (no goodbye; the
+    /// relay sees the connection close) and still joins both threads.
     fn drop(&mut self) {
         self.closer.close();
+        self.to_writer.take();
+        drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
+        for handle in [self.writer.take(), self.reader.take()].into_iter().flatten() {
+            let _ = handle.join();
+        }
     }
 }
 
