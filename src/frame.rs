@@ -279,6 +279,16 @@ pub fn frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
 /// - `Err(..)`: the bytes can never become a valid frame; the connection should be dropped.
 ///
 /// This is the two-step approach: first check that a whole frame is buffered (cheap), then parse it.
+///
+/// ```
+/// use relaychat::frame::{decode, encode_to_vec, Frame};
+///
+/// let bytes = encode_to_vec(&Frame::Say { text: "你好".into() }).unwrap();
+/// // Half a frame is not an error: the caller reads more and tries again.
+/// assert_eq!(decode(&bytes[..5]), Ok(None));
+/// // The whole frame decodes, and says how many bytes it used.
+/// assert_eq!(decode(&bytes), Ok(Some((Frame::Say { text: "你好".into() }, bytes.len()))));
+/// ```
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     let Some(size) = frame_size(buf)? else {
         return Ok(None);
