@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod client;
 pub mod display;
+pub mod filename;
 pub mod frame;
 pub mod rules;
 pub mod server;
