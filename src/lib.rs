@@ -28,6 +28,7 @@ pub mod client;
 pub mod display;
 pub mod filename;
 pub mod frame;
+pub mod outbox;
 pub mod rules;
 pub mod server;
 pub mod spin;

@@ -23,9 +23,16 @@
 
 mod conn;
 mod hub;
+mod session;
+mod store;
+mod transfer;
+
+pub use store::StoreLimits;
+pub use transfer::DEFAULT_CHUNK;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -62,6 +69,15 @@ pub struct ServerConfig {
     /// How long the hub and the writers poll their queue before sleeping (see [`crate::spin`]).
     /// Default 100 µs; zero turns polling off.
     pub spin: Duration,
+    /// Where files wait for their recipients (see `server/store.rs`). Default `./relay-data`.
+    pub data_dir: PathBuf,
+    /// File size, quota and free-space limits.
+    pub limits: StoreLimits,
+    /// Data bytes per download chunk frame. Default [`DEFAULT_CHUNK`].
+    pub chunk_size: usize,
+    /// Test hook: corrupt this chunk (0-based) of every download, to prove clients check hashes.
+    #[doc(hidden)]
+    pub corrupt_download_chunk: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -75,16 +91,20 @@ impl Default for ServerConfig {
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             spin: Duration::from_micros(100),
+            data_dir: PathBuf::from("relay-data"),
+            limits: StoreLimits::default(),
+            chunk_size: DEFAULT_CHUNK,
+            corrupt_download_chunk: None,
         }
     }
 }
 
 /// A bound, not yet running relay. Create it with [`Server::bind`], stop it with a
 /// [`ShutdownHandle`], run it with [`Server::run`].
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     config: ServerConfig,
+    store: store::Store,
     stop: Arc<AtomicBool>,
 }
 
@@ -108,10 +128,14 @@ impl ShutdownHandle {
 }
 
 impl Server {
-    /// Binds the listening socket. Port 0 picks a free port (see [`Server::local_addr`]).
+    /// Binds the listening socket and opens the data directory. Port 0 picks a free port (see
+    /// [`Server::local_addr`]).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        let store = store::Store::open(&config.data_dir, config.limits.clone()).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot use the data dir {}: {e}", config.data_dir.display()))
+        })?;
         let listener = TcpListener::bind(config.bind)?;
-        Ok(Server { listener, config, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Server { listener, config, store, stop: Arc::new(AtomicBool::new(false)) })
     }
 
     /// The address actually bound.
@@ -150,7 +174,7 @@ impl Server {
         let addr = self.local_addr()?;
         log::info!("relay listening on {addr}");
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
-        let hub = Hub::new(self.config.clone(), from_conns);
+        let hub = Hub::new(self.config.clone(), from_conns, self.store);
         let hub_thread = thread::Builder::new().name("hub".into()).spawn(move || hub.run())?;
 
         let mut conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);

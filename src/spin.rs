@@ -16,20 +16,32 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
 
+/// Calls `poll` until it returns `Some`, yielding the CPU between calls, for at most `window`.
+/// Returns `None` when the window passes first; the caller then blocks the ordinary way.
+pub fn poll_for<T>(window: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    if window.is_zero() {
+        return None;
+    }
+    let started = Instant::now();
+    loop {
+        if let Some(value) = poll() {
+            return Some(value);
+        }
+        if started.elapsed() >= window {
+            return None;
+        }
+        thread::yield_now();
+    }
+}
+
 /// Receives from `rx`, polling for up to `window` before blocking.
 pub fn recv<T>(rx: &Receiver<T>, window: Duration) -> Result<T, RecvError> {
-    if !window.is_zero() {
-        let started = Instant::now();
-        loop {
-            match rx.try_recv() {
-                Ok(value) => return Ok(value),
-                Err(TryRecvError::Disconnected) => return Err(RecvError),
-                Err(TryRecvError::Empty) if started.elapsed() < window => thread::yield_now(),
-                Err(TryRecvError::Empty) => break,
-            }
-        }
-    }
-    rx.recv()
+    let polled = poll_for(window, || match rx.try_recv() {
+        Ok(value) => Some(Ok(value)),
+        Err(TryRecvError::Disconnected) => Some(Err(RecvError)),
+        Err(TryRecvError::Empty) => None,
+    });
+    polled.unwrap_or_else(|| rx.recv())
 }
 
 #[cfg(test)]

@@ -1,19 +1,24 @@
 //! End-to-end: the real `server` and `client` binaries, driven through stdin/stdout/stderr, exactly
 //! as a script would. This is the terminal client's contract (see `src/cli/client.rs`).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::TempDir;
 use crossbeam_channel::{unbounded, Receiver};
 use relaychat::client::{Client, ClientConfig};
 
-const WAIT: Duration = Duration::from_secs(10);
+use common::WAIT;
 
 /// A running binary with its output lines arriving on channels.
 struct Proc {
     child: Child,
+    /// The relay's data dir, removed when the process is gone.
+    data_dir: Option<TempDir>,
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
@@ -31,11 +36,15 @@ impl Proc {
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
         let stdin = child.stdin.take();
-        Proc { child, stdin, stdout, stderr }
+        Proc { child, data_dir: None, stdin, stdout, stderr }
     }
 
     fn server() -> (Proc, String) {
-        let server = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", "127.0.0.1:0"], &[]);
+        let data_dir = TempDir::new("bin");
+        let dir = data_dir.path.to_string_lossy().into_owned();
+        let mut server =
+            Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", "127.0.0.1:0", "--data-dir", &dir], &[]);
+        server.data_dir = Some(data_dir);
         let line = server.expect(&server.stderr, "relay listening on ");
         let addr = line.rsplit(' ').next().unwrap().to_owned();
         (server, addr)

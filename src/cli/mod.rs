@@ -26,6 +26,24 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// Parses a byte count for the command line: `4096`, `64K`, `500M`, `4G`, `1T` (binary units;
+/// `KiB`, `MB` and lower case are accepted too).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size like 500M or 4G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?}: unknown unit (use K, M, G or T)")),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// Runs `main`'s body: prints an error chain once, as `error: …`, and picks the exit status.
 pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
@@ -34,5 +52,22 @@ pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
             eprintln!("error: {e:#}");
             Exit::Error.into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("500m"), Ok(500 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("1 TB"), Ok(1 << 40));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

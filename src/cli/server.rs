@@ -1,6 +1,7 @@
 //! `cargo run --release --bin server`: the relay, headless, logging one line per event.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::Exit;
-use crate::server::{Server, ServerConfig};
+use super::{parse_size, Exit};
+use crate::server::{Server, ServerConfig, StoreLimits};
 
 /// relaychat relay: clients dial out to it, it passes their messages between them.
 ///
@@ -26,14 +27,31 @@ pub struct ServerCli {
     /// Polling trades a little CPU after each message for lower latency (see src/spin.rs).
     #[arg(long, default_value_t = 100)]
     pub spin_us: u64,
+    /// Where files wait for their recipients.
+    #[arg(long, env = "RELAYCHAT_DATA_DIR", default_value = "relay-data")]
+    pub data_dir: PathBuf,
+    /// Largest file the relay accepts (K, M, G, T suffixes).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// Most bytes one user may have stored on the relay at once.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    pub quota: u64,
+    /// Free disk space the relay always keeps; uploads that would eat into it are refused.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub min_free: u64,
 }
 
 /// Runs the relay until SIGINT or SIGTERM.
 pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config =
-        ServerConfig { bind: cli.bind, spin: Duration::from_micros(cli.spin_us), ..ServerConfig::default() };
-    let server = Server::bind(config).with_context(|| format!("cannot listen on {}", cli.bind))?;
+    let config = ServerConfig {
+        bind: cli.bind,
+        spin: Duration::from_micros(cli.spin_us),
+        data_dir: cli.data_dir,
+        limits: StoreLimits { max_file_size: cli.max_file_size, quota: cli.quota, min_free: cli.min_free },
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;
     let shutdown = server.shutdown_handle()?;
 
     // signal-hook turns signals into an iterator on an ordinary thread: no async runtime, and no

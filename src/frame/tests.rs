@@ -174,8 +174,9 @@ fn random_garbage_never_panics_and_valid_results_re_encode() {
         // exercised, not just the length check.
         if len >= 5 && rng.next().is_multiple_of(2) {
             buf[..4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
-            buf[4] = [HELLO, SAY, WHO, ERROR, CHAT, ONLINE, UPLOAD_START, UPLOAD_END, FILE_LIST, DOWNLOAD_FAILED]
-                [(rng.next() % 10) as usize];
+            buf[4] =
+                [HELLO, SAY, WHO, ERROR, CHAT, ONLINE, UPLOAD_START, UPLOAD_END, FILE_LIST, DOWNLOAD_FAILED]
+                    [(rng.next() % 10) as usize];
         }
         if let Ok(Some((frame, used))) = decode(&buf) {
             decoded += 1;

@@ -14,7 +14,7 @@
 //!
 //! Everything here is generic over [`Stream`], so TLS can be slotted in later.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -22,10 +22,16 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::hub::{Bytes, ConnId, ToHub};
+use super::session::Session;
+use super::transfer::DownloadSettings;
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
+use crate::outbox;
 use crate::rules;
-use crate::wire::{write_frame, FrameReader, ReadError, Stream};
+use crate::wire::{write_frame, FrameReader, Stream};
+
+/// Frames in a connection's bulk queue (file chunks of up to 256 KiB, and upload answers).
+const BULK_QUEUE: usize = 4;
 
 /// Who this connection is, for logs and for the hub.
 pub(crate) struct ConnInfo {
@@ -134,13 +140,15 @@ fn joined_phase<S: Stream>(
     // Bounded: this queue is the buffer between the hub (fast) and this client's network (maybe
     // slow). The hub never blocks on it; see hub.rs for what happens when it is full.
     let (to_client, from_hub) = bounded::<Bytes>(config.client_queue);
+    // Bounded and short: file chunks wait here, so a download holds at most this many in memory.
+    let (to_writer, from_conn) = bounded::<Vec<u8>>(BULK_QUEUE);
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
     // when the client has closed its side (see `write_loop`).
     let (_reader_alive, reader_gone) = bounded::<()>(0);
     let (linger, spin) = (config.linger, config.spin);
     let writer = thread::Builder::new()
         .name(format!("conn-{id}-writer"))
-        .spawn(move || write_loop(writer_stream, from_hub, reader_gone, linger, spin));
+        .spawn(move || write_loop(writer_stream, from_hub, from_conn, reader_gone, linger, spin));
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -149,7 +157,9 @@ fn joined_phase<S: Stream>(
         }
     };
     if to_hub.send(ToHub::Hello { id, name, room, to_client }).is_ok() {
-        read_loop(&mut reader, id, addr, to_hub);
+        let settings =
+            DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
+        Session::new(id, addr, to_hub.clone(), to_writer, settings).run(&mut reader);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
     Some(writer)
@@ -163,44 +173,8 @@ fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConf
     stream.try_clone_stream()
 }
 
-/// Turns frames from a joined client into hub events until EOF or an error.
-fn read_loop<S: Stream>(reader: &mut FrameReader<S>, id: ConnId, addr: SocketAddr, to_hub: &Sender<ToHub>) {
-    loop {
-        let event = match reader.read_frame() {
-            Ok(Some(Frame::Say { text })) => match rules::check_text(&text) {
-                Ok(()) => ToHub::Say { id, text },
-                Err(e) => ToHub::Warn { id, code: ErrorCode::BadText, message: e.to_string() },
-            },
-            Ok(Some(Frame::Who)) => ToHub::Who { id },
-            Ok(Some(Frame::Goodbye)) => ToHub::Goodbye { id },
-            Ok(Some(other)) => {
-                let message = format!("frame kind 0x{:02x} is not allowed from a client here", other.kind());
-                log::warn!("{addr}: {message}");
-                let _ = to_hub.send(ToHub::Fail { id, code: ErrorCode::Protocol, message });
-                return;
-            }
-            Ok(None) => return,
-            Err(ReadError::Io(e)) => {
-                log::info!("{addr}: read ended: {e}");
-                return;
-            }
-            Err(e) => {
-                log::warn!("{addr}: {e}");
-                let _ = to_hub.send(ToHub::Fail { id, code: ErrorCode::Protocol, message: e.to_string() });
-                return;
-            }
-        };
-        let said_goodbye = matches!(event, ToHub::Goodbye { .. });
-        if to_hub.send(event).is_err() || said_goodbye {
-            return;
-        }
-    }
-}
-
-/// The writer thread: drains the queue into the socket until the hub drops the sender.
-///
-/// Frames are written into a `BufWriter` and flushed only when the queue is momentarily empty, so a
-/// burst becomes a few large writes while a lone message still goes out at once.
+/// The writer thread: drains the hub's queue and the connection's bulk queue into the socket (see
+/// [`crate::outbox`]) until the hub drops its sender.
 ///
 /// When the queue closes, it flushes, half-closes the socket (TCP FIN: "nothing more from me") and
 /// waits up to `linger` for the reader to finish, i.e. for the client to close its side. Then it
@@ -208,23 +182,15 @@ fn read_loop<S: Stream>(reader: &mut FrameReader<S>, id: ConnId, addr: SocketAdd
 fn write_loop<S: Stream>(
     stream: S,
     from_hub: Receiver<Bytes>,
+    from_conn: Receiver<Vec<u8>>,
     reader_gone: Receiver<()>,
     linger: Duration,
     spin: Duration,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    let result = (|| -> std::io::Result<()> {
-        while let Ok(bytes) = crate::spin::recv(&from_hub, spin) {
-            out.write_all(&bytes)?;
-            while let Ok(more) = from_hub.try_recv() {
-                out.write_all(&more)?;
-            }
-            out.flush()?;
-        }
-        out.flush()?;
-        out.get_ref().shutdown_write()
-    })();
+    let result =
+        outbox::pump(&mut out, &from_hub, from_conn, spin).and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         log::debug!("writer ended: {e}");
     } else {

@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
 use crate::display::now_ms;
 use crate::frame::{self, ErrorCode, Frame};
+use crate::rules;
 use crate::wire::Closer;
 
 /// One encoded frame, shared by every client it goes to: a broadcast is encoded once.
@@ -50,6 +52,26 @@ pub(crate) enum ToHub {
     Goodbye { id: ConnId },
     /// The connection thread is ending; forget this connection.
     Closed { id: ConnId },
+    /// Start or resume an upload. The answer goes back on `reply`, because the connection thread
+    /// must know where to write before it reads the next frame.
+    BeginUpload {
+        id: ConnId,
+        key: String,
+        name: String,
+        size: u64,
+        to: String,
+        reply: Sender<Result<UploadPlan, Refusal>>,
+    },
+    /// The connection verified an upload's size and hash: store it and tell the recipients.
+    CommitUpload { id: ConnId, upload_id: u64, sha256: [u8; 32] },
+    /// The connection gave up on an upload: delete it and tell the client why.
+    AbortUpload { id: ConnId, upload_id: u64, code: ErrorCode, message: String },
+    /// The client asked which files wait for it.
+    ListFiles { id: ConnId },
+    /// The client wants a file; the plan (or the refusal) goes back on `reply`.
+    Download { id: ConnId, file_id: u64, offset: u64, reply: Sender<Result<DownloadPlan, Refusal>> },
+    /// The client has a file, verified.
+    Received { id: ConnId, file_id: u64 },
     /// The server is stopping; see [`super::Server::run`].
     Shutdown,
 }
@@ -79,6 +101,7 @@ const BACKLOG_TICK: Duration = Duration::from_millis(5);
 
 pub(crate) struct Hub {
     config: ServerConfig,
+    store: Store,
     events: Receiver<ToHub>,
     conns: HashMap<ConnId, Conn>,
     /// Online names, across all rooms: names are unique server-wide.
@@ -88,8 +111,8 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>) -> Hub {
-        Hub { config, events, conns: HashMap::new(), names: HashMap::new(), rooms: HashMap::new() }
+    pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>, store: Store) -> Hub {
+        Hub { config, store, events, conns: HashMap::new(), names: HashMap::new(), rooms: HashMap::new() }
     }
 
     /// Handles events until [`ToHub::Shutdown`] (or until every sender is gone). Returns the closer
@@ -136,8 +159,85 @@ impl Hub {
             ToHub::Closed { id } => {
                 self.leave(id, "connection closed");
                 self.conns.remove(&id);
+                self.store.release(id);
+            }
+            ToHub::BeginUpload { id, key, name, size, to, reply } => {
+                let _ = reply.send(self.begin_upload(id, &key, &name, size, &to));
+            }
+            ToHub::CommitUpload { id, upload_id, sha256 } => self.commit_upload(id, upload_id, sha256),
+            ToHub::AbortUpload { id, upload_id, code, message } => {
+                self.store.abort_upload(upload_id);
+                self.send_to(id, &Frame::UploadFailed { upload_id, code, message });
+            }
+            ToHub::ListFiles { id } => {
+                let Some(peer) = self.peer(id) else { return };
+                let files = self.store.waiting_for(&peer.name);
+                self.send_to(id, &Frame::FileList { files });
+            }
+            ToHub::Download { id, file_id, offset, reply } => {
+                let Some(peer) = self.peer(id) else { return };
+                let _ = reply.send(self.store.plan_download(&peer.name, file_id, offset));
+            }
+            ToHub::Received { id, file_id } => {
+                let Some(peer) = self.peer(id) else { return };
+                let name = peer.name.clone();
+                self.store.mark_received(&name, file_id);
             }
             ToHub::Shutdown => {}
+        }
+    }
+
+    /// Works out the recipients and asks the store for room. `to` names one user (online or not);
+    /// empty means everyone else in the sender's room right now.
+    fn begin_upload(
+        &mut self,
+        id: ConnId,
+        key: &str,
+        name: &str,
+        size: u64,
+        to: &str,
+    ) -> Result<UploadPlan, Refusal> {
+        let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
+        let recipients = if to.is_empty() {
+            let members = self.rooms.get(&peer.room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+            let mut others: std::collections::BTreeSet<String> = members;
+            others.remove(&peer.name);
+            if others.is_empty() {
+                return Err((
+                    ErrorCode::NoRecipients,
+                    format!("nobody else is in {}; name a recipient with --to NAME", peer.room),
+                ));
+            }
+            others
+        } else {
+            rules::check_name(to).map_err(|e| (ErrorCode::NoRecipients, format!("bad recipient: {e}")))?;
+            [to.to_owned()].into_iter().collect()
+        };
+        let sender = peer.name.clone();
+        self.store.begin_upload(UploadRequest { conn: id, sender: &sender, key, name, size, recipients })
+    }
+
+    fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
+        match self.store.commit_upload(upload_id, sha256) {
+            Ok(info) => {
+                let recipients: Vec<String> = self.store.recipients(info.file_id);
+                log::info!(
+                    "{} stored {:?} ({} bytes) as file {} for {}",
+                    info.from,
+                    info.name,
+                    info.size,
+                    info.file_id,
+                    recipients.join(", ")
+                );
+                self.send_to(id, &Frame::UploadDone { upload_id, file_id: info.file_id });
+                let announce = Frame::NewFile(info);
+                for name in recipients {
+                    if let Some(&target) = self.names.get(&name) {
+                        self.send_to(target, &announce);
+                    }
+                }
+            }
+            Err((code, message)) => self.send_to(id, &Frame::UploadFailed { upload_id, code, message }),
         }
     }
 
@@ -167,8 +267,11 @@ impl Hub {
         log::info!("{addr}: {name} joined {room}");
         self.names.insert(name.clone(), id);
         self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
-        self.rooms.entry(room).or_default().insert(name, id);
+        self.rooms.entry(room).or_default().insert(name.clone(), id);
         self.who(id);
+        for info in self.store.waiting_for(&name) {
+            self.send_to(id, &Frame::NewFile(info));
+        }
     }
 
     fn say(&mut self, id: ConnId, text: String) {

@@ -18,9 +18,10 @@ use relaychat::wire::{FrameReader, ReadError};
 /// How long any single expected event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A relay running on its own thread, stopped and joined on drop.
+/// A relay running on its own thread, stopped and joined on drop, with its own data dir.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub data_dir: TempDir,
     handle: ShutdownHandle,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -31,12 +32,19 @@ impl TestServer {
     }
 
     pub fn start_with(config: ServerConfig) -> TestServer {
-        let config = ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..config };
+        let data_dir = TempDir::new("relay");
+        TestServer::start_in(config, data_dir)
+    }
+
+    /// Starts a relay on an existing data dir (to test what survives a restart).
+    pub fn start_in(config: ServerConfig, data_dir: TempDir) -> TestServer {
+        let config =
+            ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), data_dir: data_dir.path.clone(), ..config };
         let server = Server::bind(config).expect("bind a loopback port");
         let addr = server.local_addr().unwrap();
         let handle = server.shutdown_handle().unwrap();
         let thread = Some(std::thread::spawn(move || server.run()));
-        TestServer { addr, handle, thread }
+        TestServer { addr, data_dir, handle, thread }
     }
 
     /// Stops the relay and returns how long `run` took to return after the request.
@@ -47,6 +55,12 @@ impl TestServer {
             thread.join().expect("server thread panicked").expect("server run failed");
         }
         t.elapsed()
+    }
+
+    /// Stops the relay and hands back its data dir, for a new relay to start on.
+    pub fn stop_and_keep_data(mut self) -> TempDir {
+        self.stop();
+        std::mem::replace(&mut self.data_dir, TempDir { path: Default::default() })
     }
 
     /// A library client in `room`.
@@ -74,6 +88,30 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if self.thread.is_some() {
             self.stop();
+        }
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("relaychat-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }

@@ -1,0 +1,227 @@
+//! What a connection thread does after the hello: read frames from a joined client and act on
+//! them, until the connection ends.
+//!
+//! Chat frames become hub events. File frames are handled here, on the connection's own thread:
+//! upload chunks are written to disk by this thread, and downloads are streamed by a download
+//! thread that this session starts on the first request and joins at the end. Where the hub must
+//! decide something (recipients, quotas, who may download what), the session asks it and waits for
+//! the answer on a one-shot channel.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{bounded, Sender};
+
+use super::hub::{ConnId, ToHub};
+use super::store::{DownloadPlan, Refusal};
+use super::transfer::{download_loop, DownloadSettings, UploadReceiver};
+use crate::filename;
+use crate::frame::{encode_to_vec, ErrorCode, Frame};
+use crate::rules;
+use crate::wire::{FrameReader, ReadError, Stream};
+
+/// Whether to keep reading.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The download thread of a connection, started on the first download request.
+struct Downloader {
+    jobs: Sender<DownloadPlan>,
+    cancel: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+pub(crate) struct Session {
+    pub id: ConnId,
+    pub addr: SocketAddr,
+    pub to_hub: Sender<ToHub>,
+    /// This connection's bulk queue into its writer (upload answers and download chunks).
+    pub to_writer: Sender<Vec<u8>>,
+    pub settings: DownloadSettings,
+    uploads: UploadReceiver,
+    downloader: Option<Downloader>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: ConnId,
+        addr: SocketAddr,
+        to_hub: Sender<ToHub>,
+        to_writer: Sender<Vec<u8>>,
+        settings: DownloadSettings,
+    ) -> Session {
+        Session {
+            id,
+            addr,
+            to_hub,
+            to_writer,
+            settings,
+            uploads: UploadReceiver::default(),
+            downloader: None,
+        }
+    }
+
+    /// Reads until EOF, an error or a goodbye; then stops the download thread and joins it.
+    pub(crate) fn run<S: Stream>(mut self, reader: &mut FrameReader<S>) {
+        loop {
+            let flow = match reader.read_frame() {
+                Ok(Some(frame)) => self.handle(frame),
+                Ok(None) => Flow::Stop,
+                Err(ReadError::Io(e)) => {
+                    log::info!("{}: read ended: {e}", self.addr);
+                    Flow::Stop
+                }
+                Err(e) => {
+                    log::warn!("{}: {e}", self.addr);
+                    self.fail(ErrorCode::Protocol, e.to_string())
+                }
+            };
+            if let Flow::Stop = flow {
+                break;
+            }
+        }
+        if let Some(downloader) = self.downloader.take() {
+            downloader.cancel.store(true, Ordering::SeqCst);
+            drop(downloader.jobs);
+            let _ = downloader.thread.join();
+        }
+    }
+
+    fn handle(&mut self, frame: Frame) -> Flow {
+        let id = self.id;
+        match frame {
+            Frame::Say { text } => match rules::check_text(&text) {
+                Ok(()) => self.hub(ToHub::Say { id, text }),
+                Err(e) => self.hub(ToHub::Warn { id, code: ErrorCode::BadText, message: e.to_string() }),
+            },
+            Frame::Who => self.hub(ToHub::Who { id }),
+            Frame::Goodbye => {
+                let _ = self.hub(ToHub::Goodbye { id });
+                Flow::Stop
+            }
+            Frame::UploadStart { key, name, size, to } => self.upload_start(key, name, size, to),
+            Frame::UploadChunk { upload_id, data } => self.upload_chunk(upload_id, &data),
+            Frame::UploadEnd { upload_id, sha256 } => match self.uploads.finish(upload_id, sha256) {
+                Ok(()) => self.hub(ToHub::CommitUpload { id, upload_id, sha256 }),
+                Err(refusal) => self.abort_upload(upload_id, refusal),
+            },
+            Frame::ListFiles => self.hub(ToHub::ListFiles { id }),
+            Frame::Download { file_id, offset } => self.download(file_id, offset),
+            Frame::Received { file_id } => self.hub(ToHub::Received { id, file_id }),
+            other => {
+                let message = format!("frame kind 0x{:02x} is not allowed from a client here", other.kind());
+                log::warn!("{}: {message}", self.addr);
+                self.fail(ErrorCode::Protocol, message)
+            }
+        }
+    }
+
+    fn hub(&self, event: ToHub) -> Flow {
+        match self.to_hub.send(event) {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop, // the hub is gone: shutting down
+        }
+    }
+
+    /// A protocol error: the hub sends the client an error frame and ends the connection.
+    fn fail(&self, code: ErrorCode, message: String) -> Flow {
+        let _ = self.to_hub.send(ToHub::Fail { id: self.id, code, message });
+        Flow::Stop
+    }
+
+    /// Sends a frame on this connection's own (bulk) queue.
+    fn reply(&self, frame: &Frame) -> Flow {
+        let Ok(bytes) = encode_to_vec(frame) else { return Flow::Stop };
+        match self.to_writer.send(bytes) {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop, // the writer is gone
+        }
+    }
+
+    /// Asks the hub for a plan and waits for the answer. `None` when the hub is gone.
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> ToHub) -> Option<T> {
+        let (reply, answer) = bounded(1);
+        self.to_hub.send(make(reply)).ok()?;
+        answer.recv().ok()
+    }
+
+    fn upload_start(&mut self, key: String, raw_name: String, size: u64, to: String) -> Flow {
+        let id = self.id;
+        let name = filename::clean(&raw_name);
+        let Some(answer) = self.ask(|reply| ToHub::BeginUpload { id, key, name, size, to, reply }) else {
+            return Flow::Stop;
+        };
+        let plan = match answer {
+            Ok(plan) => plan,
+            Err((code, message)) => {
+                log::info!("{}: upload refused: {message}", self.addr);
+                return self.reply(&Frame::UploadFailed { upload_id: 0, code, message });
+            }
+        };
+        let upload_id = plan.upload_id;
+        match self.uploads.start(plan) {
+            Ok(offset) => self.reply(&Frame::UploadReady { upload_id, offset }),
+            Err(e) => self.abort_upload(upload_id, super::transfer::storage_refusal(&e)),
+        }
+    }
+
+    fn upload_chunk(&mut self, upload_id: u64, data: &[u8]) -> Flow {
+        if self.uploads.is_failed(upload_id) {
+            return Flow::Continue; // chunks that were already on the wire when it failed
+        }
+        match self.uploads.chunk(upload_id, data) {
+            Ok(()) => Flow::Continue,
+            Err(refusal) => self.abort_upload(upload_id, refusal),
+        }
+    }
+
+    /// Ends an upload on this connection and has the hub delete its bytes and tell the client.
+    fn abort_upload(&mut self, upload_id: u64, (code, message): Refusal) -> Flow {
+        log::info!("{}: upload {upload_id} failed: {message}", self.addr);
+        self.uploads.fail(upload_id);
+        self.hub(ToHub::AbortUpload { id: self.id, upload_id, code, message })
+    }
+
+    fn download(&mut self, file_id: u64, offset: u64) -> Flow {
+        let id = self.id;
+        let Some(answer) = self.ask(|reply| ToHub::Download { id, file_id, offset, reply }) else {
+            return Flow::Stop;
+        };
+        let plan = match answer {
+            Ok(plan) => plan,
+            Err((code, message)) => return self.reply(&Frame::DownloadFailed { file_id, code, message }),
+        };
+        let downloader = match self.downloader.take() {
+            Some(running) => running,
+            None => match self.start_downloader() {
+                Ok(started) => started,
+                Err(e) => {
+                    let message = format!("the relay cannot start a download: {e}");
+                    return self.reply(&Frame::DownloadFailed { file_id, code: ErrorCode::Storage, message });
+                }
+            },
+        };
+        let sent = downloader.jobs.send(plan).is_ok();
+        self.downloader = Some(downloader);
+        if sent {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        }
+    }
+
+    fn start_downloader(&self) -> std::io::Result<Downloader> {
+        // A few queued requests at most; a client asks for one file at a time.
+        let (jobs, from_session) = bounded(4);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (to_writer, settings, stop) = (self.to_writer.clone(), self.settings, cancel.clone());
+        let thread = thread::Builder::new()
+            .name(format!("conn-{}-download", self.id))
+            .spawn(move || download_loop(from_session, to_writer, settings, &stop))?;
+        Ok(Downloader { jobs, cancel, thread })
+    }
+}

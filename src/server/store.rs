@@ -1,0 +1,499 @@
+//! The relay's file store: the one module that owns the data directory.
+//!
+//! ```text
+//! relay-data/
+//!   tmp/<upload_id>.part     uploads in progress (names chosen here, never by a client)
+//!   files/<file_id>.bin      complete, verified files
+//!   files/<file_id>.meta     who sent it, its cleaned name, size, SHA-256, who still waits for it
+//! ```
+//!
+//! The hub thread owns the [`Store`] and is the only one to create, rename or delete anything
+//! here; those are small, quick operations. The *bytes* of a transfer are moved by the connection's
+//! own threads: an upload is written to its `.part` file by the connection's reader, a download is
+//! read by the connection's download thread. So the hub never waits on a large write.
+//!
+//! Metadata is one small text file per stored file, rewritten atomically (write a temporary file,
+//! then rename over the old one). A later issue moves it into SQLite; this module's interface is
+//! what the rest of the relay sees, so that move stays inside this file.
+//!
+//! Simplified on purpose: partial uploads are remembered in memory only. After a relay restart
+//! their `.part` files are deleted and those uploads start again from zero.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::frame::{ErrorCode, FileInfo};
+use crate::server::hub::ConnId;
+
+/// Limits on what the store accepts, all checked before the first byte of an upload is stored.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// Largest single file. Default 4 GiB.
+    pub max_file_size: u64,
+    /// Most bytes one sender may have on the relay at once (stored and in progress). Default 10 GiB.
+    pub quota: u64,
+    /// Bytes the disk must keep free after an upload is accounted for. Default 64 MiB.
+    pub min_free: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { max_file_size: 4 << 30, quota: 10 << 30, min_free: 64 << 20 }
+    }
+}
+
+/// A refusal: the error code for the client and a sentence for the person.
+pub(crate) type Refusal = (ErrorCode, String);
+
+/// What the connection thread needs to receive an upload.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadPlan {
+    pub upload_id: u64,
+    pub temp_path: PathBuf,
+    pub size: u64,
+}
+
+/// What the download thread needs to send a file.
+#[derive(Debug, Clone)]
+pub(crate) struct DownloadPlan {
+    pub file_id: u64,
+    pub path: PathBuf,
+    pub size: u64,
+    pub offset: u64,
+}
+
+/// A request to start (or resume) an upload, as the hub passes it on.
+pub(crate) struct UploadRequest<'a> {
+    pub conn: ConnId,
+    pub sender: &'a str,
+    pub key: &'a str,
+    /// Already cleaned with [`crate::filename::clean`].
+    pub name: &'a str,
+    pub size: u64,
+    pub recipients: BTreeSet<String>,
+}
+
+struct Partial {
+    upload_id: u64,
+    sender: String,
+    key: String,
+    name: String,
+    size: u64,
+    recipients: BTreeSet<String>,
+    temp_path: PathBuf,
+    /// The connection currently sending it, if any.
+    in_use_by: Option<ConnId>,
+}
+
+struct Stored {
+    info: FileInfo,
+    recipients: BTreeSet<String>,
+}
+
+/// The data directory and everything known about its contents.
+pub(crate) struct Store {
+    files_dir: PathBuf,
+    tmp_dir: PathBuf,
+    limits: StoreLimits,
+    files: BTreeMap<u64, Stored>,
+    /// Uploads in progress, by upload id.
+    partials: HashMap<u64, Partial>,
+    next_id: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory, loads what is stored, and removes leftovers:
+    /// `.part` files of an earlier run and files whose metadata is missing or unreadable.
+    pub(crate) fn open(root: &Path, limits: StoreLimits) -> io::Result<Store> {
+        let files_dir = root.join("files");
+        let tmp_dir = root.join("tmp");
+        fs::create_dir_all(&files_dir)?;
+        fs::create_dir_all(&tmp_dir)?;
+        for entry in fs::read_dir(&tmp_dir)? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        let mut store = Store {
+            files_dir,
+            tmp_dir,
+            limits,
+            files: BTreeMap::new(),
+            partials: HashMap::new(),
+            next_id: 1,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&mut self) -> io::Result<()> {
+        let mut bins = BTreeSet::new();
+        for entry in fs::read_dir(&self.files_dir)? {
+            let path = entry?.path();
+            let id = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+            match (id, path.extension().and_then(|e| e.to_str())) {
+                (Some(id), Some("meta")) => match read_meta(&path, id) {
+                    Ok(stored) => {
+                        self.files.insert(id, stored);
+                    }
+                    Err(e) => log::warn!("ignoring unreadable {}: {e}", path.display()),
+                },
+                (Some(id), Some("bin")) => {
+                    bins.insert(id);
+                }
+                _ => {}
+            }
+            if let Some(id) = id {
+                self.next_id = self.next_id.max(id + 1);
+            }
+        }
+        // A file counts only with both halves; anything else is a leftover of an interrupted write.
+        self.files.retain(|id, _| bins.contains(id));
+        for id in bins.iter().filter(|id| !self.files.contains_key(id)) {
+            let _ = fs::remove_file(self.bin_path(*id));
+        }
+        for entry in fs::read_dir(&self.files_dir)? {
+            let path = entry?.path();
+            let id = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+            if id.is_none_or(|id| !self.files.contains_key(&id)) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        log::info!("store: {} file(s) waiting for recipients", self.files.len());
+        Ok(())
+    }
+
+    fn bin_path(&self, id: u64) -> PathBuf {
+        self.files_dir.join(format!("{id}.bin"))
+    }
+
+    fn meta_path(&self, id: u64) -> PathBuf {
+        self.files_dir.join(format!("{id}.meta"))
+    }
+
+    /// Bytes `sender` has on the relay: stored files plus uploads in progress.
+    fn used_by(&self, sender: &str) -> u64 {
+        let stored = self.files.values().filter(|f| f.info.from == sender).map(|f| f.info.size);
+        let partial = self.partials.values().filter(|p| p.sender == sender).map(|p| p.size);
+        stored.chain(partial).sum()
+    }
+
+    /// Starts an upload, or resumes the one with the same sender and key. Every limit is checked
+    /// here, before any byte is stored.
+    pub(crate) fn begin_upload(&mut self, req: UploadRequest<'_>) -> Result<UploadPlan, Refusal> {
+        if req.size > self.limits.max_file_size {
+            return Err((
+                ErrorCode::FileTooLarge,
+                format!(
+                    "the file is {} bytes; this relay accepts at most {}",
+                    req.size, self.limits.max_file_size
+                ),
+            ));
+        }
+        if let Some(plan) = self.resume(&req)? {
+            return Ok(plan);
+        }
+        let used = self.used_by(req.sender);
+        if used.saturating_add(req.size) > self.limits.quota {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "you already have {used} bytes on the relay; with this file it would be over your quota of {}",
+                    self.limits.quota
+                ),
+            ));
+        }
+        let reserved: u64 = self.partials.values().map(|p| p.size).sum();
+        let free = free_space(&self.tmp_dir)
+            .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
+        let needed = req.size.saturating_add(reserved).saturating_add(self.limits.min_free);
+        if free < needed {
+            return Err((
+                ErrorCode::DiskFull,
+                format!("the relay's disk is too full: {free} bytes free, {needed} needed"),
+            ));
+        }
+        let upload_id = self.next_id;
+        self.next_id += 1;
+        let temp_path = self.tmp_dir.join(format!("{upload_id}.part"));
+        let partial = Partial {
+            upload_id,
+            sender: req.sender.to_owned(),
+            key: req.key.to_owned(),
+            name: req.name.to_owned(),
+            size: req.size,
+            recipients: req.recipients,
+            temp_path: temp_path.clone(),
+            in_use_by: Some(req.conn),
+        };
+        self.partials.insert(upload_id, partial);
+        Ok(UploadPlan { upload_id, temp_path, size: req.size })
+    }
+
+    /// Finds a partial upload of the same transfer. A different size or name means the file
+    /// changed: the old bytes are useless and are thrown away.
+    fn resume(&mut self, req: &UploadRequest<'_>) -> Result<Option<UploadPlan>, Refusal> {
+        let Some(id) =
+            self.partials.values().find(|p| p.sender == req.sender && p.key == req.key).map(|p| p.upload_id)
+        else {
+            return Ok(None);
+        };
+        let Some(partial) = self.partials.get_mut(&id) else { return Ok(None) };
+        if partial.in_use_by.is_some_and(|c| c != req.conn) {
+            return Err((ErrorCode::Busy, "this upload is already running on another connection".into()));
+        }
+        if partial.size != req.size || partial.name != req.name {
+            self.abort_upload(id);
+            return Ok(None);
+        }
+        partial.in_use_by = Some(req.conn);
+        partial.recipients = req.recipients.clone();
+        Ok(Some(UploadPlan { upload_id: id, temp_path: partial.temp_path.clone(), size: partial.size }))
+    }
+
+    /// The connection verified size and SHA-256: move the file into place and record it.
+    pub(crate) fn commit_upload(&mut self, upload_id: u64, sha256: [u8; 32]) -> Result<FileInfo, Refusal> {
+        let partial = self
+            .partials
+            .remove(&upload_id)
+            .ok_or_else(|| (ErrorCode::BadTransfer, format!("no upload {upload_id} in progress")))?;
+        let file_id = partial.upload_id;
+        let info = FileInfo { file_id, from: partial.sender, name: partial.name, size: partial.size, sha256 };
+        let stored = Stored { info: info.clone(), recipients: partial.recipients };
+        let result = fs::rename(&partial.temp_path, self.bin_path(file_id))
+            .and_then(|()| write_meta(&self.meta_path(file_id), &stored));
+        if let Err(e) = result {
+            let _ = fs::remove_file(&partial.temp_path);
+            let _ = fs::remove_file(self.bin_path(file_id));
+            return Err((ErrorCode::Storage, format!("cannot store the file: {e}")));
+        }
+        self.files.insert(file_id, stored);
+        Ok(info)
+    }
+
+    /// Forgets an upload and deletes its bytes.
+    pub(crate) fn abort_upload(&mut self, upload_id: u64) {
+        if let Some(partial) = self.partials.remove(&upload_id) {
+            let _ = fs::remove_file(&partial.temp_path);
+        }
+    }
+
+    /// A connection ended: its uploads stay on disk, free to be resumed by the next connection.
+    pub(crate) fn release(&mut self, conn: ConnId) {
+        for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(conn)) {
+            partial.in_use_by = None;
+        }
+    }
+
+    /// Who still waits for `file_id`.
+    pub(crate) fn recipients(&self, file_id: u64) -> Vec<String> {
+        self.files.get(&file_id).map(|f| f.recipients.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every file waiting for `name`, oldest first.
+    pub(crate) fn waiting_for(&self, name: &str) -> Vec<FileInfo> {
+        self.files.values().filter(|f| f.recipients.contains(name)).map(|f| f.info.clone()).collect()
+    }
+
+    /// Checks that `name` may download `file_id` from `offset`.
+    pub(crate) fn plan_download(
+        &self,
+        name: &str,
+        file_id: u64,
+        offset: u64,
+    ) -> Result<DownloadPlan, Refusal> {
+        let stored = self
+            .files
+            .get(&file_id)
+            .filter(|f| f.recipients.contains(name))
+            .ok_or_else(|| (ErrorCode::NoSuchFile, format!("no file {file_id} is waiting for you")))?;
+        if offset > stored.info.size {
+            return Err((ErrorCode::BadTransfer, format!("offset {offset} is past the end of the file")));
+        }
+        Ok(DownloadPlan { file_id, path: self.bin_path(file_id), size: stored.info.size, offset })
+    }
+
+    /// `name` has the file, verified. When the last recipient has it, it is deleted.
+    pub(crate) fn mark_received(&mut self, name: &str, file_id: u64) {
+        let meta_path = self.meta_path(file_id);
+        let Some(stored) = self.files.get_mut(&file_id) else { return };
+        if !stored.recipients.remove(name) {
+            return;
+        }
+        if stored.recipients.is_empty() {
+            self.files.remove(&file_id);
+            let _ = fs::remove_file(&meta_path);
+            let _ = fs::remove_file(self.bin_path(file_id));
+        } else if let Err(e) = write_meta(&meta_path, stored) {
+            log::warn!("store: cannot update file {file_id}'s recipients: {e}");
+        }
+    }
+}
+
+/// Bytes available to an unprivileged user on the file system holding `path`.
+fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` is a plain struct the call fills.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Writes the metadata file atomically: a crash leaves either the old or the new version.
+fn write_meta(path: &Path, stored: &Stored) -> io::Result<()> {
+    let mut text = format!(
+        "relaychat-file 1\nfrom={}\nname={}\nsize={}\nsha256={}\n",
+        stored.info.from,
+        stored.info.name,
+        stored.info.size,
+        hex(&stored.info.sha256)
+    );
+    for to in &stored.recipients {
+        text.push_str(&format!("to={to}\n"));
+    }
+    let tmp = path.with_extension("meta.new");
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+fn read_meta(path: &Path, file_id: u64) -> io::Result<Stored> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad or missing {what}"));
+    let text = fs::read_to_string(path)?;
+    let mut lines = text.lines();
+    if lines.next() != Some("relaychat-file 1") {
+        return Err(bad("header"));
+    }
+    let (mut from, mut name, mut size, mut sha256) = (None, None, None, None);
+    let mut recipients = BTreeSet::new();
+    for line in lines {
+        match line.split_once('=') {
+            Some(("from", v)) => from = Some(v.to_owned()),
+            Some(("name", v)) => name = Some(v.to_owned()),
+            Some(("size", v)) => size = v.parse().ok(),
+            Some(("sha256", v)) => sha256 = unhex(v),
+            Some(("to", v)) => {
+                recipients.insert(v.to_owned());
+            }
+            _ => return Err(bad("line")),
+        }
+    }
+    let info = FileInfo {
+        file_id,
+        from: from.ok_or_else(|| bad("from"))?,
+        name: name.ok_or_else(|| bad("name"))?,
+        size: size.ok_or_else(|| bad("size"))?,
+        sha256: sha256.ok_or_else(|| bad("sha256"))?,
+    };
+    Ok(Stored { info, recipients })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("relaychat-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn request<'a>(sender: &'a str, key: &'a str, size: u64) -> UploadRequest<'a> {
+        UploadRequest {
+            conn: 1,
+            sender,
+            key,
+            name: "a.txt",
+            size,
+            recipients: ["bob".to_string()].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_committed_file_survives_a_reopen_and_goes_when_received() {
+        let dir = temp_dir("reopen");
+        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+        let plan = store.begin_upload(request("alice", "k", 3)).unwrap();
+        fs::write(&plan.temp_path, b"abc").unwrap();
+        let info = store.commit_upload(plan.upload_id, [7; 32]).unwrap();
+        drop(store);
+
+        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+        assert_eq!(store.waiting_for("bob"), vec![info.clone()]);
+        assert!(store.waiting_for("carol").is_empty());
+        assert!(store.plan_download("carol", info.file_id, 0).is_err(), "only recipients may download");
+        let plan = store.plan_download("bob", info.file_id, 0).unwrap();
+        assert_eq!(fs::read(&plan.path).unwrap(), b"abc");
+        store.mark_received("bob", info.file_id);
+        assert!(!plan.path.exists(), "deleted once the last recipient has it");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limits_are_checked_before_anything_is_stored() {
+        let dir = temp_dir("limits");
+        let limits = StoreLimits { max_file_size: 100, quota: 150, min_free: 0 };
+        let mut store = Store::open(&dir, limits).unwrap();
+        assert_eq!(store.begin_upload(request("alice", "big", 101)).unwrap_err().0, ErrorCode::FileTooLarge);
+        store.begin_upload(request("alice", "one", 100)).unwrap();
+        assert_eq!(store.begin_upload(request("alice", "two", 51)).unwrap_err().0, ErrorCode::QuotaExceeded);
+        store.begin_upload(request("bob", "two", 51)).unwrap(); // quotas are per sender
+        let full = StoreLimits { min_free: u64::MAX / 2, ..StoreLimits::default() };
+        let mut store = Store::open(&temp_dir("full"), full).unwrap();
+        assert_eq!(store.begin_upload(request("alice", "x", 1)).unwrap_err().0, ErrorCode::DiskFull);
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0, "refusals create no files");
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(temp_dir("full"));
+    }
+
+    #[test]
+    fn the_same_key_resumes_and_a_changed_file_restarts() {
+        let dir = temp_dir("resume");
+        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+        let first = store.begin_upload(request("alice", "k", 10)).unwrap();
+        let other_conn = UploadRequest { conn: 2, ..request("alice", "k", 10) };
+        assert_eq!(store.begin_upload(other_conn).unwrap_err().0, ErrorCode::Busy);
+        store.release(1);
+        let again = store.begin_upload(UploadRequest { conn: 2, ..request("alice", "k", 10) }).unwrap();
+        assert_eq!(again.upload_id, first.upload_id);
+        let changed = store.begin_upload(UploadRequest { conn: 2, ..request("alice", "k", 11) }).unwrap();
+        assert_ne!(changed.upload_id, first.upload_id);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn leftovers_are_cleaned_on_open() {
+        let dir = temp_dir("leftovers");
+        fs::create_dir_all(dir.join("tmp")).unwrap();
+        fs::create_dir_all(dir.join("files")).unwrap();
+        fs::write(dir.join("tmp/5.part"), b"half").unwrap();
+        fs::write(dir.join("files/9.bin"), b"no meta").unwrap();
+        fs::write(dir.join("files/8.meta"), b"relaychat-file 1\nfrom=a\n").unwrap();
+        let store = Store::open(&dir, StoreLimits::default()).unwrap();
+        assert!(store.files.is_empty());
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.join("files")).unwrap().count(), 0);
+        assert!(store.next_id > 9, "ids are never reused");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
