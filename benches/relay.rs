@@ -233,7 +233,7 @@ fn latency(mut a: Conn, mut b: Conn, sizes: &Sizes) -> Vec<u64> {
 
 fn library_latency(addr: &str, sizes: &Sizes) -> Vec<u64> {
     let join = |name: &str| {
-        let config = ClientConfig { name: name.into(), room: "benchlib".into() };
+        let config = ClientConfig::new(name, "benchlib");
         let client = Client::connect_tcp(addr, &config).unwrap();
         assert!(matches!(client.events().recv().unwrap(), Event::Online { .. }));
         client

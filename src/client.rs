@@ -4,37 +4,56 @@
 //! ## Threads
 //!
 //! ```text
-//!  your code ──send_text()──▶ send queue (bounded) ──▶ writer thread ──▶ socket
-//!  your code ◀──events()───── event queue (bounded) ◀── reader thread ◀── socket
+//!  send_text() ─▶ send queue (urgent, bounded) ─┐
+//!                                               ├─▶ writer thread ──▶ socket
+//!  send_file() ─▶ upload thread ─▶ bulk queue ──┘   (urgent first)
+//!
+//!  events() ◀── event queue (bounded) ◀── reader thread ◀── socket
+//!                                          writes downloads to disk
 //! ```
 //!
-//! [`Client::connect`] does the handshake on the calling thread, then starts two threads:
+//! [`Client::connect`] does the handshake on the calling thread, then starts three threads:
 //!
-//! - the **writer** owns a clone of the socket and drains the *send queue*. This is the design
-//!   card's crossbeam send queue: typing never waits for the network, and the network never waits
-//!   for typing. It is bounded, so a program that sends faster than the link can carry is slowed
-//!   down instead of filling memory.
-//! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. The event queue
-//!   is bounded too: if the program stops reading events, the reader stops reading the socket, and
-//!   TCP pushes back on the relay (which will eventually drop a client that never reads).
+//! - the **writer** owns a clone of the socket and drains two queues, the *send queue* first (see
+//!   [`crate::outbox`]). The send queue is the design card's crossbeam queue: typing never waits
+//!   for the network. File chunks travel in the short *bulk* queue behind it, so a line of chat
+//!   overtakes a file in progress.
+//! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
+//!   downloaded chunks straight to disk ([`download`]), so file data never piles up in a queue.
+//!   The event queue is bounded: if the program stops reading events, the reader stops reading the
+//!   socket, and TCP pushes back on the relay.
+//! - the **upload thread** ([`upload`]) sends files one after another: it reads each file in
+//!   chunks, hashes them, and blocks on the bulk queue, which keeps memory flat.
 //!
-//! [`Client::close`] is the orderly way out: it queues a goodbye, lets the writer send everything
-//! still queued, and joins both threads.
+//! [`Client::close`] is the orderly way out: it cancels transfers, queues a goodbye, lets the writer
+//! send everything still in the send queue, and joins every thread.
+
+mod download;
+mod reader;
+mod upload;
 
 use std::fmt;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
+use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, PROTOCOL_VERSION};
+use crate::outbox;
 use crate::rules::{self, RuleError};
-use crate::wire::{write_frame, Closer, FrameReader, ReadError, Stream};
+use crate::wire::{write_frame, Closer, FrameReader, Stream};
+
+pub use crate::server::DEFAULT_CHUNK;
 
 /// Frames the send queue holds before `send_text` blocks.
 pub const SEND_QUEUE: usize = 256;
+/// Chunks the bulk queue holds; with 256 KiB chunks, 1 MiB of file data at most.
+pub const BULK_QUEUE: usize = 4;
 /// Events the event queue holds before the reader stops reading the socket.
 pub const EVENT_QUEUE: usize = 1024;
 /// How long to wait for the server's answer to our hello.
@@ -43,6 +62,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Client::close`] waits for the server to close its side after our goodbye.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a transfer reports progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Who we are, and where we want to be.
 #[derive(Debug, Clone)]
@@ -51,6 +72,32 @@ pub struct ClientConfig {
     pub name: String,
     /// The room to join; must pass [`rules::check_room`].
     pub room: String,
+    /// Data bytes per upload chunk. Default [`DEFAULT_CHUNK`].
+    pub chunk_size: usize,
+    /// Test hook: flip a byte in this upload chunk (0-based) after hashing it.
+    #[doc(hidden)]
+    pub corrupt_upload_chunk: Option<u64>,
+}
+
+impl ClientConfig {
+    /// A configuration with the default chunk size.
+    pub fn new(name: impl Into<String>, room: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            name: name.into(),
+            room: room.into(),
+            chunk_size: DEFAULT_CHUNK,
+            corrupt_upload_chunk: None,
+        }
+    }
+}
+
+/// Which way a transfer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From us to the relay.
+    Up,
+    /// From the relay to us.
+    Down,
 }
 
 /// Something that happened on the connection.
@@ -66,6 +113,18 @@ pub enum Event {
     Online { room: String, names: Vec<String> },
     /// The server rejected one of our requests but kept the connection.
     Warning { code: ErrorCode, message: String },
+    /// A file is waiting for us on the relay (`[Newfile]`).
+    NewFile(FileInfo),
+    /// A transfer moved on. `name` is the cleaned file name.
+    Progress { direction: Direction, name: String, done: u64, total: u64 },
+    /// The relay stored and verified a file we sent.
+    Uploaded { name: String, size: u64 },
+    /// A file was downloaded, verified and renamed into place at `path`.
+    Downloaded { name: String, path: PathBuf },
+    /// A transfer failed; `reason` says why. Partial data is kept only where it can be resumed.
+    TransferFailed { direction: Direction, name: String, reason: String },
+    /// A [`Client::receive_all`] is over.
+    ReceiveFinished { received: usize, failed: usize },
     /// The connection is over. Always the last event.
     Disconnected(Disconnect),
 }
@@ -107,6 +166,10 @@ pub enum ClientError {
     Refused { code: ErrorCode, message: String },
     /// The handshake failed: the connection broke or the server is not a relaychat relay.
     Handshake(String),
+    /// A path we were asked to send cannot be sent (missing, a directory, unreadable).
+    BadPath { path: PathBuf, reason: String },
+    /// A receive is already running.
+    Busy,
     /// The connection is already closed.
     Disconnected,
 }
@@ -120,6 +183,8 @@ impl fmt::Display for ClientError {
             }
             ClientError::Refused { message, .. } => write!(f, "the relay refused us: {message}"),
             ClientError::Handshake(why) => write!(f, "handshake failed: {why}"),
+            ClientError::BadPath { path, reason } => write!(f, "cannot send {}: {reason}", path.display()),
+            ClientError::Busy => write!(f, "a receive is already in progress"),
             ClientError::Disconnected => write!(f, "not connected"),
         }
     }
@@ -146,11 +211,18 @@ pub struct Client {
     /// Our name and room as the server registered them.
     name: String,
     room: String,
-    /// `Some` until `close` takes it: dropping it is how the writer learns to finish.
-    to_writer: Option<Sender<Frame>>,
+    /// The send queue. `close` sends the empty "finish" buffer on it (see [`crate::outbox`]).
+    to_writer: Sender<Vec<u8>>,
+    /// Files to upload; `None` once closing.
+    to_uploader: Option<Sender<upload::Job>>,
+    /// Receive requests for the reader.
+    to_reader: Sender<reader::Command>,
+    /// True while a receive is running (set here, cleared by the reader).
+    receiving: Arc<AtomicBool>,
+    /// Set when closing: transfers stop at the next chunk.
+    cancel: Arc<AtomicBool>,
     events: Receiver<Event>,
-    writer: Option<JoinHandle<()>>,
-    reader: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     closer: Closer,
 }
 
@@ -165,50 +237,58 @@ impl Client {
     }
 
     /// Joins over an already connected stream: sends the hello, waits for the welcome, then starts
-    /// the reader and writer threads.
+    /// the threads.
     pub fn connect<S: Stream>(stream: S, config: &ClientConfig) -> Result<Client, ClientError> {
         rules::check_name(&config.name)?;
         rules::check_room(&config.room)?;
         let hs = |e: io::Error| ClientError::Handshake(e.to_string());
         let mut reader = FrameReader::new(stream);
-        let hello =
-            Frame::Hello { version: PROTOCOL_VERSION, name: config.name.clone(), room: config.room.clone() };
-        write_frame(reader.get_mut(), &hello).map_err(hs)?;
-        reader.get_mut().flush().map_err(hs)?;
-        reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(hs)?;
-        let (name, room) = match reader.read_frame() {
-            Ok(Some(Frame::Welcome { name, room })) => (name, room),
-            Ok(Some(Frame::Error { code, message })) => return Err(ClientError::Refused { code, message }),
-            Ok(Some(other)) => {
-                return Err(ClientError::Handshake(format!(
-                    "expected a welcome, got frame kind 0x{:02x}",
-                    other.kind()
-                )))
-            }
-            Ok(None) => return Err(ClientError::Handshake("the server closed the connection".into())),
-            Err(e) if e.is_timeout() => {
-                return Err(ClientError::Handshake(format!(
-                    "no answer within {} s",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )))
-            }
-            Err(e) => return Err(ClientError::Handshake(e.to_string())),
-        };
-        reader.get_ref().set_read_timeout(None).map_err(hs)?;
+        let (name, room) = handshake(&mut reader, config)?;
         let closer = reader.get_ref().closer().map_err(hs)?;
         let write_half = reader.get_ref().try_clone_stream().map_err(hs)?;
 
         let (to_writer, from_app) = bounded(SEND_QUEUE);
+        let (to_bulk, from_bulk) = bounded(BULK_QUEUE);
         let (to_app, events) = bounded(EVENT_QUEUE);
-        let writer = spawn("client-writer", move || write_loop(write_half, from_app)).map_err(hs)?;
-        let reader = spawn("client-reader", move || read_loop(reader, to_app)).map_err(hs)?;
+        let (to_uploader, jobs) = bounded(64);
+        let (to_upload_replies, upload_replies) = bounded(16);
+        let (to_reader, commands) = bounded(4);
+        let receiving = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::new(AtomicBool::new(false));
+
+        let mut threads = Vec::new();
+        threads
+            .push(spawn("client-writer", move || write_loop(write_half, from_app, from_bulk)).map_err(hs)?);
+        let uploads = upload::Uploader {
+            jobs,
+            replies: upload_replies,
+            to_writer: to_bulk,
+            events: to_app.clone(),
+            cancel: cancel.clone(),
+            chunk: config.chunk_size,
+            corrupt_chunk: config.corrupt_upload_chunk,
+        };
+        threads.push(spawn("client-upload", move || uploads.run()).map_err(hs)?);
+        let reads = reader::Reader {
+            frames: reader,
+            events: to_app,
+            to_writer: to_writer.clone(),
+            upload_replies: to_upload_replies,
+            commands,
+            receiving: receiving.clone(),
+            cancel: cancel.clone(),
+        };
+        threads.push(spawn("client-reader", move || reads.run()).map_err(hs)?);
         Ok(Client {
             name,
             room,
-            to_writer: Some(to_writer),
+            to_writer,
+            to_uploader: Some(to_uploader),
+            to_reader,
+            receiving,
+            cancel,
             events,
-            writer: Some(writer),
-            reader: Some(reader),
+            threads,
             closer,
         })
     }
@@ -231,58 +311,121 @@ impl Client {
     /// Queues text for everyone else in our room. Blocks only if the send queue is full.
     pub fn send_text(&self, text: &str) -> Result<(), ClientError> {
         rules::check_text(text)?;
-        self.queue(Frame::Say { text: text.to_owned() })
+        self.queue(&Frame::Say { text: text.to_owned() })
     }
 
     /// Asks who is online; the answer arrives as [`Event::Online`].
     pub fn who(&self) -> Result<(), ClientError> {
-        self.queue(Frame::Who)
+        self.queue(&Frame::Who)
     }
 
-    fn queue(&self, frame: Frame) -> Result<(), ClientError> {
-        let to_writer = self.to_writer.as_ref().ok_or(ClientError::Disconnected)?;
-        to_writer.send(frame).map_err(|_| ClientError::Disconnected)
+    /// Queues a file for upload: to `to` (whether or not they are online), or, with `None`, to
+    /// everyone else in our room. Files are sent one after another; progress and the outcome arrive
+    /// as events ([`Event::Progress`], [`Event::Uploaded`], [`Event::TransferFailed`]).
+    ///
+    /// Checks here, before anything is queued, that the path is a readable regular file.
+    pub fn send_file(&self, path: &Path, to: Option<&str>) -> Result<(), ClientError> {
+        if let Some(to) = to {
+            rules::check_name(to)?;
+        }
+        let bad = |reason: String| ClientError::BadPath { path: path.to_owned(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.is_dir() {
+            return Err(bad("it is a directory; send the files inside it one by one".into()));
+        }
+        if !meta.is_file() {
+            return Err(bad("it is not a regular file".into()));
+        }
+        let job = upload::Job { path: path.to_owned(), to: to.unwrap_or_default().to_owned() };
+        let to_uploader = self.to_uploader.as_ref().ok_or(ClientError::Disconnected)?;
+        to_uploader.send(job).map_err(|_| ClientError::Disconnected)
     }
 
-    /// Leaves cleanly: everything already queued is sent, then a goodbye, then both threads are
-    /// joined.
+    /// Downloads every file waiting for us into `dir` (created if needed), one after another.
+    /// Ends with [`Event::ReceiveFinished`]; each file gives [`Event::Downloaded`] or
+    /// [`Event::TransferFailed`].
+    pub fn receive_all(&self, dir: &Path) -> Result<(), ClientError> {
+        if self.receiving.swap(true, Ordering::SeqCst) {
+            return Err(ClientError::Busy);
+        }
+        // The command first, then the request: the reader looks for the command when the list
+        // arrives.
+        let sent = self.to_reader.send(reader::Command::ReceiveAll { dir: dir.to_owned() });
+        if sent.is_err() {
+            self.receiving.store(false, Ordering::SeqCst);
+            return Err(ClientError::Disconnected);
+        }
+        self.queue(&Frame::ListFiles)
+    }
+
+    fn queue(&self, frame: &Frame) -> Result<(), ClientError> {
+        let bytes = encode_to_vec(frame).map_err(|e| ClientError::Handshake(e.to_string()))?;
+        self.to_writer.send(bytes).map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Leaves cleanly: transfers in progress stop (they can be resumed later), everything already
+    /// in the send queue is sent, then a goodbye, then every thread is joined.
     ///
     /// ## Close sequence
-    /// 1. Queue `Goodbye` and drop the send queue's sender. The writer sends all it holds, then the
-    ///    goodbye, half-closes the socket and ends. We join it.
-    /// 2. Drop the event receiver, so a reader blocked on a full event queue wakes up.
-    /// 3. Wait up to [`CLOSE_TIMEOUT`] for the server to close its side (the reader then sees EOF),
-    ///    then cut the socket and join the reader.
+    /// 1. Set `cancel` and drop the upload queue: the upload thread stops at its next chunk.
+    /// 2. Queue `Goodbye` and then the empty "finish" buffer: the writer sends all the send queue
+    ///    holds, then half-closes the socket and ends.
+    /// 3. Drop the event receiver, so a reader blocked on a full event queue wakes up.
+    /// 4. Wait up to [`CLOSE_TIMEOUT`] for the server to close its side (the reader then sees EOF),
+    ///    then cut the socket and join every thread.
     pub fn close(mut self) {
-        if let Some(to_writer) = self.to_writer.take() {
-            let _ = to_writer.send(Frame::Goodbye);
-        }
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+        self.cancel.store(true, Ordering::SeqCst);
+        self.to_uploader.take();
+        let _ = self.queue(&Frame::Goodbye);
+        let _ = self.to_writer.send(Vec::new());
         drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
-        if let Some(reader) = self.reader.take() {
-            let deadline = Instant::now() + CLOSE_TIMEOUT;
-            while !reader.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-            self.closer.close();
-            let _ = reader.join();
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        while !self.threads.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
         }
+        // Drop joins every thread after cutting the socket.
     }
 }
 
 impl Drop for Client {
-    /// A client dropped without [`Client::close`] cuts the connection at once (no goodbye; the
-    /// relay sees the connection close) and still joins both threads.
+    /// Cuts the connection (no goodbye if `close` was not called) and joins every thread.
     fn drop(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
         self.closer.close();
-        self.to_writer.take();
+        self.to_uploader.take();
+        let _ = self.to_writer.try_send(Vec::new());
         drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
-        for handle in [self.writer.take(), self.reader.take()].into_iter().flatten() {
+        for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
     }
+}
+
+/// Sends the hello and waits for the welcome.
+fn handshake<S: Stream>(
+    reader: &mut FrameReader<S>,
+    config: &ClientConfig,
+) -> Result<(String, String), ClientError> {
+    let hs = |e: io::Error| ClientError::Handshake(e.to_string());
+    let hello =
+        Frame::Hello { version: PROTOCOL_VERSION, name: config.name.clone(), room: config.room.clone() };
+    write_frame(reader.get_mut(), &hello).map_err(hs)?;
+    reader.get_mut().flush().map_err(hs)?;
+    reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(hs)?;
+    let answer = match reader.read_frame() {
+        Ok(Some(Frame::Welcome { name, room })) => Ok((name, room)),
+        Ok(Some(Frame::Error { code, message })) => Err(ClientError::Refused { code, message }),
+        Ok(Some(other)) => {
+            Err(ClientError::Handshake(format!("expected a welcome, got frame kind 0x{:02x}", other.kind())))
+        }
+        Ok(None) => Err(ClientError::Handshake("the server closed the connection".into())),
+        Err(e) if e.is_timeout() => {
+            Err(ClientError::Handshake(format!("no answer within {} s", HANDSHAKE_TIMEOUT.as_secs())))
+        }
+        Err(e) => Err(ClientError::Handshake(e.to_string())),
+    };
+    reader.get_ref().set_read_timeout(None).map_err(hs)?;
+    answer
 }
 
 /// Resolves `server` and tries each address in turn, like a browser would.
@@ -304,20 +447,13 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle
     thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// The writer thread: the send queue into the socket, flushing whenever the queue is empty.
-fn write_loop<S: Stream>(stream: S, from_app: Receiver<Frame>) {
+/// The writer thread: the send queue and the bulk queue into the socket, urgent first.
+fn write_loop<S: Stream>(stream: S, from_app: Receiver<Vec<u8>>, from_bulk: Receiver<Vec<u8>>) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    let result = (|| -> io::Result<()> {
-        while let Ok(frame) = from_app.recv() {
-            write_frame(&mut out, &frame)?;
-            while let Ok(more) = from_app.try_recv() {
-                write_frame(&mut out, &more)?;
-            }
-            out.flush()?;
-        }
-        out.get_ref().shutdown_write()
-    })();
+    // No polling on the client: it sends at human pace, and one thread fewer spins.
+    let result = outbox::pump(&mut out, &from_app, from_bulk, Duration::ZERO)
+        .and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         // The reader will see the broken socket too; cut it so it notices at once.
         log::debug!("client writer ended: {e}");
@@ -325,34 +461,4 @@ fn write_loop<S: Stream>(stream: S, from_app: Receiver<Frame>) {
             closer.close();
         }
     }
-}
-
-/// The reader thread: frames from the socket into events, ending with `Disconnected`.
-fn read_loop<S: Stream>(mut reader: FrameReader<S>, to_app: Sender<Event>) {
-    let end = loop {
-        let event = match reader.read_frame() {
-            Ok(Some(Frame::Chat { from, sent_at_ms, text })) => Event::Chat { from, sent_at_ms, text },
-            Ok(Some(Frame::Joined { name, room })) => Event::Joined { name, room },
-            Ok(Some(Frame::Left { name, room })) => Event::Left { name, room },
-            Ok(Some(Frame::Online { room, names })) => Event::Online { room, names },
-            Ok(Some(Frame::Error { code, message })) => match code {
-                ErrorCode::BadText => Event::Warning { code, message },
-                _ => break Disconnect::ServerError { code, message },
-            },
-            Ok(Some(Frame::Goodbye)) => break Disconnect::ServerGoodbye,
-            Ok(Some(other)) => {
-                break Disconnect::Failed(format!(
-                    "unexpected frame kind 0x{:02x} from the server",
-                    other.kind()
-                ))
-            }
-            Ok(None) => break Disconnect::Closed,
-            Err(ReadError::Io(e)) => break Disconnect::Failed(e.to_string()),
-            Err(e) => break Disconnect::Failed(e.to_string()),
-        };
-        if to_app.send(event).is_err() {
-            return; // the application dropped the client
-        }
-    };
-    let _ = to_app.send(Event::Disconnected(end));
 }

@@ -31,5 +31,6 @@ pub mod frame;
 pub mod outbox;
 pub mod rules;
 pub mod server;
+pub mod sha;
 pub mod spin;
 pub mod wire;

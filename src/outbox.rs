@@ -9,9 +9,10 @@
 //! The bulk queue is short (a few chunks), which is also what keeps memory flat during a transfer:
 //! whoever produces chunks blocks until the socket has taken the previous ones.
 //!
-//! The loop ends when the urgent queue's senders are all gone and it is empty; that is how the
-//! owner of the connection (the hub on the relay, the `Client` in the library) says "finish up".
-//! A bulk queue whose senders are gone is simply ignored from then on.
+//! The loop ends when the urgent queue's senders are all gone and it is empty (the relay's hub
+//! says "finish up" by dropping its sender), or when an *empty* buffer arrives on it (the client
+//! says it that way, because its reader thread holds a sender too). No frame is ever empty: it has
+//! at least its 4-byte length. A bulk queue whose senders are gone is simply ignored from then on.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -63,8 +64,9 @@ pub fn pump<W: Write, U: AsRef<[u8]>>(
 }
 
 /// One look at both queues, urgent first.
-fn poll<U>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Polled<U> {
+fn poll<U: AsRef<[u8]>>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Polled<U> {
     match urgent.try_recv() {
+        Ok(bytes) if bytes.as_ref().is_empty() => return Polled::Finished,
         Ok(bytes) => return Polled::Item(Item::Urgent(bytes)),
         Err(TryRecvError::Disconnected) => return Polled::Finished,
         Err(TryRecvError::Empty) => {}
@@ -81,7 +83,11 @@ fn poll<U>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Polled<U> {
 
 /// Waits for the next item: polls for `spin` (see [`crate::spin`]), then sleeps on both queues.
 /// `None` means the urgent queue is closed and empty.
-fn wait<U>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>, spin: Duration) -> Option<Item<U>> {
+fn wait<U: AsRef<[u8]>>(
+    urgent: &Receiver<U>,
+    bulk: &mut Receiver<Vec<u8>>,
+    spin: Duration,
+) -> Option<Item<U>> {
     let polled = spin::poll_for(spin, || match poll(urgent, bulk) {
         Polled::Item(item) => Some(Some(item)),
         Polled::Finished => Some(None),
@@ -92,7 +98,7 @@ fn wait<U>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>, spin: Duration) -
     }
     loop {
         select! {
-            recv(urgent) -> msg => return msg.ok().map(Item::Urgent),
+            recv(urgent) -> msg => return msg.ok().filter(|b| !b.as_ref().is_empty()).map(Item::Urgent),
             recv(bulk) -> msg => match msg {
                 Ok(bytes) => return Some(Item::Bulk(bytes)),
                 // Without this, select! would return at once forever on the closed queue.
@@ -121,6 +127,18 @@ mod tests {
         pump(&mut out, &urgent, bulk, Duration::ZERO).unwrap();
         // The urgent queue closing ends the loop: bulk frames still queued are not written.
         assert_eq!(out, b"U");
+    }
+
+    #[test]
+    fn an_empty_buffer_finishes_even_with_senders_alive() {
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
+        let (_to_bulk, bulk) = bounded::<Vec<u8>>(8);
+        to_urgent.send(b"last".to_vec()).unwrap();
+        to_urgent.send(Vec::new()).unwrap();
+        to_urgent.send(b"never".to_vec()).unwrap();
+        let mut out = Vec::new();
+        pump(&mut out, &urgent, bulk, Duration::ZERO).unwrap();
+        assert_eq!(out, b"last");
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn two_terminal_clients_chat_through_the_real_relay() {
 fn multi_line_messages_are_indented_and_own_lines_not_echoed() {
     let (_server, addr) = Proc::server();
     let mut alice = Proc::client(&addr, "alice", &[]);
-    let lib = Client::connect_tcp(&addr, &ClientConfig { name: "lib".into(), room: "lobby".into() }).unwrap();
+    let lib = Client::connect_tcp(&addr, &ClientConfig::new("lib", "lobby")).unwrap();
     alice.expect(&alice.stdout, "* lib joined lobby");
     lib.send_text("first\nsecond\u{1b}[2J").unwrap();
     alice.expect(&alice.stdout, "lib: first");

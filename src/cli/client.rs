@@ -1,72 +1,121 @@
-//! `cargo run --release --bin client`: the terminal client.
+//! `cargo run --release --bin client`: the terminal client, and its one-shot `send` and `receive`.
 //!
 //! Its stdin/stdout behaviour is a contract that scripts and this project's tests rely on:
 //!
-//! - **stdin**, one line at a time: plain text goes to the room; `/who`, `/help`, `/quit` are
-//!   commands; a line starting with `//` sends the text after the first `/`. At EOF everything
-//!   queued is sent, a goodbye is said, and the client exits 0.
+//! - **stdin**, one line at a time: plain text goes to the room; `/who`, `/help`, `/quit`,
+//!   `/send [--to NAME] PATH…` and `/receive` are commands; a line starting with `//` sends the text
+//!   after the first `/`. At EOF, queued messages and transfers are finished, a goodbye is said,
+//!   and the client exits 0.
 //! - **stdout**, one event per line, flushed per line: `[HH:MM:SS] bob: hello`,
-//!   `[HH:MM:SS] * bob joined lobby`, … Later lines of a multi-line message are indented by two
-//!   spaces. Control characters are shown as escapes (see [`crate::display`]).
-//! - **stderr**: `error: …`, one line each. Exit status non-zero when the relay is unreachable,
-//!   refuses us, or goes away.
+//!   `[HH:MM:SS] * bob joined lobby`, `[HH:MM:SS] [Newfile] bob: a.pdf (1.2 MiB)`, … (see
+//!   [`super::show`]). Control characters are shown as escapes.
+//! - **stderr**: `error: …`, one line each, and progress bars when stderr is a terminal. Exit status
+//!   non-zero when the relay is unreachable, refuses us, goes away, or a one-shot transfer fails.
 //!
 //! ## Threads
 //! The main thread waits on two channels with `select!`: lines from a stdin thread, and events
-//! from the [`Client`]. Sending goes through the client's send queue, so a slow network never
-//! stops us from reading the keyboard, and a flood of incoming messages never stops us typing.
+//! from the [`Client`]. Sending goes through the client's queues, so a slow network never stops us
+//! from reading the keyboard, and a flood of incoming messages never stops us typing.
 
 use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
 use std::thread;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use crossbeam_channel::{bounded, select, Receiver};
 
+use super::progress::Bars;
+use super::show::{line, Line};
 use super::Exit;
-use crate::client::{Client, ClientConfig, ClientError, Event};
-use crate::display::{chat_line, notice_line, now_ms, visible};
+use crate::client::{Client, ClientConfig, ClientError, Direction, Event};
+use crate::display::{notice_line, now_ms, visible};
 use crate::rules::DEFAULT_ROOM;
 
-/// relaychat client: chat with everyone in a room on a relaychat relay.
+/// relaychat client: chat with everyone in a room on a relaychat relay, and pass files through it.
 ///
-/// Type a line and press Enter to send it. Commands: /who, /help, /quit.
+/// Type a line and press Enter to send it. Commands: /who, /send [--to NAME] PATH..., /receive,
+/// /help, /quit.
 #[derive(Debug, Parser)]
 #[command(name = "client", version)]
 pub struct ClientCli {
-    /// Use the terminal (the only interface in builds without the `gui` feature).
-    #[arg(long)]
-    pub cli: bool,
-    /// The relay to connect to, as HOST:PORT.
-    #[arg(long, env = "RELAYCHAT_SERVER", default_value = "127.0.0.1:21567")]
-    pub server: String,
-    /// Your name in the chat [default: your OS user name].
-    #[arg(long, env = "RELAYCHAT_NAME")]
-    pub name: Option<String>,
-    /// The room to join.
-    #[arg(long, default_value = DEFAULT_ROOM)]
-    pub room: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
-const HELP: &str = "commands: /who (who is online), /help (this list), /quit (leave); \
-                    start a line with // to send a line that begins with /";
+/// Where to connect and as whom; accepted before or after a subcommand.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Use the terminal (the only interface in builds without the `gui` feature).
+    #[arg(long, global = true)]
+    pub cli: bool,
+    /// The relay to connect to, as HOST:PORT.
+    #[arg(long, global = true, env = "RELAYCHAT_SERVER", default_value = "127.0.0.1:21567")]
+    pub server: String,
+    /// Your name in the chat [default: your OS user name].
+    #[arg(long, global = true, env = "RELAYCHAT_NAME")]
+    pub name: Option<String>,
+    /// The room to join.
+    #[arg(long, global = true, default_value = DEFAULT_ROOM)]
+    pub room: String,
+    /// Where received files go [default: a `relaychat` folder in your download directory].
+    #[arg(long, global = true, env = "RELAYCHAT_DOWNLOADS")]
+    pub downloads: Option<PathBuf>,
+}
 
-/// Runs the terminal client until stdin ends, `/quit`, or the relay goes away.
+/// One-shot commands for scripts: connect, do one thing, exit.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload files; exits 0 once the relay has stored and verified every one.
+    Send {
+        /// Files to send.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Send to this user (online or not) instead of everyone else in the room.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Download every file waiting for you; exits 0 once all are verified and in place.
+    Receive,
+}
+
+const HELP: &str = "commands: /who (who is online), /send [--to NAME] PATH... (send files; quote \
+                    paths with spaces), /receive (download files waiting for you), /help, /quit; start a \
+                    line with // to send a line that begins with /";
+
+/// Runs the client: a one-shot command, or the interactive chat until stdin ends or `/quit`.
 pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let name = match cli.name {
+    let name = match cli.conn.name.clone() {
         Some(name) => name,
         None => os_user_name().context("no --name given and the OS user name is unknown")?,
     };
-    let config = ClientConfig { name, room: cli.room };
-    let client = Client::connect_tcp(&cli.server, &config).map_err(connect_error)?;
-    let mut out = Out(io::stdout());
-    out.line(&notice_line(
-        now_ms(),
-        &format!("connected to {} as {} in {}", visible(&cli.server), client.name(), client.room()),
-    ))?;
-    let keyboard = spawn_stdin_reader()?;
-    chat_loop(client, keyboard, &mut out)
+    let downloads = match cli.conn.downloads.clone() {
+        Some(dir) => dir,
+        None => default_downloads().context("cannot find a download directory; pass --downloads DIR")?,
+    };
+    let config = ClientConfig::new(name, cli.conn.room.clone());
+    let client = Client::connect_tcp(&cli.conn.server, &config).map_err(connect_error)?;
+    let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
+    match cli.command {
+        Some(Command::Send { paths, to }) => send_once(client, &paths, to.as_deref(), &mut ui),
+        Some(Command::Receive) => receive_once(client, &mut ui),
+        None => {
+            ui.out(&notice_line(
+                now_ms(),
+                &format!(
+                    "connected to {} as {} in {}",
+                    visible(&cli.conn.server),
+                    client.name(),
+                    client.room()
+                ),
+            ))?;
+            let keyboard = spawn_stdin_reader()?;
+            chat_loop(client, keyboard, &mut ui)
+        }
+    }
 }
 
 fn connect_error(e: ClientError) -> anyhow::Error {
@@ -76,22 +125,105 @@ fn connect_error(e: ClientError) -> anyhow::Error {
     }
 }
 
-/// The main loop: keyboard lines out, events in.
-fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, out: &mut Out) -> anyhow::Result<Exit> {
+/// Output: stdout lines, stderr errors, progress bars.
+struct Ui {
+    out: io::Stdout,
+    bars: Bars,
+    downloads: PathBuf,
+}
+
+impl Ui {
+    /// One stdout line, flushed, so a script reading us sees each event at once.
+    fn out(&mut self, text: &str) -> anyhow::Result<()> {
+        let out = &self.out;
+        self.bars.suspend(|| {
+            let mut lock = out.lock();
+            writeln!(lock, "{text}").and_then(|()| lock.flush()).context("cannot write to stdout")
+        })
+    }
+
+    fn err(&self, text: &str) {
+        self.bars.suspend(|| eprintln!("{text}"));
+    }
+
+    /// Prints an event and keeps the progress bars in step.
+    fn show(&mut self, event: &Event) -> anyhow::Result<()> {
+        match event {
+            Event::Progress { direction, name, done, total } => {
+                self.bars.update(*direction, name, *done, *total)
+            }
+            Event::Uploaded { name, .. } => self.bars.finish(Direction::Up, name),
+            Event::Downloaded { name, .. } => self.bars.finish(Direction::Down, name),
+            Event::TransferFailed { direction, name, .. } => self.bars.finish(*direction, name),
+            _ => {}
+        }
+        match line(event) {
+            Line::Out(text) => self.out(&text),
+            Line::Err(text) => {
+                self.err(&text);
+                Ok(())
+            }
+            Line::None => Ok(()),
+        }
+    }
+}
+
+/// Transfers started from this terminal that have not finished yet.
+#[derive(Default)]
+struct Pending {
+    uploads: usize,
+    receiving: bool,
+}
+
+impl Pending {
+    fn is_idle(&self) -> bool {
+        self.uploads == 0 && !self.receiving
+    }
+
+    /// Counts finished transfers down.
+    fn note(&mut self, event: &Event) {
+        match event {
+            Event::Uploaded { .. } | Event::TransferFailed { direction: Direction::Up, .. } => {
+                self.uploads = self.uploads.saturating_sub(1)
+            }
+            Event::ReceiveFinished { .. } => self.receiving = false,
+            _ => {}
+        }
+    }
+}
+
+/// The interactive loop: keyboard lines out, events in.
+fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, ui: &mut Ui) -> anyhow::Result<Exit> {
+    let mut pending = Pending::default();
+    let mut keyboard = keyboard;
+    let mut stdin_done = false;
     loop {
         select! {
             recv(keyboard) -> line => match line {
                 Ok(Ok(line)) => {
-                    if let Step::Quit = handle_line(&client, &line, out)? {
+                    if let Step::Quit = handle_line(&client, &line, ui, &mut pending)? {
                         break;
                     }
                 }
-                Ok(Err(e)) => eprintln!("error: cannot read this input line: {e}"),
-                Err(_) => break, // stdin reached EOF
+                Ok(Err(e)) => ui.err(&format!("error: cannot read this input line: {e}")),
+                Err(_) => {
+                    // EOF: finish what was started, then leave.
+                    if pending.is_idle() {
+                        break;
+                    }
+                    stdin_done = true;
+                    keyboard = crossbeam_channel::never();
+                }
             },
             recv(client.events()) -> event => match event {
                 Ok(Event::Disconnected(why)) => anyhow::bail!("{why}"),
-                Ok(event) => show_event(&event, out)?,
+                Ok(event) => {
+                    ui.show(&event)?;
+                    pending.note(&event);
+                    if stdin_done && pending.is_idle() {
+                        break;
+                    }
+                }
                 Err(_) => anyhow::bail!("the connection ended"),
             },
         }
@@ -105,28 +237,33 @@ enum Step {
     Quit,
 }
 
-fn handle_line(client: &Client, line: &str, out: &mut Out) -> anyhow::Result<Step> {
+fn handle_line(client: &Client, line: &str, ui: &mut Ui, pending: &mut Pending) -> anyhow::Result<Step> {
     let line = line.strip_suffix('\r').unwrap_or(line);
-    let result = match line {
-        "" => Ok(()),
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let result = match command {
+        "" if rest.is_empty() => Ok(()),
         "/quit" => return Ok(Step::Quit),
         "/who" => client.who(),
         "/help" => {
-            out.line(&notice_line(now_ms(), HELP))?;
+            ui.out(&notice_line(now_ms(), HELP))?;
             Ok(())
         }
+        "/send" => {
+            send_command(client, rest, ui, pending);
+            Ok(())
+        }
+        "/receive" => client.receive_all(&ui.downloads).map(|()| pending.receiving = true),
         _ if line.starts_with("//") => client.send_text(&line[1..]),
         _ if line.starts_with('/') => {
-            let command = line.split_whitespace().next().unwrap_or(line);
-            eprintln!("error: unknown command {} (try /help)", visible(command));
+            ui.err(&format!("error: unknown command {} (try /help)", visible(command)));
             Ok(())
         }
-        text => client.send_text(text),
+        _ => client.send_text(line),
     };
     match result {
         Ok(()) => Ok(Step::Continue),
-        Err(ClientError::Rule(e)) => {
-            eprintln!("error: not sent: {e}");
+        Err(e @ (ClientError::Rule(_) | ClientError::Busy)) => {
+            ui.err(&format!("error: not sent: {e}"));
             Ok(Step::Continue)
         }
         // The reader thread will deliver `Disconnected` with the reason; wait for it.
@@ -135,35 +272,73 @@ fn handle_line(client: &Client, line: &str, out: &mut Out) -> anyhow::Result<Ste
     }
 }
 
-fn show_event(event: &Event, out: &mut Out) -> anyhow::Result<()> {
-    let line = match event {
-        Event::Chat { from, sent_at_ms, text } => chat_line(*sent_at_ms, from, text),
-        Event::Joined { name, room } => {
-            notice_line(now_ms(), &format!("{} joined {}", visible(name), visible(room)))
-        }
-        Event::Left { name, room } => {
-            notice_line(now_ms(), &format!("{} left {}", visible(name), visible(room)))
-        }
-        Event::Online { room, names } => {
-            let names: Vec<String> = names.iter().map(|n| visible(n)).collect();
-            notice_line(now_ms(), &format!("online in {}: {}", visible(room), names.join(", ")))
-        }
-        Event::Warning { message, .. } => {
-            eprintln!("error: {}", visible(message));
-            return Ok(());
-        }
-        Event::Disconnected(_) => return Ok(()),
+/// `/send [--to NAME] PATH...`, with shell-style quoting for paths with spaces.
+fn send_command(client: &Client, args: &str, ui: &mut Ui, pending: &mut Pending) {
+    let words = match shell_words::split(args) {
+        Ok(words) => words,
+        Err(e) => return ui.err(&format!("error: /send: {e} (check your quotes)")),
     };
-    out.line(&line)
+    let (to, paths) = match words.as_slice() {
+        [flag, name, paths @ ..] if flag == "--to" => (Some(name.as_str()), paths),
+        paths => (None, paths),
+    };
+    if paths.is_empty() {
+        return ui.err("error: usage: /send [--to NAME] PATH...");
+    }
+    for path in paths {
+        match client.send_file(path.as_ref(), to) {
+            Ok(()) => pending.uploads += 1,
+            Err(e) => ui.err(&format!("error: {}", visible(&e.to_string()))),
+        }
+    }
 }
 
-/// stdout, flushed after every line so that a script reading us sees each event at once.
-struct Out(io::Stdout);
+/// `client send PATH... [--to NAME]`: upload, wait for every verdict, exit.
+fn send_once(client: Client, paths: &[PathBuf], to: Option<&str>, ui: &mut Ui) -> anyhow::Result<Exit> {
+    let mut pending = Pending::default();
+    let mut failed = 0;
+    for path in paths {
+        match client.send_file(path, to) {
+            Ok(()) => pending.uploads += 1,
+            Err(e) => {
+                ui.err(&format!("error: {}", visible(&e.to_string())));
+                failed += 1;
+            }
+        }
+    }
+    while !pending.is_idle() {
+        let event = client.events().recv().context("the connection ended")?;
+        match &event {
+            Event::Disconnected(why) => anyhow::bail!("{why}"),
+            Event::TransferFailed { .. } => failed += 1,
+            Event::Uploaded { .. } | Event::Progress { .. } => {}
+            _ => continue, // chat and notices are not this command's business
+        }
+        ui.show(&event)?;
+        pending.note(&event);
+    }
+    client.close();
+    Ok(if failed == 0 { Exit::Success } else { Exit::Error })
+}
 
-impl Out {
-    fn line(&mut self, line: &str) -> anyhow::Result<()> {
-        let mut lock = self.0.lock();
-        writeln!(lock, "{line}").and_then(|()| lock.flush()).context("cannot write to stdout")
+/// `client receive`: download everything waiting, exit.
+fn receive_once(client: Client, ui: &mut Ui) -> anyhow::Result<Exit> {
+    client.receive_all(&ui.downloads)?;
+    loop {
+        let event = client.events().recv().context("the connection ended")?;
+        match &event {
+            Event::Disconnected(why) => anyhow::bail!("{why}"),
+            Event::ReceiveFinished { failed, .. } => {
+                let failed = *failed;
+                ui.show(&event)?;
+                client.close();
+                return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
+            }
+            Event::Downloaded { .. } | Event::TransferFailed { .. } | Event::Progress { .. } => {
+                ui.show(&event)?
+            }
+            _ => {}
+        }
     }
 }
 
@@ -211,6 +386,13 @@ fn os_user_name() -> Option<String> {
     ["USER", "USERNAME", "LOGNAME"].iter().find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
 }
 
+/// `~/Downloads/relaychat` (or the OS's download folder), else `relaychat` under the home dir.
+fn default_downloads() -> Option<PathBuf> {
+    dirs::download_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join("Downloads")))
+        .map(|d| d.join("relaychat"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +402,29 @@ mod tests {
     fn cli_definition_is_consistent() {
         ClientCli::command().debug_assert();
         crate::cli::server::ServerCli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_flags_work_before_and_after_the_subcommand() {
+        let before =
+            ClientCli::try_parse_from(["client", "--name", "bob", "receive", "--downloads", "/tmp/d"])
+                .unwrap();
+        let after =
+            ClientCli::try_parse_from(["client", "receive", "--name", "bob", "--downloads", "/tmp/d"])
+                .unwrap();
+        for cli in [before, after] {
+            assert_eq!(cli.conn.name.as_deref(), Some("bob"));
+            assert_eq!(cli.conn.downloads, Some(PathBuf::from("/tmp/d")));
+            assert!(matches!(cli.command, Some(Command::Receive)));
+        }
+        let send = ClientCli::try_parse_from(["client", "send", "a b.txt", "c", "--to", "bob"]).unwrap();
+        match send.command {
+            Some(Command::Send { paths, to }) => {
+                assert_eq!(paths, vec![PathBuf::from("a b.txt"), PathBuf::from("c")]);
+                assert_eq!(to.as_deref(), Some("bob"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ClientCli::try_parse_from(["client", "send"]).is_err(), "send needs a path");
     }
 }

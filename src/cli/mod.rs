@@ -5,7 +5,9 @@
 //! into library configuration, then `run(cli) -> anyhow::Result<ExitCode>`.
 
 pub mod client;
+mod progress;
 pub mod server;
+mod show;
 
 use std::process::ExitCode;
 

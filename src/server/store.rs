@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
+use crate::sha;
 
 /// Limits on what the store accepts, all checked before the first byte of an upload is stored.
 #[derive(Debug, Clone)]
@@ -343,21 +344,6 @@ fn free_space(path: &Path) -> io::Result<u64> {
     Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Writes the metadata file atomically: a crash leaves either the old or the new version.
 fn write_meta(path: &Path, stored: &Stored) -> io::Result<()> {
     let mut text = format!(
@@ -365,7 +351,7 @@ fn write_meta(path: &Path, stored: &Stored) -> io::Result<()> {
         stored.info.from,
         stored.info.name,
         stored.info.size,
-        hex(&stored.info.sha256)
+        sha::hex(&stored.info.sha256)
     );
     for to in &stored.recipients {
         text.push_str(&format!("to={to}\n"));
@@ -391,7 +377,7 @@ fn read_meta(path: &Path, file_id: u64) -> io::Result<Stored> {
             Some(("from", v)) => from = Some(v.to_owned()),
             Some(("name", v)) => name = Some(v.to_owned()),
             Some(("size", v)) => size = v.parse().ok(),
-            Some(("sha256", v)) => sha256 = unhex(v),
+            Some(("sha256", v)) => sha256 = sha::unhex(v),
             Some(("to", v)) => {
                 recipients.insert(v.to_owned());
             }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::store::{DownloadPlan, Refusal, UploadPlan};
 use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEADER, DOWNLOAD_CHUNK};
+use crate::sha;
 
 /// Default data bytes per chunk frame: 256 KiB. Large enough that per-frame costs (a system call,
 /// a channel hand-off, a header) vanish next to the copy itself; small enough that a chat frame
@@ -52,14 +53,7 @@ impl UploadReceiver {
         }
         let mut hasher = Sha256::new();
         file.seek(SeekFrom::Start(0))?;
-        let copied = io::copy(&mut (&mut file).take(have), &mut HashWriter(&mut hasher))?;
-        if copied != have {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the partial file shrank while reading it",
-            ));
-        }
-        file.seek(SeekFrom::Start(have))?;
+        sha::hash_prefix(&mut file, have, &mut hasher)?;
         self.active = Some(Inbound { plan, file, hasher, written: have });
         Ok(have)
     }
@@ -131,19 +125,6 @@ pub(crate) fn storage_refusal(e: &io::Error) -> Refusal {
         (ErrorCode::DiskFull, "the relay's disk is full".into())
     } else {
         (ErrorCode::Storage, format!("the relay cannot write the file: {e}"))
-    }
-}
-
-/// Lets `io::copy` feed a hasher.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

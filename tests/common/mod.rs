@@ -65,7 +65,7 @@ impl TestServer {
 
     /// A library client in `room`.
     pub fn client(&self, name: &str, room: &str) -> Client {
-        let config = ClientConfig { name: name.into(), room: room.into() };
+        let config = ClientConfig::new(name, room);
         let client = Client::connect_tcp(&self.addr.to_string(), &config).expect("client connects");
         // Joining is followed by the list of who is online; take it so tests start clean.
         match next_event(&client) {

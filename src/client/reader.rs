@@ -1,0 +1,164 @@
+//! The client's reader thread: frames from the socket become [`Event`]s; upload answers go to the
+//! upload thread; download chunks go to disk through [`super::download::Receiving`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::download::{Receiving, Step};
+use super::upload::Reply;
+use super::{Direction, Disconnect, Event};
+use crate::frame::{encode_to_vec, ErrorCode, Frame};
+use crate::wire::{FrameReader, ReadError, Stream};
+
+/// Requests from the [`super::Client`] to the reader.
+pub(crate) enum Command {
+    /// The next file list is the answer to a receive: download everything on it into `dir`.
+    ReceiveAll { dir: PathBuf },
+}
+
+pub(crate) struct Reader<S> {
+    pub frames: FrameReader<S>,
+    pub events: Sender<Event>,
+    /// The send queue, for download requests and receipts.
+    pub to_writer: Sender<Vec<u8>>,
+    pub upload_replies: Sender<Reply>,
+    pub commands: Receiver<Command>,
+    pub receiving: Arc<AtomicBool>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl<S: Stream> Reader<S> {
+    /// Reads until the connection ends; the last event sent is always `Disconnected`.
+    pub(crate) fn run(mut self) {
+        let mut receive: Option<Receiving> = None;
+        let end = loop {
+            let frame = match self.frames.read_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Disconnect::Closed,
+                Err(ReadError::Io(e)) => break Disconnect::Failed(e.to_string()),
+                Err(e) => break Disconnect::Failed(e.to_string()),
+            };
+            let event = match frame {
+                Frame::Chat { from, sent_at_ms, text } => Some(Event::Chat { from, sent_at_ms, text }),
+                Frame::Joined { name, room } => Some(Event::Joined { name, room }),
+                Frame::Left { name, room } => Some(Event::Left { name, room }),
+                Frame::Online { room, names } => Some(Event::Online { room, names }),
+                Frame::NewFile(info) => Some(Event::NewFile(info)),
+                Frame::Error { code: ErrorCode::BadText, message } => {
+                    Some(Event::Warning { code: ErrorCode::BadText, message })
+                }
+                Frame::Error { code, message } => break Disconnect::ServerError { code, message },
+                Frame::Goodbye => break Disconnect::ServerGoodbye,
+                Frame::UploadReady { upload_id, offset } => {
+                    self.to_uploader(Reply::Ready { upload_id, offset })
+                }
+                Frame::UploadDone { upload_id, .. } => self.to_uploader(Reply::Done { upload_id }),
+                Frame::UploadFailed { message, .. } => self.to_uploader(Reply::Failed { message }),
+                Frame::FileList { files } => {
+                    if let Ok(Command::ReceiveAll { dir }) = self.commands.try_recv() {
+                        receive = Some(Receiving::new(dir, files));
+                        self.advance(&mut receive, Step::Next);
+                    } // else: a list nobody asked for
+                    None
+                }
+                Frame::DownloadChunk { file_id, data } => {
+                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.chunk(file_id, &data));
+                    self.advance(&mut receive, step);
+                    None
+                }
+                Frame::DownloadEnd { file_id } => {
+                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.end(file_id));
+                    self.advance(&mut receive, step);
+                    None
+                }
+                Frame::DownloadFailed { file_id, code, message } => {
+                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.failed(file_id, code, &message));
+                    self.advance(&mut receive, step);
+                    None
+                }
+                other => {
+                    break Disconnect::Failed(format!(
+                        "unexpected frame kind 0x{:02x} from the server",
+                        other.kind()
+                    ))
+                }
+            };
+            if let Some(event) = event {
+                if self.events.send(event).is_err() {
+                    return; // the application dropped the client
+                }
+            }
+            if self.cancel.load(Ordering::SeqCst) {
+                receive = None; // stop downloading; the .part files stay for a resume
+            }
+        };
+        if let Some(r) = receive.as_ref() {
+            let _ = self.events.send(r.interrupted(&end.to_string()));
+        }
+        self.receiving.store(false, Ordering::SeqCst);
+        let _ = self.events.send(Event::Disconnected(end));
+    }
+
+    fn to_uploader(&self, reply: Reply) -> Option<Event> {
+        let _ = self.upload_replies.try_send(reply);
+        None
+    }
+
+    /// Carries out what the download side asked for: report an event, send a receipt, start the
+    /// next file (sending its request), or finish the whole receive.
+    fn advance(&mut self, receive: &mut Option<Receiving>, first: Step) {
+        let mut step = first;
+        loop {
+            let Some(r) = receive.as_mut() else { return };
+            step = match step {
+                Step::Nothing => return,
+                Step::Event(event) => return self.emit(event),
+                Step::Done(event, file_id) => {
+                    self.send(&Frame::Received { file_id });
+                    self.emit(event);
+                    Step::Next
+                }
+                Step::Failed(event) => {
+                    self.emit(event);
+                    Step::Next
+                }
+                Step::Next => match r.start_next() {
+                    Some(Ok(request)) => return self.send(&request),
+                    Some(Err(event)) => {
+                        self.emit(event);
+                        Step::Next
+                    }
+                    None => {
+                        let finished = r.finished();
+                        *receive = None;
+                        self.receiving.store(false, Ordering::SeqCst);
+                        return self.emit(finished);
+                    }
+                },
+            };
+        }
+    }
+
+    /// Sends an event; if the application is gone, the main loop notices on its next send.
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn send(&self, frame: &Frame) {
+        if let Ok(bytes) = encode_to_vec(frame) {
+            let _ = self.to_writer.send(bytes);
+        }
+    }
+}
+
+/// The event for a download that could not finish because the connection ended.
+pub(crate) fn interrupted_event(name: String, why: &str) -> Event {
+    Event::TransferFailed {
+        direction: Direction::Down,
+        name,
+        reason: format!("interrupted ({why}); run receive again to resume"),
+    }
+}
