@@ -77,6 +77,10 @@ pub struct ClientConfig {
     /// Test hook: flip a byte in this upload chunk (0-based) after hashing it.
     #[doc(hidden)]
     pub corrupt_upload_chunk: Option<u64>,
+    /// Test hook: pause this long after every chunk sent or received, so a test can interrupt a
+    /// transfer in the middle.
+    #[doc(hidden)]
+    pub chunk_delay: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -87,6 +91,7 @@ impl ClientConfig {
             room: room.into(),
             chunk_size: DEFAULT_CHUNK,
             corrupt_upload_chunk: None,
+            chunk_delay: None,
         }
     }
 }
@@ -267,6 +272,7 @@ impl Client {
             cancel: cancel.clone(),
             chunk: config.chunk_size,
             corrupt_chunk: config.corrupt_upload_chunk,
+            chunk_delay: config.chunk_delay,
         };
         threads.push(spawn("client-upload", move || uploads.run()).map_err(hs)?);
         let reads = reader::Reader {
@@ -277,6 +283,7 @@ impl Client {
             commands,
             receiving: receiving.clone(),
             cancel: cancel.clone(),
+            chunk_delay: config.chunk_delay,
         };
         threads.push(spawn("client-reader", move || reads.run()).map_err(hs)?);
         Ok(Client {

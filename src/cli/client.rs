@@ -96,7 +96,12 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         Some(dir) => dir,
         None => default_downloads().context("cannot find a download directory; pass --downloads DIR")?,
     };
-    let config = ClientConfig::new(name, cli.conn.room.clone());
+    let mut config = ClientConfig::new(name, cli.conn.room.clone());
+    // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
+    config.chunk_delay = std::env::var("RELAYCHAT_TEST_CHUNK_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis);
     let client = Client::connect_tcp(&cli.conn.server, &config).map_err(connect_error)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
     match cli.command {

@@ -28,6 +28,7 @@ pub(crate) struct Reader<S> {
     pub commands: Receiver<Command>,
     pub receiving: Arc<AtomicBool>,
     pub cancel: Arc<AtomicBool>,
+    pub chunk_delay: Option<std::time::Duration>,
 }
 
 impl<S: Stream> Reader<S> {
@@ -65,6 +66,9 @@ impl<S: Stream> Reader<S> {
                     None
                 }
                 Frame::DownloadChunk { file_id, data } => {
+                    if let Some(delay) = self.chunk_delay {
+                        std::thread::sleep(delay);
+                    }
                     let step = receive.as_mut().map_or(Step::Nothing, |r| r.chunk(file_id, &data));
                     self.advance(&mut receive, step);
                     None

@@ -48,6 +48,7 @@ pub(crate) struct Uploader {
     pub cancel: Arc<AtomicBool>,
     pub chunk: usize,
     pub corrupt_chunk: Option<u64>,
+    pub chunk_delay: Option<Duration>,
 }
 
 /// Why one upload stopped.
@@ -147,6 +148,9 @@ impl Uploader {
             }
             chunk_frame(&mut buf, UPLOAD_CHUNK, upload_id).map_err(|e| Stop::Failed(e.to_string()))?;
             self.send(buf)?;
+            if let Some(delay) = self.chunk_delay {
+                std::thread::sleep(delay);
+            }
             done += n as u64;
             index += 1;
             if last_progress.elapsed() >= PROGRESS_EVERY || done == size {

@@ -164,7 +164,12 @@ impl Session {
         };
         let upload_id = plan.upload_id;
         match self.uploads.start(plan) {
-            Ok(offset) => self.reply(&Frame::UploadReady { upload_id, offset }),
+            Ok(offset) => {
+                if offset > 0 {
+                    log::info!("{}: resuming upload {upload_id} at byte {offset}", self.addr);
+                }
+                self.reply(&Frame::UploadReady { upload_id, offset })
+            }
             Err(e) => self.abort_upload(upload_id, super::transfer::storage_refusal(&e)),
         }
     }
@@ -195,6 +200,9 @@ impl Session {
             Ok(plan) => plan,
             Err((code, message)) => return self.reply(&Frame::DownloadFailed { file_id, code, message }),
         };
+        if offset > 0 {
+            log::info!("{}: resuming download of file {file_id} at byte {offset}", self.addr);
+        }
         let downloader = match self.downloader.take() {
             Some(running) => running,
             None => match self.start_downloader() {

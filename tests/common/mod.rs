@@ -185,3 +185,96 @@ impl Raw {
             || matches!(self.reader.get_mut().read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
+
+/// Waits for the first event that `pick` accepts, skipping the others (progress, notices...).
+pub fn wait_for<T>(client: &Client, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut skipped = Vec::new();
+    loop {
+        let event = client
+            .events()
+            .recv_deadline(deadline)
+            .unwrap_or_else(|_| panic!("no {what} within 60 s; skipped {skipped:?}"));
+        if let Some(found) = pick(&event) {
+            return found;
+        }
+        if let Event::Disconnected(why) = &event {
+            panic!("disconnected ({why:?}) while waiting for {what}");
+        }
+        if !matches!(event, Event::Progress { .. }) {
+            skipped.push(event);
+        }
+    }
+}
+
+/// Waits until `client` reports the upload of `name` done; panics if it fails.
+pub fn wait_uploaded(client: &Client, name: &str) -> u64 {
+    wait_for(client, "an upload", |e| match e {
+        Event::Uploaded { name: n, size } if n == name => Some(*size),
+        Event::TransferFailed { name: n, reason, .. } if n == name => {
+            panic!("upload of {n} failed: {reason}")
+        }
+        _ => None,
+    })
+}
+
+/// Runs one receive into `dir`; returns the downloaded paths and the failures' reasons.
+pub fn receive_into(client: &Client, dir: &std::path::Path) -> (Vec<std::path::PathBuf>, Vec<String>) {
+    client.receive_all(dir).expect("receive starts");
+    let (mut paths, mut failures) = (Vec::new(), Vec::new());
+    loop {
+        let done = wait_for(client, "receive events", |e| match e {
+            Event::Downloaded { path, .. } => Some(Some(Ok(path.clone()))),
+            Event::TransferFailed { reason, .. } => Some(Some(Err(reason.clone()))),
+            Event::ReceiveFinished { .. } => Some(None),
+            _ => None,
+        });
+        match done {
+            Some(Ok(path)) => paths.push(path),
+            Some(Err(reason)) => failures.push(reason),
+            None => return (paths, failures),
+        }
+    }
+}
+
+/// Writes `size` pseudo-random bytes (seeded, so reproducible) to `dir/name`.
+pub fn random_file(dir: &std::path::Path, name: &str, size: usize, seed: u64) -> std::path::PathBuf {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(size + 8);
+    while data.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(size);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+/// Files (not directories) anywhere under `dir`.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Polls `condition` until it holds, failing after 10 s. For effects that the relay applies
+/// after it has answered (such as deleting a file once its last receipt arrives).
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

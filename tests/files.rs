@@ -1,0 +1,393 @@
+//! Files through a real relay on loopback: chunked store-and-forward, SHA-256 checks, recipients,
+//! hostile names, limits, corruption, and chat flowing during a transfer.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{
+    eventually, files_under, random_file, receive_into, wait_for, wait_uploaded, TempDir, TestServer,
+};
+use relaychat::client::{Client, ClientConfig, ClientError, Event, DEFAULT_CHUNK};
+use relaychat::frame::{ErrorCode, Frame};
+use relaychat::server::{ServerConfig, StoreLimits};
+use sha2::{Digest, Sha256};
+
+fn sha(path: &std::path::Path) -> [u8; 32] {
+    Sha256::digest(fs::read(path).unwrap()).into()
+}
+
+fn wait_new_file(client: &Client) -> relaychat::frame::FileInfo {
+    wait_for(client, "a [Newfile]", |e| match e {
+        Event::NewFile(info) => Some(info.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn every_size_arrives_intact() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "lobby");
+    let bob = server.client("bob", "lobby");
+    let src = TempDir::new("src");
+    let sizes = [0, 1, DEFAULT_CHUNK - 1, DEFAULT_CHUNK, DEFAULT_CHUNK + 1, 10 << 20];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let path = random_file(&src.path, &format!("f{i}.bin"), size, i as u64 + 7);
+        alice.send_file(&path, None).unwrap();
+        assert_eq!(wait_uploaded(&alice, &format!("f{i}.bin")), size as u64);
+        let info = wait_new_file(&bob);
+        assert_eq!(
+            (info.name.as_str(), info.size, info.from.as_str()),
+            (format!("f{i}.bin").as_str(), size as u64, "alice")
+        );
+        assert_eq!(info.sha256, sha(&path), "the relay reports the sender's hash");
+    }
+    let downloads = TempDir::new("dl");
+    let (paths, failures) = receive_into(&bob, &downloads.path);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(paths.len(), sizes.len(), "several files in one receive");
+    for (i, path) in paths.iter().enumerate() {
+        assert_eq!(path, &downloads.path.join(format!("f{i}.bin")));
+        assert_eq!(sha(path), sha(&src.path.join(format!("f{i}.bin"))), "f{i}.bin");
+    }
+    eventually("deleted from the relay once received", || files_under(&server.data_dir.path).is_empty());
+    let leftovers: Vec<_> = files_under(&downloads.path).into_iter().filter(|p| !paths.contains(p)).collect();
+    assert!(leftovers.is_empty(), "no .part files left: {leftovers:?}");
+}
+
+#[test]
+fn two_recipients_each_get_it_and_it_stays_until_both_have() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "501");
+    let bob = server.client("bob", "501");
+    let carol = server.client("carol", "501");
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "报告 2024.pdf", 300_000, 1);
+    alice.send_file(&path, None).unwrap();
+    wait_uploaded(&alice, "报告 2024.pdf");
+    assert_eq!(wait_new_file(&bob).name, "报告 2024.pdf", "Chinese names stay readable");
+    wait_new_file(&carol);
+
+    let bob_dl = TempDir::new("bob");
+    let (paths, _) = receive_into(&bob, &bob_dl.path);
+    assert_eq!(paths, vec![bob_dl.path.join("报告 2024.pdf")]);
+    assert_eq!(sha(&paths[0]), sha(&path));
+    let stored = |ext: &str| {
+        files_under(&server.data_dir.path.join("files"))
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == ext))
+    };
+    assert!(stored("bin") && stored("meta"), "kept for carol");
+
+    let carol_dl = TempDir::new("carol");
+    let (paths, _) = receive_into(&carol, &carol_dl.path);
+    assert_eq!(sha(&paths[0]), sha(&path));
+    eventually("deleted after the last recipient", || {
+        files_under(&server.data_dir.path.join("files")).is_empty()
+    });
+}
+
+#[test]
+fn to_an_offline_user_waits_for_their_next_login() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "lobby");
+    let bystander = server.client("bystander", "lobby");
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "for-dave.txt", 5_000, 2);
+    alice.send_file(&path, Some("dave")).unwrap();
+    wait_uploaded(&alice, "for-dave.txt");
+    alice.send_text("after the file").unwrap();
+    assert_eq!(next_chat_skipping_files(&bystander), "after the file", "only dave is told about it");
+
+    let dave = server.client("dave", "elsewhere");
+    assert_eq!(wait_new_file(&dave).name, "for-dave.txt", "announced at login");
+    let dl = TempDir::new("dave");
+    let (paths, _) = receive_into(&dave, &dl.path);
+    assert_eq!(sha(&paths[0]), sha(&path));
+}
+
+fn next_chat_skipping_files(client: &Client) -> String {
+    wait_for(client, "chat", |e| match e {
+        Event::Chat { text, .. } => Some(text.clone()),
+        Event::NewFile(info) => panic!("unexpected [Newfile] {}", info.name),
+        _ => None,
+    })
+}
+
+#[test]
+fn receive_with_nothing_waiting_and_a_second_receive_while_busy() {
+    let server = TestServer::start();
+    let bob = server.client("bob", "lobby");
+    let dl = TempDir::new("dl");
+    let (paths, failures) = receive_into(&bob, &dl.path);
+    assert!(paths.is_empty() && failures.is_empty());
+
+    bob.receive_all(&dl.path).unwrap();
+    assert!(matches!(bob.receive_all(&dl.path), Err(ClientError::Busy)));
+    wait_for(&bob, "the end of the receive", |e| matches!(e, Event::ReceiveFinished { .. }).then_some(()));
+}
+
+#[test]
+fn existing_names_get_numbered_and_nothing_is_overwritten() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "lobby");
+    let bob = server.client("bob", "lobby");
+    let dl = TempDir::new("dl");
+    fs::write(dl.path.join("notes.txt"), b"bob's own notes").unwrap();
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "notes.txt", 1000, 3);
+    for _ in 0..2 {
+        alice.send_file(&path, None).unwrap();
+        wait_uploaded(&alice, "notes.txt");
+    }
+    let (paths, _) = receive_into(&bob, &dl.path);
+    assert_eq!(paths, vec![dl.path.join("notes (1).txt"), dl.path.join("notes (2).txt")]);
+    assert_eq!(fs::read(dl.path.join("notes.txt")).unwrap(), b"bob's own notes");
+}
+
+#[test]
+fn a_directory_or_a_missing_path_is_refused_before_anything_is_sent() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "lobby");
+    let dir = TempDir::new("dir");
+    match alice.send_file(&dir.path, None) {
+        Err(ClientError::BadPath { reason, .. }) => assert!(reason.contains("directory"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(alice.send_file(&dir.path.join("nope"), None), Err(ClientError::BadPath { .. })));
+    assert!(matches!(alice.send_file(&dir.path, Some("bad name")), Err(ClientError::Rule(_))));
+}
+
+#[test]
+fn an_empty_room_without_to_is_a_clear_error() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "alone");
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "x.bin", 10, 4);
+    alice.send_file(&path, None).unwrap();
+    let reason = failure(&alice);
+    assert!(reason.contains("nobody else is in alone"), "{reason}");
+}
+
+fn failure(client: &Client) -> String {
+    wait_for(client, "a failure", |e| match e {
+        Event::TransferFailed { reason, .. } => Some(reason.clone()),
+        Event::Uploaded { name, .. } => panic!("{name} was accepted"),
+        _ => None,
+    })
+}
+
+/// A raw client uploads a file under each hostile name. The relay stores only numbered files,
+/// announces cleaned names, and the receiving client writes only cleaned names inside its
+/// downloads dir.
+#[test]
+fn hostile_names_never_escape_and_are_shown_clean() {
+    let server = TestServer::start();
+    let bob = server.client("bob", "lobby");
+    let mut evil = server.raw_joined("evil", "lobby");
+    let names = [
+        "../../x",
+        "/etc/passwd",
+        "C:\\x",
+        "a\\..\\..\\b",
+        "con.txt",
+        "evil\nname.txt",
+        "\u{1b}[31mred.txt",
+        &"n".repeat(300),
+        "",
+        ".",
+        "..",
+        "nul\0byte",
+        ".bashrc",
+        "what?<>|*\":.txt",
+        "txt.\u{202e}exe.jpg",
+        "zero\u{200b}width",
+        "LPT1",
+        "dir/",
+        "  spaced  ",
+        "\u{9b}2Jcsi",
+        "报告.pdf",
+        "../报告.pdf",
+    ];
+    for (i, raw_name) in names.iter().enumerate() {
+        let data = format!("file {i}").into_bytes();
+        evil.send(&Frame::UploadStart {
+            key: format!("k{i}"),
+            name: raw_name.to_string(),
+            size: data.len() as u64,
+            to: String::new(),
+        });
+        let Frame::UploadReady { upload_id, offset: 0 } = evil.recv() else { panic!("upload {i} refused") };
+        evil.send(&Frame::UploadChunk { upload_id, data: data.clone() });
+        evil.send(&Frame::UploadEnd { upload_id, sha256: Sha256::digest(&data).into() });
+        loop {
+            match evil.recv() {
+                Frame::UploadDone { .. } => break,
+                Frame::UploadFailed { message, .. } => panic!("{raw_name:?}: {message}"),
+                _ => {}
+            }
+        }
+        let shown = wait_new_file(&bob).name;
+        assert_eq!(shown, relaychat::filename::clean(raw_name), "{raw_name:?}");
+        assert!(!shown.contains(['/', '\\', '\n', '\u{1b}', '\0']), "{shown:?}");
+    }
+    // On the relay: only numbered files under its data dir.
+    for path in files_under(&server.data_dir.path) {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(name.ends_with(".bin") || name.ends_with(".meta"), "{name}");
+        assert!(name.split('.').next().unwrap().parse::<u64>().is_ok(), "{name}");
+    }
+    let outside = std::env::temp_dir();
+    let dl = TempDir::new("dl");
+    let (paths, failures) = receive_into(&bob, &dl.path);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(paths.len(), names.len());
+    for path in &paths {
+        assert_eq!(path.parent().unwrap(), dl.path, "{path:?} is inside the downloads dir");
+        assert!(path.file_name().unwrap().len() <= 220);
+    }
+    assert!(!outside.join("x").exists() && !dl.path.parent().unwrap().join("x").exists());
+    assert_eq!(fs::read(dl.path.join("x")).unwrap(), b"file 0");
+}
+
+#[test]
+fn a_corrupted_upload_is_detected_and_discarded() {
+    let server = TestServer::start();
+    let _bob = server.client("bob", "lobby");
+    let mut config = ClientConfig::new("alice", "lobby");
+    config.corrupt_upload_chunk = Some(1);
+    let alice = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "big.bin", 3 * DEFAULT_CHUNK, 5);
+    alice.send_file(&path, None).unwrap();
+    let reason = failure(&alice);
+    assert!(reason.contains("SHA-256"), "{reason}");
+    assert!(
+        files_under(&server.data_dir.path).is_empty(),
+        "nothing kept: {:?}",
+        files_under(&server.data_dir.path)
+    );
+}
+
+#[test]
+fn a_corrupted_download_is_detected_discarded_and_can_be_fetched_again() {
+    let server =
+        TestServer::start_with(ServerConfig { corrupt_download_chunk: Some(0), ..ServerConfig::default() });
+    let alice = server.client("alice", "lobby");
+    let bob = server.client("bob", "lobby");
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "doc.bin", 100_000, 6);
+    alice.send_file(&path, None).unwrap();
+    wait_uploaded(&alice, "doc.bin");
+    let dl = TempDir::new("dl");
+    let (paths, failures) = receive_into(&bob, &dl.path);
+    assert!(paths.is_empty());
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].contains("SHA-256"), "{failures:?}");
+    assert!(files_under(&dl.path).is_empty(), "the bad part was removed");
+    drop((alice, bob));
+
+    // The file is still on the relay; a relay without the fault serves it intact (and this also
+    // shows that stored files survive a restart).
+    let data = server.stop_and_keep_data();
+    let server = TestServer::start_in(ServerConfig::default(), data);
+    let bob = server.client("bob", "lobby");
+    let (paths, failures) = receive_into(&bob, &dl.path);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(sha(&paths[0]), sha(&path));
+}
+
+#[test]
+fn limits_refuse_before_storing_and_everyone_carries_on() {
+    let limits = StoreLimits { max_file_size: 1 << 20, quota: (1 << 20) + 1000, min_free: 0 };
+    let server = TestServer::start_with(ServerConfig { limits, ..ServerConfig::default() });
+    let alice = server.client("alice", "lobby");
+    let bob = server.client("bob", "lobby");
+    let src = TempDir::new("src");
+
+    let too_big = random_file(&src.path, "too-big.bin", (1 << 20) + 1, 7);
+    alice.send_file(&too_big, None).unwrap();
+    assert!(failure(&alice).contains("accepts at most"));
+
+    let fits = random_file(&src.path, "fits.bin", 1 << 20, 8);
+    alice.send_file(&fits, None).unwrap();
+    wait_uploaded(&alice, "fits.bin");
+    let over_quota = random_file(&src.path, "quota.bin", 2000, 9);
+    alice.send_file(&over_quota, None).unwrap();
+    assert!(failure(&alice).contains("quota"));
+
+    assert!(files_under(&server.data_dir.path.join("tmp")).is_empty(), "no partial files");
+    alice.send_text("still here").unwrap();
+    let text = wait_for(&bob, "chat", |e| match e {
+        Event::Chat { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(text, "still here");
+
+    let full = StoreLimits { min_free: u64::MAX / 4, ..StoreLimits::default() };
+    let server = TestServer::start_with(ServerConfig { limits: full, ..ServerConfig::default() });
+    let alice = server.client("alice", "lobby");
+    let _bob = server.client("bob", "lobby");
+    alice.send_file(&fits, None).unwrap();
+    assert!(failure(&alice).contains("disk is too full"));
+    assert!(files_under(&server.data_dir.path).is_empty());
+}
+
+/// A text sent while a large download is running reaches the downloader before the download
+/// ends: chat frames overtake queued file chunks.
+#[test]
+fn chat_overtakes_a_download_in_progress() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "lobby");
+    let mut config = ClientConfig::new("bob", "lobby");
+    config.chunk_delay = Some(Duration::from_millis(5)); // ~40 chunks: a download of ~0.2 s at least
+    let bob = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "movie.bin", 40 * DEFAULT_CHUNK, 10);
+    alice.send_file(&path, None).unwrap();
+    wait_uploaded(&alice, "movie.bin");
+    let dl = TempDir::new("dl");
+    bob.receive_all(&dl.path).unwrap();
+    wait_for(&bob, "download progress", |e| matches!(e, Event::Progress { .. }).then_some(()));
+    alice.send_text("during the download").unwrap();
+    let first = wait_for(&bob, "chat or the end of the download", |e| match e {
+        Event::Chat { text, .. } => Some(format!("chat: {text}")),
+        Event::Downloaded { .. } => Some("downloaded".to_string()),
+        _ => None,
+    });
+    assert_eq!(first, "chat: during the download");
+    wait_for(&bob, "the download", |e| matches!(e, Event::Downloaded { .. }).then_some(()));
+    assert_eq!(sha(&dl.path.join("movie.bin")), sha(&path));
+}
+
+#[test]
+fn hostile_transfer_frames_get_errors_not_crashes() {
+    let server = TestServer::start();
+    let bob = server.client("bob", "lobby");
+    let mut evil = server.raw_joined("evil", "lobby");
+    // A chunk for an upload that does not exist, a download of a file that is not ours, an
+    // offset past the end, a receipt for nothing.
+    evil.send(&Frame::UploadChunk { upload_id: 999, data: vec![1, 2, 3] });
+    assert!(matches!(evil.recv(), Frame::UploadFailed { code: ErrorCode::BadTransfer, .. }));
+    evil.send(&Frame::Download { file_id: 12345, offset: 0 });
+    assert!(matches!(evil.recv(), Frame::DownloadFailed { code: ErrorCode::NoSuchFile, .. }));
+    evil.send(&Frame::Received { file_id: 12345 });
+    // More bytes than announced.
+    evil.send(&Frame::UploadStart { key: "k".into(), name: "a".into(), size: 2, to: "bob".into() });
+    let Frame::UploadReady { upload_id, .. } = evil.recv() else { panic!() };
+    evil.send(&Frame::UploadChunk { upload_id, data: vec![0; 3] });
+    assert!(matches!(evil.recv(), Frame::UploadFailed { code: ErrorCode::BadTransfer, .. }));
+    // Ends without all bytes.
+    evil.send(&Frame::UploadStart { key: "k2".into(), name: "b".into(), size: 10, to: "bob".into() });
+    let Frame::UploadReady { upload_id, .. } = evil.recv() else { panic!() };
+    evil.send(&Frame::UploadEnd { upload_id, sha256: [0; 32] });
+    assert!(matches!(evil.recv(), Frame::UploadFailed { code: ErrorCode::HashMismatch, .. }));
+    assert!(files_under(&server.data_dir.path.join("tmp")).is_empty());
+    evil.send(&Frame::Say { text: "still connected".into() });
+    let chat = wait_for(&bob, "chat", |e| match e {
+        Event::Chat { from, text, .. } => Some((from.clone(), text.clone())),
+        _ => None,
+    });
+    assert_eq!(chat, ("evil".into(), "still connected".into()));
+}
