@@ -108,10 +108,7 @@ impl Receiving {
 
     /// The relay sent the last byte: verify, then move into place.
     pub(crate) fn end(&mut self, file_id: u64) -> Step {
-        if !self.current.as_ref().is_some_and(|c| c.info.file_id == file_id) {
-            return Step::Nothing;
-        }
-        let Some(inc) = self.current.take() else { return Step::Nothing };
+        let Some(inc) = self.take_if(file_id) else { return Step::Nothing };
         let Incoming { info, name, part, sidecar, file, hasher, written, .. } = inc;
         drop(file);
         let actual: [u8; 32] = hasher.finalize().into();
@@ -139,15 +136,20 @@ impl Receiving {
 
     /// The relay cannot serve the file.
     pub(crate) fn failed(&mut self, file_id: u64, code: ErrorCode, message: &str) -> Step {
-        if !self.current.as_ref().is_some_and(|c| c.info.file_id == file_id) {
-            return Step::Nothing;
-        }
+        let Some(inc) = self.take_if(file_id) else { return Step::Nothing };
         if code == ErrorCode::NoSuchFile {
-            return self.discard(message.to_owned());
+            remove_part(&inc.part, &inc.sidecar); // nothing left to resume
         }
-        let Some(inc) = self.current.take() else { return Step::Nothing };
         self.failed += 1;
         Step::Failed(failed(inc.name, message.to_owned()))
+    }
+
+    /// Takes the current file if it is `file_id` (frames for other ids are stale).
+    fn take_if(&mut self, file_id: u64) -> Option<Incoming> {
+        if self.current.as_ref()?.info.file_id != file_id {
+            return None;
+        }
+        self.current.take()
     }
 
     /// The final event of this receive.

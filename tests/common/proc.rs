@@ -1,0 +1,111 @@
+//! Running the real `server` and `client` binaries from tests, with their output lines arriving on
+//! channels so a test can wait for a line without hanging forever.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver};
+
+use super::{TempDir, WAIT};
+
+/// A running binary with its output lines arriving on channels.
+pub struct Proc {
+    pub child: Child,
+    /// The relay's data dir, removed when the process is gone.
+    pub data_dir: Option<TempDir>,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Receiver<String>,
+    pub stderr: Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env_remove("RELAYCHAT_SERVER").env_remove("RELAYCHAT_NAME").env_remove("RELAYCHAT_BIND");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start binary");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
+        Proc { child, data_dir: None, stdin, stdout, stderr }
+    }
+
+    pub fn server() -> (Proc, String) {
+        let data_dir = TempDir::new("bin");
+        let dir = data_dir.path.to_string_lossy().into_owned();
+        let mut server =
+            Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", "127.0.0.1:0", "--data-dir", &dir], &[]);
+        server.data_dir = Some(data_dir);
+        let line = server.expect(&server.stderr, "relay listening on ");
+        let addr = line.rsplit(' ').next().unwrap().to_owned();
+        (server, addr)
+    }
+
+    pub fn client(addr: &str, name: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["--server", addr, "--name", name];
+        args.extend_from_slice(extra);
+        let client = Proc::spawn(env!("CARGO_BIN_EXE_client"), &args, &[]);
+        client.expect(&client.stdout, &format!("* connected to {addr} as {name} in "));
+        client
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for a line containing `needle` on `stream`; fails after [`WAIT`].
+    pub fn expect(&self, stream: &Receiver<String>, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while let Ok(line) = stream.recv_deadline(deadline) {
+            if line.contains(needle) {
+                return line;
+            }
+            seen.push(line);
+        }
+        panic!("no line containing {needle:?}; saw {seen:#?}");
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = unbounded();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
