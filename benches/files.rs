@@ -2,7 +2,7 @@
 //! next to a baseline measured in the same run, plus memory and chat latency during a transfer.
 //!
 //! ```text
-//! cargo bench --bench files                   # 1 GiB, about a minute
+//! cargo bench --bench files                   # 1 GiB, 3 rounds, a few minutes
 //! cargo bench --bench files -- --size-mib 2048
 //! cargo bench --bench files -- --quick        # 64 MiB smoke run
 //! cargo bench --bench files -- --sweep        # also compare chunk sizes 64/128/256 KiB
@@ -10,6 +10,7 @@
 //!
 //! - Upload and download use the real `server` and `client` binaries (`client send --to` and
 //!   `client receive`), timed from process start to exit, with every byte hashed at both ends.
+//!   Rounds of baseline / upload / baseline / download are interleaved; medians are reported.
 //! - Baseline: the same bytes from the same file through one plain TCP connection on loopback with
 //!   128 KiB buffers, written to a file: a byte relay with no protocol, no hashing.
 //! - Memory: VmHWM (peak RSS) of the relay and of each client process, sampled from /proc.
@@ -46,20 +47,23 @@ fn main() {
     let work = std::env::temp_dir().join(format!("relaychat-bench-files-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
-    let result = std::panic::catch_unwind(|| run(&work, size_mib, sweep));
+    let rounds = if quick { 1 } else { 3 };
+    let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, sweep));
     let _ = fs::remove_dir_all(&work);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
 }
 
-fn run(work: &Path, size_mib: u64, sweep: bool) {
+fn run(work: &Path, size_mib: u64, rounds: usize, sweep: bool) {
     let size = size_mib * MIB;
-    println!("relaychat file benchmark: {size_mib} MiB of random data on loopback");
+    println!("relaychat file benchmark: {size_mib} MiB of random data on loopback, {rounds} round(s)");
     let source = work.join("source.bin");
     write_random(&source, size);
+    // Warm-up, not reported: on this VM the first use of a page of memory is slow (the host backs
+    // guest memory lazily), which would penalise whichever measurement happens to come first.
+    baseline(&source, &work.join("baseline.bin"));
 
-    let base_before = baseline(&source, &work.join("baseline.bin"));
     let (relay, addr) = start_relay(&work.join("relay-data"));
     let relay_pid = relay.0.id();
     thread::sleep(Duration::from_millis(200));
@@ -68,31 +72,57 @@ fn run(work: &Path, size_mib: u64, sweep: bool) {
     let sampler = sample_peak(relay_pid, relay_peak.clone());
 
     let src = source.to_str().unwrap();
-    let up = timed_client(&["send", src, "--to", "benchbob", "--server", &addr, "--name", "benchalice"]);
     let downloads = work.join("downloads");
     let dl = downloads.to_str().unwrap();
-    let down = timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
-    assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
+    let (mut base, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut up_peak, mut down_peak) = (0, 0);
+    let mbps = |secs: f64| size as f64 / 1e6 / secs;
+    // Interleaved, so that the machine's mood (page cache, writeback) is spread over all three.
+    for round in 1..=rounds {
+        base.push(baseline(&source, &work.join("baseline.bin")));
+        let u = timed_client(&["send", src, "--to", "benchbob", "--server", &addr, "--name", "benchalice"]);
+        base.push(baseline(&source, &work.join("baseline.bin")));
+        let d = timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
+        assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
+        let _ = fs::remove_dir_all(&downloads);
+        println!(
+            "  round {round}: baseline {:.0} / {:.0} MB/s, upload {:.0} MB/s, download {:.0} MB/s",
+            base[base.len() - 2],
+            base[base.len() - 1],
+            mbps(u.secs),
+            mbps(d.secs)
+        );
+        up.push(mbps(u.secs));
+        down.push(mbps(d.secs));
+        up_peak = up_peak.max(u.peak_kib);
+        down_peak = down_peak.max(d.peak_kib);
+    }
     sampler.stop();
     let relay_peak = relay_peak.load(Ordering::Relaxed).max(rss_kib(relay_pid, "VmHWM"));
     drop(relay);
-    let base_after = baseline(&source, &work.join("baseline.bin"));
-    let base = (base_before + base_after) / 2.0;
 
-    let mbps = |secs: f64| size as f64 / 1e6 / secs;
+    let (base, up, down) = (median(base), median(up), median(down));
     println!();
-    println!("{:<44} {:>10} {:>12}", "", "MB/s", "vs baseline");
-    println!("{:<44} {:>10.0} {:>12}", "baseline: plain TCP copy, 128 KiB buffers", base, format!("(runs: {base_before:.0}, {base_after:.0})"));
-    println!("{:<44} {:>10.0} {:>11.2}x", "upload  (client send -> relay disk)", mbps(up.secs), mbps(up.secs) / base);
-    println!("{:<44} {:>10.0} {:>11.2}x", "download (relay disk -> client receive)", mbps(down.secs), mbps(down.secs) / base);
+    println!("{:<44} {:>10} {:>12}", "medians", "MB/s", "vs baseline");
+    println!("{:<44} {:>10.0}", "baseline: plain TCP copy, 128 KiB buffers", base);
+    println!("{:<44} {:>10.0} {:>11.2}x", "upload  (client send -> relay disk)", up, up / base);
+    println!("{:<44} {:>10.0} {:>11.2}x", "download (relay disk -> client receive)", down, down / base);
     println!();
-    println!("peak RSS (KiB): relay idle {relay_idle}, relay peak {relay_peak} (+{} KiB)", relay_peak.saturating_sub(relay_idle));
-    println!("peak RSS (KiB): sending client {}, receiving client {}", up.peak_kib, down.peak_kib);
+    println!(
+        "peak RSS (KiB): relay idle {relay_idle}, relay peak {relay_peak} (+{} KiB)",
+        relay_peak.saturating_sub(relay_idle)
+    );
+    println!("peak RSS (KiB): sending client {up_peak}, receiving client {down_peak}");
 
     chat_during_download(work, size.min(256 * MIB));
     if sweep {
         chunk_sweep(work, size.min(512 * MIB));
     }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
 }
 
 /// Writes `size` bytes from a fast xorshift generator (incompressible, not cryptographic).
@@ -259,7 +289,10 @@ fn timed_client(args: &[&str]) -> Timed {
 }
 
 /// A relay on its own thread, for the library-based measurements.
-fn library_relay(data_dir: &Path, chunk: usize) -> (std::net::SocketAddr, relaychat::server::ShutdownHandle, thread::JoinHandle<()>) {
+fn library_relay(
+    data_dir: &Path,
+    chunk: usize,
+) -> (std::net::SocketAddr, relaychat::server::ShutdownHandle, thread::JoinHandle<()>) {
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_owned(),
