@@ -48,21 +48,28 @@ fn main() {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
     let rounds = if quick { 1 } else { 3 };
-    let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, sweep));
+    let settle = Duration::from_secs(if quick { 0 } else { 10 });
+    let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, settle, sweep));
     let _ = fs::remove_dir_all(&work);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
 }
 
-fn run(work: &Path, size_mib: u64, rounds: usize, sweep: bool) {
+fn run(work: &Path, size_mib: u64, rounds: usize, settle: Duration, sweep: bool) {
     let size = size_mib * MIB;
-    println!("relaychat file benchmark: {size_mib} MiB of random data on loopback, {rounds} round(s)");
+    println!(
+        "relaychat file benchmark: {size_mib} MiB of random data on loopback, {rounds} round(s), {} s settle",
+        settle.as_secs()
+    );
     let source = work.join("source.bin");
     write_random(&source, size);
-    // Warm-up, not reported: on this VM the first use of a page of memory is slow (the host backs
-    // guest memory lazily), which would penalise whichever measurement happens to come first.
-    baseline(&source, &work.join("baseline.bin"));
+    // On this VM, writing to a page of memory the host has not backed yet is several times slower
+    // than writing to one it has, and memory freed for a few seconds is handed back to the host
+    // (free page reporting). Whether a file lands in "cold" or "warm" pages would then depend on
+    // what ran just before. So every timed step starts after `SETTLE`: all of them meet cold
+    // memory, as a real transfer on an idle machine does.
+    let settle = || thread::sleep(settle);
 
     let (relay, addr) = start_relay(&work.join("relay-data"));
     let relay_pid = relay.0.id();
@@ -79,9 +86,13 @@ fn run(work: &Path, size_mib: u64, rounds: usize, sweep: bool) {
     let mbps = |secs: f64| size as f64 / 1e6 / secs;
     // Interleaved, so that the machine's mood (page cache, writeback) is spread over all three.
     for round in 1..=rounds {
+        settle();
         base.push(baseline(&source, &work.join("baseline.bin")));
+        settle();
         let u = timed_client(&["send", src, "--to", "benchbob", "--server", &addr, "--name", "benchalice"]);
+        settle();
         base.push(baseline(&source, &work.join("baseline.bin")));
+        settle();
         let d = timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
         assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
         let _ = fs::remove_dir_all(&downloads);

@@ -32,5 +32,6 @@ pub mod outbox;
 pub mod rules;
 pub mod server;
 pub mod sha;
+pub mod sink;
 pub mod spin;
 pub mod wire;

@@ -13,8 +13,8 @@
 //! and the file is only ever created inside the downloads directory.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,6 +25,7 @@ use super::{Direction, Event, PROGRESS_EVERY};
 use crate::filename;
 use crate::frame::{ErrorCode, FileInfo, Frame};
 use crate::sha;
+use crate::sink::Sink;
 
 /// What the reader should do next.
 pub(crate) enum Step {
@@ -46,7 +47,8 @@ struct Incoming {
     name: String,
     part: PathBuf,
     sidecar: PathBuf,
-    file: File,
+    /// The part file, written by its own thread (see [`crate::sink`]).
+    sink: Sink,
     hasher: Sha256,
     written: u64,
     last_progress: Instant,
@@ -85,19 +87,18 @@ impl Receiving {
     }
 
     /// A chunk arrived.
-    pub(crate) fn chunk(&mut self, file_id: u64, data: &[u8]) -> Step {
+    pub(crate) fn chunk(&mut self, file_id: u64, data: Vec<u8>) -> Step {
         let Some(inc) = self.current.as_mut().filter(|c| c.info.file_id == file_id) else {
             return Step::Nothing; // stale: a file we gave up on
         };
         if inc.written + data.len() as u64 > inc.info.size {
             return self.discard("the relay sent more bytes than the file has".into());
         }
-        if let Err(e) = inc.file.write_all(data) {
-            let reason = format!("cannot write {}: {e}", inc.part.display());
-            return self.discard(reason);
-        }
-        inc.hasher.update(data);
+        inc.hasher.update(&data);
         inc.written += data.len() as u64;
+        if inc.sink.write(data).is_err() {
+            return self.discard_with_disk_error();
+        }
         if inc.last_progress.elapsed() >= PROGRESS_EVERY {
             inc.last_progress = Instant::now();
             let (name, done, total) = (inc.name.clone(), inc.written, inc.info.size);
@@ -109,8 +110,12 @@ impl Receiving {
     /// The relay sent the last byte: verify, then move into place.
     pub(crate) fn end(&mut self, file_id: u64) -> Step {
         let Some(inc) = self.take_if(file_id) else { return Step::Nothing };
-        let Incoming { info, name, part, sidecar, file, hasher, written, .. } = inc;
-        drop(file);
+        let Incoming { info, name, part, sidecar, sink, hasher, written, .. } = inc;
+        if let Err(e) = sink.finish() {
+            remove_part(&part, &sidecar);
+            self.failed += 1;
+            return Step::Failed(failed(name, format!("cannot write {}: {e}", part.display())));
+        }
         let actual: [u8; 32] = hasher.finalize().into();
         if written != info.size || actual != info.sha256 {
             remove_part(&part, &sidecar);
@@ -165,12 +170,26 @@ impl Receiving {
         }
     }
 
-    /// Gives up on the current file and deletes its part.
-    fn discard(&mut self, reason: String) -> Step {
+    /// The disk thread stopped: report its error, delete the part.
+    fn discard_with_disk_error(&mut self) -> Step {
         let Some(inc) = self.current.take() else { return Step::Nothing };
+        let reason = match inc.sink.finish() {
+            Err(e) => format!("cannot write {}: {e}", inc.part.display()),
+            Ok(_) => format!("cannot write {}", inc.part.display()),
+        };
         remove_part(&inc.part, &inc.sidecar);
         self.failed += 1;
         Step::Failed(failed(inc.name, reason))
+    }
+
+    /// Gives up on the current file and deletes its part.
+    fn discard(&mut self, reason: String) -> Step {
+        let Some(inc) = self.current.take() else { return Step::Nothing };
+        let Incoming { name, part, sidecar, sink, .. } = inc;
+        drop(sink); // closes the file before it is deleted
+        remove_part(&part, &sidecar);
+        self.failed += 1;
+        Step::Failed(failed(name, reason))
     }
 
     /// Resumes a part of the same file if one is here, or starts a new one under a free name.
@@ -186,12 +205,12 @@ impl Receiving {
             }
             let mut hasher = Sha256::new();
             sha::hash_prefix(&mut file, have, &mut hasher)?;
-            return Ok(incoming(info, name, part, sidecar, file, hasher, have));
+            return Ok(incoming(info, name, part, sidecar, Sink::start(file)?, hasher, have));
         }
         let (part, sidecar) = free_part_name(&self.dir, name)?;
         let file = OpenOptions::new().write(true).create_new(true).open(&part)?;
         fs::write(&sidecar, tag)?;
-        Ok(incoming(info, name, part, sidecar, file, Sha256::new(), 0))
+        Ok(incoming(info, name, part, sidecar, Sink::start(file)?, Sha256::new(), 0))
     }
 }
 
@@ -200,7 +219,7 @@ fn incoming(
     name: &str,
     part: PathBuf,
     sidecar: PathBuf,
-    file: File,
+    sink: Sink,
     hasher: Sha256,
     written: u64,
 ) -> Incoming {
@@ -209,7 +228,7 @@ fn incoming(
         name: name.to_owned(),
         part,
         sidecar,
-        file,
+        sink,
         hasher,
         written,
         last_progress: Instant::now(),

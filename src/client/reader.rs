@@ -69,7 +69,7 @@ impl<S: Stream> Reader<S> {
                     if let Some(delay) = self.chunk_delay {
                         std::thread::sleep(delay);
                     }
-                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.chunk(file_id, &data));
+                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.chunk(file_id, data));
                     self.advance(&mut receive, step);
                     None
                 }

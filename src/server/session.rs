@@ -104,7 +104,7 @@ impl Session {
                 Flow::Stop
             }
             Frame::UploadStart { key, name, size, to } => self.upload_start(key, name, size, to),
-            Frame::UploadChunk { upload_id, data } => self.upload_chunk(upload_id, &data),
+            Frame::UploadChunk { upload_id, data } => self.upload_chunk(upload_id, data),
             Frame::UploadEnd { upload_id, sha256 } => match self.uploads.finish(upload_id, sha256) {
                 Ok(()) => self.hub(ToHub::CommitUpload { id, upload_id, sha256 }),
                 Err(refusal) => self.abort_upload(upload_id, refusal),
@@ -174,7 +174,7 @@ impl Session {
         }
     }
 
-    fn upload_chunk(&mut self, upload_id: u64, data: &[u8]) -> Flow {
+    fn upload_chunk(&mut self, upload_id: u64, data: Vec<u8>) -> Flow {
         if self.uploads.is_failed(upload_id) {
             return Flow::Continue; // chunks that were already on the wire when it failed
         }

@@ -6,7 +6,7 @@
 //! decoded chunk at a time, and a download holds at most the writer's short bulk queue of chunks.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::store::{DownloadPlan, Refusal, UploadPlan};
 use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEADER, DOWNLOAD_CHUNK};
 use crate::sha;
+use crate::sink::Sink;
 
 /// Default data bytes per chunk frame: 256 KiB. Large enough that per-frame costs (a system call,
 /// a channel hand-off, a header) vanish next to the copy itself; small enough that a chat frame
@@ -22,10 +23,11 @@ use crate::sha;
 /// `cargo bench --bench relay`; see the README.
 pub const DEFAULT_CHUNK: usize = 256 * 1024;
 
-/// An upload being received on this connection.
+/// An upload being received on this connection. The bytes go to disk through a [`Sink`] (a
+/// thread of its own); the hash is computed here as they arrive.
 struct Inbound {
     plan: UploadPlan,
-    file: File,
+    sink: Sink,
     hasher: Sha256,
     written: u64,
 }
@@ -54,13 +56,14 @@ impl UploadReceiver {
         let mut hasher = Sha256::new();
         file.seek(SeekFrom::Start(0))?;
         sha::hash_prefix(&mut file, have, &mut hasher)?;
-        self.active = Some(Inbound { plan, file, hasher, written: have });
+        let sink = Sink::start(file)?;
+        self.active = Some(Inbound { plan, sink, hasher, written: have });
         Ok(have)
     }
 
-    /// Writes one chunk. `Ok(None)` means the chunk was dropped quietly (it belongs to an upload that
-    /// already failed); on an error the upload is over and the caller must abort it.
-    pub(crate) fn chunk(&mut self, upload_id: u64, data: &[u8]) -> Result<(), Refusal> {
+    /// Hashes one chunk and hands it to the disk thread. On an error the upload is over and the
+    /// caller must abort it.
+    pub(crate) fn chunk(&mut self, upload_id: u64, data: Vec<u8>) -> Result<(), Refusal> {
         let inbound = self.current(upload_id)?;
         if inbound.written + data.len() as u64 > inbound.plan.size {
             return Err((
@@ -68,11 +71,16 @@ impl UploadReceiver {
                 format!("more bytes than the {} announced", inbound.plan.size),
             ));
         }
-        if let Err(e) = inbound.file.write_all(data) {
-            return Err(storage_refusal(&e));
-        }
-        inbound.hasher.update(data);
+        inbound.hasher.update(&data);
         inbound.written += data.len() as u64;
+        if inbound.sink.write(data).is_err() {
+            // The disk thread stopped; its error says why.
+            let error = self.active.take().map(|a| a.sink.finish());
+            return Err(match error {
+                Some(Err(e)) => storage_refusal(&e),
+                _ => (ErrorCode::Storage, "the relay cannot write the file".into()),
+            });
+        }
         Ok(())
     }
 
@@ -87,6 +95,7 @@ impl UploadReceiver {
             ));
         }
         let Some(inbound) = self.active.take() else { return Err(not_active(upload_id)) };
+        inbound.sink.finish().map_err(|e| storage_refusal(&e))?;
         let actual: [u8; 32] = inbound.hasher.finalize().into();
         if actual != sha256 {
             return Err((ErrorCode::HashMismatch, "the SHA-256 of the bytes received does not match".into()));
