@@ -192,6 +192,19 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Reads the next `len` bytes of `source` (a file, in practice) into a new buffer laid out for
+/// [`frame::chunk_frame`]: header space, then the data, read straight in with no zero-filling and
+/// no extra copy.
+pub fn read_chunk<R: Read>(source: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(frame::CHUNK_HEADER + len);
+    buf.resize(frame::CHUNK_HEADER, 0);
+    source.by_ref().take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != frame::CHUNK_HEADER + len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended early"));
+    }
+    Ok(buf)
+}
+
 /// Encodes `frame` and writes it in one `write_all`. Does not flush.
 pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> io::Result<()> {
     let bytes = frame::encode_to_vec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -237,6 +250,17 @@ mod tests {
             }
             assert!(matches!(r.read_frame(), Ok(None)), "clean EOF after the last frame");
         }
+    }
+
+    #[test]
+    fn read_chunk_reads_exactly_and_reports_a_short_source() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut source = &data[..];
+        let buf = read_chunk(&mut source, 60).unwrap();
+        assert_eq!(&buf[frame::CHUNK_HEADER..], &data[..60]);
+        assert_eq!(buf.capacity(), frame::CHUNK_HEADER + 60, "no reallocation");
+        assert_eq!(source.len(), 40, "nothing read past the chunk");
+        assert_eq!(read_chunk(&mut source, 41).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! and the relay answers with the offset it already has.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,9 +138,7 @@ impl Uploader {
                 return Err(Stop::Failed(message));
             }
             let n = chunk.min(usize::try_from(size - done).unwrap_or(usize::MAX));
-            // Read straight into the frame buffer after the header: no extra copy.
-            let mut buf = vec![0u8; CHUNK_HEADER + n];
-            file.read_exact(&mut buf[CHUNK_HEADER..])
+            let mut buf = crate::wire::read_chunk(file, n)
                 .map_err(|e| Stop::Failed(format!("the file changed or cannot be read: {e}")))?;
             hasher.update(&buf[CHUNK_HEADER..]);
             if self.corrupt_chunk == Some(index) {

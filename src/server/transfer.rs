@@ -6,7 +6,7 @@
 //! decoded chunk at a time, and a download holds at most the writer's short bulk queue of chunks.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -191,9 +191,7 @@ fn send_file(
     let mut index = 0u64;
     while remaining > 0 {
         let n = chunk.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        // Read straight into the frame buffer, after room for the header: no extra copy.
-        let mut buf = vec![0u8; CHUNK_HEADER + n];
-        file.read_exact(&mut buf[CHUNK_HEADER..])?;
+        let mut buf = crate::wire::read_chunk(&mut file, n)?;
         if settings.corrupt_chunk == Some(index) {
             buf[CHUNK_HEADER] ^= 0xff;
         }
