@@ -19,10 +19,10 @@
 //!   for the network. File chunks travel in the short *bulk* queue behind it, so a line of chat
 //!   overtakes a file in progress.
 //! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
-//!   downloaded chunks straight to disk ([`download`]), so file data never piles up in a queue.
+//!   downloaded chunks straight to disk (`client/download.rs`), so file data never piles up in a queue.
 //!   The event queue is bounded: if the program stops reading events, the reader stops reading the
 //!   socket, and TCP pushes back on the relay.
-//! - the **upload thread** ([`upload`]) sends files one after another: it reads each file in
+//! - the **upload thread** (`client/upload.rs`) sends files one after another: it reads each file in
 //!   chunks, hashes them, and blocks on the bulk queue, which keeps memory flat.
 //!
 //! [`Client::close`] is the orderly way out: it cancels transfers, queues a goodbye, lets the writer

@@ -11,13 +11,17 @@
 //! 2. [`wire`]: the thin I/O loop around `frame` (read whole frames from any `Read`, write them to
 //!    any `Write`), and the small [`wire::Stream`] trait that lets TLS slot in later.
 //! 3. [`rules`]: what a valid name, room and message look like; shared by both ends.
-//! 4. [`server`]: the relay. An accept thread, a reader and a writer thread per connection, and one
-//!    hub thread that owns the rooms. Its docs draw the threads; `Server::run` documents shutdown.
-//! 5. [`client`]: the client library. Handshake, then a writer thread draining a bounded send queue
-//!    and a reader thread producing [`client::Event`]s.
-//! 6. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).
-//! 7. [`spin`]: a channel wait that polls briefly before sleeping; why that halves latency here.
-//! 8. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
+//! 4. [`outbox`]: the loop inside every writer thread: two queues into one socket, chat first.
+//! 5. [`server`]: the relay. An accept thread, a reader and a writer thread per connection, and one
+//!    hub thread that owns the rooms and the file store. Its docs draw the threads; `Server::run`
+//!    documents shutdown.
+//! 6. [`client`]: the client library. Handshake, then a writer, a reader and an upload thread,
+//!    reporting everything as [`client::Event`]s.
+//! 7. Helpers for files: [`filename`] (names from the network made safe), [`sha`] (hashing while
+//!    streaming, and on resume), [`sink`] (writing a received file on its own thread).
+//! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).
+//! 9. [`spin`]: a channel wait that polls briefly before sleeping; why that halves latency here.
+//! 10. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
 //!
 //! `docs/PROTOCOL.md` specifies the bytes; `docs/ARCHITECTURE.md` draws every thread and channel.
 //! `examples/` holds numbered lessons, from a frame round trip to the seed's original two-thread

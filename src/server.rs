@@ -13,9 +13,9 @@
 //!
 //! - The **accept thread** owns the `TcpListener`. For every connection it spawns a connection
 //!   thread and keeps its `JoinHandle`.
-//! - Each **connection thread** ([`conn`]) reads frames from its socket. After the hello it spawns
+//! - Each **connection thread** (`server/conn.rs`) reads frames from its socket. After the hello it spawns
 //!   a **writer thread** that owns a clone of the socket and drains a bounded queue.
-//! - The **hub thread** ([`hub`]) owns all shared state: who is online, which room they are in, and
+//! - The **hub thread** (`server/hub.rs`) owns all shared state: who is online, which room they are in, and
 //!   the sending half of each writer's queue. Nobody else touches that state, so there is no
 //!   `Mutex` and events are handled in one well-defined order.
 //!
@@ -161,7 +161,7 @@ impl Server {
     ///
     /// 1. [`ShutdownHandle::shutdown`] sets the stop flag and wakes the accept thread, which
     ///    stops accepting, drops the listener and hands back the `JoinHandle` of every connection.
-    /// 2. The hub is told [`ToHub::Shutdown`]. It queues a `Goodbye` frame for every client,
+    /// 2. The hub is told `ToHub::Shutdown`. It queues a `Goodbye` frame for every client,
     ///    drops every client queue's sender, cuts connections that never said hello, and exits,
     ///    handing back a [`crate::wire::Closer`] for every connection still open.
     /// 3. Each writer thread, seeing its queue closed, writes what is left (ending with the

@@ -8,7 +8,7 @@
 //!   and the client exits 0.
 //! - **stdout**, one event per line, flushed per line: `[HH:MM:SS] bob: hello`,
 //!   `[HH:MM:SS] * bob joined lobby`, `[HH:MM:SS] [Newfile] bob: a.pdf (1.2 MiB)`, … (see
-//!   [`super::show`]). Control characters are shown as escapes.
+//!   `cli/show.rs`). Control characters are shown as escapes.
 //! - **stderr**: `error: …`, one line each, and progress bars when stderr is a terminal. Exit status
 //!   non-zero when the relay is unreachable, refuses us, goes away, or a one-shot transfer fails.
 //!

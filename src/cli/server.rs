@@ -19,6 +19,7 @@ use crate::server::{Server, ServerConfig, StoreLimits};
 /// Stops cleanly on Ctrl-C or SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "server", version)]
+#[allow(rustdoc::broken_intra_doc_links)] // `[::]` in --help is an address, not a doc link
 pub struct ServerCli {
     /// Address and port to listen on. Use [::]:21567 for IPv6 as well.
     #[arg(long, env = "RELAYCHAT_BIND", default_value = "0.0.0.0:21567")]
