@@ -19,16 +19,19 @@
 //!
 //! All files live in the system temp dir; they are removed at the end.
 
+mod common;
+
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{rss_kib, start_relay};
 use relaychat::client::{Client, ClientConfig, Event};
 use relaychat::server::{Server, ServerConfig};
 
@@ -71,7 +74,9 @@ fn run(work: &Path, size_mib: u64, rounds: usize, settle: Duration, sweep: bool)
     // memory, as a real transfer on an idle machine does.
     let settle = || thread::sleep(settle);
 
-    let (relay, addr) = start_relay(&work.join("relay-data"));
+    let data_dir = work.join("relay-data");
+    let (relay, addr) =
+        start_relay(&["--data-dir", data_dir.to_str().unwrap(), "--max-file-size", "64G", "--quota", "64G"]);
     let relay_pid = relay.0.id();
     thread::sleep(Duration::from_millis(200));
     let relay_idle = rss_kib(relay_pid, "VmRSS");
@@ -200,52 +205,6 @@ fn baseline(source: &Path, target: &Path) -> f64 {
     let secs = started.elapsed().as_secs_f64();
     let _ = fs::remove_file(target);
     size as f64 / 1e6 / secs
-}
-
-/// The relay process, killed on drop.
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_relay(data_dir: &Path) -> (Relay, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--bind", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap(), "--max-file-size", "64G"])
-        .args(["--quota", "64G"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the server binary");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(at) = line.find("relay listening on ") {
-            break line[at + "relay listening on ".len()..].trim().to_owned();
-        }
-    };
-    thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if !line.contains(" INFO ") {
-                eprintln!("relay log: {line}");
-            }
-        }
-    });
-    (Relay(child), addr)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Samples a process's VmHWM every 20 ms into `peak` until stopped.

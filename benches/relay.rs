@@ -17,12 +17,14 @@
 //!   measure); the "library" row goes through `relaychat::client::Client`, whose send queue and
 //!   reader thread add two thread hand-offs per direction.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{rss_kib, start_relay};
 use relaychat::client::{Client, ClientConfig, Event};
 use relaychat::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
 use relaychat::wire::FrameReader;
@@ -50,8 +52,10 @@ fn main() {
         sizes.round_trips, sizes.burst
     );
 
-    let (relay, addr) = start_relay(&[]);
-    let (still, still_addr) = start_relay(&["--spin-us", "0"]);
+    let data = std::env::temp_dir().join(format!("relaychat-bench-relay-{}", std::process::id()));
+    let (dir_a, dir_b) = (data.join("a"), data.join("b"));
+    let (relay, addr) = start_relay(&["--data-dir", dir_a.to_str().unwrap()]);
+    let (still, still_addr) = start_relay(&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()]);
     let idle_kib = rss_kib(relay.0.id(), "VmRSS");
 
     let (mut direct, mut relayed, mut sleepy, mut library) = (vec![], vec![], vec![], vec![]);
@@ -74,6 +78,7 @@ fn main() {
     let peak_kib = rss_kib(relay.0.id(), "VmHWM");
     drop(relay);
     drop(still);
+    let _ = std::fs::remove_dir_all(&data);
 
     println!();
     println!("{:<40} {:>8} {:>8}", "one-way latency, one message in flight", "p50 µs", "p99 µs");
@@ -104,55 +109,6 @@ fn print_lat(label: &str, lat: &Lat, base: Option<&Lat>) {
             lat.1 / b.1
         ),
     }
-}
-
-/// The relay process; killed on drop, so a failing benchmark never leaves it running.
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_relay(extra_args: &[&str]) -> (Relay, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--bind", "127.0.0.1:0"])
-        .args(extra_args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the server binary");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(at) = line.find("relay listening on ") {
-            break line[at + "relay listening on ".len()..].trim().to_owned();
-        }
-    };
-    // Keep draining the log so the relay never blocks on a full stderr pipe.
-    thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if !line.contains(" INFO ") {
-                eprintln!("relay log: {line}");
-            }
-        }
-    });
-    (Relay(child), addr)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A framed connection for the raw measurements.

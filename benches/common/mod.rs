@@ -1,0 +1,60 @@
+//! What both benchmarks need: the real relay binary as a child process, and its memory.
+
+#![allow(dead_code)] // each benchmark uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+
+/// The relay process; killed on drop, so a failing benchmark never leaves it running.
+pub struct Relay(pub Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the `server` binary on a free loopback port with `args` added; returns it and its
+/// address. Its log is drained on a thread (so it never blocks on a full pipe), and anything
+/// above INFO is shown.
+pub fn start_relay(args: &[&str]) -> (Relay, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server binary");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let relay = Relay(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").expect("readable log");
+        if let Some(at) = line.find("relay listening on ") {
+            break line[at + "relay listening on ".len()..].trim().to_owned();
+        }
+    };
+    thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if !line.contains(" INFO ") {
+                eprintln!("relay log: {line}");
+            }
+        }
+    });
+    (relay, addr)
+}
+
+/// A field of /proc/PID/status in KiB: `VmRSS` (now) or `VmHWM` (peak).
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
