@@ -2,6 +2,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    relaychat::cli::keep_freed_memory();
     let cli = relaychat::cli::server::ServerCli::parse();
     relaychat::cli::finish(relaychat::cli::server::run(cli))
 }
