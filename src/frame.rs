@@ -28,6 +28,12 @@
 
 use std::fmt;
 
+mod chunk;
+mod code;
+
+pub use chunk::{chunk_frame, CHUNK_HEADER, MAX_CHUNK_DATA};
+pub use code::ErrorCode;
+
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -112,98 +118,6 @@ pub struct FileInfo {
     pub size: u64,
     /// Its SHA-256.
     pub sha256: [u8; 32],
-}
-
-/// Why the server refused or ended a connection; carried in [`Frame::Error`].
-///
-/// Unknown codes decode as [`ErrorCode::Other`] so that an older client can still show the message
-/// of a newer server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The hello carried a protocol version this server does not speak.
-    VersionMismatch,
-    /// Someone online already uses that name.
-    NameTaken,
-    /// The name breaks the naming rules (see [`crate::rules`]).
-    BadName,
-    /// The room name breaks the naming rules.
-    BadRoom,
-    /// The peer sent something that is not valid protocol (garbage, oversize, unknown kind...).
-    Protocol,
-    /// The peer did not read its messages fast enough and was dropped.
-    TooSlow,
-    /// The peer sent no hello in time.
-    HelloTimeout,
-    /// A text message broke the text rules (too long, empty).
-    BadText,
-    /// The file is larger than the relay accepts.
-    FileTooLarge,
-    /// The sender's stored bytes would exceed their quota.
-    QuotaExceeded,
-    /// The relay's disk has no room for the file.
-    DiskFull,
-    /// The bytes received do not match the size or SHA-256 announced.
-    HashMismatch,
-    /// No such file is waiting for you.
-    NoSuchFile,
-    /// Nobody would receive the file (empty room, no `--to`).
-    NoRecipients,
-    /// The same transfer is already running on another connection.
-    Busy,
-    /// The relay could not read or write its storage.
-    Storage,
-    /// A transfer frame that does not fit the transfer (wrong id, too many bytes, bad offset).
-    BadTransfer,
-    /// A code this build does not know.
-    Other(u8),
-}
-
-impl ErrorCode {
-    fn to_byte(self) -> u8 {
-        match self {
-            ErrorCode::VersionMismatch => 1,
-            ErrorCode::NameTaken => 2,
-            ErrorCode::BadName => 3,
-            ErrorCode::BadRoom => 4,
-            ErrorCode::Protocol => 5,
-            ErrorCode::TooSlow => 6,
-            ErrorCode::HelloTimeout => 7,
-            ErrorCode::BadText => 8,
-            ErrorCode::FileTooLarge => 9,
-            ErrorCode::QuotaExceeded => 10,
-            ErrorCode::DiskFull => 11,
-            ErrorCode::HashMismatch => 12,
-            ErrorCode::NoSuchFile => 13,
-            ErrorCode::NoRecipients => 14,
-            ErrorCode::Busy => 15,
-            ErrorCode::Storage => 16,
-            ErrorCode::BadTransfer => 17,
-            ErrorCode::Other(b) => b,
-        }
-    }
-
-    fn from_byte(b: u8) -> ErrorCode {
-        match b {
-            1 => ErrorCode::VersionMismatch,
-            2 => ErrorCode::NameTaken,
-            3 => ErrorCode::BadName,
-            4 => ErrorCode::BadRoom,
-            5 => ErrorCode::Protocol,
-            6 => ErrorCode::TooSlow,
-            7 => ErrorCode::HelloTimeout,
-            8 => ErrorCode::BadText,
-            9 => ErrorCode::FileTooLarge,
-            10 => ErrorCode::QuotaExceeded,
-            11 => ErrorCode::DiskFull,
-            12 => ErrorCode::HashMismatch,
-            13 => ErrorCode::NoSuchFile,
-            14 => ErrorCode::NoRecipients,
-            15 => ErrorCode::Busy,
-            16 => ErrorCode::Storage,
-            17 => ErrorCode::BadTransfer,
-            other => ErrorCode::Other(other),
-        }
-    }
 }
 
 /// Why bytes could not be decoded (or a frame could not be encoded).
@@ -535,30 +449,6 @@ fn put_file_info(out: &mut Vec<u8>, info: &FileInfo) {
     put_str(out, &info.name);
     out.extend_from_slice(&info.size.to_be_bytes());
     out.extend_from_slice(&info.sha256);
-}
-
-/// Bytes in front of a chunk's data: length prefix, kind, id, data length.
-pub const CHUNK_HEADER: usize = LEN_PREFIX + 1 + 8 + 4;
-
-/// The largest data a chunk frame can carry.
-pub const MAX_CHUNK_DATA: usize = MAX_FRAME_LEN - (CHUNK_HEADER - LEN_PREFIX);
-
-/// Fills in the header of a chunk frame whose data already sits in `buf[CHUNK_HEADER..]`.
-///
-/// This is the fast path for file bytes: the sender reads the file straight into the buffer after
-/// the header space, calls this, and writes the buffer. The bytes are identical to
-/// `encode(&Frame::UploadChunk { .. })` (or `DownloadChunk` with [`DOWNLOAD_CHUNK`]), without a copy.
-pub fn chunk_frame(buf: &mut [u8], kind: u8, id: u64) -> Result<(), FrameError> {
-    let data_len = buf.len().checked_sub(CHUNK_HEADER).ok_or(FrameError::Truncated { kind })?;
-    if data_len > MAX_CHUNK_DATA {
-        return Err(FrameError::TooLarge { len: data_len + CHUNK_HEADER - LEN_PREFIX, max: MAX_FRAME_LEN });
-    }
-    let n = (buf.len() - LEN_PREFIX) as u32; // <= MAX_FRAME_LEN, checked above
-    buf[..4].copy_from_slice(&n.to_be_bytes());
-    buf[4] = kind;
-    buf[5..13].copy_from_slice(&id.to_be_bytes());
-    buf[13..17].copy_from_slice(&(data_len as u32).to_be_bytes());
-    Ok(())
 }
 
 /// A cursor over one payload. Every read checks the remaining length first, so malformed input

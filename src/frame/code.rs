@@ -1,0 +1,93 @@
+//! The error codes carried in `Error`, `UploadFailed` and `DownloadFailed` frames.
+
+/// Why the server refused or ended a connection; carried in [`Frame::Error`].
+///
+/// Unknown codes decode as [`ErrorCode::Other`] so that an older client can still show the message
+/// of a newer server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The hello carried a protocol version this server does not speak.
+    VersionMismatch,
+    /// Someone online already uses that name.
+    NameTaken,
+    /// The name breaks the naming rules (see [`crate::rules`]).
+    BadName,
+    /// The room name breaks the naming rules.
+    BadRoom,
+    /// The peer sent something that is not valid protocol (garbage, oversize, unknown kind...).
+    Protocol,
+    /// The peer did not read its messages fast enough and was dropped.
+    TooSlow,
+    /// The peer sent no hello in time.
+    HelloTimeout,
+    /// A text message broke the text rules (too long, empty).
+    BadText,
+    /// The file is larger than the relay accepts.
+    FileTooLarge,
+    /// The sender's stored bytes would exceed their quota.
+    QuotaExceeded,
+    /// The relay's disk has no room for the file.
+    DiskFull,
+    /// The bytes received do not match the size or SHA-256 announced.
+    HashMismatch,
+    /// No such file is waiting for you.
+    NoSuchFile,
+    /// Nobody would receive the file (empty room, no `--to`).
+    NoRecipients,
+    /// The same transfer is already running on another connection.
+    Busy,
+    /// The relay could not read or write its storage.
+    Storage,
+    /// A transfer frame that does not fit the transfer (wrong id, too many bytes, bad offset).
+    BadTransfer,
+    /// A code this build does not know.
+    Other(u8),
+}
+
+impl ErrorCode {
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            ErrorCode::VersionMismatch => 1,
+            ErrorCode::NameTaken => 2,
+            ErrorCode::BadName => 3,
+            ErrorCode::BadRoom => 4,
+            ErrorCode::Protocol => 5,
+            ErrorCode::TooSlow => 6,
+            ErrorCode::HelloTimeout => 7,
+            ErrorCode::BadText => 8,
+            ErrorCode::FileTooLarge => 9,
+            ErrorCode::QuotaExceeded => 10,
+            ErrorCode::DiskFull => 11,
+            ErrorCode::HashMismatch => 12,
+            ErrorCode::NoSuchFile => 13,
+            ErrorCode::NoRecipients => 14,
+            ErrorCode::Busy => 15,
+            ErrorCode::Storage => 16,
+            ErrorCode::BadTransfer => 17,
+            ErrorCode::Other(b) => b,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> ErrorCode {
+        match b {
+            1 => ErrorCode::VersionMismatch,
+            2 => ErrorCode::NameTaken,
+            3 => ErrorCode::BadName,
+            4 => ErrorCode::BadRoom,
+            5 => ErrorCode::Protocol,
+            6 => ErrorCode::TooSlow,
+            7 => ErrorCode::HelloTimeout,
+            8 => ErrorCode::BadText,
+            9 => ErrorCode::FileTooLarge,
+            10 => ErrorCode::QuotaExceeded,
+            11 => ErrorCode::DiskFull,
+            12 => ErrorCode::HashMismatch,
+            13 => ErrorCode::NoSuchFile,
+            14 => ErrorCode::NoRecipients,
+            15 => ErrorCode::Busy,
+            16 => ErrorCode::Storage,
+            17 => ErrorCode::BadTransfer,
+            other => ErrorCode::Other(other),
+        }
+    }
+}
