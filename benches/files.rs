@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench files                   # 1 GiB, 3 rounds, a few minutes
-//! cargo bench --bench files -- --size-mib 2048
+//! cargo bench --bench files -- --size-mib 2048 --rounds 1
 //! cargo bench --bench files -- --quick        # 64 MiB smoke run
 //! cargo bench --bench files -- --sweep        # also compare chunk sizes 64/128/256 KiB
 //! ```
@@ -50,7 +50,12 @@ fn main() {
     let work = std::env::temp_dir().join(format!("relaychat-bench-files-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
-    let rounds = if quick { 1 } else { 3 };
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
     let settle = Duration::from_secs(if quick { 0 } else { 10 });
     let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, settle, sweep));
     let _ = fs::remove_dir_all(&work);
