@@ -124,8 +124,8 @@ pub enum Event {
     Progress { direction: Direction, name: String, done: u64, total: u64 },
     /// The relay stored and verified a file we sent.
     Uploaded { name: String, size: u64 },
-    /// A file was downloaded, verified and renamed into place at `path`.
-    Downloaded { name: String, path: PathBuf },
+    /// File `file_id` was downloaded, verified and renamed into place at `path`.
+    Downloaded { file_id: u64, name: String, path: PathBuf },
     /// A transfer failed; `reason` says why. Partial data is kept only where it can be resumed.
     TransferFailed { direction: Direction, name: String, reason: String },
     /// A [`Client::receive_all`] is over.

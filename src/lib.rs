@@ -22,6 +22,7 @@
 //! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).
 //! 9. [`spin`]: a channel wait that polls briefly before sleeping; why that halves latency here.
 //! 10. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
+//! 11. `gui_fltk` (cargo feature `gui`): the FLTK window, on top of the same client library.
 //!
 //! `docs/PROTOCOL.md` specifies the bytes; `docs/ARCHITECTURE.md` draws every thread and channel.
 //! `examples/` holds numbered lessons, from a frame round trip to the seed's original two-thread
@@ -32,6 +33,8 @@ pub mod client;
 pub mod display;
 pub mod filename;
 pub mod frame;
+#[cfg(feature = "gui")]
+pub mod gui_fltk;
 pub mod outbox;
 pub mod rules;
 pub mod server;

@@ -48,12 +48,13 @@ pub struct ClientCli {
 /// Where to connect and as whom; accepted before or after a subcommand.
 #[derive(Debug, Args)]
 pub struct ConnArgs {
-    /// Use the terminal (the only interface in builds without the `gui` feature).
+    /// Use the terminal even when the window is available (builds with the `gui` feature open a
+    /// window by default when there is a display).
     #[arg(long, global = true)]
     pub cli: bool,
-    /// The relay to connect to, as HOST:PORT.
-    #[arg(long, global = true, env = "RELAYCHAT_SERVER", default_value = "127.0.0.1:21567")]
-    pub server: String,
+    /// The relay to connect to, as HOST:PORT [default: 127.0.0.1:21567; the window asks].
+    #[arg(long, global = true, env = "RELAYCHAT_SERVER")]
+    pub server: Option<String>,
     /// Your name in the chat [default: your OS user name].
     #[arg(long, global = true, env = "RELAYCHAT_NAME")]
     pub name: Option<String>,
@@ -85,24 +86,34 @@ const HELP: &str = "commands: /who (who is online), /send [--to NAME] PATH... (s
                     paths with spaces), /receive (download files waiting for you), /help, /quit; start a \
                     line with // to send a line that begins with /";
 
-/// Runs the client: a one-shot command, or the interactive chat until stdin ends or `/quit`.
+/// The relay used when neither `--server` nor `RELAYCHAT_SERVER` names one.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:21567";
+
+/// Runs the client: the window (in `gui` builds with a display, unless `--cli`), a one-shot
+/// command, or the interactive terminal chat until stdin ends or `/quit`.
 pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let name = match cli.conn.name.clone() {
-        Some(name) => name,
-        None => os_user_name().context("no --name given and the OS user name is unknown")?,
-    };
     let downloads = match cli.conn.downloads.clone() {
         Some(dir) => dir,
         None => default_downloads().context("cannot find a download directory; pass --downloads DIR")?,
     };
+    #[cfg(feature = "gui")]
+    if cli.command.is_none() && !cli.conn.cli && crate::gui_fltk::display_available() {
+        let ConnArgs { server, name, room, .. } = cli.conn;
+        return crate::gui_fltk::run(server, name, room, downloads);
+    }
+    let name = match cli.conn.name.clone() {
+        Some(name) => name,
+        None => os_user_name().context("no --name given and the OS user name is unknown")?,
+    };
+    let server = cli.conn.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let mut config = ClientConfig::new(name, cli.conn.room.clone());
     // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
     config.chunk_delay = std::env::var("RELAYCHAT_TEST_CHUNK_DELAY_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(std::time::Duration::from_millis);
-    let client = Client::connect_tcp(&cli.conn.server, &config).map_err(connect_error)?;
+    let client = Client::connect_tcp(&server, &config).map_err(connect_error)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
     match cli.command {
         Some(Command::Send { paths, to }) => send_once(client, &paths, to.as_deref(), &mut ui),
@@ -110,12 +121,7 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         None => {
             ui.out(&notice_line(
                 now_ms(),
-                &format!(
-                    "connected to {} as {} in {}",
-                    visible(&cli.conn.server),
-                    client.name(),
-                    client.room()
-                ),
+                &format!("connected to {} as {} in {}", visible(&server), client.name(), client.room()),
             ))?;
             let keyboard = spawn_stdin_reader()?;
             chat_loop(client, keyboard, &mut ui)

@@ -80,7 +80,7 @@ mod tests {
             sha256: [0; 32],
         };
         assert_eq!(out(Event::NewFile(info)), "[Newfile] alice: report.pdf (1.2 MiB)");
-        let done = Event::Downloaded { name: "report (1).pdf".into(), path: "x".into() };
+        let done = Event::Downloaded { file_id: 1, name: "report (1).pdf".into(), path: "x".into() };
         assert_eq!(out(done), "[Download] File download complete: report (1).pdf");
         assert_eq!(out(Event::ReceiveFinished { received: 0, failed: 0 }), "* no files waiting");
         let failed =

@@ -129,7 +129,8 @@ impl Receiving {
             Ok(path) => {
                 let _ = fs::remove_file(&sidecar);
                 self.received += 1;
-                let event = Event::Downloaded { name: file_name_of(&path, &name), path };
+                let event =
+                    Event::Downloaded { file_id: info.file_id, name: file_name_of(&path, &name), path };
                 Step::Done(event, info.file_id)
             }
             Err(e) => {

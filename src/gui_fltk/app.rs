@@ -1,0 +1,394 @@
+//! The window's state and event loop: one `App` that owns the widgets and both message receivers.
+//!
+//! Everything happens on the GUI thread, in [`App::turn`]: wait for FLTK events (or an
+//! `awake()` from the network thread), then handle every pending [`Action`] from the widgets and
+//! every pending [`LinkEvent`] from the network thread. Handlers only update widgets or send a
+//! [`Command`]; none of them blocks, so the window never freezes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fltk::prelude::*;
+
+use super::link::{Command, Link, LinkEvent};
+use super::window::{Action, Widgets, STYLE_MINE, STYLE_NOTICE, STYLE_THEIRS, STYLE_TIME};
+use crate::client::{ClientConfig, Direction, Event};
+use crate::display::{clock, now_ms, visible};
+use crate::filename::{self, human_size};
+use crate::frame::FileInfo;
+
+/// What the window needs to start.
+#[derive(Debug, Clone)]
+pub struct GuiOptions {
+    /// The relay, `HOST:PORT`.
+    pub server: String,
+    /// Name, room and transfer settings.
+    pub config: ClientConfig,
+    /// Where Receive puts files.
+    pub downloads: PathBuf,
+}
+
+/// Rate shown beside a progress bar: bytes per second since the transfer's first report.
+struct Meter {
+    name: String,
+    started: Instant,
+    first_done: u64,
+}
+
+pub struct App {
+    app: fltk::app::App,
+    w: Widgets,
+    actions: fltk::app::Receiver<Action>,
+    action_sender: fltk::app::Sender<Action>,
+    link: Option<Link>,
+    server: String,
+    me: String,
+    downloads: PathBuf,
+    waiting: Vec<FileInfo>,
+    /// Who is online in our room: set by `Online`, kept current by `Joined` and `Left`.
+    online: (String, std::collections::BTreeSet<String>),
+    meters: [Option<Meter>; 2],
+    closing: bool,
+}
+
+impl App {
+    /// Builds and shows the window, and starts the network thread.
+    pub fn new(options: GuiOptions) -> anyhow::Result<App> {
+        let app = fltk::app::App::default();
+        // Load the system fonts so that FLTK's font fallback (through Pango) can find a CJK font.
+        fltk::app::set_font_size(14);
+        let (action_sender, actions) = fltk::app::channel::<Action>();
+        let title = format!("501密聊 · relaychat · {}", options.config.name);
+        let mut w = Widgets::build(&title, action_sender);
+        w.window.show();
+        let _ = w.input.take_focus();
+        let link = Link::start(options.server.clone(), options.config.clone(), fltk::app::awake)?;
+        Ok(App {
+            app,
+            w,
+            actions,
+            action_sender,
+            link: Some(link),
+            server: options.server,
+            me: options.config.name,
+            downloads: options.downloads,
+            waiting: Vec::new(),
+            online: (String::new(), Default::default()),
+            meters: [None, None],
+            closing: false,
+        })
+    }
+
+    /// Runs until the window is closed, then disconnects cleanly.
+    pub fn run(mut self) {
+        while !self.closing && self.app.wait() {
+            self.handle_pending();
+        }
+        self.shut_down();
+    }
+
+    /// One turn of the event loop, waiting at most `seconds`. Returns false once closing.
+    /// [`App::run`] is this in a loop; tests call it directly to drive a real window.
+    pub fn turn(&mut self, seconds: f64) -> bool {
+        let _ = fltk::app::wait_for(seconds);
+        self.handle_pending();
+        !self.closing
+    }
+
+    /// Closes the connection and the window. The process can exit right after.
+    pub fn shut_down(mut self) {
+        if let Some(link) = self.link.take() {
+            link.shut_down();
+        }
+        self.w.window.hide();
+    }
+
+    fn handle_pending(&mut self) {
+        while let Some(action) = self.actions.recv() {
+            self.on_action(action);
+        }
+        while let Some(event) = self.link.as_ref().and_then(|l| l.events.try_recv().ok()) {
+            self.on_link(event);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        if let Some(link) = &self.link {
+            if link.to_link.try_send(command).is_err() {
+                self.set_status("busy: the network thread is not keeping up; try again");
+            }
+        }
+    }
+
+    fn on_action(&mut self, action: Action) {
+        match action {
+            Action::Send => self.send_message(),
+            Action::SelectFile => {
+                if let Some(path) = super::choose_file() {
+                    self.w.path.set_value(&path.to_string_lossy());
+                }
+            }
+            Action::SendFile => self.send_file(),
+            Action::Receive => {
+                let dir = self.downloads.clone();
+                self.command(Command::Receive(dir));
+            }
+            Action::OpenFolder => {
+                if let Err(e) = super::open_folder(&self.downloads) {
+                    self.info_line(&format!("error: cannot open {}: {e}", self.downloads.display()));
+                }
+            }
+            Action::Close => self.closing = true,
+        }
+    }
+
+    fn send_message(&mut self) {
+        let Some(mut buffer) = self.w.input.buffer() else { return };
+        let text = buffer.text();
+        let text = text.trim_end_matches(['\n', '\r']).to_owned();
+        if !text.trim().is_empty() {
+            self.log_chat(now_ms(), &self.me.clone(), &text, true);
+            self.command(Command::Text(text));
+        }
+        buffer.set_text("");
+        let _ = self.w.input.take_focus();
+    }
+
+    fn send_file(&mut self) {
+        let path = self.w.path.value();
+        if path.trim().is_empty() {
+            self.set_status("type a file path or use Select File first");
+            return;
+        }
+        self.command(Command::SendFile(PathBuf::from(path.trim())));
+        self.w.path.set_value("");
+    }
+
+    fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected { name, room, again } => {
+                self.set_status(&format!("connected to {} as {} in {}", self.server, name, room));
+                if again {
+                    self.log_notice("reconnected");
+                }
+            }
+            LinkEvent::Net(event) => self.on_event(event),
+            LinkEvent::Reconnecting { why, retry_in } => {
+                self.set_status(&format!("reconnecting in {} s: {why}", retry_in.as_secs()));
+                self.log_notice(&format!("connection lost ({why}); reconnecting"));
+            }
+            LinkEvent::Refused(why) => {
+                self.set_status(&format!("error: {why}"));
+                self.log_notice(&format!("error: {why}"));
+            }
+            LinkEvent::Problem(why) => self.log_notice(&format!("error: {why}")),
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Chat { from, sent_at_ms, text } => self.log_chat(sent_at_ms, &from, &text, false),
+            Event::Joined { name, room } => {
+                self.log_notice(&format!("{} joined {}", visible(&name), visible(&room)));
+                self.online.1.insert(name);
+                self.show_online();
+            }
+            Event::Left { name, room } => {
+                self.log_notice(&format!("{} left {}", visible(&name), visible(&room)));
+                self.online.1.remove(&name);
+                self.show_online();
+            }
+            Event::Online { room, names } => {
+                self.online = (room, names.into_iter().collect());
+                self.show_online();
+            }
+            Event::Warning { message, .. } => self.log_notice(&format!("error: {}", visible(&message))),
+            Event::NewFile(info) => {
+                self.info_line(&format!(
+                    "[Newfile] {}: {} ({})",
+                    visible(&info.from),
+                    visible(&filename::clean(&info.name)),
+                    human_size(info.size)
+                ));
+                if !self.waiting.iter().any(|w| w.file_id == info.file_id) {
+                    self.waiting.push(info);
+                    self.refresh_waiting();
+                }
+            }
+            Event::Progress { direction, name, done, total } => self.progress(direction, &name, done, total),
+            Event::Uploaded { name, size } => {
+                self.end_progress(Direction::Up);
+                self.info_line(&format!("File sent complete: {} ({})", visible(&name), human_size(size)));
+            }
+            Event::Downloaded { file_id, name, .. } => {
+                self.end_progress(Direction::Down);
+                self.info_line(&format!("[Download] File download complete: {}", visible(&name)));
+                self.waiting.retain(|w| w.file_id != file_id);
+                self.refresh_waiting();
+            }
+            Event::TransferFailed { direction, name, reason } => {
+                self.end_progress(direction);
+                self.info_line(&format!("error: {}: {}", visible(&name), visible(&reason)));
+            }
+            Event::ReceiveFinished { received: 0, failed: 0 } => self.info_line("no files waiting"),
+            Event::ReceiveFinished { .. } => {}
+            Event::Disconnected(_) => {} // the link thread turns this into Reconnecting
+        }
+    }
+
+    fn log_chat(&mut self, at_ms: u64, from: &str, text: &str, mine: bool) {
+        let style = if mine { STYLE_MINE } else { STYLE_THEIRS };
+        self.append_log(&format!("{} ", clock(at_ms)), STYLE_TIME);
+        let mut lines = text.split('\n');
+        let first = lines.next().unwrap_or_default();
+        let mut body = format!("{}: {}", visible(from), visible(first));
+        for line in lines {
+            body.push_str("\n  ");
+            body.push_str(&visible(line));
+        }
+        body.push('\n');
+        self.append_log(&body, style);
+    }
+
+    fn log_notice(&mut self, text: &str) {
+        self.append_log(&format!("{} ", clock(now_ms())), STYLE_TIME);
+        self.append_log(&format!("* {text}\n"), STYLE_NOTICE);
+    }
+
+    /// Appends text and the same number of style bytes (FLTK styles text byte by byte).
+    fn append_log(&mut self, text: &str, style: char) {
+        if let Some(mut buffer) = self.w.log.buffer() {
+            buffer.append(text);
+            self.w.log_styles.append(&style.to_string().repeat(text.len()));
+            let lines = buffer.count_lines(0, buffer.length());
+            self.w.log.scroll(lines, 0);
+        }
+    }
+
+    fn info_line(&mut self, text: &str) {
+        if let Some(mut buffer) = self.w.info.buffer() {
+            buffer.append(&format!("{} {text}\n", clock(now_ms())));
+            let lines = buffer.count_lines(0, buffer.length());
+            self.w.info.scroll(lines, 0);
+        }
+    }
+
+    fn refresh_waiting(&mut self) {
+        self.w.waiting.clear();
+        for info in &self.waiting {
+            let line = format!(
+                "{} ({}) from {}",
+                visible(&filename::clean(&info.name)),
+                human_size(info.size),
+                visible(&info.from)
+            );
+            // `@` starts a format code in an FLTK browser line; `@.` turns them off.
+            self.w.waiting.add(&format!("@.{line}"));
+        }
+    }
+
+    fn progress(&mut self, direction: Direction, name: &str, done: u64, total: u64) {
+        let slot = direction as usize;
+        let meter = self.meters[slot].get_or_insert_with(|| Meter {
+            name: name.to_owned(),
+            started: Instant::now(),
+            first_done: done,
+        });
+        if meter.name != name {
+            *meter = Meter { name: name.to_owned(), started: Instant::now(), first_done: done };
+        }
+        let secs = meter.started.elapsed().as_secs_f64().max(0.001);
+        let rate = (done.saturating_sub(meter.first_done)) as f64 / secs;
+        let arrow = if direction == Direction::Up { "↑" } else { "↓" };
+        let label = format!(
+            "{arrow} {} {}% · {}/s",
+            visible(name),
+            done * 100 / total.max(1),
+            human_size(rate as u64)
+        );
+        let bar = if direction == Direction::Up { &mut self.w.upload } else { &mut self.w.download };
+        bar.set_value(done as f64 / total.max(1) as f64);
+        bar.set_label(&label);
+        bar.show();
+        bar.redraw();
+    }
+
+    fn end_progress(&mut self, direction: Direction) {
+        self.meters[direction as usize] = None;
+        let bar = if direction == Direction::Up { &mut self.w.upload } else { &mut self.w.download };
+        bar.hide();
+    }
+
+    fn show_online(&mut self) {
+        let names: Vec<String> = self.online.1.iter().map(|n| visible(n)).collect();
+        self.w.online.set_label(&format!("online in {}: {}", visible(&self.online.0), names.join(", ")));
+        self.w.online.redraw();
+    }
+
+    fn set_status(&mut self, text: &str) {
+        self.w.status.set_label(&format!(" {text}"));
+        self.w.status.redraw();
+    }
+
+    // ---- For tests: read what a person would see, and act as a person would. ----
+
+    /// Types into the message input (replacing what is there).
+    pub fn type_message(&mut self, text: &str) {
+        if let Some(mut buffer) = self.w.input.buffer() {
+            buffer.set_text(text);
+        }
+    }
+
+    /// Puts a path in the file field.
+    pub fn type_path(&mut self, path: &str) {
+        self.w.path.set_value(path);
+    }
+
+    /// Does what a button press (or Enter, for [`Action::Send`]) does: sends the action through
+    /// the same channel the widgets use.
+    pub fn press(&self, action: Action) {
+        self.action_sender.send(action);
+    }
+
+    /// The chat log's text.
+    pub fn log_text(&self) -> String {
+        self.w.log.buffer().map(|b| b.text()).unwrap_or_default()
+    }
+
+    /// The style bytes of the chat log, parallel to [`App::log_text`]'s bytes.
+    pub fn log_styles(&self) -> String {
+        self.w.log_styles.text()
+    }
+
+    /// The file panel's text.
+    pub fn info_text(&self) -> String {
+        self.w.info.buffer().map(|b| b.text()).unwrap_or_default()
+    }
+
+    /// The lines of the "waiting for you" list.
+    pub fn waiting_lines(&self) -> Vec<String> {
+        (1..=self.w.waiting.size()).filter_map(|i| self.w.waiting.text(i)).collect()
+    }
+
+    /// The status line and the online line.
+    pub fn status_text(&self) -> (String, String) {
+        (self.w.status.label(), self.w.online.label())
+    }
+
+    /// What the message input holds, and whether it has the keyboard focus.
+    pub fn input_state(&self) -> (String, bool) {
+        let text = self.w.input.buffer().map(|b| b.text()).unwrap_or_default();
+        (text, self.w.input.has_focus())
+    }
+
+    /// True while the upload or download progress bar is shown.
+    pub fn progress_visible(&self) -> (bool, bool) {
+        (self.w.upload.visible(), self.w.download.visible())
+    }
+
+    /// Captures the window as RGB bytes, with its width and height.
+    pub fn capture(&mut self) -> Option<(Vec<u8>, i32, i32)> {
+        let image = fltk::draw::capture_window(&mut self.w.window).ok()?;
+        Some((image.to_rgb_data(), image.data_w(), image.data_h()))
+    }
+}

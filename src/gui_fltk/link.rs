@@ -1,0 +1,187 @@
+//! The window's network thread: it owns the [`Client`], reconnects with backoff, and turns
+//! everything into [`LinkEvent`]s for the GUI thread.
+//!
+//! FLTK widgets may only be touched by the GUI thread, and the GUI thread must never block on the
+//! network. So the GUI sends [`Command`]s here over a bounded channel, and this thread sends
+//! events back over another bounded channel, calling `fltk::app::awake()` after each one so the
+//! GUI's event loop wakes up and reads them. No protocol logic lives in the window: this thread
+//! only drives the same client library the terminal client uses.
+
+use std::path::PathBuf;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+
+use crate::client::{Client, ClientConfig, ClientError, Disconnect, Event};
+
+/// What the GUI asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Send a line of chat.
+    Text(String),
+    /// Upload a file to everyone else in the room.
+    SendFile(PathBuf),
+    /// Download everything waiting into this directory.
+    Receive(PathBuf),
+    /// Disconnect cleanly and end the thread.
+    Quit,
+}
+
+/// What the GUI is told.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Connected (or reconnected) as `name` in `room`.
+    Connected { name: String, room: String, again: bool },
+    /// Something happened on the connection.
+    Net(Event),
+    /// The connection is down; the next attempt is in `retry_in`.
+    Reconnecting { why: String, retry_in: Duration },
+    /// The relay refused us (name taken, bad name...): no point retrying.
+    Refused(String),
+    /// A command could not be carried out (for example: not connected right now).
+    Problem(String),
+}
+
+/// Longest wait between two reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The network thread and the two channels to talk to it.
+pub struct Link {
+    pub to_link: Sender<Command>,
+    pub events: Receiver<LinkEvent>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Starts the thread. `wake` is called after every event is queued (the window passes
+    /// `fltk::app::awake`; tests can pass anything).
+    pub fn start(server: String, config: ClientConfig, wake: fn()) -> std::io::Result<Link> {
+        // Bounded both ways: commands come at human speed; events wait for the GUI if it is busy.
+        let (to_link, commands) = bounded(64);
+        let (to_gui, events) = bounded(1024);
+        let thread = thread::Builder::new()
+            .name("gui-link".into())
+            .spawn(move || Looper { server, config, commands, to_gui, wake }.run())?;
+        Ok(Link { to_link, events, thread: Some(thread) })
+    }
+
+    /// Asks the thread to disconnect cleanly and waits for it. The event receiver is dropped first,
+    /// so a thread blocked on a full event queue wakes up.
+    pub fn shut_down(mut self) {
+        let _ = self.to_link.send(Command::Quit);
+        drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why one connection ended.
+enum Ended {
+    Quit,
+    Lost(String),
+}
+
+struct Looper {
+    server: String,
+    config: ClientConfig,
+    commands: Receiver<Command>,
+    to_gui: Sender<LinkEvent>,
+    wake: fn(),
+}
+
+impl Looper {
+    fn tell(&self, event: LinkEvent) -> bool {
+        let sent = self.to_gui.send(event).is_ok();
+        (self.wake)();
+        sent
+    }
+
+    fn run(self) {
+        let mut backoff = Duration::from_secs(1);
+        let mut connected_before = false;
+        loop {
+            let why = match Client::connect_tcp(&self.server, &self.config) {
+                Ok(client) => {
+                    backoff = Duration::from_secs(1);
+                    let (name, room) = (client.name().to_owned(), client.room().to_owned());
+                    if !self.tell(LinkEvent::Connected { name, room, again: connected_before }) {
+                        return client.close();
+                    }
+                    connected_before = true;
+                    match self.pump(&client) {
+                        Ended::Quit => return client.close(),
+                        Ended::Lost(why) => why,
+                    }
+                }
+                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => {
+                    self.tell(LinkEvent::Refused(e.to_string()));
+                    // Wait for the window to close; retrying would be refused again.
+                    while let Ok(command) = self.commands.recv() {
+                        if let Command::Quit = command {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                Err(e) => e.to_string(),
+            };
+            if !self.tell(LinkEvent::Reconnecting { why, retry_in: backoff }) || !self.wait(backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Serves one connection until it drops or the GUI quits.
+    fn pump(&self, client: &Client) -> Ended {
+        loop {
+            select! {
+                recv(self.commands) -> command => match command {
+                    Ok(Command::Quit) | Err(_) => return Ended::Quit,
+                    Ok(command) => self.carry_out(client, command),
+                },
+                recv(client.events()) -> event => match event {
+                    Ok(Event::Disconnected(why)) => return Ended::Lost(describe(&why)),
+                    Ok(event) => {
+                        if !self.tell(LinkEvent::Net(event)) {
+                            return Ended::Quit;
+                        }
+                    }
+                    Err(_) => return Ended::Lost("the connection ended".into()),
+                },
+            }
+        }
+    }
+
+    fn carry_out(&self, client: &Client, command: Command) {
+        let result = match command {
+            Command::Text(text) => client.send_text(&text),
+            Command::SendFile(path) => client.send_file(&path, None),
+            Command::Receive(dir) => client.receive_all(&dir),
+            Command::Quit => Ok(()),
+        };
+        if let Err(e) = result {
+            self.tell(LinkEvent::Problem(e.to_string()));
+        }
+    }
+
+    /// Sleeps for `pause`, still answering commands. False when the GUI quit meanwhile.
+    fn wait(&self, pause: Duration) -> bool {
+        let deadline = std::time::Instant::now() + pause;
+        loop {
+            match self.commands.recv_deadline(deadline) {
+                Ok(Command::Quit) | Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(_) => {
+                    self.tell(LinkEvent::Problem("not connected right now; try again in a moment".into()));
+                }
+                Err(RecvTimeoutError::Timeout) => return true,
+            }
+        }
+    }
+}
+
+fn describe(why: &Disconnect) -> String {
+    why.to_string()
+}

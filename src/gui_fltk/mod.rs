@@ -1,0 +1,78 @@
+//! The FLTK window (cargo feature `gui`): the seed's client, done right.
+//!
+//! - [`window`]: the widgets and their layout. Widgets only `emit` [`window::Action`]s.
+//! - [`app`]: the `App` that owns the widgets and handles actions and network events, on the GUI
+//!   thread only.
+//! - [`link`]: the network thread that owns the [`crate::client::Client`], reconnects with backoff
+//!   and wakes the GUI with `fltk::app::awake()`.
+//! - [`connect`]: the small dialog that asks for the relay and the name when they are not given,
+//!   remembering the last values in the user's config directory.
+//!
+//! There is no protocol logic here: the window drives the same client library as the terminal.
+
+pub mod app;
+pub mod connect;
+pub mod link;
+pub mod window;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::cli::Exit;
+use crate::client::ClientConfig;
+
+pub use app::{App, GuiOptions};
+
+/// True when a window can be shown: on Linux and the BSDs, an X11 or Wayland display is set.
+pub fn display_available() -> bool {
+    if cfg!(any(target_os = "windows", target_os = "macos")) {
+        return true;
+    }
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+}
+
+/// Opens the window and runs until it is closed. `server` or `name` may be missing: the connect
+/// dialog then asks for them.
+pub fn run(
+    server: Option<String>,
+    name: Option<String>,
+    room: String,
+    downloads: PathBuf,
+) -> anyhow::Result<Exit> {
+    let (server, name) = match (server, name) {
+        (Some(server), Some(name)) => (server, name),
+        (server, name) => match connect::ask(server, name) {
+            Some(answer) => answer,
+            None => return Ok(Exit::Success), // the person cancelled
+        },
+    };
+    let options = GuiOptions { server, config: ClientConfig::new(name, room), downloads };
+    App::new(options)?.run();
+    Ok(Exit::Success)
+}
+
+/// Asks for a file with the platform's own dialog (native-dialog runs zenity, kdialog or yad on
+/// Linux); if there is none, FLTK's own file chooser, so the button always works.
+pub fn choose_file() -> Option<PathBuf> {
+    let native = native_dialog::DialogBuilder::file().set_title("Select File").open_single_file().show();
+    match native {
+        Ok(choice) => choice,
+        Err(e) => {
+            log::info!("no native file dialog ({e}); using FLTK's");
+            fltk::dialog::file_chooser("Select File", "*", ".", false).map(PathBuf::from)
+        }
+    }
+}
+
+/// Shows `dir` in the file manager, creating it first.
+pub fn open_folder(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if cfg!(target_os = "windows") {
+        "explorer"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener).arg(dir).spawn().map(|_| ())
+}
