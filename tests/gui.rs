@@ -123,7 +123,20 @@ fn window_against_a_terminal_client() {
         take_screenshot(&mut app, &src.path, &path);
     }
 
-    // 6. Closing the window disconnects cleanly: the other side sees us leave.
+    // 6. The relay restarts: the window says so, reconnects by itself, and carries on.
+    let server = server.restart();
+    until(&mut app, "the reconnecting status", |a| a.status_text().0.contains("reconnecting"));
+    assert!(!bob.wait().success(), "the terminal client exits non-zero when the relay goes away");
+    until(&mut app, "the reconnection", |a| a.log_text().contains("* reconnected"));
+    until(&mut app, "connected again", |a| a.status_text().0.contains("connected to"));
+    let mut bob = Proc::client(&addr, "bob", &["--cli"]);
+    until(&mut app, "bob joining again", |a| a.log_text().matches("bob joined lobby").count() == 2);
+    app.type_message("after the restart");
+    app.press(Action::Send);
+    until(&mut app, "my line after the restart", |a| a.log_text().contains("alice: after the restart"));
+    bob.expect(&bob.stdout, "alice: after the restart");
+
+    // 7. Closing the window disconnects cleanly: the other side sees us leave.
     app.press(Action::Close);
     let deadline = Instant::now() + WAIT;
     while app.turn(0.02) {

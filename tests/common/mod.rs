@@ -40,8 +40,19 @@ impl TestServer {
 
     /// Starts a relay on an existing data dir (to test what survives a restart).
     pub fn start_in(config: ServerConfig, data_dir: TempDir) -> TestServer {
-        let config =
-            ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), data_dir: data_dir.path.clone(), ..config };
+        TestServer::launch(ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..config }, data_dir)
+    }
+
+    /// Stops this relay and starts a new one on the same address and data dir: what clients see
+    /// when the relay host restarts.
+    pub fn restart(self) -> TestServer {
+        let addr = self.addr;
+        let data_dir = self.stop_and_keep_data();
+        TestServer::launch(ServerConfig { bind: addr, ..ServerConfig::default() }, data_dir)
+    }
+
+    fn launch(config: ServerConfig, data_dir: TempDir) -> TestServer {
+        let config = ServerConfig { data_dir: data_dir.path.clone(), ..config };
         let server = Server::bind(config).expect("bind a loopback port");
         let addr = server.local_addr().unwrap();
         let handle = server.shutdown_handle().unwrap();
