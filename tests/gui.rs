@@ -129,7 +129,7 @@ fn window_against_a_terminal_client() {
     assert!(!bob.wait().success(), "the terminal client exits non-zero when the relay goes away");
     until(&mut app, "the reconnection", |a| a.log_text().contains("* reconnected"));
     until(&mut app, "connected again", |a| a.status_text().0.contains("connected to"));
-    let mut bob = Proc::client(&addr, "bob", &["--cli"]);
+    let bob = Proc::client(&addr, "bob", &["--cli"]);
     until(&mut app, "bob joining again", |a| a.log_text().matches("bob joined lobby").count() == 2);
     app.type_message("after the restart");
     app.press(Action::Send);
