@@ -25,6 +25,9 @@ impl Proc {
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("RELAYCHAT_SERVER").env_remove("RELAYCHAT_NAME").env_remove("RELAYCHAT_BIND");
+        // A client built with the `gui` feature opens a window when it sees a display; these tests
+        // drive the terminal contract, so they hide the display.
+        cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
         for (k, v) in envs {
             cmd.env(k, v);
         }
