@@ -41,27 +41,22 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let sweep = args.iter().any(|a| a == "--sweep");
-    let size_mib: u64 = args
-        .iter()
-        .position(|a| a == "--size-mib")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 64 } else { 1024 });
+    let size_mib: u64 = flag_value(&args, "--size-mib").unwrap_or(if quick { 64 } else { 1024 });
     let work = std::env::temp_dir().join(format!("relaychat-bench-files-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 1 } else { 3 });
+    let rounds: usize = flag_value(&args, "--rounds").unwrap_or(if quick { 1 } else { 3 });
     let settle = Duration::from_secs(if quick { 0 } else { 10 });
     let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, settle, sweep));
     let _ = fs::remove_dir_all(&work);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The value after `--flag` on the command line, if present and parseable.
+fn flag_value<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 
 fn run(work: &Path, size_mib: u64, rounds: usize, settle: Duration, sweep: bool) {
