@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! relay-data/
+//!   relay.db (+ -wal, -shm)  SQLite: who sent each file, its cleaned name, size, SHA-256, and who
+//!                            still waits for it (see db.rs)
 //!   tmp/<upload_id>.part     uploads in progress (names chosen here, never by a client)
 //!   files/<file_id>.bin      complete, verified files
-//!   files/<file_id>.meta     who sent it, its cleaned name, size, SHA-256, who still waits for it
 //! ```
 //!
 //! The hub thread owns the [`Store`] and is the only one to create, rename or delete anything
@@ -12,21 +13,27 @@
 //! own threads: an upload is written to its `.part` file by the connection's reader, a download is
 //! read by the connection's download thread. So the hub never waits on a large write.
 //!
-//! Metadata is one small text file per stored file, rewritten atomically (write a temporary file,
-//! then rename over the old one). A later issue moves it into SQLite; this module's interface is
-//! what the rest of the relay sees, so that move stays inside this file.
+//! A file is recorded in one database transaction that also moves its bytes into place, and the
+//! uploader is told "done" only after that transaction commits. At startup, bytes that no row
+//! claims (a crash between the move and the commit) are deleted, and rows whose bytes are missing
+//! are forgotten. Data dirs of the text-file era (`files/<id>.meta`) are imported once
+//! ([`legacy`]).
 //!
 //! Simplified on purpose: partial uploads are remembered in memory only. After a relay restart
 //! their `.part` files are deleted and those uploads start again from zero.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod db;
+mod legacy;
+
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::display::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
-use crate::sha;
+use db::{Db, InsertError, NewFile};
 
 /// Limits on what the store accepts, all checked before the first byte of an upload is stored.
 #[derive(Debug, Clone)]
@@ -88,25 +95,21 @@ struct Partial {
     in_use_by: Option<ConnId>,
 }
 
-struct Stored {
-    info: FileInfo,
-    recipients: BTreeSet<String>,
-}
-
 /// The data directory and everything known about its contents.
 pub(crate) struct Store {
     files_dir: PathBuf,
     tmp_dir: PathBuf,
     limits: StoreLimits,
-    files: BTreeMap<u64, Stored>,
-    /// Uploads in progress, by upload id.
+    db: Db,
+    /// Uploads in progress, by upload id (in memory only; see the module docs).
     partials: HashMap<u64, Partial>,
-    next_id: u64,
+    next_upload_id: u64,
 }
 
 impl Store {
-    /// Opens (creating if needed) the data directory, loads what is stored, and removes leftovers:
-    /// `.part` files of an earlier run and files whose metadata is missing or unreadable.
+    /// Opens (creating if needed) the data directory and its database, imports an older data
+    /// dir's metadata, and removes leftovers: `.part` files of an earlier run, bytes that no row
+    /// claims, rows whose bytes are gone.
     pub(crate) fn open(root: &Path, limits: StoreLimits) -> io::Result<Store> {
         let files_dir = root.join("files");
         let tmp_dir = root.join("tmp");
@@ -115,52 +118,35 @@ impl Store {
         for entry in fs::read_dir(&tmp_dir)? {
             let _ = fs::remove_file(entry?.path());
         }
-        let mut store = Store {
-            files_dir,
-            tmp_dir,
-            limits,
-            files: BTreeMap::new(),
-            partials: HashMap::new(),
-            next_id: 1,
-        };
-        store.load()?;
+        let mut db = Db::open(&root.join("relay.db")).map_err(db_error)?;
+        legacy::import(&files_dir, &mut db)?;
+        let mut store = Store { files_dir, tmp_dir, limits, db, partials: HashMap::new(), next_upload_id: 1 };
+        store.reconcile()?;
         Ok(store)
     }
 
-    fn load(&mut self) -> io::Result<()> {
-        let mut bins = BTreeSet::new();
+    /// Makes disk and database agree after whatever happened before this start.
+    fn reconcile(&mut self) -> io::Result<()> {
+        let known = self.db.file_ids().map_err(db_error)?;
+        let mut on_disk = BTreeSet::new();
         for entry in fs::read_dir(&self.files_dir)? {
             let path = entry?.path();
             let id = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
-            match (id, path.extension().and_then(|e| e.to_str())) {
-                (Some(id), Some("meta")) => match read_meta(&path, id) {
-                    Ok(stored) => {
-                        self.files.insert(id, stored);
-                    }
-                    Err(e) => log::warn!("ignoring unreadable {}: {e}", path.display()),
-                },
-                (Some(id), Some("bin")) => {
-                    bins.insert(id);
+            match id {
+                Some(id) if known.contains(&id) && path.extension().is_some_and(|e| e == "bin") => {
+                    on_disk.insert(id);
                 }
-                _ => {}
-            }
-            if let Some(id) = id {
-                self.next_id = self.next_id.max(id + 1);
-            }
-        }
-        // A file counts only with both halves; anything else is a leftover of an interrupted write.
-        self.files.retain(|id, _| bins.contains(id));
-        for id in bins.iter().filter(|id| !self.files.contains_key(id)) {
-            let _ = fs::remove_file(self.bin_path(*id));
-        }
-        for entry in fs::read_dir(&self.files_dir)? {
-            let path = entry?.path();
-            let id = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
-            if id.is_none_or(|id| !self.files.contains_key(&id)) {
-                let _ = fs::remove_file(&path);
+                _ => {
+                    log::info!("store: removing {} (no record claims it)", path.display());
+                    let _ = fs::remove_file(&path);
+                }
             }
         }
-        log::info!("store: {} file(s) waiting for recipients", self.files.len());
+        for id in known.difference(&on_disk) {
+            log::warn!("store: file {id} is recorded but its bytes are missing; forgetting it");
+            self.db.forget_file(*id).map_err(db_error)?;
+        }
+        log::info!("store: {} file(s) waiting for recipients", on_disk.len());
         Ok(())
     }
 
@@ -168,15 +154,11 @@ impl Store {
         self.files_dir.join(format!("{id}.bin"))
     }
 
-    fn meta_path(&self, id: u64) -> PathBuf {
-        self.files_dir.join(format!("{id}.meta"))
-    }
-
     /// Bytes `sender` has on the relay: stored files plus uploads in progress.
-    fn used_by(&self, sender: &str) -> u64 {
-        let stored = self.files.values().filter(|f| f.info.from == sender).map(|f| f.info.size);
-        let partial = self.partials.values().filter(|p| p.sender == sender).map(|p| p.size);
-        stored.chain(partial).sum()
+    fn used_by(&self, sender: &str) -> Result<u64, Refusal> {
+        let stored = self.db.bytes_stored_by(sender).map_err(refusal)?;
+        let partial: u64 = self.partials.values().filter(|p| p.sender == sender).map(|p| p.size).sum();
+        Ok(stored + partial)
     }
 
     /// Starts an upload, or resumes the one with the same sender and key. Every limit is checked
@@ -194,7 +176,7 @@ impl Store {
         if let Some(plan) = self.resume(&req)? {
             return Ok(plan);
         }
-        let used = self.used_by(req.sender);
+        let used = self.used_by(req.sender)?;
         if used.saturating_add(req.size) > self.limits.quota {
             return Err((
                 ErrorCode::QuotaExceeded,
@@ -214,8 +196,8 @@ impl Store {
                 format!("the relay's disk is too full: {free} bytes free, {needed} needed"),
             ));
         }
-        let upload_id = self.next_id;
-        self.next_id += 1;
+        let upload_id = self.next_upload_id;
+        self.next_upload_id += 1;
         let temp_path = self.tmp_dir.join(format!("{upload_id}.part"));
         let partial = Partial {
             upload_id,
@@ -252,24 +234,37 @@ impl Store {
         Ok(Some(UploadPlan { upload_id: id, temp_path: partial.temp_path.clone(), size: partial.size }))
     }
 
-    /// The connection verified size and SHA-256: move the file into place and record it.
+    /// The connection verified size and SHA-256: record the file and move it into place, in one
+    /// transaction. Only after this returns may the uploader be told the file is stored.
     pub(crate) fn commit_upload(&mut self, upload_id: u64, sha256: [u8; 32]) -> Result<FileInfo, Refusal> {
         let partial = self
             .partials
             .remove(&upload_id)
             .ok_or_else(|| (ErrorCode::BadTransfer, format!("no upload {upload_id} in progress")))?;
-        let file_id = partial.upload_id;
-        let info = FileInfo { file_id, from: partial.sender, name: partial.name, size: partial.size, sha256 };
-        let stored = Stored { info: info.clone(), recipients: partial.recipients };
-        let result = fs::rename(&partial.temp_path, self.bin_path(file_id))
-            .and_then(|()| write_meta(&self.meta_path(file_id), &stored));
-        if let Err(e) = result {
-            let _ = fs::remove_file(&partial.temp_path);
-            let _ = fs::remove_file(self.bin_path(file_id));
-            return Err((ErrorCode::Storage, format!("cannot store the file: {e}")));
+        let file = NewFile {
+            id: None,
+            sender: &partial.sender,
+            name: &partial.name,
+            size: partial.size,
+            sha256,
+            created_ms: now_ms(),
+            recipients: &partial.recipients,
+        };
+        let files_dir = &self.files_dir;
+        let result = self
+            .db
+            .insert_file(&file, |id| fs::rename(&partial.temp_path, files_dir.join(format!("{id}.bin"))));
+        match result {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                let _ = fs::remove_file(&partial.temp_path);
+                let why = match e {
+                    InsertError::Db(e) => e.to_string(),
+                    InsertError::Place(e) => e.to_string(),
+                };
+                Err((ErrorCode::Storage, format!("cannot store the file: {why}")))
+            }
         }
-        self.files.insert(file_id, stored);
-        Ok(info)
     }
 
     /// Forgets an upload and deletes its bytes.
@@ -288,12 +283,18 @@ impl Store {
 
     /// Who still waits for `file_id`.
     pub(crate) fn recipients(&self, file_id: u64) -> Vec<String> {
-        self.files.get(&file_id).map(|f| f.recipients.iter().cloned().collect()).unwrap_or_default()
+        self.db.recipients(file_id).unwrap_or_else(|e| {
+            log::error!("store: {e}");
+            Vec::new()
+        })
     }
 
     /// Every file waiting for `name`, oldest first.
     pub(crate) fn waiting_for(&self, name: &str) -> Vec<FileInfo> {
-        self.files.values().filter(|f| f.recipients.contains(name)).map(|f| f.info.clone()).collect()
+        self.db.waiting_for(name).unwrap_or_else(|e| {
+            log::error!("store: {e}");
+            Vec::new()
+        })
     }
 
     /// Checks that `name` may download `file_id` from `offset`.
@@ -303,32 +304,37 @@ impl Store {
         file_id: u64,
         offset: u64,
     ) -> Result<DownloadPlan, Refusal> {
-        let stored = self
-            .files
-            .get(&file_id)
-            .filter(|f| f.recipients.contains(name))
+        let info = self
+            .db
+            .file_for(name, file_id)
+            .map_err(refusal)?
             .ok_or_else(|| (ErrorCode::NoSuchFile, format!("no file {file_id} is waiting for you")))?;
-        if offset > stored.info.size {
+        if offset > info.size {
             return Err((ErrorCode::BadTransfer, format!("offset {offset} is past the end of the file")));
         }
-        Ok(DownloadPlan { file_id, path: self.bin_path(file_id), size: stored.info.size, offset })
+        Ok(DownloadPlan { file_id, path: self.bin_path(file_id), size: info.size, offset })
     }
 
-    /// `name` has the file, verified. When the last recipient has it, it is deleted.
+    /// `name` has the file, verified. When the last recipient has it, it is deleted: first its
+    /// row (committed), then its bytes, so a crash in between leaves bytes that the next start
+    /// removes, never a row without bytes.
     pub(crate) fn mark_received(&mut self, name: &str, file_id: u64) {
-        let meta_path = self.meta_path(file_id);
-        let Some(stored) = self.files.get_mut(&file_id) else { return };
-        if !stored.recipients.remove(name) {
-            return;
-        }
-        if stored.recipients.is_empty() {
-            self.files.remove(&file_id);
-            let _ = fs::remove_file(&meta_path);
-            let _ = fs::remove_file(self.bin_path(file_id));
-        } else if let Err(e) = write_meta(&meta_path, stored) {
-            log::warn!("store: cannot update file {file_id}'s recipients: {e}");
+        match self.db.mark_received(name, file_id) {
+            Ok(true) => {
+                let _ = fs::remove_file(self.bin_path(file_id));
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("store: cannot record that {name} has file {file_id}: {e}"),
         }
     }
+}
+
+fn db_error(e: rusqlite::Error) -> io::Error {
+    io::Error::other(format!("database: {e}"))
+}
+
+fn refusal(e: rusqlite::Error) -> Refusal {
+    (ErrorCode::Storage, format!("the relay's database failed: {e}"))
 }
 
 /// Bytes available to an unprivileged user on the file system holding `path`.
@@ -342,56 +348,6 @@ fn free_space(path: &Path) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
-}
-
-/// Writes the metadata file atomically: a crash leaves either the old or the new version.
-fn write_meta(path: &Path, stored: &Stored) -> io::Result<()> {
-    let mut text = format!(
-        "relaychat-file 1\nfrom={}\nname={}\nsize={}\nsha256={}\n",
-        stored.info.from,
-        stored.info.name,
-        stored.info.size,
-        sha::hex(&stored.info.sha256)
-    );
-    for to in &stored.recipients {
-        text.push_str(&format!("to={to}\n"));
-    }
-    let tmp = path.with_extension("meta.new");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
-}
-
-fn read_meta(path: &Path, file_id: u64) -> io::Result<Stored> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad or missing {what}"));
-    let text = fs::read_to_string(path)?;
-    let mut lines = text.lines();
-    if lines.next() != Some("relaychat-file 1") {
-        return Err(bad("header"));
-    }
-    let (mut from, mut name, mut size, mut sha256) = (None, None, None, None);
-    let mut recipients = BTreeSet::new();
-    for line in lines {
-        match line.split_once('=') {
-            Some(("from", v)) => from = Some(v.to_owned()),
-            Some(("name", v)) => name = Some(v.to_owned()),
-            Some(("size", v)) => size = v.parse().ok(),
-            Some(("sha256", v)) => sha256 = sha::unhex(v),
-            Some(("to", v)) => {
-                recipients.insert(v.to_owned());
-            }
-            _ => return Err(bad("line")),
-        }
-    }
-    let info = FileInfo {
-        file_id,
-        from: from.ok_or_else(|| bad("from"))?,
-        name: name.ok_or_else(|| bad("name"))?,
-        size: size.ok_or_else(|| bad("size"))?,
-        sha256: sha256.ok_or_else(|| bad("sha256"))?,
-    };
-    Ok(Stored { info, recipients })
 }
 
 #[cfg(test)]
@@ -473,13 +429,35 @@ mod tests {
         fs::create_dir_all(dir.join("tmp")).unwrap();
         fs::create_dir_all(dir.join("files")).unwrap();
         fs::write(dir.join("tmp/5.part"), b"half").unwrap();
-        fs::write(dir.join("files/9.bin"), b"no meta").unwrap();
+        fs::write(dir.join("files/9.bin"), b"no record").unwrap();
         fs::write(dir.join("files/8.meta"), b"relaychat-file 1\nfrom=a\n").unwrap();
         let store = Store::open(&dir, StoreLimits::default()).unwrap();
-        assert!(store.files.is_empty());
+        assert!(store.db.file_ids().unwrap().is_empty());
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.join("files")).unwrap().count(), 0);
-        assert!(store.next_id > 9, "ids are never reused");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_older_data_dir_is_imported_with_its_ids() {
+        let dir = temp_dir("legacy");
+        fs::create_dir_all(dir.join("files")).unwrap();
+        fs::write(dir.join("files/7.bin"), b"abc").unwrap();
+        let meta = format!(
+            "relaychat-file 1\nfrom=alice\nname=a.txt\nsize=3\nsha256={}\nto=bob\nto=carol\n",
+            crate::sha::hex(&[5; 32])
+        );
+        fs::write(dir.join("files/7.meta"), meta).unwrap();
+        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+        let waiting = store.waiting_for("bob");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!((waiting[0].file_id, waiting[0].name.as_str(), waiting[0].sha256), (7, "a.txt", [5; 32]));
+        assert_eq!(store.recipients(7), vec!["bob".to_string(), "carol".to_string()]);
+        assert!(!dir.join("files/7.meta").exists(), "imported once, then removed");
+        // New files never reuse an imported id.
+        let plan = store.begin_upload(request("alice", "k", 1)).unwrap();
+        fs::write(&plan.temp_path, b"x").unwrap();
+        assert!(store.commit_upload(plan.upload_id, [0; 32]).unwrap().file_id > 7);
         let _ = fs::remove_dir_all(&dir);
     }
 }

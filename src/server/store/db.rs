@@ -1,0 +1,281 @@
+//! The relay's SQLite database: which files are stored, and who still waits for each.
+//!
+//! One file, `relay.db`, in the data dir, in WAL mode (readers never wait for the writer, and a
+//! crash leaves either the old or the new state of every transaction). Only the hub thread uses
+//! it, through [`super::Store`].
+//!
+//! ## Migrations
+//!
+//! The schema's version is SQLite's `user_version`. [`MIGRATIONS`] lists every change since the
+//! first, in order; opening a database applies the ones it has not seen yet, each in its own
+//! transaction. So a newer relay opens an older data dir, and a change is never edited once
+//! released: it is followed by a new one.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::frame::FileInfo;
+
+/// Every schema change, oldest first. Index `i` takes the database to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: files waiting for their recipients (until issue 3 these were `.meta` text files).
+    "CREATE TABLE files (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        sender     TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        size       INTEGER NOT NULL,
+        sha256     BLOB    NOT NULL,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE file_recipients (
+        file_id   INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+        recipient TEXT    NOT NULL,
+        PRIMARY KEY (file_id, recipient)
+     );
+     CREATE INDEX file_recipients_by_name ON file_recipients(recipient);",
+];
+
+/// The schema version this build writes.
+#[cfg(test)]
+const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+pub(crate) struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (or creates) the database and brings its schema up to date.
+    pub(crate) fn open(path: &Path) -> rusqlite::Result<Db> {
+        let conn = Connection::open(path)?;
+        // WAL: commits are appends to a log, readers are not blocked. NORMAL: a commit survives a
+        // crash of this process (what the durability tests kill); it is fsynced at checkpoints.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> rusqlite::Result<()> {
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+            log::info!("store: database schema migrated to version {}", i + 1);
+        }
+        Ok(())
+    }
+
+    /// Records a file in one transaction. `place(file_id)` runs inside it (it moves the bytes into
+    /// place): if it fails, nothing is recorded. Returns the stored file.
+    pub(crate) fn insert_file<E>(
+        &mut self,
+        file: &NewFile<'_>,
+        place: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<FileInfo, InsertError<E>> {
+        let tx = self.conn.transaction().map_err(InsertError::Db)?;
+        let id = match file.id {
+            Some(id) => {
+                tx.execute(
+                    "INSERT INTO files (id, sender, name, size, sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id as i64, file.sender, file.name, file.size as i64, &file.sha256[..], file.created_ms as i64],
+                )
+                .map_err(InsertError::Db)?;
+                id
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO files (sender, name, size, sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        file.sender,
+                        file.name,
+                        file.size as i64,
+                        &file.sha256[..],
+                        file.created_ms as i64
+                    ],
+                )
+                .map_err(InsertError::Db)?;
+                tx.last_insert_rowid() as u64
+            }
+        };
+        for recipient in file.recipients {
+            tx.execute(
+                "INSERT INTO file_recipients (file_id, recipient) VALUES (?1, ?2)",
+                params![id as i64, recipient],
+            )
+            .map_err(InsertError::Db)?;
+        }
+        place(id).map_err(InsertError::Place)?;
+        tx.commit().map_err(InsertError::Db)?;
+        Ok(FileInfo {
+            file_id: id,
+            from: file.sender.to_owned(),
+            name: file.name.to_owned(),
+            size: file.size,
+            sha256: file.sha256,
+        })
+    }
+
+    /// Every file waiting for `name`, oldest first.
+    pub(crate) fn waiting_for(&self, name: &str) -> rusqlite::Result<Vec<FileInfo>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT f.id, f.sender, f.name, f.size, f.sha256 FROM files f
+             JOIN file_recipients r ON r.file_id = f.id WHERE r.recipient = ?1 ORDER BY f.id",
+        )?;
+        let rows = stmt.query_map([name], file_info)?;
+        rows.collect()
+    }
+
+    /// File `file_id`, if `name` still waits for it.
+    pub(crate) fn file_for(&self, name: &str, file_id: u64) -> rusqlite::Result<Option<FileInfo>> {
+        self.conn
+            .query_row(
+                "SELECT f.id, f.sender, f.name, f.size, f.sha256 FROM files f
+                 JOIN file_recipients r ON r.file_id = f.id WHERE f.id = ?1 AND r.recipient = ?2",
+                params![file_id as i64, name],
+                file_info,
+            )
+            .optional()
+    }
+
+    /// Who still waits for `file_id`.
+    pub(crate) fn recipients(&self, file_id: u64) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT recipient FROM file_recipients WHERE file_id = ?1 ORDER BY recipient")?;
+        let rows = stmt.query_map([file_id as i64], |r| r.get(0))?;
+        rows.collect()
+    }
+
+    /// Bytes of the files `sender` has stored.
+    pub(crate) fn bytes_stored_by(&self, sender: &str) -> rusqlite::Result<u64> {
+        let total: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?1",
+            [sender],
+            |r| r.get(0),
+        )?;
+        Ok(total.max(0) as u64)
+    }
+
+    /// `name` has file `file_id`. Returns true when nobody waits for it any more and its row was
+    /// deleted (the caller then deletes the bytes).
+    pub(crate) fn mark_received(&mut self, name: &str, file_id: u64) -> rusqlite::Result<bool> {
+        let tx = self.conn.transaction()?;
+        let removed = tx.execute(
+            "DELETE FROM file_recipients WHERE file_id = ?1 AND recipient = ?2",
+            params![file_id as i64, name],
+        )?;
+        let left: i64 =
+            tx.query_row("SELECT COUNT(*) FROM file_recipients WHERE file_id = ?1", [file_id as i64], |r| {
+                r.get(0)
+            })?;
+        let gone = removed > 0 && left == 0;
+        if gone {
+            tx.execute("DELETE FROM files WHERE id = ?1", [file_id as i64])?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    /// Ids of every stored file (to find bytes on disk that no row claims).
+    pub(crate) fn file_ids(&self) -> rusqlite::Result<BTreeSet<u64>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM files")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0).map(|id| id as u64))?;
+        rows.collect()
+    }
+
+    /// Deletes a file's rows (used for rows whose bytes are missing).
+    pub(crate) fn forget_file(&mut self, file_id: u64) -> rusqlite::Result<()> {
+        self.conn.execute("DELETE FROM files WHERE id = ?1", [file_id as i64]).map(|_| ())
+    }
+
+    /// The schema version of the open database.
+    #[cfg(test)]
+    fn version(&self) -> rusqlite::Result<usize> {
+        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+    }
+}
+
+/// A file about to be recorded.
+pub(crate) struct NewFile<'a> {
+    /// `Some` to keep an id (importing an older data dir); `None` for a fresh one.
+    pub id: Option<u64>,
+    pub sender: &'a str,
+    pub name: &'a str,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub created_ms: u64,
+    pub recipients: &'a BTreeSet<String>,
+}
+
+/// Why [`Db::insert_file`] failed.
+#[derive(Debug)]
+pub(crate) enum InsertError<E> {
+    Db(rusqlite::Error),
+    Place(E),
+}
+
+fn file_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileInfo> {
+    let sha: Vec<u8> = row.get(4)?;
+    let mut sha256 = [0u8; 32];
+    if sha.len() == 32 {
+        sha256.copy_from_slice(&sha);
+    }
+    Ok(FileInfo {
+        file_id: row.get::<_, i64>(0)? as u64,
+        from: row.get(1)?,
+        name: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_database_gets_every_migration_and_reopening_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("relaychat-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.db");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.version().unwrap(), SCHEMA_VERSION);
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.version().unwrap(), SCHEMA_VERSION);
+        let mode: String = db.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_placement_records_nothing() {
+        let mut db = Db { conn: Connection::open_in_memory().unwrap() };
+        db.migrate().unwrap();
+        let recipients: BTreeSet<String> = ["bob".to_string()].into();
+        let file = NewFile {
+            id: None,
+            sender: "a",
+            name: "n",
+            size: 1,
+            sha256: [1; 32],
+            created_ms: 0,
+            recipients: &recipients,
+        };
+        let failed = db.insert_file(&file, |_| Err("disk says no"));
+        assert!(matches!(failed, Err(InsertError::Place("disk says no"))));
+        assert!(db.waiting_for("bob").unwrap().is_empty());
+        let stored = db.insert_file(&file, |_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(db.waiting_for("bob").unwrap(), vec![stored.clone()]);
+        assert_eq!(db.bytes_stored_by("a").unwrap(), 1);
+        assert!(db.mark_received("bob", stored.file_id).unwrap(), "last recipient: the row goes");
+        assert!(db.file_ids().unwrap().is_empty());
+    }
+}
