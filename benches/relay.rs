@@ -133,7 +133,7 @@ impl Conn {
 
 fn join_raw(addr: &str, name: &str) -> Conn {
     let mut conn = Conn::new(TcpStream::connect(addr).unwrap());
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, name: name.into(), room: "bench".into() };
+    let hello = Frame::hello(name, "bench");
     conn.send(&encode_to_vec(&hello).unwrap());
     assert!(matches!(conn.recv(), Frame::Welcome { .. }));
     assert!(matches!(conn.recv(), Frame::Online { .. }));

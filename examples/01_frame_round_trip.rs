@@ -15,11 +15,11 @@
 //! 2. Half a frame is not an error, just "need more bytes" (`Ok(None)`).
 //! 3. A length above the limit is refused after reading only four bytes.
 
-use relaychat::frame::{decode, encode, Frame, FrameError, PROTOCOL_VERSION};
+use relaychat::frame::{decode, encode, Frame, FrameError};
 
 fn main() {
     // 1. Encode two frames back to back into one buffer, as they would travel on a socket.
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, name: "alice".into(), room: "lobby".into() };
+    let hello = Frame::hello("alice", "lobby");
     let say = Frame::Say { text: "#sendFile#/etc/passwd 你好".into() };
     let mut wire = Vec::new();
     encode(&hello, &mut wire).expect("small frames always encode");

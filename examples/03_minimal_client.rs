@@ -16,7 +16,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use relaychat::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
+use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::wire::FrameReader;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,8 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?; // never hang on a silent server
 
-    // 2. Hello: who we are and which room. The server answers Welcome or Error.
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, name, room: "lobby".into() };
+    // 2. Hello: who we are and which room (as a guest: no account password). The server answers
+    //    Welcome or Error.
+    let hello = Frame::hello(&name, "lobby");
     stream.write_all(&encode_to_vec(&hello)?)?;
     let mut reader = FrameReader::new(stream.try_clone()?);
     match reader.read_frame()? {

@@ -72,6 +72,10 @@ pub struct ClientConfig {
     pub name: String,
     /// The room to join; must pass [`rules::check_room`].
     pub room: String,
+    /// The account password: claims the name on first use, proves it later. Empty: a guest.
+    pub password: String,
+    /// The relay's access password, if it has one.
+    pub access: String,
     /// Data bytes per upload chunk. Default [`DEFAULT_CHUNK`].
     pub chunk_size: usize,
     /// Test hook: flip a byte in this upload chunk (0-based) after hashing it.
@@ -84,11 +88,13 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A configuration with the default chunk size.
+    /// A guest configuration (no passwords) with the default chunk size.
     pub fn new(name: impl Into<String>, room: impl Into<String>) -> ClientConfig {
         ClientConfig {
             name: name.into(),
             room: room.into(),
+            password: String::new(),
+            access: String::new(),
             chunk_size: DEFAULT_CHUNK,
             corrupt_upload_chunk: None,
             chunk_delay: None,
@@ -414,8 +420,13 @@ fn handshake<S: Stream>(
     config: &ClientConfig,
 ) -> Result<(String, String), ClientError> {
     let hs = |e: io::Error| ClientError::Handshake(e.to_string());
-    let hello =
-        Frame::Hello { version: PROTOCOL_VERSION, name: config.name.clone(), room: config.room.clone() };
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        name: config.name.clone(),
+        room: config.room.clone(),
+        password: config.password.clone(),
+        access: config.access.clone(),
+    };
     write_frame(reader.get_mut(), &hello).map_err(hs)?;
     reader.get_mut().flush().map_err(hs)?;
     reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(hs)?;

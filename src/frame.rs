@@ -35,7 +35,7 @@ pub use chunk::{chunk_frame, CHUNK_HEADER, MAX_CHUNK_DATA};
 pub use code::ErrorCode;
 
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest allowed `N` (kind byte + payload): 1 MiB.
 ///
@@ -49,8 +49,10 @@ pub const LEN_PREFIX: usize = 4;
 /// Every message that crosses the wire. `C→S` kinds are sent by clients, `S→C` kinds by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// `0x01` C→S. The first frame of every connection: who I am and which room I want.
-    Hello { version: u16, name: String, room: String },
+    /// `0x01` C→S. The first frame of every connection: who I am, which room I want, my account
+    /// password (empty: a guest under an unclaimed name) and the relay's access password (empty if
+    /// it has none).
+    Hello { version: u16, name: String, room: String, password: String, access: String },
     /// `0x02` C→S. A line of chat for everyone else in my room.
     Say { text: String },
     /// `0x03` C→S. Ask who is online in my room; answered with [`Frame::Online`].
@@ -193,6 +195,17 @@ const DOWNLOAD_END: u8 = 0x1c;
 const DOWNLOAD_FAILED: u8 = 0x1d;
 
 impl Frame {
+    /// A hello of this protocol version, as a guest of a relay without an access password.
+    pub fn hello(name: &str, room: &str) -> Frame {
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.to_owned(),
+            room: room.to_owned(),
+            password: String::new(),
+            access: String::new(),
+        }
+    }
+
     /// The kind byte this frame is sent with.
     pub fn kind(&self) -> u8 {
         match self {
@@ -234,10 +247,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.extend_from_slice(&[0; LEN_PREFIX]);
     out.push(frame.kind());
     match frame {
-        Frame::Hello { version, name, room } => {
+        Frame::Hello { version, name, room, password, access } => {
             out.extend_from_slice(&version.to_be_bytes());
             put_str(out, name);
             put_str(out, room);
+            put_str(out, password);
+            put_str(out, access);
         }
         Frame::Say { text } => put_str(out, text),
         Frame::Who | Frame::Goodbye | Frame::ListFiles => {}
@@ -369,7 +384,13 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
     let (&kind, payload) = body.split_first().ok_or(FrameError::Empty)?;
     let mut f = Fields { kind, rest: payload };
     let frame = match kind {
-        HELLO => Frame::Hello { version: f.u16()?, name: f.string()?, room: f.string()? },
+        HELLO => Frame::Hello {
+            version: f.u16()?,
+            name: f.string()?,
+            room: f.string()?,
+            password: f.string()?,
+            access: f.string()?,
+        },
         SAY => Frame::Say { text: f.string()? },
         WHO => Frame::Who,
         GOODBYE => Frame::Goodbye,

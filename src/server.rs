@@ -23,6 +23,7 @@
 
 mod conn;
 mod hub;
+mod login;
 mod session;
 mod store;
 mod transfer;
@@ -78,6 +79,11 @@ pub struct ServerConfig {
     /// Test hook: corrupt this chunk (0-based) of every download, to prove clients check hashes.
     #[doc(hidden)]
     pub corrupt_download_chunk: Option<u64>,
+    /// If set, every hello must carry this access password. Default none.
+    pub access_password: Option<String>,
+    /// The first wait imposed on an address that keeps failing to log in; it doubles with each
+    /// further failure, up to 30 s. Default 1 s.
+    pub login_backoff: Duration,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,8 @@ impl Default for ServerConfig {
             limits: StoreLimits::default(),
             chunk_size: DEFAULT_CHUNK,
             corrupt_download_chunk: None,
+            access_password: None,
+            login_backoff: Duration::from_secs(1),
         }
     }
 }

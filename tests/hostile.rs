@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{next_chat, next_event, Raw, TestServer};
 use relaychat::client::{Client, Event};
-use relaychat::frame::{ErrorCode, Frame, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use relaychat::frame::{ErrorCode, Frame, MAX_FRAME_LEN};
 use relaychat::server::ServerConfig;
 
 /// Two library clients that keep chatting while the hostile connection does its thing.
@@ -35,7 +35,7 @@ impl Bystanders {
 }
 
 fn hello(name: &str) -> Frame {
-    Frame::Hello { version: PROTOCOL_VERSION, name: name.into(), room: "lobby".into() }
+    Frame::hello(name, "lobby")
 }
 
 /// The relay answers with an error frame of `code`, then closes.
@@ -82,14 +82,20 @@ fn bad_hellos_are_refused_with_their_own_codes() {
     let server = TestServer::start();
     let bystanders = Bystanders::new(&server);
     let cases = [
-        (Frame::Hello { version: 99, name: "x".into(), room: "lobby".into() }, ErrorCode::VersionMismatch),
+        (
+            Frame::Hello {
+                version: 99,
+                name: "x".into(),
+                room: "lobby".into(),
+                password: String::new(),
+                access: String::new(),
+            },
+            ErrorCode::VersionMismatch,
+        ),
         (hello("bad name"), ErrorCode::BadName),
         (hello(""), ErrorCode::BadName),
         (hello("\u{1b}[2J"), ErrorCode::BadName),
-        (
-            Frame::Hello { version: PROTOCOL_VERSION, name: "ok".into(), room: "../etc".into() },
-            ErrorCode::BadRoom,
-        ),
+        (Frame::hello("ok", "../etc"), ErrorCode::BadRoom),
         (hello("alice"), ErrorCode::NameTaken),
     ];
     for (i, (frame, code)) in cases.into_iter().enumerate() {

@@ -64,6 +64,13 @@ pub struct ConnArgs {
     /// Where received files go [default: a `relaychat` folder in your download directory].
     #[arg(long, global = true, env = "RELAYCHAT_DOWNLOADS")]
     pub downloads: Option<PathBuf>,
+    /// Your account password: the first login with it claims your name, later logins need it.
+    /// Without one you are a guest (and, in a terminal, you are asked for one).
+    #[arg(long, global = true, env = "RELAYCHAT_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// The relay's access password, if it has one.
+    #[arg(long, global = true, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
+    pub access_password: Option<String>,
 }
 
 /// One-shot commands for scripts: connect, do one thing, exit.
@@ -99,15 +106,23 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     };
     #[cfg(feature = "gui")]
     if cli.command.is_none() && !cli.conn.cli && crate::gui_fltk::display_available() {
-        let ConnArgs { server, name, room, .. } = cli.conn;
-        return crate::gui_fltk::run(server, name, room, downloads);
+        let ConnArgs { server, name, room, password, access_password, .. } = cli.conn;
+        let launch =
+            crate::gui_fltk::Launch { server, name, password, access: access_password, room, downloads };
+        return crate::gui_fltk::run(launch);
     }
     let name = match cli.conn.name.clone() {
         Some(name) => name,
         None => os_user_name().context("no --name given and the OS user name is unknown")?,
     };
     let server = cli.conn.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-    let mut config = ClientConfig::new(name, cli.conn.room.clone());
+    let mut config = ClientConfig::new(name.clone(), cli.conn.room.clone());
+    config.password = match cli.conn.password.clone() {
+        Some(password) => password,
+        None if cli.command.is_none() => ask_password(&name).unwrap_or_default(),
+        None => String::new(),
+    };
+    config.access = cli.conn.access_password.clone().unwrap_or_default();
     // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
     config.chunk_delay = std::env::var("RELAYCHAT_TEST_CHUNK_DELAY_MS")
         .ok()
@@ -390,6 +405,59 @@ fn spawn_stdin_reader() -> anyhow::Result<Receiver<io::Result<String>>> {
         })
         .context("cannot start the stdin thread")?;
     Ok(lines)
+}
+
+/// Asks for the account password on the terminal, without echoing it. `None` when stdin is not a
+/// terminal (a script: no password means a guest) or the terminal cannot be switched.
+fn ask_password(name: &str) -> Option<String> {
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() {
+        return None;
+    }
+    eprint!("password for {} (Enter: join as a guest): ", visible(name));
+    let _ = io::stderr().flush();
+    let echo = EchoOff::new();
+    let mut line = String::new();
+    let read = io::stdin().read_line(&mut line);
+    drop(echo);
+    eprintln!();
+    read.ok()?;
+    Some(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// Turns terminal echo off until dropped (Unix only; elsewhere a no-op).
+struct EchoOff {
+    #[cfg(unix)]
+    saved: Option<libc::termios>,
+}
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        #[cfg(unix)]
+        {
+            // SAFETY: plain termios calls on stdin with a struct the first call fills in.
+            let mut term: libc::termios = unsafe { std::mem::zeroed() };
+            if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut term) } != 0 {
+                return EchoOff { saved: None };
+            }
+            let saved = term;
+            term.c_lflag &= !libc::ECHO;
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &term) };
+            EchoOff { saved: Some(saved) }
+        }
+        #[cfg(not(unix))]
+        EchoOff {}
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = self.saved {
+            // SAFETY: restores the settings read in `new`.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
+        }
+    }
 }
 
 /// The OS user name, as the default chat name.

@@ -40,6 +40,9 @@ pub struct ServerCli {
     /// Free disk space the relay always keeps; uploads that would eat into it are refused.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub min_free: u64,
+    /// Require this password from everyone who connects.
+    #[arg(long, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
+    pub access_password: Option<String>,
 }
 
 /// Runs the relay until SIGINT or SIGTERM.
@@ -50,6 +53,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         spin: Duration::from_micros(cli.spin_us),
         data_dir: cli.data_dir,
         limits: StoreLimits { max_file_size: cli.max_file_size, quota: cli.quota, min_free: cli.min_free },
+        access_password: cli.access_password.filter(|p| !p.is_empty()),
         ..ServerConfig::default()
     };
     let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;

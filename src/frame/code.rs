@@ -40,6 +40,10 @@ pub enum ErrorCode {
     Storage,
     /// A transfer frame that does not fit the transfer (wrong id, too many bytes, bad offset).
     BadTransfer,
+    /// The relay's access password is missing or wrong.
+    AccessDenied,
+    /// The name belongs to an account and the password is missing or wrong.
+    BadPassword,
     /// A code this build does not know.
     Other(u8),
 }
@@ -64,6 +68,8 @@ impl ErrorCode {
             ErrorCode::Busy => 15,
             ErrorCode::Storage => 16,
             ErrorCode::BadTransfer => 17,
+            ErrorCode::AccessDenied => 18,
+            ErrorCode::BadPassword => 19,
             ErrorCode::Other(b) => b,
         }
     }
@@ -87,6 +93,8 @@ impl ErrorCode {
             15 => ErrorCode::Busy,
             16 => ErrorCode::Storage,
             17 => ErrorCode::BadTransfer,
+            18 => ErrorCode::AccessDenied,
+            19 => ErrorCode::BadPassword,
             other => ErrorCode::Other(other),
         }
     }

@@ -5,8 +5,14 @@ use super::*;
 /// One of every kind, with awkward contents: empty strings, Chinese, emoji, newlines.
 fn samples() -> Vec<Frame> {
     vec![
-        Frame::Hello { version: PROTOCOL_VERSION, name: "alice".into(), room: "lobby".into() },
-        Frame::Hello { version: 0xffff, name: String::new(), room: String::new() },
+        Frame::hello("alice", "lobby"),
+        Frame::Hello {
+            version: 0xffff,
+            name: String::new(),
+            room: String::new(),
+            password: "秘密 pass".into(),
+            access: "door".into(),
+        },
         Frame::Say { text: "你好，世界 🎉".into() },
         Frame::Say { text: "line one\nline two".into() },
         Frame::Say { text: String::new() },

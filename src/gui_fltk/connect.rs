@@ -6,30 +6,33 @@ use std::path::PathBuf;
 
 use fltk::button::Button;
 use fltk::frame::Frame;
-use fltk::input::Input;
+use fltk::input::{Input, SecretInput};
 use fltk::prelude::*;
 use fltk::window::Window;
 
 use crate::rules;
 
-/// Shows the dialog; returns `(server, name)`, or `None` if the person cancelled.
-pub fn ask(server: Option<String>, name: Option<String>) -> Option<(String, String)> {
+/// Shows the dialog; returns `(server, name, password)`, or `None` if the person cancelled. The
+/// password is never remembered.
+pub fn ask(server: Option<String>, name: Option<String>) -> Option<(String, String, String)> {
     let _app = fltk::app::App::default();
     let remembered = load();
     let server =
         server.or(remembered.0).unwrap_or_else(|| format!("127.0.0.1:{}", crate::server::DEFAULT_PORT));
     let name = name.or(remembered.1).or_else(|| std::env::var("USER").ok()).unwrap_or_default();
 
-    let mut win = Window::new(200, 200, 420, 190, "relaychat: connect");
+    let mut win = Window::new(200, 200, 420, 230, "relaychat: connect");
     Frame::new(10, 15, 90, 30, "Relay").set_align(fltk::enums::Align::Right | fltk::enums::Align::Inside);
     let mut server_in = Input::new(110, 15, 290, 30, None);
     server_in.set_value(&server);
     Frame::new(10, 55, 90, 30, "Your name").set_align(fltk::enums::Align::Right | fltk::enums::Align::Inside);
     let mut name_in = Input::new(110, 55, 290, 30, None);
     name_in.set_value(&name);
-    let mut problem = Frame::new(10, 95, 400, 30, None);
-    let mut ok = Button::new(200, 140, 95, 32, "Connect");
-    let mut cancel = Button::new(305, 140, 95, 32, "Cancel");
+    Frame::new(10, 95, 90, 30, "Password").set_align(fltk::enums::Align::Right | fltk::enums::Align::Inside);
+    let password_in = SecretInput::new(110, 95, 290, 30, None);
+    let mut problem = Frame::new(10, 135, 400, 30, "empty password: join as a guest");
+    let mut ok = Button::new(200, 180, 95, 32, "Connect");
+    let mut cancel = Button::new(305, 180, 95, 32, "Cancel");
     win.end();
     win.make_modal(true);
     win.show();
@@ -45,7 +48,7 @@ pub fn ask(server: Option<String>, name: Option<String>) -> Option<(String, Stri
                     Ok(()) if !server.is_empty() => {
                         win.hide();
                         save(&server, &name);
-                        return Some((server, name));
+                        return Some((server, name, password_in.value()));
                     }
                     Ok(()) => problem.set_label("the relay address is empty"),
                     Err(e) => problem.set_label(&e.to_string()),

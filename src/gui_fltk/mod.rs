@@ -31,22 +31,31 @@ pub fn display_available() -> bool {
     ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
 }
 
-/// Opens the window and runs until it is closed. `server` or `name` may be missing: the connect
-/// dialog then asks for them.
-pub fn run(
-    server: Option<String>,
-    name: Option<String>,
-    room: String,
-    downloads: PathBuf,
-) -> anyhow::Result<Exit> {
-    let (server, name) = match (server, name) {
-        (Some(server), Some(name)) => (server, name),
+/// What the command line gave the window; anything missing is asked for.
+#[derive(Debug, Default)]
+pub struct Launch {
+    pub server: Option<String>,
+    pub name: Option<String>,
+    pub password: Option<String>,
+    pub access: Option<String>,
+    pub room: String,
+    pub downloads: PathBuf,
+}
+
+/// Opens the window and runs until it is closed. If the relay or the name is missing, the connect
+/// dialog asks for them (and for a password).
+pub fn run(launch: Launch) -> anyhow::Result<Exit> {
+    let (server, name, password) = match (launch.server, launch.name) {
+        (Some(server), Some(name)) => (server, name, launch.password.unwrap_or_default()),
         (server, name) => match connect::ask(server, name) {
             Some(answer) => answer,
             None => return Ok(Exit::Success), // the person cancelled
         },
     };
-    let options = GuiOptions { server, config: ClientConfig::new(name, room), downloads };
+    let mut config = ClientConfig::new(name, launch.room);
+    config.password = password;
+    config.access = launch.access.unwrap_or_default();
+    let options = GuiOptions { server, config, downloads: launch.downloads };
     App::new(options)?.run();
     Ok(Exit::Success)
 }

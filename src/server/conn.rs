@@ -22,6 +22,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::hub::{Bytes, ConnId, ToHub};
+use super::login;
 use super::session::Session;
 use super::transfer::DownloadSettings;
 use super::ServerConfig;
@@ -52,7 +53,7 @@ pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>,
         return; // the hub is gone: the server is shutting down
     }
     let mut reader = FrameReader::new(stream);
-    let writer = match hello_phase(&mut reader, &info, &config) {
+    let writer = match hello_phase(&mut reader, &info, &to_hub, &config) {
         Some((name, room)) => joined_phase(reader, &info, name, room, &to_hub, &config),
         None => None,
     };
@@ -70,6 +71,7 @@ pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>,
 fn hello_phase<S: Stream>(
     reader: &mut FrameReader<S>,
     info: &ConnInfo,
+    to_hub: &Sender<ToHub>,
     config: &ServerConfig,
 ) -> Option<(String, String)> {
     let addr = info.addr;
@@ -78,10 +80,16 @@ fn hello_phase<S: Stream>(
         return None;
     }
     let refusal = match reader.read_frame() {
-        Ok(Some(Frame::Hello { version, name, room })) => match check_hello(version, &name, &room) {
-            Ok(()) => return Some((name, room)),
-            Err(refusal) => refusal,
-        },
+        Ok(Some(Frame::Hello { version, name, room, password, access })) => {
+            let checked = check_hello(version, &name, &room).and_then(|()| {
+                let required = config.access_password.as_deref();
+                login::authenticate(&name, &password, &access, addr.ip(), required, to_hub)
+            });
+            match checked {
+                Ok(()) => return Some((name, room)),
+                Err(refusal) => refusal,
+            }
+        }
         Ok(Some(other)) => {
             (ErrorCode::Protocol, format!("expected a hello frame first, got kind 0x{:02x}", other.kind()))
         }

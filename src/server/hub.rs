@@ -14,12 +14,13 @@
 //! [`ServerConfig`]; the frames are shared (`Arc`) so a backlog costs little more than pointers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use super::login::{self, AccountAnswer};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
 use crate::display::now_ms;
@@ -72,6 +73,12 @@ pub(crate) enum ToHub {
     Download { id: ConnId, file_id: u64, offset: u64, reply: Sender<Result<DownloadPlan, Refusal>> },
     /// The client has a file, verified.
     Received { id: ConnId, file_id: u64 },
+    /// A login is being checked: what is stored for `name`, and how long `ip` must wait first.
+    Account { name: String, ip: IpAddr, reply: Sender<AccountAnswer> },
+    /// First login with a password: record the account; `reply` says whether it was still free.
+    Claim { name: String, hash: String, reply: Sender<bool> },
+    /// How a login from `ip` ended, for the guessing brake.
+    LoginResult { ip: IpAddr, ok: bool },
     /// The server is stopping; see [`super::Server::run`].
     Shutdown,
 }
@@ -108,11 +115,21 @@ pub(crate) struct Hub {
     names: HashMap<String, ConnId>,
     /// Room → members by name. A `BTreeMap` keeps the online list sorted for free.
     rooms: HashMap<String, BTreeMap<String, ConnId>>,
+    /// Recent failed logins per address: how many, and when the last one was.
+    failed_logins: HashMap<IpAddr, (u32, Instant)>,
 }
 
 impl Hub {
     pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>, store: Store) -> Hub {
-        Hub { config, store, events, conns: HashMap::new(), names: HashMap::new(), rooms: HashMap::new() }
+        Hub {
+            config,
+            store,
+            events,
+            conns: HashMap::new(),
+            names: HashMap::new(),
+            rooms: HashMap::new(),
+            failed_logins: HashMap::new(),
+        }
     }
 
     /// Handles events until [`ToHub::Shutdown`] (or until every sender is gone). Returns the closer
@@ -183,7 +200,41 @@ impl Hub {
                 let name = peer.name.clone();
                 self.store.mark_received(&name, file_id);
             }
+            ToHub::Account { name, ip, reply } => {
+                let failures = self.recent_failures(ip);
+                let answer = match self.store.password_hash(&name) {
+                    Ok(hash) => {
+                        AccountAnswer { hash, delay: login::delay_for(failures, self.config.login_backoff) }
+                    }
+                    // Refuse rather than let a name with an account in as a guest: an impossible
+                    // hash fails every password.
+                    Err(()) => AccountAnswer { hash: Some(String::new()), delay: Duration::ZERO },
+                };
+                let _ = reply.send(answer);
+            }
+            ToHub::Claim { name, hash, reply } => {
+                let _ = reply.send(self.store.claim(&name, &hash));
+            }
+            ToHub::LoginResult { ip, ok: true } => {
+                self.failed_logins.remove(&ip);
+            }
+            ToHub::LoginResult { ip, ok: false } => {
+                let failures = self.recent_failures(ip) + 1;
+                self.failed_logins.insert(ip, (failures, Instant::now()));
+            }
             ToHub::Shutdown => {}
+        }
+    }
+
+    /// Failed logins from `ip` that are recent enough to count.
+    fn recent_failures(&mut self, ip: IpAddr) -> u32 {
+        match self.failed_logins.get(&ip) {
+            Some(&(count, last)) if last.elapsed() < login::FORGET_AFTER => count,
+            Some(_) => {
+                self.failed_logins.remove(&ip);
+                0
+            }
+            None => 0,
         }
     }
 

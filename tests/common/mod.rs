@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use relaychat::client::{Client, ClientConfig, Event};
-use relaychat::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
+use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::server::{Server, ServerConfig, ShutdownHandle};
 use relaychat::wire::{FrameReader, ReadError};
 
@@ -90,7 +90,7 @@ impl TestServer {
     /// A raw connection that has said hello and read the welcome and online list.
     pub fn raw_joined(&self, name: &str, room: &str) -> Raw {
         let mut raw = Raw::connect(self.addr);
-        raw.send(&Frame::Hello { version: PROTOCOL_VERSION, name: name.into(), room: room.into() });
+        raw.send(&Frame::hello(name, room));
         assert_eq!(raw.recv(), Frame::Welcome { name: name.into(), room: room.into() });
         assert!(matches!(raw.recv(), Frame::Online { .. }));
         raw

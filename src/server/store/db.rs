@@ -35,6 +35,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (file_id, recipient)
      );
      CREATE INDEX file_recipients_by_name ON file_recipients(recipient);",
+    // 2: accounts. Only argon2 hashes (PHC strings), never passwords.
+    "CREATE TABLE accounts (
+        name          TEXT    PRIMARY KEY,
+        password_hash TEXT    NOT NULL,
+        created_ms    INTEGER NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.
@@ -182,6 +188,22 @@ impl Db {
         Ok(gone)
     }
 
+    /// The password hash of account `name`, if the name is claimed.
+    pub(crate) fn password_hash(&self, name: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row("SELECT password_hash FROM accounts WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+    }
+
+    /// Records a new account. False if the name is already claimed (the existing one is kept).
+    pub(crate) fn create_account(&mut self, name: &str, hash: &str, now_ms: u64) -> rusqlite::Result<bool> {
+        let added = self.conn.execute(
+            "INSERT OR IGNORE INTO accounts (name, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+            params![name, hash, now_ms as i64],
+        )?;
+        Ok(added == 1)
+    }
+
     /// Ids of every stored file (to find bytes on disk that no row claims).
     pub(crate) fn file_ids(&self) -> rusqlite::Result<BTreeSet<u64>> {
         let mut stmt = self.conn.prepare("SELECT id FROM files")?;
@@ -277,5 +299,15 @@ mod tests {
         assert_eq!(db.bytes_stored_by("a").unwrap(), 1);
         assert!(db.mark_received("bob", stored.file_id).unwrap(), "last recipient: the row goes");
         assert!(db.file_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_account_is_claimed_once() {
+        let mut db = Db { conn: Connection::open_in_memory().unwrap() };
+        db.migrate().unwrap();
+        assert_eq!(db.password_hash("alice").unwrap(), None);
+        assert!(db.create_account("alice", "$argon2id$first", 1).unwrap());
+        assert!(!db.create_account("alice", "$argon2id$second", 2).unwrap());
+        assert_eq!(db.password_hash("alice").unwrap().as_deref(), Some("$argon2id$first"));
     }
 }

@@ -329,6 +329,22 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The stored password hash of account `name`, if it is claimed. A database failure is logged
+    /// and reported as an error, so a login is refused rather than let through.
+    pub(crate) fn password_hash(&self, name: &str) -> Result<Option<String>, ()> {
+        self.db.password_hash(name).map_err(|e| log::error!("store: cannot read account {name:?}: {e}"))
+    }
+
+    /// Claims `name` with `hash`. False if it is taken (or the database failed).
+    pub(crate) fn claim(&mut self, name: &str, hash: &str) -> bool {
+        self.db.create_account(name, hash, now_ms()).unwrap_or_else(|e| {
+            log::error!("store: cannot create account {name:?}: {e}");
+            false
+        })
+    }
+}
+
 fn db_error(e: rusqlite::Error) -> io::Error {
     io::Error::other(format!("database: {e}"))
 }
