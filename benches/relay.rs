@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::{rss_kib, start_relay};
 use relaychat::client::{Client, ClientConfig, Event};
-use relaychat::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
+use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::wire::FrameReader;
 
 struct Sizes {
