@@ -49,7 +49,8 @@ fn only_argon2_hashes_are_stored_and_accounts_survive_a_restart() {
     let data = server.stop_and_keep_data();
 
     let db = rusqlite::Connection::open(data.path.join("relay.db")).unwrap();
-    let hash: String = db.query_row("SELECT password_hash FROM accounts WHERE name = 'alice'", [], |r| r.get(0)).unwrap();
+    let hash: String =
+        db.query_row("SELECT password_hash FROM accounts WHERE name = 'alice'", [], |r| r.get(0)).unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains("s3cret"), "the password itself is not stored");
     drop(db);
