@@ -134,6 +134,8 @@ pub enum Event {
     Downloaded { file_id: u64, name: String, path: PathBuf },
     /// A transfer failed; `reason` says why. Partial data is kept only where it can be resumed.
     TransferFailed { direction: Direction, name: String, reason: String },
+    /// A file from `from` expired on the relay before we received it.
+    FileExpired { from: String, name: String },
     /// A [`Client::receive_all`] is over.
     ReceiveFinished { received: usize, failed: usize },
     /// The connection is over. Always the last event.

@@ -104,6 +104,8 @@ pub enum Frame {
     DownloadEnd { file_id: u64 },
     /// `0x1d` S→C. The download cannot be served.
     DownloadFailed { file_id: u64, code: ErrorCode, message: String },
+    /// `0x1e` S→C. A file that waited for you expired (`--retention`) before you received it.
+    FileExpired { from: String, name: String },
 }
 
 /// A file stored on the relay, as shown to its recipients.
@@ -193,6 +195,7 @@ const FILE_LIST: u8 = 0x1a;
 pub const DOWNLOAD_CHUNK: u8 = 0x1b;
 const DOWNLOAD_END: u8 = 0x1c;
 const DOWNLOAD_FAILED: u8 = 0x1d;
+const FILE_EXPIRED: u8 = 0x1e;
 
 impl Frame {
     /// A hello of this protocol version, as a guest of a relay without an access password.
@@ -233,6 +236,7 @@ impl Frame {
             Frame::DownloadChunk { .. } => DOWNLOAD_CHUNK,
             Frame::DownloadEnd { .. } => DOWNLOAD_END,
             Frame::DownloadFailed { .. } => DOWNLOAD_FAILED,
+            Frame::FileExpired { .. } => FILE_EXPIRED,
         }
     }
 }
@@ -256,7 +260,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
         }
         Frame::Say { text } => put_str(out, text),
         Frame::Who | Frame::Goodbye | Frame::ListFiles => {}
-        Frame::Welcome { name, room } | Frame::Joined { name, room } | Frame::Left { name, room } => {
+        Frame::FileExpired { from: name, name: room }
+        | Frame::Welcome { name, room }
+        | Frame::Joined { name, room }
+        | Frame::Left { name, room } => {
             put_str(out, name);
             put_str(out, room);
         }
@@ -442,6 +449,7 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             code: ErrorCode::from_byte(f.u8()?),
             message: f.string()?,
         },
+        FILE_EXPIRED => Frame::FileExpired { from: f.string()?, name: f.string()? },
         other => return Err(FrameError::UnknownKind(other)),
     };
     f.finish()?;

@@ -84,6 +84,10 @@ pub struct ServerConfig {
     /// The first wait imposed on an address that keeps failing to log in; it doubles with each
     /// further failure, up to 30 s. Default 1 s.
     pub login_backoff: Duration,
+    /// How long a file waits for its recipients before it is deleted. Default 7 days.
+    pub retention: Duration,
+    /// How often the janitor thread looks for expired files. Default 1 min.
+    pub expiry_check: Duration,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +107,8 @@ impl Default for ServerConfig {
             corrupt_download_chunk: None,
             access_password: None,
             login_backoff: Duration::from_secs(1),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            expiry_check: Duration::from_secs(60),
         }
     }
 }
@@ -169,6 +175,7 @@ impl Server {
     ///
     /// 1. [`ShutdownHandle::shutdown`] sets the stop flag and wakes the accept thread, which
     ///    stops accepting, drops the listener and hands back the `JoinHandle` of every connection.
+    ///    The janitor thread (which asks the hub to delete expired files) is stopped and joined.
     /// 2. The hub is told `ToHub::Shutdown`. It queues a `Goodbye` frame for every client,
     ///    drops every client queue's sender, cuts connections that never said hello, and exits,
     ///    handing back a [`crate::wire::Closer`] for every connection still open.
@@ -184,10 +191,13 @@ impl Server {
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
         let hub = Hub::new(self.config.clone(), from_conns, self.store);
         let hub_thread = thread::Builder::new().name("hub".into()).spawn(move || hub.run())?;
+        let (stop_janitor, janitor) = start_janitor(&to_hub, self.config.expiry_check)?;
 
         let mut conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);
         drop(self.listener); // step 1 done: nobody can connect any more
         reap_finished(&mut conn_threads);
+        drop(stop_janitor);
+        let _ = janitor.join();
 
         log::info!("shutting down: {} connection(s) still open", conn_threads.len());
         let _ = to_hub.send(ToHub::Shutdown); // step 2
@@ -211,6 +221,24 @@ impl Server {
         log::info!("relay stopped");
         Ok(())
     }
+}
+
+/// Starts the janitor: a thread that asks the hub to delete expired files every `every`. It ends
+/// when the returned sender is dropped (or the hub is gone).
+fn start_janitor(to_hub: &Sender<ToHub>, every: Duration) -> io::Result<(Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = bounded::<()>(0);
+    let to_hub = to_hub.clone();
+    let thread = thread::Builder::new().name("janitor".into()).spawn(move || loop {
+        match stopped.recv_timeout(every) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if to_hub.send(ToHub::Expire).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    })?;
+    Ok((stop, thread))
 }
 
 /// Capacity of the channel into the hub. Bounded so that a flood of frames from many readers

@@ -399,3 +399,42 @@ fn hostile_transfer_frames_get_errors_not_crashes() {
     });
     assert_eq!(chat, ("evil".into(), "still connected".into()));
 }
+
+/// A file older than the retention period is deleted by the janitor, and a recipient who never
+/// got it is told so, by name, at their next login.
+#[test]
+fn expired_files_are_deleted_and_their_recipients_told() {
+    let config = ServerConfig {
+        retention: Duration::from_millis(500),
+        expiry_check: Duration::from_millis(50),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(config);
+    let alice = server.client("alice", "lobby");
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "old news.txt", 2000, 14);
+    alice.send_file(&path, Some("dave")).unwrap();
+    wait_uploaded(&alice, "old news.txt");
+    eventually("the janitor deletes the file", || relay_bytes(&server).is_empty());
+
+    let dave = server.client("dave", "lobby");
+    let (from, name) = wait_for(&dave, "the expiry notice", |e| match e {
+        Event::FileExpired { from, name } => Some((from.clone(), name.clone())),
+        Event::NewFile(info) => panic!("{} should have expired", info.name),
+        _ => None,
+    });
+    assert_eq!((from.as_str(), name.as_str()), ("alice", "old news.txt"));
+    let dl = TempDir::new("dl");
+    let (paths, failures) = receive_into(&dave, &dl.path);
+    assert!(paths.is_empty() && failures.is_empty(), "nothing left to receive");
+    drop(dave);
+    // The notice is delivered once.
+    let dave = server.client("dave", "lobby");
+    dave.who().unwrap();
+    let next = wait_for(&dave, "the online list", |e| match e {
+        Event::FileExpired { .. } => Some(false),
+        Event::Online { .. } => Some(true),
+        _ => None,
+    });
+    assert!(next, "the expiry notice came a second time");
+}

@@ -46,6 +46,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a duration for the command line: `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30m or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unknown unit (use s, m, h or d)")),
+    };
+    n.checked_mul(seconds).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+}
+
 /// Tells the C allocator to keep freed chunk buffers for reuse instead of handing them back to
 /// the kernel. Called first thing by both binaries.
 ///
@@ -77,6 +92,18 @@ pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn durations_parse() {
+        use super::parse_duration;
+        use std::time::Duration;
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 
     #[test]
     fn sizes_parse() {

@@ -10,7 +10,7 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::{parse_size, Exit};
+use super::{parse_duration, parse_size, Exit};
 use crate::server::{Server, ServerConfig, StoreLimits};
 
 /// relaychat relay: clients dial out to it, it passes their messages between them.
@@ -40,6 +40,9 @@ pub struct ServerCli {
     /// Free disk space the relay always keeps; uploads that would eat into it are refused.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub min_free: u64,
+    /// How long a file waits for its recipients before it is deleted: a number with s, m, h or d.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
     /// Require this password from everyone who connects.
     #[arg(long, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
@@ -54,6 +57,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         data_dir: cli.data_dir,
         limits: StoreLimits { max_file_size: cli.max_file_size, quota: cli.quota, min_free: cli.min_free },
         access_password: cli.access_password.filter(|p| !p.is_empty()),
+        retention: cli.retention,
         ..ServerConfig::default()
     };
     let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;

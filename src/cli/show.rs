@@ -36,6 +36,11 @@ pub fn line(event: &Event) -> Line {
             visible(&filename::clean(&info.name)),
             human_size(info.size)
         )),
+        Event::FileExpired { from, name } => notice(format!(
+            "{} from {} expired on the relay before you received it",
+            visible(&filename::clean(name)),
+            visible(from)
+        )),
         Event::Uploaded { name, size } => notice(format!("sent {} ({})", visible(name), human_size(*size))),
         Event::Downloaded { name, .. } => Line::Out(format!(
             "{} [Download] File download complete: {}",

@@ -48,6 +48,7 @@ impl<S: Stream> Reader<S> {
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
                 Frame::Online { room, names } => Some(Event::Online { room, names }),
                 Frame::NewFile(info) => Some(Event::NewFile(info)),
+                Frame::FileExpired { from, name } => Some(Event::FileExpired { from, name }),
                 Frame::Error { code: ErrorCode::BadText, message } => {
                     Some(Event::Warning { code: ErrorCode::BadText, message })
                 }

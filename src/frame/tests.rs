@@ -42,6 +42,7 @@ fn samples() -> Vec<Frame> {
         Frame::DownloadChunk { file_id: 3, data: vec![9; 100] },
         Frame::DownloadEnd { file_id: 3 },
         Frame::DownloadFailed { file_id: 3, code: ErrorCode::NoSuchFile, message: "gone".into() },
+        Frame::FileExpired { from: "alice".into(), name: "旧.txt".into() },
     ]
 }
 

@@ -215,6 +215,11 @@ impl App {
                     self.refresh_waiting();
                 }
             }
+            Event::FileExpired { from, name } => self.info_line(&format!(
+                "{} from {} expired before you received it",
+                visible(&filename::clean(&name)),
+                visible(&from)
+            )),
             Event::Progress { direction, name, done, total } => self.progress(direction, &name, done, total),
             Event::Uploaded { name, size } => {
                 self.end_progress(Direction::Up);

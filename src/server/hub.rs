@@ -13,7 +13,7 @@
 //! for `stall_limit`, or when its backlog passes `max_backlog_bytes`. Both limits are in
 //! [`ServerConfig`]; the frames are shared (`Arc`) so a backlog costs little more than pointers.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +79,8 @@ pub(crate) enum ToHub {
     Claim { name: String, hash: String, reply: Sender<bool> },
     /// How a login from `ip` ended, for the guessing brake.
     LoginResult { ip: IpAddr, ok: bool },
+    /// Time to delete files older than the retention period (sent by the janitor thread).
+    Expire,
     /// The server is stopping; see [`super::Server::run`].
     Shutdown,
 }
@@ -222,7 +224,24 @@ impl Hub {
                 let failures = self.recent_failures(ip) + 1;
                 self.failed_logins.insert(ip, (failures, Instant::now()));
             }
+            ToHub::Expire => {
+                let notices = self.store.expire(self.config.retention);
+                let online: BTreeSet<String> =
+                    notices.into_iter().map(|n| n.recipient).filter(|r| self.names.contains_key(r)).collect();
+                for name in online {
+                    if let Some(&id) = self.names.get(&name) {
+                        self.tell_expired(id, &name);
+                    }
+                }
+            }
             ToHub::Shutdown => {}
+        }
+    }
+
+    /// Sends `name` every "your file expired" notice waiting for it.
+    fn tell_expired(&mut self, id: ConnId, name: &str) {
+        for notice in self.store.notices_for(name) {
+            self.send_to(id, &Frame::FileExpired { from: notice.sender, name: notice.name });
         }
     }
 
@@ -323,6 +342,7 @@ impl Hub {
         for info in self.store.waiting_for(&name) {
             self.send_to(id, &Frame::NewFile(info));
         }
+        self.tell_expired(id, &name);
     }
 
     fn say(&mut self, id: ConnId, text: String) {

@@ -41,6 +41,15 @@ const MIGRATIONS: &[&str] = &[
         password_hash TEXT    NOT NULL,
         created_ms    INTEGER NOT NULL
      );",
+    // 3: files that expired before a recipient received them, to tell that recipient by name.
+    "CREATE TABLE expired_notices (
+        recipient  TEXT    NOT NULL,
+        sender     TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        expired_ms INTEGER NOT NULL
+     );
+     CREATE INDEX files_by_age ON files(created_ms);
+     CREATE INDEX expired_notices_by_name ON expired_notices(recipient);",
 ];
 
 /// The schema version this build writes.
@@ -188,6 +197,57 @@ impl Db {
         Ok(gone)
     }
 
+    /// Deletes every file recorded before `cutoff_ms`, leaving a notice for each recipient who
+    /// never got it, all in one transaction. Returns the deleted ids and the notices.
+    pub(crate) fn expire_files(
+        &mut self,
+        cutoff_ms: u64,
+        now_ms: u64,
+    ) -> rusqlite::Result<(Vec<u64>, Vec<Notice>)> {
+        let tx = self.conn.transaction()?;
+        let notices: Vec<Notice> = {
+            let mut stmt = tx.prepare(
+                "SELECT r.recipient, f.sender, f.name FROM files f JOIN file_recipients r ON r.file_id = f.id
+                 WHERE f.created_ms < ?1 ORDER BY f.id",
+            )?;
+            let rows = stmt.query_map([cutoff_ms as i64], |r| {
+                Ok(Notice { recipient: r.get(0)?, sender: r.get(1)?, name: r.get(2)? })
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let ids: Vec<u64> = {
+            let mut stmt = tx.prepare("SELECT id FROM files WHERE created_ms < ?1")?;
+            let rows = stmt.query_map([cutoff_ms as i64], |r| r.get::<_, i64>(0).map(|id| id as u64))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for notice in &notices {
+            tx.execute(
+                "INSERT INTO expired_notices (recipient, sender, name, expired_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![notice.recipient, notice.sender, notice.name, now_ms as i64],
+            )?;
+        }
+        tx.execute("DELETE FROM files WHERE created_ms < ?1", [cutoff_ms as i64])?;
+        tx.commit()?;
+        Ok((ids, notices))
+    }
+
+    /// Takes (reads and deletes) the expiry notices waiting for `name`.
+    pub(crate) fn take_notices(&mut self, name: &str) -> rusqlite::Result<Vec<Notice>> {
+        let tx = self.conn.transaction()?;
+        let notices = {
+            let mut stmt = tx.prepare(
+                "SELECT recipient, sender, name FROM expired_notices WHERE recipient = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([name], |r| {
+                Ok(Notice { recipient: r.get(0)?, sender: r.get(1)?, name: r.get(2)? })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.execute("DELETE FROM expired_notices WHERE recipient = ?1", [name])?;
+        tx.commit()?;
+        Ok(notices)
+    }
+
     /// The password hash of account `name`, if the name is claimed.
     pub(crate) fn password_hash(&self, name: &str) -> rusqlite::Result<Option<String>> {
         self.conn
@@ -233,6 +293,14 @@ pub(crate) struct NewFile<'a> {
     pub sha256: [u8; 32],
     pub created_ms: u64,
     pub recipients: &'a BTreeSet<String>,
+}
+
+/// "The file `name` from `sender` expired before `recipient` received it."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Notice {
+    pub recipient: String,
+    pub sender: String,
+    pub name: String,
 }
 
 /// Why [`Db::insert_file`] failed.

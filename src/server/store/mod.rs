@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use crate::display::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
+pub(crate) use db::Notice;
 use db::{Db, InsertError, NewFile};
 
 /// Limits on what the store accepts, all checked before the first byte of an upload is stored.
@@ -334,6 +335,36 @@ impl Store {
     /// and reported as an error, so a login is refused rather than let through.
     pub(crate) fn password_hash(&self, name: &str) -> Result<Option<String>, ()> {
         self.db.password_hash(name).map_err(|e| log::error!("store: cannot read account {name:?}: {e}"))
+    }
+
+    /// Deletes files stored longer than `retention` (rows first, then bytes) and returns a notice
+    /// for every recipient who never got one. The notices are also kept for [`Store::notices_for`].
+    pub(crate) fn expire(&mut self, retention: std::time::Duration) -> Vec<Notice> {
+        let now = now_ms();
+        let cutoff = now.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        match self.db.expire_files(cutoff, now) {
+            Ok((ids, notices)) => {
+                for id in &ids {
+                    let _ = fs::remove_file(self.bin_path(*id));
+                }
+                if !ids.is_empty() {
+                    log::info!("store: {} file(s) expired", ids.len());
+                }
+                notices
+            }
+            Err(e) => {
+                log::error!("store: cannot expire old files: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Takes the expiry notices waiting for `name`.
+    pub(crate) fn notices_for(&mut self, name: &str) -> Vec<Notice> {
+        self.db.take_notices(name).unwrap_or_else(|e| {
+            log::error!("store: cannot read notices for {name:?}: {e}");
+            Vec::new()
+        })
     }
 
     /// Claims `name` with `hash`. False if it is taken (or the database failed).
