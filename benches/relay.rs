@@ -165,7 +165,7 @@ fn percentiles(mut one_way_ns: Vec<u64>) -> Lat {
 /// Ping-pong with one message in flight. The echo side answers every frame it reads with the same
 /// bytes, so the relay case and the direct case move identical frames.
 fn latency(mut a: Conn, mut b: Conn, sizes: &Sizes) -> Vec<u64> {
-    let ping = encode_to_vec(&Frame::Say { text: "ping ping ping ping".into() }).unwrap();
+    let ping = encode_to_vec(&Frame::say("ping ping ping ping")).unwrap();
     let total = sizes.warmup + sizes.round_trips;
     let echo_bytes = ping.clone();
     let echo = thread::spawn(move || {
@@ -223,7 +223,7 @@ fn library_latency(addr: &str, sizes: &Sizes) -> Vec<u64> {
 
 /// Messages per second from `a` to `b`, sent as fast as `a` can write.
 fn throughput(mut a: Conn, mut b: Conn, count: usize) -> f64 {
-    let msg = encode_to_vec(&Frame::Say { text: "a burst message of 32 bytes....".into() }).unwrap();
+    let msg = encode_to_vec(&Frame::say("a burst message of 32 bytes....")).unwrap();
     let started = Instant::now();
     let sender = thread::spawn(move || {
         // Batch 64 frames per write, as a buffered writer would.

@@ -20,7 +20,7 @@ use relaychat::frame::{decode, encode, Frame, FrameError};
 fn main() {
     // 1. Encode two frames back to back into one buffer, as they would travel on a socket.
     let hello = Frame::hello("alice", "lobby");
-    let say = Frame::Say { text: "#sendFile#/etc/passwd 你好".into() };
+    let say = Frame::say("#sendFile#/etc/passwd 你好");
     let mut wire = Vec::new();
     encode(&hello, &mut wire).expect("small frames always encode");
     encode(&say, &mut wire).expect("small frames always encode");

@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // 3. One message, then goodbye. Both are frames; the relay stamps the time and the sender.
-    stream.write_all(&encode_to_vec(&Frame::Say { text: text.clone() })?)?;
+    stream.write_all(&encode_to_vec(&Frame::say(&text))?)?;
     stream.write_all(&encode_to_vec(&Frame::Goodbye)?)?;
     println!("sent: {text}");
 

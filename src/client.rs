@@ -102,6 +102,17 @@ impl ClientConfig {
     }
 }
 
+/// How a chat message reaches us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Just sent.
+    Live,
+    /// Sent while we were offline; delivered at this login.
+    Offline,
+    /// Part of the room's recent history, shown on joining.
+    History,
+}
+
 /// Which way a transfer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -114,8 +125,9 @@ pub enum Direction {
 /// Something that happened on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Someone else in our room said something.
-    Chat { from: String, sent_at_ms: u64, text: String },
+    /// Message `id` from `from`: to our room (`to` empty) or to us directly. `mark` says whether
+    /// it is live, waited for us while we were away, or is the room's history.
+    Chat { id: u64, from: String, to: String, sent_at_ms: u64, mark: Mark, text: String },
     /// Someone entered our room.
     Joined { name: String, room: String },
     /// Someone left our room.
@@ -234,6 +246,8 @@ pub struct Client {
     receiving: Arc<AtomicBool>,
     /// Set when closing: transfers stop at the next chunk.
     cancel: Arc<AtomicBool>,
+    /// The next message's client id.
+    next_message: std::sync::atomic::AtomicU64,
     events: Receiver<Event>,
     threads: Vec<JoinHandle<()>>,
     closer: Closer,
@@ -302,6 +316,9 @@ impl Client {
             to_reader,
             receiving,
             cancel,
+            next_message: std::sync::atomic::AtomicU64::new(
+                crate::display::now_ms().saturating_mul(1000).max(1),
+            ),
             events,
             threads,
             closer,
@@ -325,8 +342,27 @@ impl Client {
 
     /// Queues text for everyone else in our room. Blocks only if the send queue is full.
     pub fn send_text(&self, text: &str) -> Result<(), ClientError> {
+        self.say(String::new(), text)
+    }
+
+    /// Queues text for one user, online or (if they have an account) offline.
+    pub fn send_direct(&self, to: &str, text: &str) -> Result<(), ClientError> {
+        rules::check_name(to)?;
+        self.say(to.to_owned(), text)
+    }
+
+    fn say(&self, to: String, text: &str) -> Result<(), ClientError> {
         rules::check_text(text)?;
-        self.queue(&Frame::Say { text: text.to_owned() })
+        // Ids are unique per sender across restarts: start from the clock, then count.
+        let client_id = self.next_message.fetch_add(1, Ordering::Relaxed);
+        self.queue(&Frame::Say { client_id, to, text: text.to_owned() })
+    }
+
+    /// Leaves our room for good (no more offline messages from it), then closes like
+    /// [`Client::close`].
+    pub fn leave_room(self) {
+        let _ = self.queue(&Frame::Leave);
+        self.close();
     }
 
     /// Asks who is online; the answer arrives as [`Event::Online`].

@@ -35,7 +35,7 @@ pub use chunk::{chunk_frame, CHUNK_HEADER, MAX_CHUNK_DATA};
 pub use code::ErrorCode;
 
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest allowed `N` (kind byte + payload): 1 MiB.
 ///
@@ -53,8 +53,10 @@ pub enum Frame {
     /// password (empty: a guest under an unclaimed name) and the relay's access password (empty if
     /// it has none).
     Hello { version: u16, name: String, room: String, password: String, access: String },
-    /// `0x02` C→S. A line of chat for everyone else in my room.
-    Say { text: String },
+    /// `0x02` C→S. A line of chat: for everyone else in my room (`to` empty) or for one user.
+    /// A non-zero `client_id` asks for a [`Frame::Sent`] receipt once the relay has stored the
+    /// message, and makes a resend with the same id harmless.
+    Say { client_id: u64, to: String, text: String },
     /// `0x03` C→S. Ask who is online in my room; answered with [`Frame::Online`].
     Who,
     /// `0x04` both ways. "I am leaving on purpose." The server sends it when it shuts down.
@@ -64,8 +66,10 @@ pub enum Frame {
     /// `0x11` S→C. Something went wrong; `message` is meant for a human. Usually the server
     /// closes the connection right after.
     Error { code: ErrorCode, message: String },
-    /// `0x12` S→C. Chat text from `from`, stamped by the server (milliseconds since the Unix epoch).
-    Chat { from: String, sent_at_ms: u64, text: String },
+    /// `0x12` S→C. Message `id` from `from`, stamped by the server (milliseconds since the Unix
+    /// epoch). `to` is empty for the room, or the receiver's name for a direct message. `mark` says
+    /// how it comes: [`MARK_LIVE`], [`MARK_OFFLINE`] (sent while you were away) or [`MARK_HISTORY`].
+    Chat { id: u64, from: String, to: String, sent_at_ms: u64, mark: u8, text: String },
     /// `0x13` S→C. `name` entered `room`.
     Joined { name: String, room: String },
     /// `0x14` S→C. `name` left `room`.
@@ -106,7 +110,20 @@ pub enum Frame {
     DownloadFailed { file_id: u64, code: ErrorCode, message: String },
     /// `0x1e` S→C. A file that waited for you expired (`--retention`) before you received it.
     FileExpired { from: String, name: String },
+    /// `0x0b` C→S. Leave my room for good: no more offline messages from it.
+    Leave,
+    /// `0x0c` C→S. I have the offline messages up to `message_id`; stop keeping them for me.
+    Seen { message_id: u64 },
+    /// `0x1f` S→C. The message with this `client_id` is stored as `message_id`.
+    Sent { client_id: u64, message_id: u64 },
 }
+
+/// [`Frame::Chat`] marks.
+pub const MARK_LIVE: u8 = 0;
+/// Sent while the receiver was offline, delivered at its next login.
+pub const MARK_OFFLINE: u8 = 1;
+/// Part of the room's recent history, shown on joining.
+pub const MARK_HISTORY: u8 = 2;
 
 /// A file stored on the relay, as shown to its recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +197,8 @@ const UPLOAD_END: u8 = 0x07;
 const LIST_FILES: u8 = 0x08;
 const DOWNLOAD: u8 = 0x09;
 const RECEIVED: u8 = 0x0a;
+const LEAVE: u8 = 0x0b;
+const SEEN: u8 = 0x0c;
 const WELCOME: u8 = 0x10;
 const ERROR: u8 = 0x11;
 const CHAT: u8 = 0x12;
@@ -196,6 +215,7 @@ pub const DOWNLOAD_CHUNK: u8 = 0x1b;
 const DOWNLOAD_END: u8 = 0x1c;
 const DOWNLOAD_FAILED: u8 = 0x1d;
 const FILE_EXPIRED: u8 = 0x1e;
+const SENT: u8 = 0x1f;
 
 impl Frame {
     /// A hello of this protocol version, as a guest of a relay without an access password.
@@ -207,6 +227,11 @@ impl Frame {
             password: String::new(),
             access: String::new(),
         }
+    }
+
+    /// Chat text for the room, with no receipt asked for (what a minimal client sends).
+    pub fn say(text: &str) -> Frame {
+        Frame::Say { client_id: 0, to: String::new(), text: text.to_owned() }
     }
 
     /// The kind byte this frame is sent with.
@@ -237,6 +262,9 @@ impl Frame {
             Frame::DownloadEnd { .. } => DOWNLOAD_END,
             Frame::DownloadFailed { .. } => DOWNLOAD_FAILED,
             Frame::FileExpired { .. } => FILE_EXPIRED,
+            Frame::Leave => LEAVE,
+            Frame::Seen { .. } => SEEN,
+            Frame::Sent { .. } => SENT,
         }
     }
 }
@@ -258,8 +286,17 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             put_str(out, password);
             put_str(out, access);
         }
-        Frame::Say { text } => put_str(out, text),
-        Frame::Who | Frame::Goodbye | Frame::ListFiles => {}
+        Frame::Say { client_id, to, text } => {
+            out.extend_from_slice(&client_id.to_be_bytes());
+            put_str(out, to);
+            put_str(out, text);
+        }
+        Frame::Who | Frame::Goodbye | Frame::ListFiles | Frame::Leave => {}
+        Frame::Seen { message_id } => out.extend_from_slice(&message_id.to_be_bytes()),
+        Frame::Sent { client_id, message_id } => {
+            out.extend_from_slice(&client_id.to_be_bytes());
+            out.extend_from_slice(&message_id.to_be_bytes());
+        }
         Frame::FileExpired { from: name, name: room }
         | Frame::Welcome { name, room }
         | Frame::Joined { name, room }
@@ -271,9 +308,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             out.push(code.to_byte());
             put_str(out, message);
         }
-        Frame::Chat { from, sent_at_ms, text } => {
+        Frame::Chat { id, from, to, sent_at_ms, mark, text } => {
+            out.extend_from_slice(&id.to_be_bytes());
             put_str(out, from);
+            put_str(out, to);
             out.extend_from_slice(&sent_at_ms.to_be_bytes());
+            out.push(*mark);
             put_str(out, text);
         }
         Frame::Online { room, names } => {
@@ -369,11 +409,11 @@ pub fn frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
 /// ```
 /// use relaychat::frame::{decode, encode_to_vec, Frame};
 ///
-/// let bytes = encode_to_vec(&Frame::Say { text: "你好".into() }).unwrap();
+/// let bytes = encode_to_vec(&Frame::say("你好")).unwrap();
 /// // Half a frame is not an error: the caller reads more and tries again.
 /// assert_eq!(decode(&bytes[..5]), Ok(None));
 /// // The whole frame decodes, and says how many bytes it used.
-/// assert_eq!(decode(&bytes), Ok(Some((Frame::Say { text: "你好".into() }, bytes.len()))));
+/// assert_eq!(decode(&bytes), Ok(Some((Frame::say("你好"), bytes.len()))));
 /// ```
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     let Some(size) = frame_size(buf)? else {
@@ -398,12 +438,19 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             password: f.string()?,
             access: f.string()?,
         },
-        SAY => Frame::Say { text: f.string()? },
+        SAY => Frame::Say { client_id: f.u64()?, to: f.string()?, text: f.string()? },
         WHO => Frame::Who,
         GOODBYE => Frame::Goodbye,
         WELCOME => Frame::Welcome { name: f.string()?, room: f.string()? },
         ERROR => Frame::Error { code: ErrorCode::from_byte(f.u8()?), message: f.string()? },
-        CHAT => Frame::Chat { from: f.string()?, sent_at_ms: f.u64()?, text: f.string()? },
+        CHAT => Frame::Chat {
+            id: f.u64()?,
+            from: f.string()?,
+            to: f.string()?,
+            sent_at_ms: f.u64()?,
+            mark: f.u8()?,
+            text: f.string()?,
+        },
         JOINED => Frame::Joined { name: f.string()?, room: f.string()? },
         LEFT => Frame::Left { name: f.string()?, room: f.string()? },
         ONLINE => {
@@ -450,6 +497,9 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             message: f.string()?,
         },
         FILE_EXPIRED => Frame::FileExpired { from: f.string()?, name: f.string()? },
+        LEAVE => Frame::Leave,
+        SEEN => Frame::Seen { message_id: f.u64()? },
+        SENT => Frame::Sent { client_id: f.u64()?, message_id: f.u64()? },
         other => return Err(FrameError::UnknownKind(other)),
     };
     f.finish()?;

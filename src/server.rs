@@ -86,8 +86,10 @@ pub struct ServerConfig {
     pub login_backoff: Duration,
     /// How long a file waits for its recipients before it is deleted. Default 7 days.
     pub retention: Duration,
-    /// How often the janitor thread looks for expired files. Default 1 min.
+    /// How often the janitor thread looks for expired files and messages. Default 1 min.
     pub expiry_check: Duration,
+    /// How many of a room's last messages a user sees on joining. Default 50.
+    pub history: usize,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +111,7 @@ impl Default for ServerConfig {
             login_backoff: Duration::from_secs(1),
             retention: Duration::from_secs(7 * 24 * 3600),
             expiry_check: Duration::from_secs(60),
+            history: 50,
         }
     }
 }

@@ -232,12 +232,7 @@ mod tests {
     }
 
     fn frames() -> Vec<Frame> {
-        vec![
-            Frame::Say { text: "hi".into() },
-            Frame::Say { text: "x".repeat(200_000) },
-            Frame::Who,
-            Frame::Goodbye,
-        ]
+        vec![Frame::say("hi"), Frame::say(&"x".repeat(200_000)), Frame::Who, Frame::Goodbye]
     }
 
     #[test]
@@ -265,7 +260,7 @@ mod tests {
 
     #[test]
     fn eof_mid_frame_is_an_error_not_a_clean_close() {
-        let mut data = encode_to_vec(&Frame::Say { text: "hello".into() }).unwrap();
+        let mut data = encode_to_vec(&Frame::say("hello")).unwrap();
         data.truncate(data.len() - 2);
         let mut r = FrameReader::new(&data[..]);
         assert!(matches!(r.read_frame(), Err(ReadError::TruncatedAtEof { have }) if have == data.len()));

@@ -392,7 +392,7 @@ fn hostile_transfer_frames_get_errors_not_crashes() {
     evil.send(&Frame::UploadEnd { upload_id, sha256: [0; 32] });
     assert!(matches!(evil.recv(), Frame::UploadFailed { code: ErrorCode::HashMismatch, .. }));
     assert!(files_under(&server.data_dir.path.join("tmp")).is_empty());
-    evil.send(&Frame::Say { text: "still connected".into() });
+    evil.send(&Frame::say("still connected"));
     let chat = wait_for(&bob, "chat", |e| match e {
         Event::Chat { from, text, .. } => Some((from.clone(), text.clone())),
         _ => None,

@@ -63,7 +63,7 @@ fn garbage_before_hello_gets_an_error_and_a_close() {
         ("bad utf-8 name", bad_utf8, ErrorCode::Protocol),
         (
             "text before hello",
-            relaychat::frame::encode_to_vec(&Frame::Say { text: "hi".into() }).unwrap(),
+            relaychat::frame::encode_to_vec(&Frame::say("hi")).unwrap(),
             ErrorCode::Protocol,
         ),
         ("server-only kind", relaychat::frame::encode_to_vec(&Frame::Goodbye).unwrap(), ErrorCode::Protocol),
@@ -152,11 +152,11 @@ fn a_text_that_breaks_the_rules_is_refused_but_the_connection_stays() {
     let server = TestServer::start();
     let bystanders = Bystanders::new(&server);
     let mut raw = server.raw_joined("blank", "lobby");
-    raw.send(&Frame::Say { text: "   ".into() });
+    raw.send(&Frame::say("   "));
     assert!(matches!(raw.recv(), Frame::Error { code: ErrorCode::BadText, .. }));
-    raw.send(&Frame::Say { text: "x".repeat(relaychat::rules::MAX_TEXT_BYTES + 1) });
+    raw.send(&Frame::say(&"x".repeat(relaychat::rules::MAX_TEXT_BYTES + 1)));
     assert!(matches!(raw.recv(), Frame::Error { code: ErrorCode::BadText, .. }));
-    raw.send(&Frame::Say { text: "fine".into() });
+    raw.send(&Frame::say("fine"));
     for client in [&bystanders.alice, &bystanders.bob] {
         assert!(matches!(next_event(client), Event::Joined { .. }));
         assert_eq!(next_chat(client), ("blank".into(), "fine".into()));

@@ -34,8 +34,8 @@ use crate::rules::DEFAULT_ROOM;
 
 /// relaychat client: chat with everyone in a room on a relaychat relay, and pass files through it.
 ///
-/// Type a line and press Enter to send it. Commands: /who, /send [--to NAME] PATH..., /receive,
-/// /help, /quit.
+/// Type a line and press Enter to send it. Commands: /who, /msg NAME text, /send [--to NAME]
+/// PATH..., /receive, /leave, /help, /quit.
 #[derive(Debug, Parser)]
 #[command(name = "client", version)]
 pub struct ClientCli {
@@ -89,9 +89,10 @@ pub enum Command {
     Receive,
 }
 
-const HELP: &str = "commands: /who (who is online), /send [--to NAME] PATH... (send files; quote \
-                    paths with spaces), /receive (download files waiting for you), /help, /quit; start a \
-                    line with // to send a line that begins with /";
+const HELP: &str = "commands: /who (who is online), /msg NAME text (to one person, even offline), \
+                    /send [--to NAME] PATH... (send files; quote paths with spaces), /receive (download \
+                    files waiting for you), /leave (leave the room for good), /help, /quit; start a line \
+                    with // to send a line that begins with /";
 
 /// The relay used when neither `--server` nor `RELAYCHAT_SERVER` names one.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:21567";
@@ -227,8 +228,13 @@ fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
         select! {
             recv(keyboard) -> line => match line {
                 Ok(Ok(line)) => {
-                    if let Step::Quit = handle_line(&client, &line, ui, &mut pending)? {
-                        break;
+                    match handle_line(&client, &line, ui, &mut pending)? {
+                        Step::Continue => {}
+                        Step::Quit => break,
+                        Step::Leave => {
+                            client.leave_room();
+                            return Ok(Exit::Success);
+                        }
                     }
                 }
                 Ok(Err(e)) => ui.err(&format!("error: cannot read this input line: {e}")),
@@ -261,6 +267,8 @@ fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
 enum Step {
     Continue,
     Quit,
+    /// `/leave`: quit and stop being a member of the room.
+    Leave,
 }
 
 fn handle_line(client: &Client, line: &str, ui: &mut Ui, pending: &mut Pending) -> anyhow::Result<Step> {
@@ -269,6 +277,14 @@ fn handle_line(client: &Client, line: &str, ui: &mut Ui, pending: &mut Pending) 
     let result = match command {
         "" if rest.is_empty() => Ok(()),
         "/quit" => return Ok(Step::Quit),
+        "/leave" => return Ok(Step::Leave),
+        "/msg" => match rest.trim_start().split_once(' ') {
+            Some((to, text)) if !text.trim().is_empty() => client.send_direct(to, text),
+            _ => {
+                ui.err("error: usage: /msg NAME text");
+                Ok(())
+            }
+        },
         "/who" => client.who(),
         "/help" => {
             ui.out(&notice_line(now_ms(), HELP))?;

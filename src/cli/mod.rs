@@ -7,7 +7,7 @@
 pub mod client;
 mod progress;
 pub mod server;
-mod show;
+pub mod show;
 
 use std::process::ExitCode;
 

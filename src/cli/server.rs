@@ -43,6 +43,9 @@ pub struct ServerCli {
     /// How long a file waits for its recipients before it is deleted: a number with s, m, h or d.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
+    /// How many of a room's last messages someone joining it sees.
+    #[arg(long, default_value_t = 50)]
+    pub history: usize,
     /// Require this password from everyone who connects.
     #[arg(long, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
@@ -58,6 +61,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         limits: StoreLimits { max_file_size: cli.max_file_size, quota: cli.quota, min_free: cli.min_free },
         access_password: cli.access_password.filter(|p| !p.is_empty()),
         retention: cli.retention,
+        history: cli.history,
         ..ServerConfig::default()
     };
     let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;

@@ -1,6 +1,6 @@
 //! How the terminal client prints each [`Event`]: the line contract of `src/cli/client.rs`.
 
-use crate::client::{Direction, Event};
+use crate::client::{Direction, Event, Mark};
 use crate::display::{chat_line, notice_line, now_ms, visible};
 use crate::filename::{self, human_size};
 
@@ -20,7 +20,9 @@ pub fn line(event: &Event) -> Line {
     let now = now_ms();
     let notice = |text: String| Line::Out(notice_line(now, &text));
     match event {
-        Event::Chat { from, sent_at_ms, text } => Line::Out(chat_line(*sent_at_ms, from, text)),
+        Event::Chat { from, to, sent_at_ms, mark, text, .. } => {
+            Line::Out(chat_line(*sent_at_ms, &format!("{from}{}", tags(to, *mark)), text))
+        }
         Event::Joined { name, room } => notice(format!("{} joined {}", visible(name), visible(room))),
         Event::Left { name, room } => notice(format!("{} left {}", visible(name), visible(room))),
         Event::Online { room, names } => {
@@ -63,6 +65,24 @@ pub fn line(event: &Event) -> Line {
     }
 }
 
+/// ` (to you, offline)`-style tags after a sender's name; nothing for a live room message.
+pub fn tags(to: &str, mark: Mark) -> String {
+    let mut tags = Vec::new();
+    if !to.is_empty() {
+        tags.push("to you");
+    }
+    match mark {
+        Mark::Live => {}
+        Mark::Offline => tags.push("offline"),
+        Mark::History => tags.push("history"),
+    }
+    if tags.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tags.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +93,23 @@ mod tests {
             Line::Out(s) => s[11..].to_owned(), // drop "[HH:MM:SS] "
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn chat_lines_carry_their_marks() {
+        let chat = |to: &str, mark| Event::Chat {
+            id: 1,
+            from: "bob".into(),
+            to: to.into(),
+            sent_at_ms: 0,
+            mark,
+            text: "hi".into(),
+        };
+        assert_eq!(out(chat("", Mark::Live)), "bob: hi");
+        assert_eq!(out(chat("", Mark::Offline)), "bob (offline): hi");
+        assert_eq!(out(chat("", Mark::History)), "bob (history): hi");
+        assert_eq!(out(chat("alice", Mark::Live)), "bob (to you): hi");
+        assert_eq!(out(chat("alice", Mark::Offline)), "bob (to you, offline): hi");
     }
 
     #[test]

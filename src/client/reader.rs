@@ -9,8 +9,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::download::{Receiving, Step};
 use super::upload::Reply;
-use super::{Direction, Disconnect, Event};
-use crate::frame::{encode_to_vec, ErrorCode, Frame};
+use super::{Direction, Disconnect, Event, Mark};
+use crate::frame::{encode_to_vec, ErrorCode, Frame, MARK_HISTORY, MARK_OFFLINE};
 use crate::wire::{FrameReader, ReadError, Stream};
 
 /// Requests from the [`super::Client`] to the reader.
@@ -43,7 +43,19 @@ impl<S: Stream> Reader<S> {
                 Err(e) => break Disconnect::Failed(e.to_string()),
             };
             let event = match frame {
-                Frame::Chat { from, sent_at_ms, text } => Some(Event::Chat { from, sent_at_ms, text }),
+                Frame::Chat { id, from, to, sent_at_ms, mark, text } => {
+                    let mark = match mark {
+                        MARK_OFFLINE => {
+                            // Tell the relay it can stop keeping this one for us.
+                            self.send(&Frame::Seen { message_id: id });
+                            Mark::Offline
+                        }
+                        MARK_HISTORY => Mark::History,
+                        _ => Mark::Live,
+                    };
+                    Some(Event::Chat { id, from, to, sent_at_ms, mark, text })
+                }
+                Frame::Sent { .. } => None,
                 Frame::Joined { name, room } => Some(Event::Joined { name, room }),
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
                 Frame::Online { room, names } => Some(Event::Online { room, names }),

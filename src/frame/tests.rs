@@ -13,15 +13,25 @@ fn samples() -> Vec<Frame> {
             password: "秘密 pass".into(),
             access: "door".into(),
         },
-        Frame::Say { text: "你好，世界 🎉".into() },
-        Frame::Say { text: "line one\nline two".into() },
-        Frame::Say { text: String::new() },
+        Frame::say("你好，世界 🎉"),
+        Frame::Say { client_id: 77, to: "bob".into(), text: "line one\nline two".into() },
+        Frame::say(""),
+        Frame::Leave,
+        Frame::Seen { message_id: 5 },
+        Frame::Sent { client_id: 77, message_id: 5 },
         Frame::Who,
         Frame::Goodbye,
         Frame::Welcome { name: "张伟".into(), room: "501".into() },
         Frame::Error { code: ErrorCode::NameTaken, message: "name taken".into() },
         Frame::Error { code: ErrorCode::Other(200), message: "from the future".into() },
-        Frame::Chat { from: "bob".into(), sent_at_ms: 1_700_000_000_123, text: "hi".into() },
+        Frame::Chat {
+            id: 9,
+            from: "bob".into(),
+            to: String::new(),
+            sent_at_ms: 1_700_000_000_123,
+            mark: MARK_OFFLINE,
+            text: "hi".into(),
+        },
         Frame::Joined { name: "bob".into(), room: "lobby".into() },
         Frame::Left { name: "bob".into(), room: "lobby".into() },
         Frame::Online { room: "lobby".into(), names: vec![] },
@@ -109,8 +119,9 @@ rejects! {
     rejects_huge_prefix: vec![0xff, 0xff, 0xff, 0xff]
         => FrameError::TooLarge { len: u32::MAX as usize, max: MAX_FRAME_LEN };
     rejects_unknown_kind: framed(&[0x7f]) => FrameError::UnknownKind(0x7f);
-    rejects_bad_utf8: framed(&[SAY, 0, 0, 0, 2, 0xc3, 0x28]) => FrameError::BadUtf8 { kind: SAY };
-    rejects_string_longer_than_frame: framed(&[SAY, 0, 0, 0, 9, b'h', b'i'])
+    rejects_bad_utf8: framed(&[SAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0xc3, 0x28])
+        => FrameError::BadUtf8 { kind: SAY };
+    rejects_string_longer_than_frame: framed(&[SAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, b'h', b'i'])
         => FrameError::Truncated { kind: SAY };
     rejects_missing_field: framed(&[HELLO, 0]) => FrameError::Truncated { kind: HELLO };
     rejects_trailing_bytes: framed(&[WHO, 1, 2]) => FrameError::TrailingBytes { kind: WHO, extra: 2 };
@@ -139,14 +150,14 @@ fn chunk_frame_matches_the_general_encoder() {
 
 #[test]
 fn largest_allowed_frame_is_accepted_and_one_more_byte_is_not() {
-    // kind (1) + string length (4) + text = MAX_FRAME_LEN
-    let text = "x".repeat(MAX_FRAME_LEN - 5);
-    let bytes = encode_to_vec(&Frame::Say { text: text.clone() }).unwrap();
+    // kind (1) + client id (8) + empty `to` (4) + text length (4) + text = MAX_FRAME_LEN
+    let text = "x".repeat(MAX_FRAME_LEN - 17);
+    let bytes = encode_to_vec(&Frame::say(&text)).unwrap();
     assert_eq!(bytes.len(), LEN_PREFIX + MAX_FRAME_LEN);
-    assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::Say { text });
+    assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::say(&text));
 
     let mut out = vec![9, 9];
-    let too_big = Frame::Say { text: "x".repeat(MAX_FRAME_LEN - 4) };
+    let too_big = Frame::say(&"x".repeat(MAX_FRAME_LEN - 16));
     assert_eq!(
         encode(&too_big, &mut out),
         Err(FrameError::TooLarge { len: MAX_FRAME_LEN + 1, max: MAX_FRAME_LEN })

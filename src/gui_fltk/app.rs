@@ -187,7 +187,11 @@ impl App {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Chat { from, sent_at_ms, text } => self.log_chat(sent_at_ms, &from, &text, false),
+            Event::Chat { from, to, sent_at_ms, mark, text, .. } => {
+                let label = format!("{from}{}", crate::cli::show::tags(&to, mark));
+                let mine = from == self.me;
+                self.log_chat(sent_at_ms, &label, &text, mine)
+            }
             Event::Joined { name, room } => {
                 self.log_notice(&format!("{} joined {}", visible(&name), visible(&room)));
                 self.online.1.insert(name);

@@ -54,7 +54,7 @@ pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>,
     }
     let mut reader = FrameReader::new(stream);
     let writer = match hello_phase(&mut reader, &info, &to_hub, &config) {
-        Some((name, room)) => joined_phase(reader, &info, name, room, &to_hub, &config),
+        Some(joiner) => joined_phase(reader, &info, joiner, &to_hub, &config),
         None => None,
     };
     // The hub forgets us and drops our queue's sender; only then can the writer finish.
@@ -66,6 +66,14 @@ pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>,
     }
 }
 
+/// Who passed the hello.
+pub(crate) struct Joiner {
+    pub name: String,
+    pub room: String,
+    /// True for an account holder, false for a guest.
+    pub account: bool,
+}
+
 /// Waits for a valid hello. On success returns the name and room; on failure tells the client
 /// why (while we still own the whole stream) and returns `None`.
 fn hello_phase<S: Stream>(
@@ -73,7 +81,7 @@ fn hello_phase<S: Stream>(
     info: &ConnInfo,
     to_hub: &Sender<ToHub>,
     config: &ServerConfig,
-) -> Option<(String, String)> {
+) -> Option<Joiner> {
     let addr = info.addr;
     if let Err(e) = reader.get_ref().set_read_timeout(Some(config.hello_timeout)) {
         log::warn!("{addr}: cannot set the hello timeout: {e}");
@@ -86,7 +94,7 @@ fn hello_phase<S: Stream>(
                 login::authenticate(&name, &password, &access, addr.ip(), required, to_hub)
             });
             match checked {
-                Ok(()) => return Some((name, room)),
+                Ok(account) => return Some(Joiner { name, room, account }),
                 Err(refusal) => refusal,
             }
         }
@@ -131,8 +139,7 @@ fn check_hello(version: u16, name: &str, room: &str) -> Result<(), (ErrorCode, S
 fn joined_phase<S: Stream>(
     mut reader: FrameReader<S>,
     info: &ConnInfo,
-    name: String,
-    room: String,
+    joiner: Joiner,
     to_hub: &Sender<ToHub>,
     config: &ServerConfig,
 ) -> Option<JoinHandle<()>> {
@@ -164,7 +171,8 @@ fn joined_phase<S: Stream>(
             return None;
         }
     };
-    if to_hub.send(ToHub::Hello { id, name, room, to_client }).is_ok() {
+    let Joiner { name, room, account } = joiner;
+    if to_hub.send(ToHub::Hello { id, name, room, account, to_client }).is_ok() {
         let settings =
             DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
         Session::new(id, addr, to_hub.clone(), to_writer, settings).run(&mut reader);

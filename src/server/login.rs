@@ -49,8 +49,8 @@ pub(crate) fn delay_for(failures: u32, base: Duration) -> Duration {
     base.saturating_mul(1 << doublings).min(MAX_DELAY)
 }
 
-/// Checks a hello's credentials. `Ok` means: let them in (the hub still checks that the name is
-/// not online already).
+/// Checks a hello's credentials. `Ok(true)`: let them in as the account holder; `Ok(false)`: as
+/// a guest. (The hub still checks that the name is not online already.)
 pub(crate) fn authenticate(
     name: &str,
     password: &str,
@@ -58,7 +58,7 @@ pub(crate) fn authenticate(
     ip: IpAddr,
     required_access: Option<&str>,
     to_hub: &Sender<ToHub>,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<bool, (ErrorCode, String)> {
     let gone = || (ErrorCode::Protocol, "the relay is shutting down".to_string());
     let (reply, answer) = bounded(1);
     to_hub.send(ToHub::Account { name: name.to_owned(), ip, reply }).map_err(|_| gone())?;
@@ -83,7 +83,7 @@ fn check(
     required_access: Option<&str>,
     stored: Option<&str>,
     to_hub: &Sender<ToHub>,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<bool, (ErrorCode, String)> {
     if let Some(required) = required_access {
         if !same_secret(access, required) {
             return Err((
@@ -93,13 +93,13 @@ fn check(
         }
     }
     match (stored, password.is_empty()) {
-        (Some(hash), _) if verify(password, hash) => Ok(()),
+        (Some(hash), _) if verify(password, hash) => Ok(true),
         (Some(_), true) => {
             Err((ErrorCode::BadPassword, format!("the name {name:?} has an account; give its --password")))
         }
         (Some(_), false) => Err((ErrorCode::BadPassword, format!("wrong password for {name:?}"))),
-        (None, true) => Ok(()), // a guest under an unclaimed name
-        (None, false) => claim(name, password, to_hub),
+        (None, true) => Ok(false), // a guest under an unclaimed name
+        (None, false) => claim(name, password, to_hub).map(|()| true),
     }
 }
 

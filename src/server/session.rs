@@ -94,10 +94,15 @@ impl Session {
     fn handle(&mut self, frame: Frame) -> Flow {
         let id = self.id;
         match frame {
-            Frame::Say { text } => match rules::check_text(&text) {
-                Ok(()) => self.hub(ToHub::Say { id, text }),
+            Frame::Say { client_id, to, text } => match rules::check_text(&text) {
+                Ok(()) => self.hub(ToHub::Say { id, client_id, to, text }),
                 Err(e) => self.hub(ToHub::Warn { id, code: ErrorCode::BadText, message: e.to_string() }),
             },
+            Frame::Seen { message_id } => self.hub(ToHub::Seen { id, message_id }),
+            Frame::Leave => {
+                let _ = self.hub(ToHub::Leave { id });
+                Flow::Stop
+            }
             Frame::Who => self.hub(ToHub::Who { id }),
             Frame::Goodbye => {
                 let _ = self.hub(ToHub::Goodbye { id });

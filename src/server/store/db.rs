@@ -50,6 +50,29 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX files_by_age ON files(created_ms);
      CREATE INDEX expired_notices_by_name ON expired_notices(recipient);",
+    // 4: chat messages (for history and offline delivery), who is a member of which room, and
+    // which stored messages still wait for which offline member.
+    "CREATE TABLE messages (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        room      TEXT    NOT NULL,
+        sender    TEXT    NOT NULL,
+        recipient TEXT,
+        sent_ms   INTEGER NOT NULL,
+        text      TEXT    NOT NULL,
+        client_id INTEGER NOT NULL
+     );
+     CREATE INDEX messages_by_room ON messages(room, id);
+     CREATE UNIQUE INDEX messages_once ON messages(sender, client_id) WHERE client_id != 0;
+     CREATE TABLE members (
+        room TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (room, name)
+     );
+     CREATE TABLE pending (
+        recipient  TEXT    NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        PRIMARY KEY (recipient, message_id)
+     );",
 ];
 
 /// The schema version this build writes.
@@ -248,6 +271,116 @@ impl Db {
         Ok(notices)
     }
 
+    /// Stores messages, and who must get each one later, in one transaction. Returns their ids.
+    pub(crate) fn insert_messages(&mut self, batch: &[NewMessage<'_>]) -> rusqlite::Result<Vec<u64>> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (room, sender, recipient, sent_ms, text, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut later =
+                tx.prepare_cached("INSERT OR IGNORE INTO pending (recipient, message_id) VALUES (?1, ?2)")?;
+            for m in batch {
+                insert.execute(params![
+                    m.room,
+                    m.sender,
+                    m.recipient,
+                    m.sent_ms as i64,
+                    m.text,
+                    m.client_id as i64
+                ])?;
+                let id = tx.last_insert_rowid();
+                for name in &m.offline {
+                    later.execute(params![name, id])?;
+                }
+                ids.push(id as u64);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// The id under which `sender` already stored `client_id`, if it did.
+    pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> rusqlite::Result<Option<u64>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM messages WHERE sender = ?1 AND client_id = ?2",
+                params![sender, client_id as i64],
+                |r| r.get::<_, i64>(0).map(|id| id as u64),
+            )
+            .optional()
+    }
+
+    /// The last `limit` messages of `room`, oldest first, without those still pending for `name`.
+    pub(crate) fn history(
+        &self,
+        room: &str,
+        limit: usize,
+        name: &str,
+    ) -> rusqlite::Result<Vec<StoredMessage>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, room, sender, recipient, sent_ms, text FROM (
+                 SELECT * FROM messages m WHERE room = ?1 AND recipient IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.recipient = ?2 AND p.message_id = m.id)
+                 ORDER BY id DESC LIMIT ?3
+             ) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![room, name, limit as i64], stored_message)?;
+        rows.collect()
+    }
+
+    /// Messages waiting for `name`, oldest first.
+    pub(crate) fn pending_for(&self, name: &str) -> rusqlite::Result<Vec<StoredMessage>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.id, m.room, m.sender, m.recipient, m.sent_ms, m.text FROM messages m
+             JOIN pending p ON p.message_id = m.id WHERE p.recipient = ?1 ORDER BY m.id",
+        )?;
+        let rows = stmt.query_map([name], stored_message)?;
+        rows.collect()
+    }
+
+    /// `name` has every pending message up to `message_id`.
+    pub(crate) fn mark_seen(&mut self, name: &str, message_id: u64) -> rusqlite::Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM pending WHERE recipient = ?1 AND message_id <= ?2",
+                params![name, message_id as i64],
+            )
+            .map(|_| ())
+    }
+
+    /// Members of `room`.
+    pub(crate) fn members(&self, room: &str) -> rusqlite::Result<BTreeSet<String>> {
+        let mut stmt = self.conn.prepare_cached("SELECT name FROM members WHERE room = ?1")?;
+        let rows = stmt.query_map([room], |r| r.get(0))?;
+        rows.collect()
+    }
+
+    /// Makes `name` a member of `room` (or leaves it one).
+    pub(crate) fn add_member(&mut self, room: &str, name: &str) -> rusqlite::Result<()> {
+        self.conn
+            .execute("INSERT OR IGNORE INTO members (room, name) VALUES (?1, ?2)", [room, name])
+            .map(|_| ())
+    }
+
+    /// `name` left `room` for good; messages still pending for it from that room are dropped.
+    pub(crate) fn remove_member(&mut self, room: &str, name: &str) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM members WHERE room = ?1 AND name = ?2", [room, name])?;
+        tx.execute(
+            "DELETE FROM pending WHERE recipient = ?1 AND message_id IN
+             (SELECT id FROM messages WHERE room = ?2 AND recipient IS NULL)",
+            [name, room],
+        )?;
+        tx.commit()
+    }
+
+    /// Deletes messages stored before `cutoff_ms` (and with them, what was pending).
+    pub(crate) fn expire_messages(&mut self, cutoff_ms: u64) -> rusqlite::Result<usize> {
+        self.conn.execute("DELETE FROM messages WHERE sent_ms < ?1", [cutoff_ms as i64])
+    }
+
     /// The password hash of account `name`, if the name is claimed.
     pub(crate) fn password_hash(&self, name: &str) -> rusqlite::Result<Option<String>> {
         self.conn
@@ -293,6 +426,42 @@ pub(crate) struct NewFile<'a> {
     pub sha256: [u8; 32],
     pub created_ms: u64,
     pub recipients: &'a BTreeSet<String>,
+}
+
+/// A message about to be stored.
+pub(crate) struct NewMessage<'a> {
+    pub room: &'a str,
+    pub sender: &'a str,
+    /// `Some` for a direct message.
+    pub recipient: Option<&'a str>,
+    pub sent_ms: u64,
+    pub text: &'a str,
+    /// The sender's id for it (0: none).
+    pub client_id: u64,
+    /// Who must get it later.
+    pub offline: Vec<String>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredMessage {
+    pub id: u64,
+    pub room: String,
+    pub sender: String,
+    pub recipient: Option<String>,
+    pub sent_ms: u64,
+    pub text: String,
+}
+
+fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.get::<_, i64>(0)? as u64,
+        room: row.get(1)?,
+        sender: row.get(2)?,
+        recipient: row.get(3)?,
+        sent_ms: row.get::<_, i64>(4)? as u64,
+        text: row.get(5)?,
+    })
 }
 
 /// "The file `name` from `sender` expired before `recipient` received it."
@@ -367,6 +536,39 @@ mod tests {
         assert_eq!(db.bytes_stored_by("a").unwrap(), 1);
         assert!(db.mark_received("bob", stored.file_id).unwrap(), "last recipient: the row goes");
         assert!(db.file_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn messages_history_and_pending() {
+        let mut db = Db { conn: Connection::open_in_memory().unwrap() };
+        db.migrate().unwrap();
+        let msg = |text, client_id, offline: &[&str]| NewMessage {
+            room: "lobby",
+            sender: "alice",
+            recipient: None,
+            sent_ms: 1,
+            text,
+            client_id,
+            offline: offline.iter().map(|s| s.to_string()).collect(),
+        };
+        let ids = db
+            .insert_messages(&[msg("one", 1, &[]), msg("two", 2, &["bob"]), msg("three", 0, &["bob"])])
+            .unwrap();
+        assert_eq!(db.message_id_for("alice", 2).unwrap(), Some(ids[1]));
+        assert!(db.insert_messages(&[msg("two again", 2, &[])]).is_err(), "one id per (sender, client id)");
+        let history: Vec<String> =
+            db.history("lobby", 50, "bob").unwrap().into_iter().map(|m| m.text).collect();
+        assert_eq!(history, vec!["one"], "pending messages are not history too");
+        let pending: Vec<String> = db.pending_for("bob").unwrap().into_iter().map(|m| m.text).collect();
+        assert_eq!(pending, vec!["two", "three"]);
+        db.mark_seen("bob", ids[1]).unwrap();
+        assert_eq!(db.pending_for("bob").unwrap().len(), 1);
+        assert_eq!(db.history("lobby", 2, "carol").unwrap().len(), 2, "the limit holds");
+        db.add_member("lobby", "bob").unwrap();
+        assert!(db.members("lobby").unwrap().contains("bob"));
+        db.remove_member("lobby", "bob").unwrap();
+        assert!(db.members("lobby").unwrap().is_empty());
+        assert!(db.pending_for("bob").unwrap().is_empty(), "leaving drops what was pending");
     }
 
     #[test]

@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 use crate::display::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
-pub(crate) use db::Notice;
 use db::{Db, InsertError, NewFile};
+pub(crate) use db::{NewMessage, Notice, StoredMessage};
 
 /// Limits on what the store accepts, all checked before the first byte of an upload is stored.
 #[derive(Debug, Clone)]
@@ -342,6 +342,11 @@ impl Store {
     pub(crate) fn expire(&mut self, retention: std::time::Duration) -> Vec<Notice> {
         let now = now_ms();
         let cutoff = now.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        match self.db.expire_messages(cutoff) {
+            Ok(0) => {}
+            Ok(n) => log::info!("store: {n} message(s) expired"),
+            Err(e) => log::error!("store: cannot expire old messages: {e}"),
+        }
         match self.db.expire_files(cutoff, now) {
             Ok((ids, notices)) => {
                 for id in &ids {
@@ -356,6 +361,58 @@ impl Store {
                 log::error!("store: cannot expire old files: {e}");
                 Vec::new()
             }
+        }
+    }
+
+    /// Stores a batch of messages in one transaction; their ids, in order.
+    pub(crate) fn store_messages(&mut self, batch: &[NewMessage<'_>]) -> Result<Vec<u64>, Refusal> {
+        self.db.insert_messages(batch).map_err(refusal)
+    }
+
+    /// The id `sender` already stored `client_id` under, if any.
+    pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> Option<u64> {
+        self.db.message_id_for(sender, client_id).unwrap_or_else(|e| {
+            log::error!("store: {e}");
+            None
+        })
+    }
+
+    /// The last `limit` messages of `room` that are not pending for `name`.
+    pub(crate) fn history(&self, room: &str, limit: usize, name: &str) -> Vec<StoredMessage> {
+        self.db.history(room, limit, name).unwrap_or_else(|e| {
+            log::error!("store: cannot read the history of {room}: {e}");
+            Vec::new()
+        })
+    }
+
+    /// Messages waiting for `name`, oldest first.
+    pub(crate) fn pending_for(&self, name: &str) -> Vec<StoredMessage> {
+        self.db.pending_for(name).unwrap_or_else(|e| {
+            log::error!("store: cannot read messages for {name:?}: {e}");
+            Vec::new()
+        })
+    }
+
+    /// `name` has the pending messages up to `message_id`.
+    pub(crate) fn mark_seen(&mut self, name: &str, message_id: u64) {
+        if let Err(e) = self.db.mark_seen(name, message_id) {
+            log::error!("store: {e}");
+        }
+    }
+
+    /// Members of `room` (account holders who joined it and have not left it).
+    pub(crate) fn members(&self, room: &str) -> std::collections::BTreeSet<String> {
+        self.db.members(room).unwrap_or_else(|e| {
+            log::error!("store: {e}");
+            Default::default()
+        })
+    }
+
+    /// Records that `name` is (or stops being) a member of `room`.
+    pub(crate) fn set_member(&mut self, room: &str, name: &str, member: bool) {
+        let result = if member { self.db.add_member(room, name) } else { self.db.remove_member(room, name) };
+        if let Err(e) = result {
+            log::error!("store: cannot update {name:?}'s membership of {room}: {e}");
         }
     }
 

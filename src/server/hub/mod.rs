@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+mod chat;
+
 use super::login::{self, AccountAnswer};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
-use crate::display::now_ms;
 use crate::frame::{self, ErrorCode, Frame};
 use crate::rules;
 use crate::wire::Closer;
@@ -40,9 +41,14 @@ pub(crate) enum ToHub {
     Connected { id: ConnId, addr: SocketAddr, closer: Closer },
     /// A valid hello arrived (version and name rules already checked by the connection thread).
     /// `to_client` is the sending half of the new writer thread's queue.
-    Hello { id: ConnId, name: String, room: String, to_client: Sender<Bytes> },
-    /// Chat text from a joined client (already checked against the text rules).
-    Say { id: ConnId, text: String },
+    Hello { id: ConnId, name: String, room: String, account: bool, to_client: Sender<Bytes> },
+    /// Chat text from a joined client (already checked against the text rules), for its room
+    /// (`to` empty) or one user. A non-zero `client_id` asks for a `Sent` receipt.
+    Say { id: ConnId, client_id: u64, to: String, text: String },
+    /// The client has the offline messages up to `message_id`.
+    Seen { id: ConnId, message_id: u64 },
+    /// The client leaves its room for good.
+    Leave { id: ConnId },
     /// The client asked who is online.
     Who { id: ConnId },
     /// Tell this client about a mistake it made, and keep the connection.
@@ -97,6 +103,8 @@ struct Conn {
 struct Peer {
     name: String,
     room: String,
+    /// An account holder (a member of rooms, gets offline messages), not a guest.
+    account: bool,
     to_client: Sender<Bytes>,
     /// Frames waiting because `to_client` was full, and their total size.
     backlog: VecDeque<Bytes>,
@@ -111,6 +119,8 @@ const BACKLOG_TICK: Duration = Duration::from_millis(5);
 pub(crate) struct Hub {
     config: ServerConfig,
     store: Store,
+    /// Messages received but not yet stored; see `chat.rs` (group commit).
+    batch: Vec<chat::Queued>,
     events: Receiver<ToHub>,
     conns: HashMap<ConnId, Conn>,
     /// Online names, across all rooms: names are unique server-wide.
@@ -126,6 +136,7 @@ impl Hub {
         Hub {
             config,
             store,
+            batch: Vec::new(),
             events,
             conns: HashMap::new(),
             names: HashMap::new(),
@@ -154,10 +165,21 @@ impl Hub {
                 break;
             }
             if let Some(event) = event {
+                // Anything other than a message first delivers the messages before it, so that
+                // everyone sees events in the order the hub received them.
+                if !matches!(event, ToHub::Say { .. }) {
+                    self.flush_messages();
+                }
                 self.handle(event);
+            }
+            // Group commit: store every message received in this burst in one transaction, once
+            // nothing else is waiting (or the batch is full), then deliver them.
+            if !self.batch.is_empty() && (self.events.is_empty() || self.batch.len() >= chat::MAX_BATCH) {
+                self.flush_messages();
             }
             self.retry_backlogs();
         }
+        self.flush_messages();
         self.say_goodbye_to_all()
     }
 
@@ -166,8 +188,17 @@ impl Hub {
             ToHub::Connected { id, addr, closer } => {
                 self.conns.insert(id, Conn { addr, closer, peer: None });
             }
-            ToHub::Hello { id, name, room, to_client } => self.join(id, name, room, to_client),
-            ToHub::Say { id, text } => self.say(id, text),
+            ToHub::Hello { id, name, room, account, to_client } => {
+                self.join(id, name, room, account, to_client)
+            }
+            ToHub::Say { id, client_id, to, text } => self.say(id, client_id, to, text),
+            ToHub::Seen { id, message_id } => {
+                if let Some(peer) = self.peer(id).filter(|p| p.account) {
+                    let name = peer.name.clone();
+                    self.store.mark_seen(&name, message_id);
+                }
+            }
+            ToHub::Leave { id } => self.leave_for_good(id),
             ToHub::Who { id } => self.who(id),
             ToHub::Warn { id, code, message } => self.send_to(id, &Frame::Error { code, message }),
             ToHub::Fail { id, code, message } => {
@@ -311,7 +342,7 @@ impl Hub {
         }
     }
 
-    fn join(&mut self, id: ConnId, name: String, room: String, to_client: Sender<Bytes>) {
+    fn join(&mut self, id: ConnId, name: String, room: String, account: bool, to_client: Sender<Bytes>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -329,6 +360,7 @@ impl Hub {
         conn.peer = Some(Peer {
             name: name.clone(),
             room: room.clone(),
+            account,
             to_client,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
@@ -337,19 +369,13 @@ impl Hub {
         log::info!("{addr}: {name} joined {room}");
         self.names.insert(name.clone(), id);
         self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
-        self.rooms.entry(room).or_default().insert(name.clone(), id);
+        self.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
         self.who(id);
         for info in self.store.waiting_for(&name) {
             self.send_to(id, &Frame::NewFile(info));
         }
         self.tell_expired(id, &name);
-    }
-
-    fn say(&mut self, id: ConnId, text: String) {
-        let Some(peer) = self.peer(id) else { return };
-        let frame = Frame::Chat { from: peer.name.clone(), sent_at_ms: now_ms(), text };
-        let room = peer.room.clone();
-        self.broadcast(&room, Some(id), &frame);
+        self.catch_up(id, &name, &room, account);
     }
 
     fn who(&mut self, id: ConnId) {
