@@ -1,0 +1,170 @@
+//! Stored messages: offline delivery, history, direct messages, receipts, /leave, and what
+//! survives a restart of the relay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_no_event, next_event, wait_for, Raw, TestServer};
+use relaychat::client::{Client, ClientConfig, Event, Mark};
+use relaychat::display::now_ms;
+use relaychat::frame::Frame;
+use relaychat::server::ServerConfig;
+
+/// An account holder (password `pw-NAME`) in `room`, with the online list taken.
+fn member(server: &TestServer, name: &str, room: &str) -> Client {
+    let mut config = ClientConfig::new(name, room);
+    config.password = format!("pw-{name}");
+    let client = Client::connect_tcp(&server.addr.to_string(), &config).expect("connects");
+    assert!(matches!(next_event(&client), Event::Online { .. }));
+    client
+}
+
+/// The next chat event as (from, to, mark, text).
+fn next_message(client: &Client) -> (String, String, Mark, String) {
+    wait_for(client, "a message", |e| match e {
+        Event::Chat { from, to, mark, text, .. } => Some((from.clone(), to.clone(), *mark, text.clone())),
+        _ => None,
+    })
+}
+
+fn quiet(client: &Client) {
+    assert_no_event(client, Duration::from_millis(200));
+}
+
+#[test]
+fn a_member_gets_what_was_said_while_away_once_and_in_order() {
+    let server = TestServer::start();
+    member(&server, "bob", "lobby").close(); // bob is now a member of lobby
+    let alice = server.client("alice", "lobby");
+    let before = now_ms();
+    for text in ["one", "two", "three"] {
+        alice.send_text(text).unwrap();
+    }
+    alice.who().unwrap();
+    wait_for(&alice, "the messages to be handled", |e| matches!(e, Event::Online { .. }).then_some(()));
+
+    let bob = member(&server, "bob", "lobby");
+    for want in ["one", "two", "three"] {
+        let got = wait_for(&bob, "an offline message", |e| match e {
+            Event::Chat { from, mark, text, sent_at_ms, .. } => {
+                assert!(*sent_at_ms >= before && *sent_at_ms <= now_ms(), "the original time");
+                Some((from.clone(), *mark, text.clone()))
+            }
+            _ => None,
+        });
+        assert_eq!(got, ("alice".to_string(), Mark::Offline, want.to_string()));
+    }
+    quiet(&bob); // no history copies of the same three
+    bob.close();
+
+    // Delivered once: next time they are history, not offline messages.
+    let bob = member(&server, "bob", "lobby");
+    for want in ["one", "two", "three"] {
+        assert_eq!(next_message(&bob), ("alice".into(), String::new(), Mark::History, want.into()));
+    }
+    quiet(&bob);
+}
+
+#[test]
+fn joining_shows_the_last_messages_as_history() {
+    let server = TestServer::start_with(ServerConfig { history: 2, ..ServerConfig::default() });
+    let alice = server.client("alice", "lobby");
+    let bob = server.client("bob", "lobby");
+    for text in ["a", "b", "c"] {
+        alice.send_text(text).unwrap();
+    }
+    for _ in 0..3 {
+        next_message(&bob);
+    }
+    let carol = server.client("carol", "lobby"); // a guest: history, never offline delivery
+    assert_eq!(next_message(&carol), ("alice".into(), String::new(), Mark::History, "b".into()));
+    assert_eq!(next_message(&carol), ("alice".into(), String::new(), Mark::History, "c".into()));
+    quiet(&carol);
+    let elsewhere = server.client("dave", "other");
+    quiet(&elsewhere); // rooms keep their history to themselves
+}
+
+#[test]
+fn direct_messages_reach_one_person_online_or_offline() {
+    let server = TestServer::start();
+    let alice = server.client("alice", "lobby");
+    let bob = member(&server, "bob", "lobby");
+    let carol = server.client("carol", "lobby");
+    wait_for(&alice, "carol", |e| matches!(e, Event::Joined { name, .. } if name == "carol").then_some(()));
+
+    alice.send_direct("bob", "just for you").unwrap();
+    assert_eq!(next_message(&bob), ("alice".into(), "bob".into(), Mark::Live, "just for you".into()));
+    quiet(&carol);
+
+    bob.close();
+    alice.send_direct("bob", "while you were out").unwrap();
+    let bob = member(&server, "bob", "elsewhere");
+    assert_eq!(
+        next_message(&bob),
+        ("alice".into(), "bob".into(), Mark::Offline, "while you were out".into())
+    );
+
+    alice.send_direct("nobody", "hello?").unwrap();
+    let warning = wait_for(&alice, "a warning", |e| match e {
+        Event::Warning { message, .. } => Some(message.clone()),
+        _ => None,
+    });
+    assert!(warning.contains("nobody called \"nobody\""), "{warning}");
+}
+
+#[test]
+fn a_receipt_comes_after_storing_and_a_resend_is_not_delivered_twice() {
+    let server = TestServer::start();
+    let bob = server.client("bob", "lobby");
+    let mut raw = server.raw_joined("raw", "lobby");
+    let say = Frame::Say { client_id: 42, to: String::new(), text: "exactly once".into() };
+    raw.send(&say);
+    let Frame::Sent { client_id: 42, message_id } = next_non_chat(&mut raw) else { panic!() };
+    raw.send(&say); // as a client would after a reconnect, not knowing the first got through
+    assert_eq!(next_non_chat(&mut raw), Frame::Sent { client_id: 42, message_id });
+    assert_eq!(
+        wait_for(&bob, "the message", |e| match e {
+            Event::Chat { id, text, .. } => Some((*id, text.clone())),
+            _ => None,
+        }),
+        (message_id, "exactly once".to_string())
+    );
+    quiet(&bob);
+}
+
+fn next_non_chat(raw: &mut Raw) -> Frame {
+    loop {
+        match raw.recv() {
+            Frame::Joined { .. } | Frame::Left { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn leave_ends_membership() {
+    let server = TestServer::start();
+    member(&server, "bob", "lobby").leave_room();
+    let alice = server.client("alice", "lobby");
+    alice.send_text("after bob left").unwrap();
+    alice.who().unwrap();
+    wait_for(&alice, "the message to be handled", |e| matches!(e, Event::Online { .. }).then_some(()));
+    let bob = member(&server, "bob", "lobby");
+    // History, yes (he is back in the room); an offline delivery, no.
+    assert_eq!(next_message(&bob).2, Mark::History);
+    quiet(&bob);
+}
+
+#[test]
+fn stored_messages_survive_a_restart_of_the_relay() {
+    let server = TestServer::start();
+    member(&server, "bob", "lobby").close();
+    let mut raw = server.raw_joined("raw", "lobby");
+    raw.send(&Frame::Say { client_id: 7, to: String::new(), text: "before the restart".into() });
+    assert!(matches!(next_non_chat(&mut raw), Frame::Sent { client_id: 7, .. }));
+    drop(raw);
+    let server = server.restart();
+    let bob = member(&server, "bob", "lobby");
+    assert_eq!(next_message(&bob), ("raw".into(), String::new(), Mark::Offline, "before the restart".into()));
+}
