@@ -131,9 +131,10 @@ impl Conn {
     }
 }
 
-fn join_raw(addr: &str, name: &str) -> Conn {
+/// Joins `room` as `name`. Each pair gets a room of its own, so that nobody starts with history.
+fn join_raw(addr: &str, name: &str, room: &str) -> Conn {
     let mut conn = Conn::new(TcpStream::connect(addr).unwrap());
-    let hello = Frame::hello(name, "bench");
+    let hello = Frame::hello(name, room);
     conn.send(&encode_to_vec(&hello).unwrap());
     assert!(matches!(conn.recv(), Frame::Welcome { .. }));
     assert!(matches!(conn.recv(), Frame::Online { .. }));
@@ -143,8 +144,9 @@ fn join_raw(addr: &str, name: &str) -> Conn {
 fn relay_pair(addr: &str) -> (Conn, Conn) {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut a = join_raw(addr, &format!("a{n}"));
-    let b = join_raw(addr, &format!("b{n}"));
+    let room = format!("bench{n}");
+    let mut a = join_raw(addr, &format!("a{n}"), &room);
+    let b = join_raw(addr, &format!("b{n}"), &room);
     assert!(matches!(a.recv(), Frame::Joined { .. }));
     (a, b)
 }
@@ -188,14 +190,15 @@ fn latency(mut a: Conn, mut b: Conn, sizes: &Sizes) -> Vec<u64> {
 }
 
 fn library_latency(addr: &str, sizes: &Sizes) -> Vec<u64> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let room = format!("benchlib{n}");
     let join = |name: &str| {
-        let config = ClientConfig::new(name, "benchlib");
+        let config = ClientConfig::new(name, room.as_str());
         let client = Client::connect_tcp(addr, &config).unwrap();
         assert!(matches!(client.events().recv().unwrap(), Event::Online { .. }));
         client
     };
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let a = join(&format!("liba{n}"));
     let b = join(&format!("libb{n}"));
     assert!(matches!(a.events().recv().unwrap(), Event::Joined { .. }));

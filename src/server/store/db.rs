@@ -305,7 +305,8 @@ impl Db {
     pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> rusqlite::Result<Option<u64>> {
         self.conn
             .query_row(
-                "SELECT id FROM messages WHERE sender = ?1 AND client_id = ?2",
+                // `client_id != 0` lets SQLite use the partial index `messages_once`.
+                "SELECT id FROM messages WHERE sender = ?1 AND client_id = ?2 AND client_id != 0",
                 params![sender, client_id as i64],
                 |r| r.get::<_, i64>(0).map(|id| id as u64),
             )
@@ -555,6 +556,15 @@ mod tests {
             .insert_messages(&[msg("one", 1, &[]), msg("two", 2, &["bob"]), msg("three", 0, &["bob"])])
             .unwrap();
         assert_eq!(db.message_id_for("alice", 2).unwrap(), Some(ids[1]));
+        let plan: String = db
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE sender = 'a' AND client_id = 2 AND client_id != 0",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("messages_once"), "the dedupe lookup uses its index: {plan}");
         assert!(db.insert_messages(&[msg("two again", 2, &[])]).is_err(), "one id per (sender, client id)");
         let history: Vec<String> =
             db.history("lobby", 50, "bob").unwrap().into_iter().map(|m| m.text).collect();
