@@ -1,13 +1,18 @@
 //! Chat messages in the hub: stored before they are delivered, then live delivery, offline
 //! delivery at the next login, and the room's history on joining.
 //!
-//! ## Group commit
+//! ## Group commit, and what a receipt promises
 //!
-//! Every message is written to SQLite before anyone sees it and before its sender gets a `Sent`
-//! receipt, so a receipt is a promise: the message survives a crash of the relay. Committing one
-//! transaction per message would cap the relay at the disk's commit rate, so the hub collects the
-//! messages of a burst in `batch` and commits them together when no other event is waiting (or
-//! after [`MAX_BATCH`]). A lone message is committed at once; a flood is committed in large steps.
+//! A message is delivered to whoever is online at once, under an id the hub gives it, and queued
+//! in `batch`. The batch is written to SQLite in one transaction as soon as no other event is
+//! waiting (or after [`MAX_BATCH`] messages, or before any other kind of event), and only *then*
+//! does each sender get its `Sent` receipt. So a receipt is a promise: the message is on disk and
+//! will reach every member, offline ones included, even if the relay crashes right after.
+//! Committing one transaction per message would cap a flood at the disk's commit rate; the batch
+//! turns a flood into a few large commits, and a lone message is still committed at once.
+//!
+//! Simplified on purpose: if the relay crashes between delivering a message and committing it,
+//! the sender has no receipt and sends it again, and whoever was online sees it twice.
 //!
 //! ## Who gets what
 //!
@@ -19,8 +24,6 @@
 //! - On joining, everyone sees the room's last `history` messages, marked history, except those
 //!   that offline delivery is about to bring.
 
-use std::collections::{BTreeSet, HashMap};
-
 use super::{ConnId, Hub};
 use crate::display::now_ms;
 use crate::frame::{ErrorCode, Frame, MARK_HISTORY, MARK_LIVE, MARK_OFFLINE};
@@ -30,8 +33,10 @@ use crate::server::store::{NewMessage, StoredMessage};
 /// The most messages stored in one transaction.
 pub(super) const MAX_BATCH: usize = 256;
 
-/// A message waiting for the next commit.
+/// A message delivered live and waiting for the next commit.
 pub(crate) struct Queued {
+    id: u64,
+    offline: Vec<String>,
     from_conn: ConnId,
     sender: String,
     room: String,
@@ -63,7 +68,34 @@ impl Hub {
                 return;
             }
         }
-        self.batch.push(Queued { from_conn: id, sender, room, to, client_id, sent_ms: now_ms(), text });
+        self.last_message_id += 1;
+        let queued = Queued {
+            id: self.last_message_id,
+            offline: self.offline_recipients(&sender, &room, to.as_deref()),
+            from_conn: id,
+            sender,
+            room,
+            to,
+            client_id,
+            sent_ms: now_ms(),
+            text,
+        };
+        self.deliver_live(&queued);
+        self.batch.push(queued);
+    }
+
+    /// Who must get a message later: the recipient of a direct message if offline (it is an
+    /// account: checked), or the room's members who are not online.
+    fn offline_recipients(&mut self, sender: &str, room: &str, to: Option<&str>) -> Vec<String> {
+        match to {
+            Some(to) if self.names.contains_key(to) => Vec::new(),
+            Some(to) => vec![to.to_owned()],
+            None => {
+                let names = &self.names;
+                let members = self.members.entry(room.to_owned()).or_insert_with(|| self.store.members(room));
+                members.iter().filter(|m| *m != sender && !names.contains_key(*m)).cloned().collect()
+            }
+        }
     }
 
     /// A direct message needs someone to receive it: a user online now, or an account.
@@ -76,73 +108,52 @@ impl Hub {
         }
     }
 
-    /// Stores the queued messages in one transaction, then confirms and delivers them.
+    /// Stores the queued messages in one transaction, then sends their receipts.
     pub(super) fn flush_messages(&mut self) {
         if self.batch.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        let mut members: HashMap<String, BTreeSet<String>> = HashMap::new();
-        let offline: Vec<Vec<String>> = batch
-            .iter()
-            .map(|q| match &q.to {
-                Some(to) if self.names.contains_key(to) => Vec::new(),
-                Some(to) => vec![to.clone()], // checked: an account
-                None => {
-                    let room_members =
-                        members.entry(q.room.clone()).or_insert_with(|| self.store.members(&q.room));
-                    room_members
-                        .iter()
-                        .filter(|m| **m != q.sender && !self.names.contains_key(*m))
-                        .cloned()
-                        .collect()
-                }
-            })
-            .collect();
         let rows: Vec<NewMessage<'_>> = batch
             .iter()
-            .zip(offline)
-            .map(|(q, offline)| NewMessage {
+            .map(|q| NewMessage {
+                id: q.id,
                 room: &q.room,
                 sender: &q.sender,
                 recipient: q.to.as_deref(),
                 sent_ms: q.sent_ms,
                 text: &q.text,
                 client_id: q.client_id,
-                offline,
+                offline: q.offline.clone(),
             })
             .collect();
         let stored = self.store.store_messages(&rows);
         drop(rows);
         match stored {
-            Ok(ids) => {
-                for (q, id) in batch.into_iter().zip(ids) {
-                    self.deliver(q, id);
+            Ok(_) => {
+                for q in batch.iter().filter(|q| q.client_id != 0) {
+                    self.send_to(q.from_conn, &Frame::Sent { client_id: q.client_id, message_id: q.id });
                 }
             }
             Err((_, why)) => {
                 log::error!("cannot store {} message(s): {why}", batch.len());
                 for q in batch {
-                    let message =
-                        "your message could not be stored, so it was not sent; try again".to_string();
+                    let message = "your message could not be stored; it may not reach everyone".to_string();
                     self.send_to(q.from_conn, &Frame::Error { code: ErrorCode::BadText, message });
                 }
             }
         }
     }
 
-    /// After the commit: the receipt to the sender, the message to whoever is online.
-    fn deliver(&mut self, q: Queued, id: u64) {
-        if q.client_id != 0 {
-            self.send_to(q.from_conn, &Frame::Sent { client_id: q.client_id, message_id: id });
-        }
+    /// The message to whoever is online: the room (but the sender), or the one recipient.
+    fn deliver_live(&mut self, q: &Queued) {
         let frame = Frame::Chat {
-            id,
-            from: q.sender,
+            id: q.id,
+            from: q.sender.clone(),
             to: q.to.clone().unwrap_or_default(),
             sent_at_ms: q.sent_ms,
             mark: MARK_LIVE,
-            text: q.text,
+            text: q.text.clone(),
         };
         match &q.to {
             Some(to) => {
@@ -158,6 +169,10 @@ impl Hub {
     pub(super) fn catch_up(&mut self, id: ConnId, name: &str, room: &str, account: bool) {
         let pending = if account {
             self.store.set_member(room, name, true);
+            self.members
+                .entry(room.to_owned())
+                .or_insert_with(|| self.store.members(room))
+                .insert(name.to_owned());
             self.store.pending_for(name)
         } else {
             Vec::new()
@@ -175,6 +190,9 @@ impl Hub {
         if let Some(peer) = self.peer(id).filter(|p| p.account) {
             let (room, name) = (peer.room.clone(), peer.name.clone());
             self.store.set_member(&room, &name, false);
+            if let Some(members) = self.members.get_mut(&room) {
+                members.remove(&name);
+            }
         }
         self.leave(id, "left the room for good");
     }

@@ -119,8 +119,12 @@ const BACKLOG_TICK: Duration = Duration::from_millis(5);
 pub(crate) struct Hub {
     config: ServerConfig,
     store: Store,
-    /// Messages received but not yet stored; see `chat.rs` (group commit).
+    /// Messages delivered but not yet stored; see `chat.rs` (group commit).
     batch: Vec<chat::Queued>,
+    /// The last message id given out.
+    last_message_id: u64,
+    /// Room members (account holders), loaded from the store on first use and kept current.
+    members: HashMap<String, BTreeSet<String>>,
     events: Receiver<ToHub>,
     conns: HashMap<ConnId, Conn>,
     /// Online names, across all rooms: names are unique server-wide.
@@ -135,8 +139,10 @@ impl Hub {
     pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>, store: Store) -> Hub {
         Hub {
             config,
+            last_message_id: store.last_message_id(),
             store,
             batch: Vec::new(),
+            members: HashMap::new(),
             events,
             conns: HashMap::new(),
             names: HashMap::new(),

@@ -277,28 +277,33 @@ impl Db {
         let mut ids = Vec::with_capacity(batch.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room, sender, recipient, sent_ms, text, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (id, room, sender, recipient, sent_ms, text, client_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut later =
                 tx.prepare_cached("INSERT OR IGNORE INTO pending (recipient, message_id) VALUES (?1, ?2)")?;
             for m in batch {
-                insert.execute(params![
-                    m.room,
-                    m.sender,
-                    m.recipient,
-                    m.sent_ms as i64,
-                    m.text,
-                    m.client_id as i64
-                ])?;
-                let id = tx.last_insert_rowid();
+                let id = m.id as i64;
+                let row =
+                    params![id, m.room, m.sender, m.recipient, m.sent_ms as i64, m.text, m.client_id as i64];
+                insert.execute(row)?;
                 for name in &m.offline {
                     later.execute(params![name, id])?;
                 }
-                ids.push(id as u64);
+                ids.push(m.id);
             }
         }
         tx.commit()?;
         Ok(ids)
+    }
+
+    /// The highest message id ever used (0 if none): new messages continue after it.
+    pub(crate) fn last_message_id(&self) -> rusqlite::Result<u64> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
     }
 
     /// The id under which `sender` already stored `client_id`, if it did.
@@ -429,8 +434,9 @@ pub(crate) struct NewFile<'a> {
     pub recipients: &'a BTreeSet<String>,
 }
 
-/// A message about to be stored.
+/// A message about to be stored, under the id the hub gave it when it delivered it.
 pub(crate) struct NewMessage<'a> {
+    pub id: u64,
     pub room: &'a str,
     pub sender: &'a str,
     /// `Some` for a direct message.
@@ -543,7 +549,12 @@ mod tests {
     fn messages_history_and_pending() {
         let mut db = Db { conn: Connection::open_in_memory().unwrap() };
         db.migrate().unwrap();
-        let msg = |text, client_id, offline: &[&str]| NewMessage {
+        let mut next = 0;
+        let mut msg = |text, client_id, offline: &[&str]| NewMessage {
+            id: {
+                next += 1;
+                next
+            },
             room: "lobby",
             sender: "alice",
             recipient: None,
@@ -566,6 +577,7 @@ mod tests {
             .unwrap();
         assert!(plan.contains("messages_once"), "the dedupe lookup uses its index: {plan}");
         assert!(db.insert_messages(&[msg("two again", 2, &[])]).is_err(), "one id per (sender, client id)");
+        assert_eq!(db.last_message_id().unwrap(), 3, "the failed insert used no id");
         let history: Vec<String> =
             db.history("lobby", 50, "bob").unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(history, vec!["one"], "pending messages are not history too");

@@ -369,6 +369,14 @@ impl Store {
         self.db.insert_messages(batch).map_err(refusal)
     }
 
+    /// The highest message id ever stored.
+    pub(crate) fn last_message_id(&self) -> u64 {
+        self.db.last_message_id().unwrap_or_else(|e| {
+            log::error!("store: {e}");
+            0
+        })
+    }
+
     /// The id `sender` already stored `client_id` under, if any.
     pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> Option<u64> {
         self.db.message_id_for(sender, client_id).unwrap_or_else(|e| {
