@@ -76,6 +76,9 @@ pub struct ClientConfig {
     pub password: String,
     /// The relay's access password, if it has one.
     pub access: String,
+    /// Report the relay's receipts as [`Event::Sent`] (off by default: chat programs do not need
+    /// them; code that resends after a crash does).
+    pub receipts: bool,
     /// Data bytes per upload chunk. Default [`DEFAULT_CHUNK`].
     pub chunk_size: usize,
     /// Test hook: flip a byte in this upload chunk (0-based) after hashing it.
@@ -95,6 +98,7 @@ impl ClientConfig {
             room: room.into(),
             password: String::new(),
             access: String::new(),
+            receipts: false,
             chunk_size: DEFAULT_CHUNK,
             corrupt_upload_chunk: None,
             chunk_delay: None,
@@ -146,6 +150,9 @@ pub enum Event {
     Downloaded { file_id: u64, name: String, path: PathBuf },
     /// A transfer failed; `reason` says why. Partial data is kept only where it can be resumed.
     TransferFailed { direction: Direction, name: String, reason: String },
+    /// The relay stored our message `client_id` as `message_id`: it will reach everyone. Only with
+    /// [`ClientConfig::receipts`].
+    Sent { client_id: u64, message_id: u64 },
     /// A file from `from` expired on the relay before we received it.
     FileExpired { from: String, name: String },
     /// A [`Client::receive_all`] is over.
@@ -306,6 +313,7 @@ impl Client {
             receiving: receiving.clone(),
             cancel: cancel.clone(),
             chunk_delay: config.chunk_delay,
+            receipts: config.receipts,
         };
         threads.push(spawn("client-reader", move || reads.run()).map_err(hs)?);
         Ok(Client {
@@ -352,10 +360,21 @@ impl Client {
     }
 
     fn say(&self, to: String, text: &str) -> Result<(), ClientError> {
-        rules::check_text(text)?;
         // Ids are unique per sender across restarts: start from the clock, then count.
         let client_id = self.next_message.fetch_add(1, Ordering::Relaxed);
-        self.queue(&Frame::Say { client_id, to, text: text.to_owned() })
+        self.send_with_id(client_id, &to, text).map(|_| ())
+    }
+
+    /// Sends text under a client id the caller chooses, and returns it. The relay answers with
+    /// [`Event::Sent`] once the message is stored; sending the same id again (after a reconnect,
+    /// when no receipt came) is harmless: the relay only repeats the receipt. `to` empty: the room.
+    pub fn send_with_id(&self, client_id: u64, to: &str, text: &str) -> Result<u64, ClientError> {
+        rules::check_text(text)?;
+        if !to.is_empty() {
+            rules::check_name(to)?;
+        }
+        self.queue(&Frame::Say { client_id, to: to.to_owned(), text: text.to_owned() })?;
+        Ok(client_id)
     }
 
     /// Leaves our room for good (no more offline messages from it), then closes like

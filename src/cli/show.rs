@@ -61,7 +61,7 @@ pub fn line(event: &Event) -> Line {
         Event::ReceiveFinished { received, failed } => {
             notice(format!("received {received} file(s), {failed} failed"))
         }
-        Event::Progress { .. } | Event::Disconnected(_) => Line::None,
+        Event::Progress { .. } | Event::Sent { .. } | Event::Disconnected(_) => Line::None,
     }
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct Reader<S> {
     pub receiving: Arc<AtomicBool>,
     pub cancel: Arc<AtomicBool>,
     pub chunk_delay: Option<std::time::Duration>,
+    /// Pass receipts on as events.
+    pub receipts: bool,
 }
 
 impl<S: Stream> Reader<S> {
@@ -55,7 +57,9 @@ impl<S: Stream> Reader<S> {
                     };
                     Some(Event::Chat { id, from, to, sent_at_ms, mark, text })
                 }
-                Frame::Sent { .. } => None,
+                Frame::Sent { client_id, message_id } => {
+                    self.receipts.then_some(Event::Sent { client_id, message_id })
+                }
                 Frame::Joined { name, room } => Some(Event::Joined { name, room }),
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
                 Frame::Online { room, names } => Some(Event::Online { room, names }),

@@ -241,6 +241,7 @@ impl App {
             }
             Event::ReceiveFinished { received: 0, failed: 0 } => self.info_line("no files waiting"),
             Event::ReceiveFinished { .. } => {}
+            Event::Sent { .. } => {}
             Event::Disconnected(_) => {} // the link thread turns this into Reconnecting
         }
     }
