@@ -141,7 +141,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing_acknowledged() {
         .map(|i| random_file(&src.path, &format!("upload{i}.bin"), 600_000, 30 + i as u64))
         .collect();
     let ledgers: Vec<Arc<Mutex<Ledger>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
-    let mut seed: u64 = 0x5eed_501;
+    let mut seed: u64 = 0x05ee_d501;
     let mut random_ms = |lo: u64, hi: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
