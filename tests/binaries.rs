@@ -129,3 +129,54 @@ fn sigterm_stops_the_relay_within_five_seconds_and_clients_exit_non_zero() {
         client.expect(&client.stderr, "error: the server said goodbye");
     }
 }
+
+/// The relay is killed and restarted: the terminal client says so, reconnects by itself, does not
+/// show again what it had already shown, and chats on.
+#[test]
+fn the_terminal_client_reconnects_after_the_relay_restarts() {
+    let (mut server, addr) = Proc::server();
+    let data = server.data_dir.take().expect("the relay's data dir");
+    let mut alice = Proc::spawn(
+        env!("CARGO_BIN_EXE_client"),
+        &["--server", &addr, "--name", "alice"],
+        &[("RELAYCHAT_RECONNECT_FOR", "20")],
+    );
+    alice.expect(&alice.stdout, "* connected to");
+    let bob = Client::connect_tcp(&addr, &ClientConfig::new("bob", "lobby")).unwrap();
+    alice.expect(&alice.stdout, "* bob joined lobby");
+    bob.send_text("before the restart").unwrap();
+    alice.expect(&alice.stdout, "bob: before the restart");
+
+    server.child.kill().unwrap();
+    server.wait();
+    drop(bob);
+    let dir = data.path.to_str().unwrap().to_owned();
+    let restarted = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", &addr, "--data-dir", &dir], &[]);
+    restarted.expect(&restarted.stderr, "relay listening on");
+    alice.expect(&alice.stdout, "* connection lost");
+    alice.expect(&alice.stdout, "* reconnected");
+
+    let bob = Client::connect_tcp(&addr, &ClientConfig::new("bob", "lobby")).unwrap();
+    // Everything alice shows between the reconnect and bob's return: no repeat of the history.
+    let mut between = Vec::new();
+    loop {
+        let line = alice.stdout.recv_timeout(WAIT).expect("alice shows bob coming back");
+        if line.contains("* bob joined lobby") {
+            break;
+        }
+        between.push(line);
+    }
+    assert!(!between.iter().any(|l| l.contains("before the restart")), "shown twice: {between:?}");
+    alice.type_line("after the restart");
+    let heard = loop {
+        let event = bob.events().recv_timeout(WAIT).expect("bob hears alice");
+        if let relaychat::client::Event::Chat { text, mark: relaychat::client::Mark::Live, .. } = event {
+            break text;
+        }
+    };
+    assert_eq!(heard, "after the restart");
+    drop(alice.stdin.take());
+    assert!(alice.wait().success());
+    drop(restarted);
+    drop(data);
+}

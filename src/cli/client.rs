@@ -124,6 +124,8 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         None => String::new(),
     };
     config.access = cli.conn.access_password.clone().unwrap_or_default();
+    // Receipts let the interactive client resend what the relay had not stored when it went away.
+    config.receipts = true;
     // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
     config.chunk_delay = std::env::var("RELAYCHAT_TEST_CHUNK_DELAY_MS")
         .ok()
@@ -140,7 +142,8 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
                 &format!("connected to {} as {} in {}", visible(&server), client.name(), client.room()),
             ))?;
             let keyboard = spawn_stdin_reader()?;
-            chat_loop(client, keyboard, &mut ui)
+            let link = Link { server, config, client, ledger: Ledger::default(), last_seen: 0 };
+            chat_loop(link, keyboard, &mut ui)
         }
     }
 }
@@ -219,20 +222,105 @@ impl Pending {
     }
 }
 
+/// The interactive client's connection, with what it needs to come back after the relay went
+/// away: where and as whom to reconnect, the messages that have no receipt yet (resent under the
+/// same ids after a reconnect, so they are stored once), and the last message id shown (so the
+/// history replayed on rejoining is not shown twice).
+struct Link {
+    server: String,
+    config: ClientConfig,
+    client: Client,
+    ledger: Ledger,
+    last_seen: u64,
+}
+
+/// Messages sent and not yet confirmed by a receipt.
+#[derive(Default)]
+struct Ledger {
+    unconfirmed: std::collections::BTreeMap<u64, (String, String)>,
+    next_id: u64,
+}
+
+impl Link {
+    /// Sends text (to the room if `to` is empty) and remembers it until its receipt comes.
+    fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
+        if self.ledger.next_id == 0 {
+            self.ledger.next_id = now_ms().saturating_mul(1000).max(1);
+        }
+        let id = self.ledger.next_id;
+        self.client.send_with_id(id, to, text)?;
+        self.ledger.next_id += 1;
+        self.ledger.unconfirmed.insert(id, (to.to_owned(), text.to_owned()));
+        Ok(())
+    }
+
+    /// Tries to reconnect for up to `reconnect_for()`, with backoff; then resends what lacks a
+    /// receipt. The old client is closed first.
+    fn reconnect(&mut self, why: &str, ui: &mut Ui) -> anyhow::Result<()> {
+        let give_up = std::time::Instant::now() + reconnect_for();
+        ui.out(&notice_line(now_ms(), &format!("connection lost ({}); reconnecting", visible(why))))?;
+        let mut pause = std::time::Duration::from_millis(250);
+        let client = loop {
+            match Client::connect_tcp(&self.server, &self.config) {
+                Ok(client) => break client,
+                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => return Err(e.into()),
+                Err(e) if std::time::Instant::now() + pause > give_up => {
+                    anyhow::bail!("{why}; could not reconnect: {e}")
+                }
+                Err(_) => {
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        };
+        let old = std::mem::replace(&mut self.client, client);
+        drop(old);
+        ui.out(&notice_line(now_ms(), "reconnected"))?;
+        for (id, (to, text)) in &self.ledger.unconfirmed {
+            self.client.send_with_id(*id, to, text)?;
+        }
+        Ok(())
+    }
+
+    /// Whether to show an event: history that was already shown before a reconnect is skipped.
+    fn fresh(&mut self, event: &Event) -> bool {
+        match event {
+            Event::Chat { id, mark: crate::client::Mark::History, .. } if *id <= self.last_seen => false,
+            Event::Chat { id, .. } => {
+                self.last_seen = self.last_seen.max(*id);
+                true
+            }
+            Event::Sent { client_id, .. } => {
+                self.ledger.unconfirmed.remove(client_id);
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// How long the terminal client keeps trying to reconnect: `RELAYCHAT_RECONNECT_FOR` seconds,
+/// default 60. Zero gives up at once (the client then exits non-zero, as before).
+fn reconnect_for() -> std::time::Duration {
+    let secs = std::env::var("RELAYCHAT_RECONNECT_FOR").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    std::time::Duration::from_secs(secs)
+}
+
 /// The interactive loop: keyboard lines out, events in.
-fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, ui: &mut Ui) -> anyhow::Result<Exit> {
+fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui) -> anyhow::Result<Exit> {
     let mut pending = Pending::default();
     let mut keyboard = keyboard;
     let mut stdin_done = false;
     loop {
+        let events = link.client.events().clone();
         select! {
             recv(keyboard) -> line => match line {
                 Ok(Ok(line)) => {
-                    match handle_line(&client, &line, ui, &mut pending)? {
+                    match handle_line(&mut link, &line, ui, &mut pending)? {
                         Step::Continue => {}
                         Step::Quit => break,
                         Step::Leave => {
-                            client.leave_room();
+                            link.client.leave_room();
                             return Ok(Exit::Success);
                         }
                     }
@@ -247,10 +335,18 @@ fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
                     keyboard = crossbeam_channel::never();
                 }
             },
-            recv(client.events()) -> event => match event {
-                Ok(Event::Disconnected(why)) => anyhow::bail!("{why}"),
+            recv(events) -> event => match event {
+                Ok(Event::Disconnected(why)) => {
+                    if let crate::client::Disconnect::ServerError { .. } = why {
+                        anyhow::bail!("{why}");
+                    }
+                    pending = Pending::default(); // transfers in flight have ended with the link
+                    link.reconnect(&why.to_string(), ui)?;
+                }
                 Ok(event) => {
-                    ui.show(&event)?;
+                    if link.fresh(&event) {
+                        ui.show(&event)?;
+                    }
                     pending.note(&event);
                     if stdin_done && pending.is_idle() {
                         break;
@@ -260,7 +356,7 @@ fn chat_loop(client: Client, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
             },
         }
     }
-    client.close();
+    link.client.close();
     Ok(Exit::Success)
 }
 
@@ -271,7 +367,7 @@ enum Step {
     Leave,
 }
 
-fn handle_line(client: &Client, line: &str, ui: &mut Ui, pending: &mut Pending) -> anyhow::Result<Step> {
+fn handle_line(link: &mut Link, line: &str, ui: &mut Ui, pending: &mut Pending) -> anyhow::Result<Step> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
     let result = match command {
@@ -279,28 +375,30 @@ fn handle_line(client: &Client, line: &str, ui: &mut Ui, pending: &mut Pending) 
         "/quit" => return Ok(Step::Quit),
         "/leave" => return Ok(Step::Leave),
         "/msg" => match rest.trim_start().split_once(' ') {
-            Some((to, text)) if !text.trim().is_empty() => client.send_direct(to, text),
+            Some((to, text)) if !text.trim().is_empty() => {
+                crate::rules::check_name(to).map_err(ClientError::Rule).and_then(|()| link.send(to, text))
+            }
             _ => {
                 ui.err("error: usage: /msg NAME text");
                 Ok(())
             }
         },
-        "/who" => client.who(),
+        "/who" => link.client.who(),
         "/help" => {
             ui.out(&notice_line(now_ms(), HELP))?;
             Ok(())
         }
         "/send" => {
-            send_command(client, rest, ui, pending);
+            send_command(&link.client, rest, ui, pending);
             Ok(())
         }
-        "/receive" => client.receive_all(&ui.downloads).map(|()| pending.receiving = true),
-        _ if line.starts_with("//") => client.send_text(&line[1..]),
+        "/receive" => link.client.receive_all(&ui.downloads).map(|()| pending.receiving = true),
+        _ if line.starts_with("//") => link.send("", &line[1..]),
         _ if line.starts_with('/') => {
             ui.err(&format!("error: unknown command {} (try /help)", visible(command)));
             Ok(())
         }
-        _ => client.send_text(line),
+        _ => link.send("", line),
     };
     match result {
         Ok(()) => Ok(Step::Continue),

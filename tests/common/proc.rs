@@ -28,6 +28,8 @@ impl Proc {
         // A client built with the `gui` feature opens a window when it sees a display; these tests
         // drive the terminal contract, so they hide the display.
         cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
+        // A terminal client whose relay goes away exits at once unless a test asks it to retry.
+        cmd.env("RELAYCHAT_RECONNECT_FOR", "0");
         for (k, v) in envs {
             cmd.env(k, v);
         }
