@@ -284,18 +284,12 @@ impl Store {
 
     /// Who still waits for `file_id`.
     pub(crate) fn recipients(&self, file_id: u64) -> Vec<String> {
-        self.db.recipients(file_id).unwrap_or_else(|e| {
-            log::error!("store: {e}");
-            Vec::new()
-        })
+        logged(format!("cannot read who waits for file {file_id}"), self.db.recipients(file_id))
     }
 
     /// Every file waiting for `name`, oldest first.
     pub(crate) fn waiting_for(&self, name: &str) -> Vec<FileInfo> {
-        self.db.waiting_for(name).unwrap_or_else(|e| {
-            log::error!("store: {e}");
-            Vec::new()
-        })
+        logged(format!("cannot read the files waiting for {name:?}"), self.db.waiting_for(name))
     }
 
     /// Checks that `name` may download `file_id` from `offset`.
@@ -371,34 +365,22 @@ impl Store {
 
     /// The highest message id ever stored.
     pub(crate) fn last_message_id(&self) -> u64 {
-        self.db.last_message_id().unwrap_or_else(|e| {
-            log::error!("store: {e}");
-            0
-        })
+        logged("cannot read the last message id", self.db.last_message_id())
     }
 
     /// The id `sender` already stored `client_id` under, if any.
     pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> Option<u64> {
-        self.db.message_id_for(sender, client_id).unwrap_or_else(|e| {
-            log::error!("store: {e}");
-            None
-        })
+        logged("cannot look up a resent message", self.db.message_id_for(sender, client_id))
     }
 
     /// The last `limit` messages of `room` that are not pending for `name`.
     pub(crate) fn history(&self, room: &str, limit: usize, name: &str) -> Vec<StoredMessage> {
-        self.db.history(room, limit, name).unwrap_or_else(|e| {
-            log::error!("store: cannot read the history of {room}: {e}");
-            Vec::new()
-        })
+        logged(format!("cannot read the history of {room}"), self.db.history(room, limit, name))
     }
 
     /// Messages waiting for `name`, oldest first.
     pub(crate) fn pending_for(&self, name: &str) -> Vec<StoredMessage> {
-        self.db.pending_for(name).unwrap_or_else(|e| {
-            log::error!("store: cannot read messages for {name:?}: {e}");
-            Vec::new()
-        })
+        logged(format!("cannot read messages for {name:?}"), self.db.pending_for(name))
     }
 
     /// `name` has the pending messages up to `message_id`.
@@ -410,10 +392,7 @@ impl Store {
 
     /// Members of `room` (account holders who joined it and have not left it).
     pub(crate) fn members(&self, room: &str) -> std::collections::BTreeSet<String> {
-        self.db.members(room).unwrap_or_else(|e| {
-            log::error!("store: {e}");
-            Default::default()
-        })
+        logged(format!("cannot read the members of {room}"), self.db.members(room))
     }
 
     /// Records that `name` is (or stops being) a member of `room`.
@@ -426,10 +405,7 @@ impl Store {
 
     /// Takes the expiry notices waiting for `name`.
     pub(crate) fn notices_for(&mut self, name: &str) -> Vec<Notice> {
-        self.db.take_notices(name).unwrap_or_else(|e| {
-            log::error!("store: cannot read notices for {name:?}: {e}");
-            Vec::new()
-        })
+        logged(format!("cannot read notices for {name:?}"), self.db.take_notices(name))
     }
 
     /// Claims `name` with `hash`. False if it is taken (or the database failed).
@@ -439,6 +415,15 @@ impl Store {
             false
         })
     }
+}
+
+/// A database read whose failure should not stop the relay: the error is logged and the caller
+/// carries on with an empty answer (no files, no messages, no members).
+fn logged<T: Default>(what: impl std::fmt::Display, result: rusqlite::Result<T>) -> T {
+    result.unwrap_or_else(|e| {
+        log::error!("store: {what}: {e}");
+        T::default()
+    })
 }
 
 fn db_error(e: rusqlite::Error) -> io::Error {
