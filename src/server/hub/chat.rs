@@ -52,13 +52,22 @@ impl Hub {
         let Some(peer) = self.peer(id) else { return };
         let (sender, room) = (peer.name.clone(), peer.room.clone());
         if client_id != 0 {
-            // A resend (after a reconnect, say) of something already stored: just confirm it.
-            if let Some(message_id) = self.store.message_id_for(&sender, client_id) {
-                self.send_to(id, &Frame::Sent { client_id, message_id });
-                return;
-            }
-            if self.batch.iter().any(|q| q.sender == sender && q.client_id == client_id) {
-                return;
+            // Clients number their messages upwards, so only an id at or below the highest one
+            // seen from this sender can be a resend; only then is the database asked.
+            let store = &self.store;
+            let highest =
+                self.highest_client_id.entry(sender.clone()).or_insert_with(|| store.max_client_id(&sender));
+            let maybe_resend = client_id <= *highest;
+            *highest = (*highest).max(client_id);
+            if maybe_resend {
+                // A resend (after a reconnect, say) of something already stored: just confirm it.
+                if let Some(message_id) = self.store.message_id_for(&sender, client_id) {
+                    self.send_to(id, &Frame::Sent { client_id, message_id });
+                    return;
+                }
+                if self.batch.iter().any(|q| q.sender == sender && q.client_id == client_id) {
+                    return;
+                }
             }
         }
         let to = if to.is_empty() { None } else { Some(to) };

@@ -125,6 +125,8 @@ pub(crate) struct Hub {
     last_message_id: u64,
     /// Room members (account holders), loaded from the store on first use and kept current.
     members: HashMap<String, BTreeSet<String>>,
+    /// Per sender, the highest client id seen: ids above it are new messages, no lookup needed.
+    highest_client_id: HashMap<String, u64>,
     events: Receiver<ToHub>,
     conns: HashMap<ConnId, Conn>,
     /// Online names, across all rooms: names are unique server-wide.
@@ -143,6 +145,7 @@ impl Hub {
             store,
             batch: Vec::new(),
             members: HashMap::new(),
+            highest_client_id: HashMap::new(),
             events,
             conns: HashMap::new(),
             names: HashMap::new(),

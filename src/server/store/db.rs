@@ -306,6 +306,16 @@ impl Db {
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
 
+    /// The highest client id `sender` ever stored (0 if none).
+    pub(crate) fn max_client_id(&self, sender: &str) -> rusqlite::Result<u64> {
+        let max: Option<i64> = self.conn.query_row(
+            "SELECT MAX(client_id) FROM messages WHERE sender = ?1 AND client_id != 0",
+            [sender],
+            |r| r.get(0),
+        )?;
+        Ok(max.unwrap_or(0).max(0) as u64)
+    }
+
     /// The id under which `sender` already stored `client_id`, if it did.
     pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> rusqlite::Result<Option<u64>> {
         self.conn

@@ -368,6 +368,11 @@ impl Store {
         logged("cannot read the last message id", self.db.last_message_id())
     }
 
+    /// The highest client id `sender` ever stored.
+    pub(crate) fn max_client_id(&self, sender: &str) -> u64 {
+        logged(format!("cannot read {sender:?}'s last message"), self.db.max_client_id(sender))
+    }
+
     /// The id `sender` already stored `client_id` under, if any.
     pub(crate) fn message_id_for(&self, sender: &str, client_id: u64) -> Option<u64> {
         logged("cannot look up a resent message", self.db.message_id_for(sender, client_id))
