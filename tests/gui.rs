@@ -131,6 +131,11 @@ fn window_against_a_terminal_client() {
     until(&mut app, "connected again", |a| a.status_text().0.contains("connected to"));
     let bob = Proc::client(&addr, "bob", &["--cli"]);
     until(&mut app, "bob joining again", |a| a.log_text().matches("bob joined lobby").count() == 2);
+    assert!(
+        !app.log_text().contains("(history)"),
+        "history already shown is not shown again:\n{}",
+        app.log_text()
+    );
     app.type_message("after the restart");
     app.press(Action::Send);
     until(&mut app, "my line after the restart", |a| a.log_text().contains("alice: after the restart"));

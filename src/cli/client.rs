@@ -290,8 +290,10 @@ impl Link {
                 self.last_seen = self.last_seen.max(*id);
                 true
             }
-            Event::Sent { client_id, .. } => {
+            Event::Sent { client_id, message_id } => {
+                // Our own lines are never echoed, so their ids count as shown too.
                 self.ledger.unconfirmed.remove(client_id);
+                self.last_seen = self.last_seen.max(*message_id);
                 false
             }
             _ => true,

@@ -7,13 +7,14 @@
 //! GUI's event loop wakes up and reads them. No protocol logic lives in the window: this thread
 //! only drives the same client library the terminal client uses.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 
-use crate::client::{Client, ClientConfig, ClientError, Disconnect, Event};
+use crate::client::{Client, ClientConfig, ClientError, Disconnect, Event, Mark};
 
 /// What the GUI asks for.
 #[derive(Debug)]
@@ -60,9 +61,21 @@ impl Link {
         // Bounded both ways: commands come at human speed; events wait for the GUI if it is busy.
         let (to_link, commands) = bounded(64);
         let (to_gui, events) = bounded(1024);
-        let thread = thread::Builder::new()
-            .name("gui-link".into())
-            .spawn(move || Looper { server, config, commands, to_gui, wake }.run())?;
+        let thread = thread::Builder::new().name("gui-link".into()).spawn(move || {
+            // Receipts let the link resend what the relay had not stored when it went away.
+            let config = ClientConfig { receipts: true, ..config };
+            let looper = Looper {
+                server,
+                config,
+                commands,
+                to_gui,
+                wake,
+                unconfirmed: BTreeMap::new(),
+                next_id: crate::display::now_ms().saturating_mul(1000).max(1),
+                last_seen: 0,
+            };
+            looper.run()
+        })?;
         Ok(Link { to_link, events, thread: Some(thread) })
     }
 
@@ -89,6 +102,11 @@ struct Looper {
     commands: Receiver<Command>,
     to_gui: Sender<LinkEvent>,
     wake: fn(),
+    /// Messages without a receipt yet, by client id: resent after a reconnect (stored once).
+    unconfirmed: BTreeMap<u64, String>,
+    next_id: u64,
+    /// The highest message id shown, so history replayed after a reconnect is not shown twice.
+    last_seen: u64,
 }
 
 impl Looper {
@@ -98,7 +116,7 @@ impl Looper {
         sent
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let mut backoff = Duration::from_secs(1);
         let mut connected_before = false;
         loop {
@@ -110,6 +128,9 @@ impl Looper {
                         return client.close();
                     }
                     connected_before = true;
+                    for (id, text) in &self.unconfirmed {
+                        let _ = client.send_with_id(*id, "", text);
+                    }
                     match self.pump(&client) {
                         Ended::Quit => return client.close(),
                         Ended::Lost(why) => why,
@@ -135,7 +156,7 @@ impl Looper {
     }
 
     /// Serves one connection until it drops or the GUI quits.
-    fn pump(&self, client: &Client) -> Ended {
+    fn pump(&mut self, client: &Client) -> Ended {
         loop {
             select! {
                 recv(self.commands) -> command => match command {
@@ -144,7 +165,16 @@ impl Looper {
                 },
                 recv(client.events()) -> event => match event {
                     Ok(Event::Disconnected(why)) => return Ended::Lost(describe(&why)),
+                    Ok(Event::Sent { client_id, message_id }) => {
+                        // Our own message is shown already (the window echoes it locally).
+                        self.unconfirmed.remove(&client_id);
+                        self.last_seen = self.last_seen.max(message_id);
+                    }
+                    Ok(Event::Chat { id, mark: Mark::History, .. }) if id <= self.last_seen => {}
                     Ok(event) => {
+                        if let Event::Chat { id, .. } = &event {
+                            self.last_seen = self.last_seen.max(*id);
+                        }
                         if !self.tell(LinkEvent::Net(event)) {
                             return Ended::Quit;
                         }
@@ -155,9 +185,17 @@ impl Looper {
         }
     }
 
-    fn carry_out(&self, client: &Client, command: Command) {
+    fn carry_out(&mut self, client: &Client, command: Command) {
         let result = match command {
-            Command::Text(text) => client.send_text(&text),
+            Command::Text(text) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let sent = client.send_with_id(id, "", &text).map(|_| ());
+                if sent.is_ok() {
+                    self.unconfirmed.insert(id, text);
+                }
+                sent
+            }
             Command::SendFile(path) => client.send_file(&path, None),
             Command::Receive(dir) => client.receive_all(&dir),
             Command::Quit => Ok(()),
