@@ -28,9 +28,12 @@
 //! [`Client::close`] is the orderly way out: it cancels transfers, queues a goodbye, lets the writer
 //! send everything still in the send queue, and joins every thread.
 
+mod catch_up;
 mod download;
 mod reader;
 mod upload;
+
+pub use catch_up::CatchUp;
 
 use std::fmt;
 use std::io::{self, BufWriter};
@@ -324,9 +327,7 @@ impl Client {
             to_reader,
             receiving,
             cancel,
-            next_message: std::sync::atomic::AtomicU64::new(
-                crate::display::now_ms().saturating_mul(1000).max(1),
-            ),
+            next_message: std::sync::atomic::AtomicU64::new(catch_up::first_message_id()),
             events,
             threads,
             closer,

@@ -28,7 +28,7 @@ use crossbeam_channel::{bounded, select, Receiver};
 use super::progress::Bars;
 use super::show::{line, Line};
 use super::Exit;
-use crate::client::{Client, ClientConfig, ClientError, Direction, Event};
+use crate::client::{CatchUp, Client, ClientConfig, ClientError, Direction, Event};
 use crate::display::{notice_line, now_ms, visible};
 use crate::rules::DEFAULT_ROOM;
 
@@ -142,7 +142,7 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
                 &format!("connected to {} as {} in {}", visible(&server), client.name(), client.room()),
             ))?;
             let keyboard = spawn_stdin_reader()?;
-            let link = Link { server, config, client, ledger: Ledger::default(), last_seen: 0 };
+            let link = Link { server, config, client, catch_up: CatchUp::default() };
             chat_loop(link, keyboard, &mut ui)
         }
     }
@@ -222,36 +222,19 @@ impl Pending {
     }
 }
 
-/// The interactive client's connection, with what it needs to come back after the relay went
-/// away: where and as whom to reconnect, the messages that have no receipt yet (resent under the
-/// same ids after a reconnect, so they are stored once), and the last message id shown (so the
-/// history replayed on rejoining is not shown twice).
+/// The interactive client's connection, with where and as whom to reconnect and what it needs to
+/// catch up afterwards (see [`CatchUp`]).
 struct Link {
     server: String,
     config: ClientConfig,
     client: Client,
-    ledger: Ledger,
-    last_seen: u64,
-}
-
-/// Messages sent and not yet confirmed by a receipt.
-#[derive(Default)]
-struct Ledger {
-    unconfirmed: std::collections::BTreeMap<u64, (String, String)>,
-    next_id: u64,
+    catch_up: CatchUp,
 }
 
 impl Link {
-    /// Sends text (to the room if `to` is empty) and remembers it until its receipt comes.
+    /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
     fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
-        if self.ledger.next_id == 0 {
-            self.ledger.next_id = now_ms().saturating_mul(1000).max(1);
-        }
-        let id = self.ledger.next_id;
-        self.client.send_with_id(id, to, text)?;
-        self.ledger.next_id += 1;
-        self.ledger.unconfirmed.insert(id, (to.to_owned(), text.to_owned()));
-        Ok(())
+        self.catch_up.send(&self.client, to, text)
     }
 
     /// Tries to reconnect for up to `reconnect_for()`, with backoff; then resends what lacks a
@@ -276,28 +259,8 @@ impl Link {
         let old = std::mem::replace(&mut self.client, client);
         drop(old);
         ui.out(&notice_line(now_ms(), "reconnected"))?;
-        for (id, (to, text)) in &self.ledger.unconfirmed {
-            self.client.send_with_id(*id, to, text)?;
-        }
+        self.catch_up.resend(&self.client)?;
         Ok(())
-    }
-
-    /// Whether to show an event: history that was already shown before a reconnect is skipped.
-    fn fresh(&mut self, event: &Event) -> bool {
-        match event {
-            Event::Chat { id, mark: crate::client::Mark::History, .. } if *id <= self.last_seen => false,
-            Event::Chat { id, .. } => {
-                self.last_seen = self.last_seen.max(*id);
-                true
-            }
-            Event::Sent { client_id, message_id } => {
-                // Our own lines are never echoed, so their ids count as shown too.
-                self.ledger.unconfirmed.remove(client_id);
-                self.last_seen = self.last_seen.max(*message_id);
-                false
-            }
-            _ => true,
-        }
     }
 }
 
@@ -346,7 +309,7 @@ fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
                     link.reconnect(&why.to_string(), ui)?;
                 }
                 Ok(event) => {
-                    if link.fresh(&event) {
+                    if link.catch_up.fresh(&event) {
                         ui.show(&event)?;
                     }
                     pending.note(&event);

@@ -7,14 +7,13 @@
 //! GUI's event loop wakes up and reads them. No protocol logic lives in the window: this thread
 //! only drives the same client library the terminal client uses.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 
-use crate::client::{Client, ClientConfig, ClientError, Disconnect, Event, Mark};
+use crate::client::{CatchUp, Client, ClientConfig, ClientError, Disconnect, Event};
 
 /// What the GUI asks for.
 #[derive(Debug)]
@@ -64,16 +63,7 @@ impl Link {
         let thread = thread::Builder::new().name("gui-link".into()).spawn(move || {
             // Receipts let the link resend what the relay had not stored when it went away.
             let config = ClientConfig { receipts: true, ..config };
-            let looper = Looper {
-                server,
-                config,
-                commands,
-                to_gui,
-                wake,
-                unconfirmed: BTreeMap::new(),
-                next_id: crate::display::now_ms().saturating_mul(1000).max(1),
-                last_seen: 0,
-            };
+            let looper = Looper { server, config, commands, to_gui, wake, catch_up: CatchUp::default() };
             looper.run()
         })?;
         Ok(Link { to_link, events, thread: Some(thread) })
@@ -102,11 +92,8 @@ struct Looper {
     commands: Receiver<Command>,
     to_gui: Sender<LinkEvent>,
     wake: fn(),
-    /// Messages without a receipt yet, by client id: resent after a reconnect (stored once).
-    unconfirmed: BTreeMap<u64, String>,
-    next_id: u64,
-    /// The highest message id shown, so history replayed after a reconnect is not shown twice.
-    last_seen: u64,
+    /// Unconfirmed messages (resent after a reconnect) and the last message shown.
+    catch_up: CatchUp,
 }
 
 impl Looper {
@@ -128,9 +115,7 @@ impl Looper {
                         return client.close();
                     }
                     connected_before = true;
-                    for (id, text) in &self.unconfirmed {
-                        let _ = client.send_with_id(*id, "", text);
-                    }
+                    let _ = self.catch_up.resend(&client);
                     match self.pump(&client) {
                         Ended::Quit => return client.close(),
                         Ended::Lost(why) => why,
@@ -165,17 +150,8 @@ impl Looper {
                 },
                 recv(client.events()) -> event => match event {
                     Ok(Event::Disconnected(why)) => return Ended::Lost(describe(&why)),
-                    Ok(Event::Sent { client_id, message_id }) => {
-                        // Our own message is shown already (the window echoes it locally).
-                        self.unconfirmed.remove(&client_id);
-                        self.last_seen = self.last_seen.max(message_id);
-                    }
-                    Ok(Event::Chat { id, mark: Mark::History, .. }) if id <= self.last_seen => {}
                     Ok(event) => {
-                        if let Event::Chat { id, .. } = &event {
-                            self.last_seen = self.last_seen.max(*id);
-                        }
-                        if !self.tell(LinkEvent::Net(event)) {
+                        if self.catch_up.fresh(&event) && !self.tell(LinkEvent::Net(event)) {
                             return Ended::Quit;
                         }
                     }
@@ -187,15 +163,7 @@ impl Looper {
 
     fn carry_out(&mut self, client: &Client, command: Command) {
         let result = match command {
-            Command::Text(text) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                let sent = client.send_with_id(id, "", &text).map(|_| ());
-                if sent.is_ok() {
-                    self.unconfirmed.insert(id, text);
-                }
-                sent
-            }
+            Command::Text(text) => self.catch_up.send(client, "", &text),
             Command::SendFile(path) => client.send_file(&path, None),
             Command::Receive(dir) => client.receive_all(&dir),
             Command::Quit => Ok(()),
