@@ -133,6 +133,9 @@ pub(crate) struct Hub {
     names: HashMap<String, ConnId>,
     /// Room → members by name. A `BTreeMap` keeps the online list sorted for free.
     rooms: HashMap<String, BTreeMap<String, ConnId>>,
+    /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
+    /// thousand idle connections cost nothing per event.
+    backlogged: BTreeSet<ConnId>,
     /// Recent failed logins per address: how many, and when the last one was.
     failed_logins: HashMap<IpAddr, (u32, Instant)>,
 }
@@ -146,6 +149,7 @@ impl Hub {
             batch: Vec::new(),
             members: HashMap::new(),
             highest_client_id: HashMap::new(),
+            backlogged: BTreeSet::new(),
             events,
             conns: HashMap::new(),
             names: HashMap::new(),
@@ -442,6 +446,7 @@ impl Hub {
             Err(TrySendError::Full(bytes)) => {
                 peer.hold_back(bytes);
                 peer.last_progress = Instant::now();
+                self.backlogged.insert(id);
             }
             // The writer has ended (socket error); the connection thread will report `Closed`.
             Err(TrySendError::Disconnected(_)) => {}
@@ -449,20 +454,18 @@ impl Hub {
     }
 
     fn any_backlog(&self) -> bool {
-        self.conns.values().any(|c| c.peer.as_ref().is_some_and(|p| !p.backlog.is_empty()))
+        !self.backlogged.is_empty()
     }
 
     /// Moves held-back frames into queues that have room, and disconnects clients that stayed
     /// stuck for too long.
     fn retry_backlogs(&mut self) {
         let mut too_slow = Vec::new();
-        for (&id, conn) in &mut self.conns {
-            let Some(peer) = conn.peer.as_mut() else {
-                continue;
+        let conns = &mut self.conns;
+        self.backlogged.retain(|id| {
+            let Some(peer) = conns.get_mut(id).and_then(|c| c.peer.as_mut()) else {
+                return false; // gone: nothing left to send
             };
-            if peer.backlog.is_empty() {
-                continue;
-            }
             while let Some(bytes) = peer.backlog.pop_front() {
                 let len = bytes.len();
                 match peer.to_client.try_send(bytes) {
@@ -476,16 +479,18 @@ impl Hub {
                     }
                 }
             }
-            let stalled = peer.last_progress.elapsed();
-            if !peer.backlog.is_empty()
-                && (stalled > self.config.stall_limit || peer.backlog_bytes > self.config.max_backlog_bytes)
-            {
-                too_slow.push((id, stalled, peer.backlog_bytes));
+            if peer.backlog.is_empty() {
+                return false;
             }
-        }
+            let stalled = peer.last_progress.elapsed();
+            if stalled > self.config.stall_limit || peer.backlog_bytes > self.config.max_backlog_bytes {
+                too_slow.push((*id, stalled, peer.backlog_bytes));
+            }
+            true
+        });
         for (id, stalled, held) in too_slow {
             let why =
-                format!("too slow: {held} frames held back, no progress for {:.1} s", stalled.as_secs_f64());
+                format!("too slow: {held} bytes held back, last progress {:.1} s ago", stalled.as_secs_f64());
             self.leave(id, &why);
             // Its queue is full, so an error frame could not get through; just cut the socket.
             if let Some(conn) = self.conns.get(&id) {
