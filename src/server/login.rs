@@ -64,11 +64,7 @@ pub(crate) fn authenticate(
     to_hub.send(ToHub::Account { name: name.to_owned(), ip, reply }).map_err(|_| gone())?;
     let answer: AccountAnswer = answer.recv().map_err(|_| gone())?;
     if !answer.delay.is_zero() {
-        log::info!(
-            "{ip}: {} recent failed logins; waiting {:?} before checking",
-            FREE_FAILURES,
-            answer.delay
-        );
+        log::info!("{ip}: too many failed logins; waiting {:?} before checking", answer.delay);
         std::thread::sleep(answer.delay);
     }
     let outcome = check(name, password, access, required_access, answer.hash.as_deref(), to_hub);
