@@ -79,6 +79,9 @@ pub struct ClientConfig {
     pub password: String,
     /// The relay's access password, if it has one.
     pub access: String,
+    /// This machine's identity token for this relay (empty: none). The front ends keep it in
+    /// the config dir; see docs/PROTOCOL.md, "Identity".
+    pub token: String,
     /// Report the relay's receipts as [`Event::Sent`] (off by default: chat programs do not need
     /// them; code that resends after a crash does).
     pub receipts: bool,
@@ -101,6 +104,7 @@ impl ClientConfig {
             room: room.into(),
             password: String::new(),
             access: String::new(),
+            token: String::new(),
             receipts: false,
             chunk_size: DEFAULT_CHUNK,
             corrupt_upload_chunk: None,
@@ -484,6 +488,7 @@ fn handshake<S: Stream>(
         room: config.room.clone(),
         password: config.password.clone(),
         access: config.access.clone(),
+        token: config.token.clone(),
     };
     write_frame(reader.get_mut(), &hello).map_err(hs)?;
     reader.get_mut().flush().map_err(hs)?;

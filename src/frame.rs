@@ -35,7 +35,7 @@ pub use chunk::{chunk_frame, CHUNK_HEADER, MAX_CHUNK_DATA};
 pub use code::ErrorCode;
 
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest allowed `N` (kind byte + payload): 1 MiB.
 ///
@@ -50,9 +50,9 @@ pub const LEN_PREFIX: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// `0x01` C→S. The first frame of every connection: who I am, which room I want, my account
-    /// password (empty: a guest under an unclaimed name) and the relay's access password (empty if
-    /// it has none).
-    Hello { version: u16, name: String, room: String, password: String, access: String },
+    /// password (empty: none), the relay's access password (empty if it has none) and this
+    /// machine's identity token for this relay (empty: none; see docs/PROTOCOL.md, "Identity").
+    Hello { version: u16, name: String, room: String, password: String, access: String, token: String },
     /// `0x02` C→S. A line of chat: for everyone else in my room (`to` empty) or for one user.
     /// A non-zero `client_id` asks for a [`Frame::Sent`] receipt once the relay has stored the
     /// message, and makes a resend with the same id harmless.
@@ -74,8 +74,9 @@ pub enum Frame {
     Joined { name: String, room: String },
     /// `0x14` S→C. `name` left `room`.
     Left { name: String, room: String },
-    /// `0x15` S→C. Everyone online in `room`, sorted, including the receiver.
-    Online { room: String, names: Vec<String> },
+    /// `0x15` S→C. Everyone online in `room`, sorted, including the receiver. A long list comes
+    /// in several frames: every one but the last has `more` set.
+    Online { room: String, names: Vec<String>, more: bool },
 
     // ---- Files (store-and-forward). See docs/PROTOCOL.md for the whole conversation. ----
     /// `0x05` C→S. Start or resume an upload of `size` bytes. `key` is the client's name for this
@@ -100,8 +101,9 @@ pub enum Frame {
     UploadFailed { upload_id: u64, code: ErrorCode, message: String },
     /// `0x19` S→C. A file is waiting for you.
     NewFile(FileInfo),
-    /// `0x1a` S→C. Every file waiting for you, oldest first.
-    FileList { files: Vec<FileInfo> },
+    /// `0x1a` S→C. Every file waiting for you, oldest first. A long list comes in several frames:
+    /// every one but the last has `more` set.
+    FileList { files: Vec<FileInfo>, more: bool },
     /// `0x1b` S→C. The next bytes of a download.
     DownloadChunk { file_id: u64, data: Vec<u8> },
     /// `0x1c` S→C. All bytes of the download were sent.
@@ -159,6 +161,8 @@ pub enum FrameError {
     TrailingBytes { kind: u8, extra: usize },
     /// A string field is not valid UTF-8.
     BadUtf8 { kind: u8 },
+    /// A yes/no field holds something other than 0 or 1.
+    BadFlag { kind: u8, value: u8 },
 }
 
 impl fmt::Display for FrameError {
@@ -174,6 +178,9 @@ impl fmt::Display for FrameError {
             }
             FrameError::TrailingBytes { kind, extra } => {
                 write!(f, "frame kind 0x{kind:02x}: {extra} unexpected bytes after the last field")
+            }
+            FrameError::BadFlag { kind, value } => {
+                write!(f, "frame kind 0x{kind:02x}: a yes/no field holds {value}, not 0 or 1")
             }
             FrameError::BadUtf8 { kind } => {
                 write!(f, "frame kind 0x{kind:02x}: a text field is not valid UTF-8")
@@ -226,6 +233,7 @@ impl Frame {
             room: room.to_owned(),
             password: String::new(),
             access: String::new(),
+            token: String::new(),
         }
     }
 
@@ -279,12 +287,13 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.extend_from_slice(&[0; LEN_PREFIX]);
     out.push(frame.kind());
     match frame {
-        Frame::Hello { version, name, room, password, access } => {
+        Frame::Hello { version, name, room, password, access, token } => {
             out.extend_from_slice(&version.to_be_bytes());
             put_str(out, name);
             put_str(out, room);
             put_str(out, password);
             put_str(out, access);
+            put_str(out, token);
         }
         Frame::Say { client_id, to, text } => {
             out.extend_from_slice(&client_id.to_be_bytes());
@@ -316,12 +325,13 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             out.push(*mark);
             put_str(out, text);
         }
-        Frame::Online { room, names } => {
+        Frame::Online { room, names, more } => {
             put_str(out, room);
             put_u32(out, names.len());
             for name in names {
                 put_str(out, name);
             }
+            out.push(u8::from(*more));
         }
         Frame::UploadStart { key, name, size, to } => {
             put_str(out, key);
@@ -353,11 +363,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             put_str(out, message);
         }
         Frame::NewFile(info) => put_file_info(out, info),
-        Frame::FileList { files } => {
+        Frame::FileList { files, more } => {
             put_u32(out, files.len());
             for info in files {
                 put_file_info(out, info);
             }
+            out.push(u8::from(*more));
         }
     }
     let len = out.len() - start - LEN_PREFIX;
@@ -437,6 +448,7 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             room: f.string()?,
             password: f.string()?,
             access: f.string()?,
+            token: f.string()?,
         },
         SAY => Frame::Say { client_id: f.u64()?, to: f.string()?, text: f.string()? },
         WHO => Frame::Who,
@@ -463,7 +475,7 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             for _ in 0..count {
                 names.push(f.string()?);
             }
-            Frame::Online { room, names }
+            Frame::Online { room, names, more: f.flag()? }
         }
         UPLOAD_START => {
             Frame::UploadStart { key: f.string()?, name: f.string()?, size: f.u64()?, to: f.string()? }
@@ -487,7 +499,7 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             for _ in 0..count {
                 files.push(f.file_info()?);
             }
-            Frame::FileList { files }
+            Frame::FileList { files, more: f.flag()? }
         }
         DOWNLOAD_CHUNK => Frame::DownloadChunk { file_id: f.u64()?, data: f.bytes()?.to_vec() },
         DOWNLOAD_END => Frame::DownloadEnd { file_id: f.u64()? },
@@ -555,6 +567,15 @@ impl<'a> Fields<'a> {
 
     fn u8(&mut self) -> Result<u8, FrameError> {
         Ok(self.array::<1>()?[0])
+    }
+
+    /// A boolean byte: 0 or 1, anything else is refused.
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(FrameError::BadFlag { kind: self.kind, value }),
+        }
     }
 
     fn u16(&mut self) -> Result<u16, FrameError> {

@@ -89,6 +89,7 @@ fn bad_hellos_are_refused_with_their_own_codes() {
                 room: "lobby".into(),
                 password: String::new(),
                 access: String::new(),
+                token: String::new(),
             },
             ErrorCode::VersionMismatch,
         ),

@@ -37,6 +37,9 @@ impl<S: Stream> Reader<S> {
     /// Reads until the connection ends; the last event sent is always `Disconnected`.
     pub(crate) fn run(mut self) {
         let mut receive: Option<Receiving> = None;
+        // Long lists arrive in pages (`more` set on all but the last); these collect them.
+        let mut online_so_far: Vec<String> = Vec::new();
+        let mut files_so_far: Vec<crate::frame::FileInfo> = Vec::new();
         let end = loop {
             let frame = match self.frames.read_frame() {
                 Ok(Some(frame)) => frame,
@@ -62,7 +65,14 @@ impl<S: Stream> Reader<S> {
                 }
                 Frame::Joined { name, room } => Some(Event::Joined { name, room }),
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
-                Frame::Online { room, names } => Some(Event::Online { room, names }),
+                Frame::Online { room, names, more } => {
+                    online_so_far.extend(names);
+                    if more {
+                        None
+                    } else {
+                        Some(Event::Online { room, names: std::mem::take(&mut online_so_far) })
+                    }
+                }
                 Frame::NewFile(info) => Some(Event::NewFile(info)),
                 Frame::FileExpired { from, name } => Some(Event::FileExpired { from, name }),
                 Frame::Error { code: ErrorCode::BadText, message } => {
@@ -75,7 +85,12 @@ impl<S: Stream> Reader<S> {
                 }
                 Frame::UploadDone { upload_id, .. } => self.to_uploader(Reply::Done { upload_id }),
                 Frame::UploadFailed { message, .. } => self.to_uploader(Reply::Failed { message }),
-                Frame::FileList { files } => {
+                Frame::FileList { files, more } => {
+                    files_so_far.extend(files);
+                    if more {
+                        continue;
+                    }
+                    let files = std::mem::take(&mut files_so_far);
                     if let Ok(Command::ReceiveAll { dir }) = self.commands.try_recv() {
                         receive = Some(Receiving::new(dir, files));
                         self.advance(&mut receive, Step::Next);

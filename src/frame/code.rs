@@ -44,6 +44,24 @@ pub enum ErrorCode {
     AccessDenied,
     /// The name belongs to an account and the password is missing or wrong.
     BadPassword,
+    /// The relay has no room for another connection (in all, or from this address).
+    RelayFull,
+    /// Too many logins are being checked right now; try again in a moment.
+    LoginBusy,
+    /// The recipient is offline and has no account, so nothing can wait for them.
+    UnknownRecipient,
+    /// The recipient has too many messages or files waiting; this one was not kept for them.
+    RecipientFull,
+    /// The name looks too much like an existing account's name (Unicode confusables).
+    NameConfusable,
+    /// A message id outside the documented range (1 to 2^63 - 1; 0 means "no receipt").
+    BadMessageId,
+    /// Too many uploads in progress (on this connection, or for this user).
+    TooManyUploads,
+    /// The message could not be stored (the relay's disk is too full, or its database failed).
+    NotStored,
+    /// A field is longer than the protocol allows (an upload key, a file name).
+    FieldTooLong,
     /// A code this build does not know.
     Other(u8),
 }
@@ -70,6 +88,15 @@ impl ErrorCode {
             ErrorCode::BadTransfer => 17,
             ErrorCode::AccessDenied => 18,
             ErrorCode::BadPassword => 19,
+            ErrorCode::RelayFull => 20,
+            ErrorCode::LoginBusy => 21,
+            ErrorCode::UnknownRecipient => 22,
+            ErrorCode::RecipientFull => 23,
+            ErrorCode::NameConfusable => 24,
+            ErrorCode::BadMessageId => 25,
+            ErrorCode::TooManyUploads => 26,
+            ErrorCode::NotStored => 27,
+            ErrorCode::FieldTooLong => 28,
             ErrorCode::Other(b) => b,
         }
     }
@@ -95,6 +122,15 @@ impl ErrorCode {
             17 => ErrorCode::BadTransfer,
             18 => ErrorCode::AccessDenied,
             19 => ErrorCode::BadPassword,
+            20 => ErrorCode::RelayFull,
+            21 => ErrorCode::LoginBusy,
+            22 => ErrorCode::UnknownRecipient,
+            23 => ErrorCode::RecipientFull,
+            24 => ErrorCode::NameConfusable,
+            25 => ErrorCode::BadMessageId,
+            26 => ErrorCode::TooManyUploads,
+            27 => ErrorCode::NotStored,
+            28 => ErrorCode::FieldTooLong,
             other => ErrorCode::Other(other),
         }
     }

@@ -88,7 +88,7 @@ fn hello_phase<S: Stream>(
         return None;
     }
     let refusal = match reader.read_frame() {
-        Ok(Some(Frame::Hello { version, name, room, password, access })) => {
+        Ok(Some(Frame::Hello { version, name, room, password, access, token: _ })) => {
             let checked = check_hello(version, &name, &room).and_then(|()| {
                 let required = config.access_password.as_deref();
                 login::authenticate(&name, &password, &access, addr.ip(), required, to_hub)

@@ -25,7 +25,7 @@ mod chat;
 use super::login::{self, AccountAnswer};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
-use crate::frame::{self, ErrorCode, Frame};
+use crate::frame::{self, ErrorCode, FileInfo, Frame};
 use crate::rules;
 use crate::wire::Closer;
 
@@ -111,6 +111,27 @@ struct Peer {
     backlog_bytes: usize,
     /// When the queue last accepted a frame while a backlog existed.
     last_progress: Instant,
+}
+
+/// Names per `Online` frame. A name is at most 32 characters (128 bytes of UTF-8) plus its 4-byte
+/// length, so a full page is about 130 KiB: far below the frame limit, whatever the room's size.
+const NAMES_PER_FRAME: usize = 1024;
+/// Files per `FileList` frame. One entry is at most about 400 bytes (id, two names, size, hash).
+const FILES_PER_FRAME: usize = 512;
+
+/// Splits a list into pages of at most `per_page`, each with its `more` flag. An empty list is
+/// one empty page, so the client always gets an answer.
+fn paged<T>(items: Vec<T>, per_page: usize) -> Vec<(Vec<T>, bool)> {
+    let mut pages = Vec::new();
+    let mut items = items.into_iter().peekable();
+    loop {
+        let page: Vec<T> = items.by_ref().take(per_page).collect();
+        let more = items.peek().is_some();
+        pages.push((page, more));
+        if !more {
+            return pages;
+        }
+    }
 }
 
 /// How often the hub retries backlogs while any exist.
@@ -235,7 +256,7 @@ impl Hub {
             ToHub::ListFiles { id } => {
                 let Some(peer) = self.peer(id) else { return };
                 let files = self.store.waiting_for(&peer.name);
-                self.send_to(id, &Frame::FileList { files });
+                self.send_file_list(id, files);
             }
             ToHub::Download { id, file_id, offset, reply } => {
                 let Some(peer) = self.peer(id) else { return };
@@ -394,8 +415,19 @@ impl Hub {
     fn who(&mut self, id: ConnId) {
         let Some(peer) = self.peer(id) else { return };
         let room = peer.room.clone();
-        let names = self.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        self.send_to(id, &Frame::Online { room, names });
+        let names: Vec<String> =
+            self.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let pages = paged(names, NAMES_PER_FRAME);
+        for (names, more) in pages {
+            self.send_to(id, &Frame::Online { room: room.clone(), names, more });
+        }
+    }
+
+    /// The files waiting for a client, in as many `FileList` frames as it takes.
+    fn send_file_list(&mut self, id: ConnId, files: Vec<FileInfo>) {
+        for (files, more) in paged(files, FILES_PER_FRAME) {
+            self.send_to(id, &Frame::FileList { files, more });
+        }
     }
 
     /// Removes a joined client from its room and tells the room. Dropping the peer drops the
