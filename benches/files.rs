@@ -267,7 +267,12 @@ fn library_relay(
         bind: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_owned(),
         chunk_size: chunk,
-        limits: relaychat::server::StoreLimits { max_file_size: 1 << 40, quota: 1 << 40, min_free: 0 },
+        limits: relaychat::server::StoreLimits {
+            max_file_size: 1 << 40,
+            quota: 1 << 40,
+            min_free: 0,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     };
     let server = Server::bind(config).unwrap();

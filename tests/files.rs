@@ -308,7 +308,7 @@ fn a_corrupted_download_is_detected_discarded_and_can_be_fetched_again() {
 
 #[test]
 fn limits_refuse_before_storing_and_everyone_carries_on() {
-    let limits = StoreLimits { max_file_size: 1 << 20, quota: (1 << 20) + 1000, min_free: 0 };
+    let limits = StoreLimits { max_file_size: 1 << 20, quota: (1 << 20) + 1000, min_free: 0, ..StoreLimits::default() };
     let server = TestServer::start_with(ServerConfig { limits, ..ServerConfig::default() });
     let alice = server.client("alice", "lobby");
     let bob = server.client("bob", "lobby");
