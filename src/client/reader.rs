@@ -75,8 +75,8 @@ impl<S: Stream> Reader<S> {
                 }
                 Frame::NewFile(info) => Some(Event::NewFile(info)),
                 Frame::FileExpired { from, name } => Some(Event::FileExpired { from, name }),
-                Frame::Error { code: ErrorCode::BadText, message } => {
-                    Some(Event::Warning { code: ErrorCode::BadText, message })
+                Frame::Error { code, message } if !code.closes_connection() => {
+                    Some(Event::Warning { code, message })
                 }
                 Frame::Error { code, message } => break Disconnect::ServerError { code, message },
                 Frame::Goodbye => break Disconnect::ServerGoodbye,

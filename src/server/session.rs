@@ -24,8 +24,8 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{bounded, Sender};
 
 use super::hub::{ConnId, ToHub};
-use super::throttle::Throttle;
 use super::store::{DownloadPlan, Refusal};
+use super::throttle::Throttle;
 use super::transfer::{download_loop, DownloadSettings, UploadReceiver};
 use crate::filename;
 use crate::frame::{encode_to_vec, ErrorCode, Frame};
@@ -233,7 +233,10 @@ impl Session {
     /// A transfer frame naming an upload that is not running on this connection: someone else's,
     /// or one that never existed. Answered, and nothing changes.
     fn not_ours(&mut self, upload_id: u64) -> Flow {
-        log::info!("{}: transfer frame for upload {upload_id}, which is not running here; ignored", self.addr);
+        log::info!(
+            "{}: transfer frame for upload {upload_id}, which is not running here; ignored",
+            self.addr
+        );
         self.uploads.fail(upload_id); // its other chunks are dropped quietly
         let message = format!("upload {upload_id} is not in progress on this connection");
         self.reply(&Frame::UploadFailed { upload_id, code: ErrorCode::BadTransfer, message })

@@ -78,7 +78,8 @@ impl Hub {
         let Some(peer) = self.peer(id) else { return };
         let (sender, room) = (peer.name.clone(), peer.room.clone());
         if client_id > MAX_CLIENT_ID {
-            let message = format!("not sent: message ids go from 1 to {MAX_CLIENT_ID} (0 asks for no receipt)");
+            let message =
+                format!("not sent: message ids go from 1 to {MAX_CLIENT_ID} (0 asks for no receipt)");
             self.send_to(id, &Frame::Error { code: ErrorCode::BadMessageId, message });
             return;
         }
@@ -93,7 +94,8 @@ impl Hub {
             }
         }
         if !self.disk_has_room(text.len()) {
-            let message = "not sent: the relay's disk is too full to keep messages; try again later".to_string();
+            let message =
+                "not sent: the relay's disk is too full to keep messages; try again later".to_string();
             self.send_to(id, &Frame::Error { code: ErrorCode::NotStored, message });
             return;
         }
@@ -142,9 +144,8 @@ impl Hub {
         if ok && checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY) {
             return true;
         }
-        // Room for this message and a full batch of the largest ones after it.
-        let margin = (bytes + crate::rules::MAX_TEXT_BYTES * MAX_BATCH) as u64;
-        let ok = self.store.room_for_messages(margin);
+        // `--min-free` itself is the margin for the messages that pass before the next check.
+        let ok = self.store.room_for_messages(bytes as u64);
         self.disk_ok = (ok, Some(Instant::now()));
         ok
     }
@@ -188,7 +189,8 @@ impl Hub {
 
     /// A direct message needs someone to receive it: a user online now, or an account.
     fn check_recipient(&self, to: &str) -> Result<(), (ErrorCode, String)> {
-        rules::check_name(to).map_err(|e| (ErrorCode::BadName, format!("not sent: {e}")))?;
+        rules::check_name(to)
+            .map_err(|e| (ErrorCode::UnknownRecipient, format!("not sent: bad recipient: {e}")))?;
         if self.names.contains_key(to) || self.store.has_account(to) {
             Ok(())
         } else {
@@ -222,7 +224,10 @@ impl Hub {
                 for (q, ok) in batch.iter().zip(stored) {
                     if ok {
                         if q.client_id != 0 {
-                            self.send_to(q.from_conn, &Frame::Sent { client_id: q.client_id, message_id: q.id });
+                            self.send_to(
+                                q.from_conn,
+                                &Frame::Sent { client_id: q.client_id, message_id: q.id },
+                            );
                         }
                     } else {
                         self.not_stored(q);
@@ -246,7 +251,9 @@ impl Hub {
                 *count = count.saturating_sub(1);
             }
         }
-        let message = "your message reached those online but could not be stored; it will not reach anyone later".to_string();
+        let message =
+            "your message reached those online but could not be stored; it will not reach anyone later"
+                .to_string();
         self.send_to(q.from_conn, &Frame::Error { code: ErrorCode::NotStored, message });
     }
 

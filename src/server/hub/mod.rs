@@ -25,8 +25,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 mod chat;
 mod meter;
 
-pub(crate) use meter::Outgoing;
 use meter::Meter;
+pub(crate) use meter::Outgoing;
 
 use super::login::{self, AccountAnswer};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
@@ -379,7 +379,8 @@ impl Hub {
             }
             others
         } else {
-            rules::check_name(to).map_err(|e| (ErrorCode::BadName, format!("bad recipient: {e}")))?;
+            rules::check_name(to)
+                .map_err(|e| (ErrorCode::UnknownRecipient, format!("bad recipient: {e}")))?;
             if !self.names.contains_key(to) && !self.store.has_account(to) {
                 return Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a file")));
             }
@@ -400,10 +401,22 @@ impl Hub {
         if recipients.is_empty() {
             return Err((
                 ErrorCode::RecipientFull,
-                format!("{} already {} {limit} files waiting; nothing more can wait until they receive some", full.join(", "), if full.len() == 1 { "has" } else { "have" }),
+                format!(
+                    "{} already {} {limit} files waiting; nothing more can wait until they receive some",
+                    full.join(", "),
+                    if full.len() == 1 { "has" } else { "have" }
+                ),
             ));
         }
-        self.store.begin_upload(UploadRequest { conn: id, sender: &sender, key, name, size, recipients, guests })
+        self.store.begin_upload(UploadRequest {
+            conn: id,
+            sender: &sender,
+            key,
+            name,
+            size,
+            recipients,
+            guests,
+        })
     }
 
     fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
@@ -554,7 +567,10 @@ impl Hub {
         if held > max_client {
             self.too_slow.push((id, format!("{held} bytes queued (the limit is {max_client})")));
         } else if over_total && !peer.backlog.is_empty() {
-            self.too_slow.push((id, format!("{held} bytes held back while the relay holds too much for slow clients")));
+            self.too_slow.push((
+                id,
+                format!("{held} bytes held back while the relay holds too much for slow clients"),
+            ));
         }
     }
 
@@ -639,7 +655,7 @@ impl Hub {
 /// Why nothing can wait for `name`: the sentence a sender sees.
 fn offline_stranger(name: &str, what: &str) -> String {
     format!(
-        "not sent: {name} is not online and has no account on this relay, so {what} cannot wait for them \
+        "not sent: {name:?} is not online and has no account on this relay, so {what} cannot wait for them \
          (things wait only for names someone owns); send it while they are online"
     )
 }

@@ -292,10 +292,19 @@ impl Db {
             for m in batch {
                 tx.execute_batch("SAVEPOINT one_message")?;
                 let mut row = || -> rusqlite::Result<()> {
-                    let id = i64::try_from(m.id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, 0))?;
+                    let id =
+                        i64::try_from(m.id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, 0))?;
                     let client_id = i64::try_from(m.client_id)
                         .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(6, 0))?;
-                    insert.execute(params![id, m.room, m.sender, m.recipient, m.sent_ms as i64, m.text, client_id])?;
+                    insert.execute(params![
+                        id,
+                        m.room,
+                        m.sender,
+                        m.recipient,
+                        m.sent_ms as i64,
+                        m.text,
+                        client_id
+                    ])?;
                     for name in &m.offline {
                         later.execute(params![name, id])?;
                     }

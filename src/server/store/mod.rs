@@ -214,7 +214,8 @@ impl Store {
     fn used_by(&self, sender: &str) -> Result<u64, Refusal> {
         let stored = self.db.bytes_stored_by(sender).map_err(refusal)?;
         let stall = self.limits.upload_stall;
-        let partial: u64 = self.partials.values().filter(|p| p.sender == sender).map(|p| p.counted(stall)).sum();
+        let partial: u64 =
+            self.partials.values().filter(|p| p.sender == sender).map(|p| p.counted(stall)).sum();
         Ok(stored.saturating_add(partial))
     }
 
@@ -284,7 +285,10 @@ impl Store {
             ));
         }
         if self.partials.len() >= self.limits.partials_total {
-            return Err((ErrorCode::TooManyUploads, "the relay has too many uploads in progress; try again later".into()));
+            return Err((
+                ErrorCode::TooManyUploads,
+                "the relay has too many uploads in progress; try again later".into(),
+            ));
         }
         Ok(())
     }
@@ -298,7 +302,10 @@ impl Store {
             .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
         let needed = size.saturating_add(reserved).saturating_add(self.limits.min_free);
         if free < needed {
-            return Err((ErrorCode::DiskFull, "the relay's disk is too full for this file; try again later".into()));
+            return Err((
+                ErrorCode::DiskFull,
+                "the relay's disk is too full for this file; try again later".into(),
+            ));
         }
         Ok(())
     }
@@ -358,7 +365,10 @@ impl Store {
         sha256: [u8; 32],
     ) -> Result<FileInfo, Refusal> {
         if !self.partials.get(&upload_id).is_some_and(|p| p.in_use_by == Some(conn)) {
-            return Err((ErrorCode::BadTransfer, format!("upload {upload_id} is not in progress on this connection")));
+            return Err((
+                ErrorCode::BadTransfer,
+                format!("upload {upload_id} is not in progress on this connection"),
+            ));
         }
         let partial = self
             .partials

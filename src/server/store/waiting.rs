@@ -19,8 +19,11 @@ impl Db {
 
     /// How many files wait for `name`.
     pub(crate) fn files_waiting(&self, name: &str) -> rusqlite::Result<u64> {
-        let n: i64 =
-            self.conn.query_row("SELECT COUNT(*) FROM file_recipients WHERE recipient = ?1", [name], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM file_recipients WHERE recipient = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
         Ok(n.max(0) as u64)
     }
 
@@ -32,7 +35,12 @@ impl Db {
     }
 
     /// Up to `limit` messages waiting for `name` with ids above `after`, oldest first.
-    pub(crate) fn pending_page(&self, name: &str, after: u64, limit: usize) -> rusqlite::Result<Vec<StoredMessage>> {
+    pub(crate) fn pending_page(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT m.id, m.room, m.sender, m.recipient, m.sent_ms, m.text FROM pending p
              JOIN messages m ON m.id = p.message_id
