@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::download::{Receiving, Step};
 use super::upload::Reply;
 use super::{Direction, Disconnect, Event, Mark};
-use crate::frame::{encode_to_vec, ErrorCode, Frame, MARK_HISTORY, MARK_OFFLINE};
+use crate::frame::{encode_to_vec, Frame, MARK_HISTORY, MARK_OFFLINE};
 use crate::wire::{FrameReader, ReadError, Stream};
 
 /// Requests from the [`super::Client`] to the reader.

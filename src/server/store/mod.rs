@@ -364,7 +364,7 @@ impl Store {
         upload_id: u64,
         sha256: [u8; 32],
     ) -> Result<FileInfo, Refusal> {
-        if !self.partials.get(&upload_id).is_some_and(|p| p.in_use_by == Some(conn)) {
+        if self.partials.get(&upload_id).is_none_or(|p| p.in_use_by != Some(conn)) {
             return Err((
                 ErrorCode::BadTransfer,
                 format!("upload {upload_id} is not in progress on this connection"),
