@@ -377,17 +377,29 @@ impl Relay {
     }
 }
 
+/// What [`Relay`]'s drop waits for when a test failed before measuring: the issue's after-attack
+/// target, and how long to give the relay to get there.
+const DROP_SETTLE_MIB: u64 = 64;
+const DROP_SETTLE: Duration = Duration::from_secs(10);
+
 impl Drop for Relay {
     fn drop(&mut self) {
         if !self.reported {
-            let killed = self
-                .killed_at_mib()
-                .map_or(String::new(), |at| format!(", killed by the watchdog at {at:.0} MiB"));
-            println!(
-                "abuse: {}: peak RSS {:.0} MiB, after n/a (the test stopped before the attacker left{killed})",
-                self.class,
-                self.peak_mib()
-            );
+            // The test failed before its memory check. Locals declared after the relay (the
+            // attacker's connections) are dropped by now, so this is still "after the attacker
+            // left": worth measuring for the report.
+            let peak = self.peak_mib();
+            let after = match self.killed_at_mib() {
+                Some(at) => format!("n/a (killed by the watchdog at {at:.0} MiB)"),
+                None if self.alive() => {
+                    format!(
+                        "{:.0} MiB (measured after the test failed)",
+                        self.settle_mib(DROP_SETTLE_MIB, DROP_SETTLE)
+                    )
+                }
+                None => "n/a (the relay exited)".to_string(),
+            };
+            println!("abuse: {}: peak RSS {peak:.0} MiB, after {after}", self.class);
         }
         self.watch.stop.store(true, Ordering::SeqCst);
         if let Some(watchdog) = self.watchdog.take() {
