@@ -100,10 +100,53 @@ const ATTACKER: u8 = 66;
 // Shared checks
 // =============================================================================================
 
-/// One test at a time (see the module docs). A failed test poisons the lock; the next one goes on.
-fn serial() -> MutexGuard<'static, ()> {
+/// One test at a time (see the module docs), and the soft checks of `ABUSE_SOFT=1`.
+///
+/// With `ABUSE_SOFT=1` in the environment, a failed [`check!`] prints `abuse: CHECK FAILED: …` and
+/// the test goes on, so one run shows every failure of every test (the test still fails when it
+/// ends). Without it, a failed check panics at once like `assert!`.
+struct TestGuard {
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn begin() -> TestGuard {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    // A failed test poisons the lock; the next one goes on.
+    let serial = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    SOFT_FAILURES.with(|f| f.borrow_mut().clear());
+    TestGuard { _serial: serial }
+}
+
+impl Drop for TestGuard {
+    fn drop(&mut self) {
+        let failed = SOFT_FAILURES.with(|f| std::mem::take(&mut *f.borrow_mut()));
+        if !failed.is_empty() && !thread::panicking() {
+            panic!("{} check(s) failed:\n{}", failed.len(), failed.join("\n"));
+        }
+    }
+}
+
+thread_local! {
+    static SOFT_FAILURES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn check_failed(message: String) {
+    if std::env::var_os("ABUSE_SOFT").is_some_and(|v| v == "1") {
+        println!("abuse: CHECK FAILED: {message}");
+        SOFT_FAILURES.with(|f| f.borrow_mut().push(message));
+    } else {
+        panic!("{message}");
+    }
+}
+
+/// `assert!` that can be made soft (see [`begin`]).
+macro_rules! check {
+    ($cond:expr, $($arg:tt)+) => {
+        let holds: bool = $cond;
+        if !holds {
+            check_failed(format!($($arg)+));
+        }
+    };
 }
 
 /// Fails the test if the relay process is gone (crashed, or killed by the memory watchdog).
@@ -120,12 +163,12 @@ fn assert_alive(relay: &mut Relay, class: &str) {
 /// Prints the RSS line and checks both memory targets. Call it after the attacker has left.
 fn assert_memory(relay: &mut Relay, class: &str) {
     let (peak, after) = relay.memory_report(RSS_AFTER_MIB, RSS_SETTLE);
-    assert!(
+    check!(
         relay.killed_at_mib().is_none() && peak < RSS_UNDER_ATTACK_MIB as f64,
         "{class}: the relay's RSS reached {peak:.0} MiB under attack (limit {RSS_UNDER_ATTACK_MIB} MiB){}",
         relay.context()
     );
-    assert!(
+    check!(
         after < RSS_AFTER_MIB as f64,
         "{class}: the relay's RSS is still {after:.0} MiB {} s after the attacker left (limit {RSS_AFTER_MIB} MiB)",
         RSS_SETTLE.as_secs()
@@ -144,10 +187,10 @@ fn assert_latency(report: &LatencyReport, class: &str, strict: bool) {
         report.lost,
         report.missing_receipts
     );
-    assert!(report.broke.is_none(), "{class}: bystanders' chat broke: {:?}", report.broke);
-    assert!(report.lost == 0, "{class}: {} of the bystanders' messages never arrived", report.lost);
-    assert!(!strict || p99 < CHAT_P99, "{class}: bystanders' chat p99 was {p99:?} (limit {CHAT_P99:?})");
-    assert!(
+    check!(report.broke.is_none(), "{class}: bystanders' chat broke: {:?}", report.broke);
+    check!(report.lost == 0, "{class}: {} of the bystanders' messages never arrived", report.lost);
+    check!(!strict || p99 < CHAT_P99, "{class}: bystanders' chat p99 was {p99:?} (limit {CHAT_P99:?})");
+    check!(
         report.missing_receipts == 0,
         "{class}: {} bystander messages got no receipt",
         report.missing_receipts
@@ -172,7 +215,7 @@ fn assert_file_round_trip(relay: &Relay, tag: &str, size: usize) {
     let dst = TempDir::new("abuse-dst");
     let (paths, failures) = common::receive_into(&receiver, &dst.path);
     assert!(failures.is_empty(), "the victim's Receive failed: {failures:?}{}", relay.context());
-    assert_eq!(paths.len(), 1, "the victim received {paths:?}");
+    assert!(paths.len() == 1, "the victim received {paths:?}");
     assert!(std::fs::read(&paths[0]).unwrap() == std::fs::read(&file).unwrap(), "the victim's file changed");
     sender.close();
     receiver.close();
@@ -273,7 +316,7 @@ const HUGE_FRAMES: usize = 400;
 
 #[test]
 fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
-    let _serial = serial();
+    let _test = begin();
     let class = "1 huge upload keys / unfinished uploads";
     let mut relay = RelaySpec::new().start(class);
     let latency = Latency::start(&relay, "1");
@@ -310,7 +353,7 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
     }
     assert_alive(&mut relay, class);
     let kept: Vec<&&str> = accepted.iter().filter(|f| **f != "recipient").collect();
-    assert!(
+    check!(
         kept.is_empty(),
         "{class}: the relay accepted {} uploads whose key or file name is {HUGE_FIELD} bytes long \
          (RSS now {:.0} MiB){}",
@@ -318,8 +361,8 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
         relay.rss_mib(),
         relay.context()
     );
-    assert!(accepted.is_empty(), "{class}: an upload to a {HUGE_FIELD}-byte recipient name was accepted");
-    assert!(
+    check!(accepted.is_empty(), "{class}: an upload to a {HUGE_FIELD}-byte recipient name was accepted");
+    check!(
         codes.contains(&CODE_FIELD_TOO_LONG),
         "{class}: refusals carried {codes:?}, not {CODE_FIELD_TOO_LONG:?}"
     );
@@ -339,12 +382,12 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
             StartAnswer::Nothing => break,
         }
     }
-    assert!(
+    check!(
         held <= UPLOADS_HELD_PER_CONNECTION,
         "{class}: one connection started {held} uploads that it never finished (bound {UPLOADS_HELD_PER_CONNECTION}){}",
         relay.context()
     );
-    assert!(codes.contains(&CODE_TOO_MANY_UPLOADS), "{class}: refusals carried {codes:?}");
+    check!(codes.contains(&CODE_TOO_MANY_UPLOADS), "{class}: refusals carried {codes:?}");
 
     assert_file_round_trip(&relay, "1", 256 * 1024);
     assert_latency(&latency.finish(), class, true);
@@ -358,7 +401,7 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
 
 #[test]
 fn class02_other_peoples_upload_ids_are_not_theirs_to_touch() {
-    let _serial = serial();
+    let _test = begin();
     let class = "2 other people's upload ids";
     let mut relay = RelaySpec::new().start(class);
     let mut alice = Raw::join(lo(1), relay.addr, "alice", "lobby");
@@ -393,7 +436,7 @@ fn class02_other_peoples_upload_ids_are_not_theirs_to_touch() {
         ),
     };
     let told = tally.get();
-    assert!(!told.errors.is_empty(), "{class}: mallory touched other people's uploads and was told nothing");
+    check!(!told.errors.is_empty(), "{class}: mallory touched other people's uploads and was told nothing");
     drop(tally);
 
     // Mallory (on a new connection, in case the relay closed the old one) cannot download bob's
@@ -408,7 +451,7 @@ fn class02_other_peoples_upload_ids_are_not_theirs_to_touch() {
     thread::sleep(Duration::from_millis(100));
     let got =
         bob.download(file_id).unwrap_or_else(|e| panic!("{class}: bob cannot download his file: {e:?}"));
-    assert!(got == data, "{class}: bob's file arrived changed");
+    check!(got == data, "{class}: bob's file arrived changed");
     drop(evil);
     assert_memory(&mut relay, class);
 }
@@ -423,7 +466,7 @@ const OTHER_TOKEN: &str = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6
 
 #[test]
 fn class03_nothing_meant_for_one_person_reaches_another() {
-    let _serial = serial();
+    let _test = begin();
     let class = "3 files for someone else / look-alike names";
     let mut relay = RelaySpec::new().start(class);
     let addr = relay.addr;
@@ -443,7 +486,7 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
             let early = fake.drain(Duration::from_millis(300), Duration::from_secs(2));
             let files = fake.list_files().unwrap_or_default();
             let announced = early.iter().filter(|f| matches!(f, Frame::NewFile(_))).count();
-            assert!(
+            check!(
                 files.is_empty() && announced == 0,
                 "{class}: a stranger who took the name \"bob\" after bob (a guest) left sees his files: {files:?}"
             );
@@ -454,8 +497,7 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
     // (b) A file or a message for a name nobody owns, while nobody of that name is online.
     match sender.upload("k2", "x.txt", b"for nobody", "nobody3") {
         Err((code, message)) => {
-            assert_eq!(code, CODE_UNKNOWN_RECIPIENT, "{class}: {message}");
-            assert!(!message.is_empty());
+            check!(code == CODE_UNKNOWN_RECIPIENT && !message.is_empty(), "{class}: {code:?} {message:?}");
         }
         Ok(_) => panic!(
             "{class}: a file for \"nobody3\" (offline, no account) was stored for whoever takes the name"
@@ -466,7 +508,7 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
         Frame::Error { code, message } => Some((*code, message.clone())),
         _ => None,
     });
-    assert!(
+    check!(
         matches!(&refusal, Some((code, m)) if *code == CODE_UNKNOWN_RECIPIENT && !m.is_empty()),
         "{class}: a direct message to an offline name without an account got {refusal:?}"
     );
@@ -484,7 +526,7 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
                 Ok(_) => Answer::Welcome,
                 Err(answer) => answer,
             };
-            assert!(
+            check!(
                 matches!(&answer, Answer::Refused(code, _) if *code == CODE_CONFUSABLE),
                 "{class}: the look-alike name {fake:?} (password {password:?}) next to the account \"alice\" got {answer:?}"
             );
@@ -506,14 +548,14 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
         n += 1;
         let answer =
             Raw::join_with(lo(ATTACKER), addr, &hello("dora", "lobby", "", token), Duration::from_secs(10));
-        assert!(answer.is_err(), "{class}: a stranger (token {token:?}) logged in as dora ({n})");
+        check!(answer.is_err(), "{class}: a stranger (token {token:?}) logged in as dora ({n})");
     }
     let mut dora =
         Raw::join_with(lo(1), addr, &hello("dora", "lobby", "", DORA_TOKEN), Duration::from_secs(10))
             .unwrap_or_else(|a| panic!("{class}: dora cannot log in with her token: {a:?}"));
     let got =
         dora.download(file_id).unwrap_or_else(|e| panic!("{class}: dora cannot download her file: {e:?}"));
-    assert_eq!(got, b"for dora only");
+    check!(got == b"for dora only", "{class}: dora's file arrived changed");
     assert_memory(&mut relay, class);
 }
 
@@ -526,7 +568,7 @@ const FLOOD_MESSAGES: u64 = 1500;
 
 #[test]
 fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
-    let _serial = serial();
+    let _test = begin();
     let class = "4 message flood to an offline account";
     let mut relay = RelaySpec::new()
         .flag(FLAG_MAX_PENDING, PENDING_CAP)
@@ -600,7 +642,7 @@ fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
             }
         }
     }
-    assert!(
+    check!(
         cut.is_none(),
         "{class}: vera was cut at login ({cut:?}) after {offline} offline messages{}",
         relay.context()
@@ -608,17 +650,17 @@ fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
     vera.send(&Frame::Say { client_id: 1, to: String::new(), text: "back again".into() }).unwrap();
     let receipt = vera
         .recv_until(Duration::from_secs(5), |f| matches!(f, Frame::Sent { client_id: 1, .. }).then_some(()));
-    assert!(receipt.is_some(), "{class}: vera's message after login got no receipt{}", relay.context());
-    assert!(login < LOGIN_LIMIT, "{class}: vera's login took {login:?}");
+    check!(receipt.is_some(), "{class}: vera's message after login got no receipt{}", relay.context());
+    check!(login < LOGIN_LIMIT, "{class}: vera's login took {login:?}");
     println!("abuse: {class}: vera logged in in {login:?} and got {offline} offline messages");
 
-    assert!(
+    check!(
         flood.count(CODE_RECIPIENT_FULL) > 0,
         "{class}: {sent} messages of 64 KiB were sent for vera and the relay never refused one with {CODE_RECIPIENT_FULL:?} \
          (cap {PENDING_CAP}); she got {offline} at login{}",
         relay.context()
     );
-    assert!(offline <= PENDING_CAP + 10, "{class}: {offline} messages waited for vera (cap {PENDING_CAP})");
+    check!(offline <= PENDING_CAP + 10, "{class}: {offline} messages waited for vera (cap {PENDING_CAP})");
     assert_latency(&latency.finish(), class, false);
     drop(vera);
     assert_memory(&mut relay, class);
@@ -633,7 +675,7 @@ const TINY_FILES_MAX: usize = 600;
 
 #[test]
 fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
-    let _serial = serial();
+    let _test = begin();
     let class = "5 thousands of tiny files";
     let mut relay = RelaySpec::new().flag(FLAG_MAX_WAITING_FILES, WAITING_FILES_CAP).start(class);
     claim_account(&relay, "rita", "lobby", "rita-pw");
@@ -668,12 +710,12 @@ fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
         "abuse: {class}: {stored} tiny files stored for rita in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(
+    check!(
         stored < WAITING_FILES_CAP,
         "{class}: mallory stored {stored} tiny files for rita and was never stopped (cap {WAITING_FILES_CAP}){}",
         relay.context()
     );
-    assert!(refused.contains(&CODE_RECIPIENT_FULL), "{class}: refusals carried {refused:?}");
+    check!(refused.contains(&CODE_RECIPIENT_FULL), "{class}: refusals carried {refused:?}");
 
     // rita's Receive gets sam's file.
     let config = ClientConfig { password: "rita-pw".into(), ..ClientConfig::new("rita", "lobby") };
@@ -681,8 +723,8 @@ fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
         .unwrap_or_else(|e| panic!("{class}: rita cannot log in: {e}{}", relay.context()));
     let dst = TempDir::new("abuse-rita");
     let (paths, failures) = common::receive_into(&rita, &dst.path);
-    assert!(failures.is_empty(), "{class}: rita's Receive failed: {failures:?}");
-    assert!(
+    check!(failures.is_empty(), "{class}: rita's Receive failed: {failures:?}");
+    check!(
         paths.iter().any(|p| std::fs::read(p).is_ok_and(|d| d == legit)),
         "{class}: rita's Receive did not bring sam's file (got {} files)",
         paths.len()
@@ -698,7 +740,7 @@ fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
 
 #[test]
 fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
-    let _serial = serial();
+    let _test = begin();
     let class = "6 reserve disk and quota";
     let Some(disk) = SmallDisk::mount("128m") else {
         println!("abuse: {class}: skipped: cannot mount a tmpfs here (needs root)");
@@ -749,7 +791,7 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
     for (code, message) in
         refusals.iter().filter(|(c, _)| matches!(c, ErrorCode::DiskFull | ErrorCode::QuotaExceeded))
     {
-        assert!(
+        check!(
             !has_big_number(message),
             "{class}: a {code:?} refusal tells the attacker a byte count: {message:?}"
         );
@@ -792,7 +834,7 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
     if let StartAnswer::Failed(code, message) | StartAnswer::Ended(code, message) =
         start_upload(&mut quincy, "q9".into(), "q9.bin".into(), 5 << 20, "bobq".into())
     {
-        assert!(!has_big_number(&message), "{class}: a {code:?} refusal tells a byte count: {message:?}");
+        check!(!has_big_number(&message), "{class}: a {code:?} refusal tells a byte count: {message:?}");
     }
     assert_memory(&mut relay, class);
 }
@@ -803,7 +845,7 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
 
 #[test]
 fn class07_a_chat_flood_is_slowed_by_the_senders_token_bucket() {
-    let _serial = serial();
+    let _test = begin();
     let class = "7 chat flood (rate limit)";
     let mut relay = RelaySpec::new().start(class);
     let latency = Latency::start(&relay, "7");
@@ -852,14 +894,14 @@ fn class07_a_chat_flood_is_slowed_by_the_senders_token_bucket() {
     );
     let byte_bound = 2.0 * (BYTE_BURST + BYTE_RATE * secs);
     let msg_bound = 2.0 * (MSG_BURST + MSG_RATE * secs) + byte_bound / MAX_TEXT_BYTES as f64;
-    assert!(
+    check!(
         (got.chat_bytes as f64) < byte_bound,
         "{class}: one sender got {:.1} MiB of chat through in {secs:.1} s (bound {:.1} MiB){}",
         relay_proc::mib(got.chat_bytes as u64),
         byte_bound / 1048576.0,
         relay.context()
     );
-    assert!(
+    check!(
         (got.chats as f64) < msg_bound,
         "{class}: {} messages got through in {secs:.1} s (bound {msg_bound:.0})",
         got.chats
@@ -872,7 +914,7 @@ fn class07_a_chat_flood_is_slowed_by_the_senders_token_bucket() {
 
 #[test]
 fn class07_chat_history_stops_at_min_free() {
-    let _serial = serial();
+    let _test = begin();
     let class = "7b chat flood against --min-free";
     let Some(disk) = SmallDisk::mount("64m") else {
         println!("abuse: {class}: skipped: cannot mount a tmpfs here (needs root)");
@@ -917,7 +959,7 @@ fn class07_chat_history_stops_at_min_free() {
         t.count(CODE_NOT_STORED),
         relay_proc::mib(free)
     );
-    assert!(
+    check!(
         free >= min_free / 4,
         "{class}: chat filled the disk to {:.1} MiB free despite --min-free 32M (errors {:?}: {:?}){}",
         relay_proc::mib(free),
@@ -925,14 +967,14 @@ fn class07_chat_history_stops_at_min_free() {
         t.messages,
         relay.context()
     );
-    assert!(t.count(CODE_NOT_STORED) > 0, "{class}: the flood was never refused with {CODE_NOT_STORED:?}");
+    check!(t.count(CODE_NOT_STORED) > 0, "{class}: the flood was never refused with {CODE_NOT_STORED:?}");
 
     // A new account can still be made, and live chat still flows.
     let t0 = Instant::now();
     let newbie =
         Raw::join_with(lo(1), relay.addr, &hello("newbie", "lobby", "new-pw", ""), Duration::from_secs(10));
-    assert!(newbie.is_ok(), "{class}: a new account was refused: {:?}", newbie.err());
-    assert!(t0.elapsed() < LOGIN_LIMIT, "{class}: the new account took {:?}", t0.elapsed());
+    check!(newbie.is_ok(), "{class}: a new account was refused: {:?}", newbie.as_ref().err());
+    check!(t0.elapsed() < LOGIN_LIMIT, "{class}: the new account took {:?}", t0.elapsed());
     let mut a = Raw::join(lo(1), relay.addr, "amy", "lobby");
     let mut b = Raw::join(lo(1), relay.addr, "ben", "lobby");
     b.drain(Duration::from_millis(100), Duration::from_secs(1));
@@ -940,7 +982,7 @@ fn class07_chat_history_stops_at_min_free() {
     let live = b.recv_until(Duration::from_secs(2), |f| {
         matches!(f, Frame::Chat { text, .. } if text == "still talking").then_some(())
     });
-    assert!(live.is_some(), "{class}: live chat stopped after the disk reached --min-free");
+    check!(live.is_some(), "{class}: live chat stopped after the disk reached --min-free");
     drop((tally, evil, newbie, a, b));
     assert_memory(&mut relay, class);
     drop(relay);
@@ -953,7 +995,7 @@ fn class07_chat_history_stops_at_min_free() {
 
 #[test]
 fn class08_a_client_id_above_2_63_cannot_poison_other_peoples_messages() {
-    let _serial = serial();
+    let _test = begin();
     let class = "8 client id >= 2^63 in a batch";
     let relay = RelaySpec::new().start(class);
     let poison = (1u64 << 63) + 7;
@@ -1001,18 +1043,17 @@ fn class08_a_client_id_above_2_63_cannot_poison_other_peoples_messages() {
         }
     }
     assert_alive(&mut relay, class);
-    assert!(
+    check!(
         failures.is_empty(),
         "{class}: alice's messages, batched with mallory's id {poison}, were not stored: {failures:?}{}",
         relay.context()
     );
-    assert_eq!(
-        refused,
-        bad_ids.len(),
+    check!(
+        refused == bad_ids.len(),
         "{class}: ids above 2^63-1 got {answers:?}, not {CODE_BAD_MESSAGE_ID:?}"
     );
     let evil_told = evil_reads.get();
-    assert!(!evil_told.closed, "{class}: a bad message id should not cost the connection");
+    check!(!evil_told.closed, "{class}: a bad message id should not cost the connection");
     drop((evil_reads, evil, alice));
     assert_memory(&mut relay, class);
 }
@@ -1036,7 +1077,7 @@ fn guess(relay: &Relay, from: Ipv4Addr, n: usize, until: Instant) -> Option<Answ
 
 #[test]
 fn class09_password_guessing_is_braked_per_address_and_per_account() {
-    let _serial = serial();
+    let _test = begin();
     let class = "9 password guessing";
     let mut relay = RelaySpec::new().start(class);
     claim_account(&relay, "victor", "lobby", "correct horse battery");
@@ -1084,20 +1125,20 @@ fn class09_password_guessing_is_braked_per_address_and_per_account() {
          addresses; victor got in after {took:?}; other answers: {others:?}"
     );
     let bound = FREE_FAILURES + GUESS_PHASE.as_secs() as usize + 1;
-    assert!(
+    check!(
         checked_a <= bound,
         "{class}: {checked_a} passwords were checked from one address in {GUESS_PHASE:?} with guest logins in \
          between (bound {bound}): a guest login resets the brake{}",
         relay.context()
     );
-    assert!(
+    check!(
         checked_b <= bound,
         "{class}: {checked_b} passwords for victor were checked in {GUESS_PHASE:?} from changing addresses \
          (bound {bound}): the brake is per address only{}",
         relay.context()
     );
-    assert!(real.is_ok(), "{class}: the real victor was refused: {:?}", real.err());
-    assert!(took < LOGIN_LIMIT, "{class}: the real victor waited {took:?} (limit {LOGIN_LIMIT:?})");
+    check!(real.is_ok(), "{class}: the real victor was refused: {:?}", real.as_ref().err());
+    check!(took < LOGIN_LIMIT, "{class}: the real victor waited {took:?} (limit {LOGIN_LIMIT:?})");
     drop(real);
     assert_memory(&mut relay, class);
 }
@@ -1108,7 +1149,7 @@ fn class09_password_guessing_is_braked_per_address_and_per_account() {
 
 #[test]
 fn class10_parallel_password_hellos_hold_bounded_memory_and_guests_still_get_in() {
-    let _serial = serial();
+    let _test = begin();
     let class = "10 parallel password hellos";
     let mut relay = RelaySpec::new().start(class);
     claim_account(&relay, "victor", "lobby", "right-pw");
@@ -1164,18 +1205,18 @@ fn class10_parallel_password_hellos_hold_bounded_memory_and_guests_still_get_in(
     }
     println!("abuse: {class}: answers to the 150 hellos: {tally:?}; guest in after {guest_took:?}, victor after {victor_took:?}");
     assert_alive(&mut relay, class);
-    assert!(
+    check!(
         relay.peak_mib() < RSS_UNDER_ATTACK_MIB as f64,
         "{class}: the relay's RSS reached {:.0} MiB while hashing passwords{}",
         relay.peak_mib(),
         relay.context()
     );
-    assert!(guest.is_ok(), "{class}: the guest was refused: {:?}", guest.err());
-    assert!(
+    check!(guest.is_ok(), "{class}: the guest was refused: {:?}", guest.as_ref().err());
+    check!(
         guest_took < GUEST_LOGIN_LIMIT,
         "{class}: the guest waited {guest_took:?} (limit {GUEST_LOGIN_LIMIT:?})"
     );
-    assert!(victor.is_ok(), "{class}: victor could not log in: {:?}", victor.err());
+    check!(victor.is_ok(), "{class}: victor could not log in: {:?}", victor.as_ref().err());
     assert_latency(&latency.finish(), class, true);
     drop((guest, victor));
     assert_memory(&mut relay, class);
@@ -1224,7 +1265,7 @@ fn sort_out(conns: &mut [Raw], code: ErrorCode, wait: Duration) -> (usize, usize
 
 #[test]
 fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
-    let _serial = serial();
+    let _test = begin();
     let class = "11 fd exhaustion / per-address cap / slow hello";
     let mut relay = RelaySpec::new().nofile(NOFILE).flag(FLAG_MAX_PER_ADDRESS, PER_ADDRESS).start(class);
     let addr = relay.addr;
@@ -1244,12 +1285,12 @@ fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
     );
     assert_alive(&mut relay, class);
     assert_file_round_trip(&relay, "11", 64 * 1024);
-    assert!(
+    check!(
         held <= PER_ADDRESS,
         "{class}: one address holds {held} connections (cap {PER_ADDRESS}){}",
         relay.context()
     );
-    assert!(refused > 0, "{class}: connections over the per-address cap were not told {CODE_RELAY_FULL:?}");
+    check!(refused > 0, "{class}: connections over the per-address cap were not told {CODE_RELAY_FULL:?}");
     drop(one);
 
     // (b) Twenty addresses open 16 connections each: more than the fd limit allows.
@@ -1279,17 +1320,17 @@ fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
         many.len()
     );
     assert_alive(&mut relay, class);
-    assert!(
+    check!(
         fds + 16 < NOFILE as usize,
         "{class}: the relay used {fds} of its {NOFILE} fds{}",
         relay.context()
     );
-    assert!(
+    check!(
         held <= (NOFILE as usize) / 4,
         "{class}: {held} silent connections are held with {NOFILE} fds{}",
         relay.context()
     );
-    assert!(refused > 0, "{class}: connections over the total cap were not told {CODE_RELAY_FULL:?}");
+    check!(refused > 0, "{class}: connections over the total cap were not told {CODE_RELAY_FULL:?}");
     drop(many);
     thread::sleep(Duration::from_millis(500)); // the relay notices the closes
 
@@ -1301,7 +1342,7 @@ fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
     // (c) Hellos sent a byte at a time are cut at the hello deadline.
     for (i, handle) in slow.into_iter().enumerate() {
         let cut = handle.join().unwrap();
-        assert!(
+        check!(
             cut.is_some_and(|t| t <= HELLO_DEADLINE + Duration::from_secs(2)),
             "{class}: slow hello {i} (a byte every 0.7 s) was cut after {cut:?}; the deadline is {HELLO_DEADLINE:?} \
              for the whole hello"
@@ -1319,7 +1360,7 @@ const NEVER_READ_MESSAGES: usize = 4500;
 
 #[test]
 fn class12_clients_that_never_read_cost_bounded_memory() {
-    let _serial = serial();
+    let _test = begin();
     let class = "12 clients that never read";
     let mut relay = RelaySpec::new().flag(FLAG_MSG_RATE, 0).flag(FLAG_BYTE_RATE, 0).start(class);
     let latency = Latency::start(&relay, "12");
@@ -1348,7 +1389,7 @@ fn class12_clients_that_never_read_cost_bounded_memory() {
         relay.peak_mib()
     );
     assert_alive(&mut relay, class);
-    assert!(
+    check!(
         relay.peak_mib() < RSS_UNDER_ATTACK_MIB as f64,
         "{class}: the relay's RSS reached {:.0} MiB for clients that never read{}",
         relay.peak_mib(),
