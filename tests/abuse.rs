@@ -814,6 +814,56 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
     drop(disk);
 }
 
+/// The issue's own numbers: 4 GiB uploads that never send a byte, on the real disk. `--min-free`
+/// is set so that about 16 GiB of it are usable, whatever the machine has.
+#[test]
+fn class06_four_gib_uploads_that_never_send_a_byte_do_not_lock_the_disk() {
+    let _test = begin();
+    let class = "6c 4 GiB uploads on the real disk";
+    let probe = TempDir::new("abuse-free");
+    let free = free_bytes(&probe.path);
+    let usable: u64 = 16 << 30;
+    if free < usable + (4 << 30) {
+        println!("abuse: {class}: skipped: only {:.1} GiB free here", free as f64 / (1u64 << 30) as f64);
+        return;
+    }
+    let mut relay = RelaySpec::new().flag(FLAG_MIN_FREE, free - usable).start(class);
+    let bob = Raw::join(lo(1), relay.addr, "bob6c", "lobby");
+    let _bob_reads = Tally::start(&bob);
+    let mut n = 0;
+    // Biggest first; when one name's quota (10 GiB by default) is used up, the attacker goes on
+    // under a new name, keeping the old connections (and their uploads) open.
+    let mut conns = vec![attacker(&relay, &mut n, "lobby")];
+    let mut reserved = 0u64;
+    let sizes: [u64; 8] = [4 << 30, 1 << 30, 256 << 20, 64 << 20, 16 << 20, 4 << 20, 1 << 20, 256 << 10];
+    for (i, size) in sizes.into_iter().enumerate() {
+        for rep in 0..8 {
+            let key = format!("g{i}-{rep}");
+            let mut answer =
+                start_upload(conns.last_mut().unwrap(), key.clone(), "huge.iso".into(), size, "bob6c".into());
+            if let StartAnswer::Failed(ErrorCode::QuotaExceeded, _)
+            | StartAnswer::Ended(ErrorCode::QuotaExceeded, _) = answer
+            {
+                conns.push(attacker(&relay, &mut n, "lobby"));
+                answer =
+                    start_upload(conns.last_mut().unwrap(), key, "huge.iso".into(), size, "bob6c".into());
+            }
+            match answer {
+                StartAnswer::Ready => reserved += size,
+                StartAnswer::Failed(..) | StartAnswer::Ended(..) | StartAnswer::Nothing => break,
+            }
+        }
+    }
+    println!(
+        "abuse: {class}: the attacker declared {:.2} GiB of uploads and sent no byte",
+        reserved as f64 / (1u64 << 30) as f64
+    );
+    assert_alive(&mut relay, class);
+    assert_file_round_trip(&relay, "6c", 1 << 20);
+    drop(conns);
+    assert_memory(&mut relay, class);
+}
+
 /// An abandoned upload counts only its stored bytes against its sender's quota.
 #[test]
 fn class06_an_abandoned_upload_counts_only_its_stored_bytes() {
