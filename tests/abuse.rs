@@ -17,6 +17,25 @@
 //!
 //! Tests that need a small disk mount their own tmpfs (root only, as in CI); elsewhere they print a
 //! skip line. The harness is in `tests/common/relay_proc.rs`.
+//!
+//! | test | the attack class |
+//! | --- | --- |
+//! | `class01_…` | 1. memory through megabyte upload keys and piles of unfinished uploads |
+//! | `class02_…` | 2. chunks, ends, downloads and receipts for other people's upload and file ids |
+//! | `class03_…` | 3. files for a guest or a name nobody owns; look-alike names; machine-bound names |
+//! | `class04_…` | 4. 64 KiB messages flooded to an offline account (direct and to its room) |
+//! | `class05_…` | 5. thousands of tiny files for one recipient, then their Receive |
+//! | `class06_…` (three) | 6. uploads that never send a byte (tmpfs, and 4 GiB on the real disk); quota after an abandoned upload |
+//! | `class07_…` (two) | 7. chat floods: the per-sender token bucket, and `--min-free` for history |
+//! | `class08_…` | 8. client ids ≥ 2^63 in the same commit batch as someone else's messages, across a restart |
+//! | `class09_…` | 9. password guessing from one address (with guest logins between) and from many |
+//! | `class10_…` | 10. 150 parallel hellos that each need a password hash |
+//! | `class11_…` | 11. fd exhaustion, the per-address cap, and hellos sent a byte at a time |
+//! | `class12_…` | 12. ten clients that never read, sent 64 KiB messages |
+//!
+//! Run it with `cargo test --test abuse -- --test-threads=1 --nocapture` to see the `abuse:` lines.
+//! With `ABUSE_SOFT=1`, a failed check is printed and the test goes on, so one run lists every
+//! failure (each test still fails at its end).
 
 mod common;
 #[path = "common/relay_proc.rs"]
