@@ -795,7 +795,9 @@ impl Tally {
         let thread = thread::spawn(move || {
             let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
             let mut reader = FrameReader::new(stream);
-            loop {
+            // Ends when the `Tally` is dropped (checked between frames, and at least every 200 ms
+            // while nothing arrives) or when the relay closes the connection.
+            while Arc::strong_count(&shared) > 1 {
                 match reader.read_frame() {
                     Ok(Some(frame)) => {
                         let mut s = shared.lock().unwrap();
@@ -814,11 +816,7 @@ impl Tally {
                             _ => {}
                         }
                     }
-                    Err(e) if e.is_timeout() => {
-                        if Arc::strong_count(&shared) == 1 {
-                            return; // the `Tally` is gone
-                        }
-                    }
+                    Err(e) if e.is_timeout() => {}
                     _ => {
                         shared.lock().unwrap().closed = true;
                         return;
