@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use common::TempDir;
 use relay_proc::{free_bytes, hello, lo, Answer, Got, Latency, LatencyReport, Raw, Relay, RelaySpec, Tally};
-use relaychat::client::{Client, ClientConfig};
+use relaychat::client::{Client, ClientConfig, Event};
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame, MARK_OFFLINE};
 use relaychat::rules::MAX_TEXT_BYTES;
 use sha2::{Digest, Sha256};
@@ -217,12 +217,12 @@ fn assert_latency(report: &LatencyReport, class: &str, strict: bool) {
 }
 
 /// The victim's errand: a guest uploads a `size`-byte file to another guest, who receives it.
-fn assert_file_round_trip(relay: &Relay, tag: &str, size: usize) {
+fn assert_file_round_trip(relay: &Relay, class: &str, tag: &str, size: usize) {
     let addr = relay.addr.to_string();
     let room = format!("v{tag}");
     let join = |name: String| {
         Client::connect_tcp(&addr, &ClientConfig::new(name.clone(), room.clone()))
-            .unwrap_or_else(|e| panic!("victim {name} cannot join: {e}{}", relay.context()))
+            .unwrap_or_else(|e| panic!("{class}: the victim {name} cannot join: {e}{}", relay.context()))
     };
     let (sender_name, receiver_name) = (format!("alice{tag}"), format!("carol{tag}"));
     let sender = join(sender_name);
@@ -230,12 +230,22 @@ fn assert_file_round_trip(relay: &Relay, tag: &str, size: usize) {
     let src = TempDir::new("abuse-src");
     let file = common::random_file(&src.path, "report.bin", size, size as u64 ^ 0x5eed);
     sender.send_file(&file, Some(&receiver_name)).unwrap();
-    common::wait_uploaded(&sender, "report.bin");
+    let uploaded = common::wait_for(&sender, "the victim's upload", |e| match e {
+        Event::Uploaded { name, .. } if name == "report.bin" => Some(Ok(())),
+        Event::TransferFailed { name, reason, .. } if name == "report.bin" => Some(Err(reason.clone())),
+        _ => None,
+    });
+    if let Err(reason) = uploaded {
+        panic!("{class}: the victim's upload of {size} bytes failed: {reason}{}", relay.context());
+    }
     let dst = TempDir::new("abuse-dst");
     let (paths, failures) = common::receive_into(&receiver, &dst.path);
-    assert!(failures.is_empty(), "the victim's Receive failed: {failures:?}{}", relay.context());
-    assert!(paths.len() == 1, "the victim received {paths:?}");
-    assert!(std::fs::read(&paths[0]).unwrap() == std::fs::read(&file).unwrap(), "the victim's file changed");
+    assert!(failures.is_empty(), "{class}: the victim's Receive failed: {failures:?}{}", relay.context());
+    assert!(paths.len() == 1, "{class}: the victim received {paths:?}");
+    assert!(
+        std::fs::read(&paths[0]).unwrap() == std::fs::read(&file).unwrap(),
+        "{class}: the victim's file changed"
+    );
     sender.close();
     receiver.close();
 }
@@ -424,7 +434,7 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
         "{class}: refusals carried {codes:?}, not {CODE_TOO_MANY_UPLOADS:?}"
     );
 
-    assert_file_round_trip(&relay, "1", 256 * 1024);
+    assert_file_round_trip(&relay, class, "1", 256 * 1024);
     assert_latency(&latency.finish(), class, true);
     drop((evil, piles));
     assert_memory(&mut relay, class);
@@ -822,7 +832,7 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
     );
 
     // The victim's 1 MiB upload still fits.
-    assert_file_round_trip(&relay, "6", 1 << 20);
+    assert_file_round_trip(&relay, class, "6", 1 << 20);
     // A refusal for lack of room does not tell anyone how many bytes are left.
     let mut probe = attacker(&relay, &mut n, "lobby");
     if let StartAnswer::Failed(code, message) | StartAnswer::Ended(code, message) =
@@ -893,7 +903,7 @@ fn class06_four_gib_uploads_that_never_send_a_byte_do_not_lock_the_disk() {
         reserved as f64 / (1u64 << 30) as f64
     );
     assert_alive(&mut relay, class);
-    assert_file_round_trip(&relay, "6c", 1 << 20);
+    assert_file_round_trip(&relay, class, "6c", 1 << 20);
     drop(conns);
     assert_memory(&mut relay, class);
 }
@@ -1386,7 +1396,7 @@ fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
         relay.thread_count()
     );
     assert_alive(&mut relay, class);
-    assert_file_round_trip(&relay, "11", 64 * 1024);
+    assert_file_round_trip(&relay, class, "11", 64 * 1024);
     check!(
         held <= PER_ADDRESS,
         "{class}: one address holds {held} connections (cap {PER_ADDRESS}){}",
@@ -1438,7 +1448,7 @@ fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
 
     // Once they are gone, a victim gets in at once and can still open files.
     let t0 = Instant::now();
-    assert_file_round_trip(&relay, "11b", 64 * 1024);
+    assert_file_round_trip(&relay, class, "11b", 64 * 1024);
     println!("abuse: {class}: after the flood a victim's upload and receive took {:?}", t0.elapsed());
 
     // (c) Hellos sent a byte at a time are cut at the hello deadline.
