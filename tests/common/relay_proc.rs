@@ -14,9 +14,9 @@
 #![allow(dead_code)] // each test uses a different subset
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -948,32 +948,6 @@ fn ping_loop(mut a: Raw, mut b: Raw, stop: &AtomicBool) -> LatencyReport {
         thread::sleep(rest);
     }
     report
-}
-
-/// Reads from `stream` until it closes or `wait` passes, discarding the bytes; true if closed.
-pub fn wait_closed(stream: &mut TcpStream, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
-/// The raw descriptor of a stream, for `getsockopt`-style checks.
-pub fn raw_fd(stream: &TcpStream) -> i32 {
-    stream.as_raw_fd()
 }
 
 /// Free bytes on the file system holding `path` (what an unprivileged user may use).
