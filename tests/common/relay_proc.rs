@@ -7,7 +7,10 @@
 //! - [`RelaySpec`] / [`Relay`]: the `server` binary on `127.0.0.1:0` with its own data dir. Flags
 //!   that this build of the relay does not know are left out (and listed in [`Relay::missing_flags`]),
 //!   so a test can still run against an older relay and fail on the attack rather than on clap.
-//! - [`Raw`]: one TCP connection speaking frames by hand, from any `127.x.y.z` source address.
+//! - [`Raw`]: one TCP connection speaking frames by hand, from any `127.x.y.z` source address
+//!   (bound before connecting: [`connect_from`]), with helpers for hellos, uploads and downloads.
+//! - [`Tally`]: reads everything an attacker's connection receives on a thread of its own, and
+//!   counts receipts, error codes and chat, so a flood is never cut short by its own full socket.
 //! - [`Latency`]: two bystanders that ping each other ten times a second and record how long each
 //!   message took, and whether its receipt came.
 
