@@ -24,11 +24,13 @@
 mod conn;
 mod hub;
 mod login;
+mod memory;
 mod session;
 mod store;
 mod throttle;
 mod transfer;
 
+pub use memory::tune_allocator;
 pub use store::StoreLimits;
 pub use transfer::DEFAULT_CHUNK;
 
@@ -251,27 +253,40 @@ impl Server {
     }
 }
 
-/// Starts the janitor: a thread that asks the hub to delete expired files every `every`. It ends
+/// Starts the janitor: a thread that asks the hub to delete expired files every `every`, and
+/// gives freed memory back to the system every [`TRIM_EVERY`] (see `server/memory.rs`). It ends
 /// when the returned sender is dropped (or the hub is gone).
 fn start_janitor(to_hub: &Sender<ToHub>, every: Duration) -> io::Result<(Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = bounded::<()>(0);
     let to_hub = to_hub.clone();
-    let thread = thread::Builder::new().name("janitor".into()).spawn(move || loop {
-        match stopped.recv_timeout(every) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+    let thread = thread::Builder::new().name("janitor".into()).spawn(move || {
+        let mut last_expire = Instant::now();
+        loop {
+            match stopped.recv_timeout(every.min(TRIM_EVERY)) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            memory::give_back_free_memory();
+            if last_expire.elapsed() >= every {
+                last_expire = Instant::now();
                 if to_hub.send(ToHub::Expire).is_err() {
                     return;
                 }
             }
-            _ => return,
         }
     })?;
     Ok((stop, thread))
 }
 
+/// How often the janitor gives freed memory back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
 /// Capacity of the channel into the hub. Bounded so that a flood of frames from many readers
 /// slows the readers (and, through TCP, their senders) instead of growing memory without limit.
-const HUB_QUEUE: usize = 4096;
+/// An event can carry a whole message (64 KiB), so this also bounds the bytes waiting for the hub:
+/// 512 × 64 KiB = 32 MiB at worst. The hub takes an event in microseconds, so 512 is plenty for
+/// bursts.
+const HUB_QUEUE: usize = 512;
 
 /// Accepts connections until the stop flag is set; returns the handles of all connection threads
 /// that may still be running.

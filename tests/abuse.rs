@@ -66,11 +66,11 @@ const FLAG_MAX_PER_ADDRESS: &str = "--max-per-address";
 /// Messages waiting per recipient (design `max_pending_messages`, default 10 000).
 const FLAG_MAX_PENDING: &str = "--max-pending-messages";
 /// Files waiting per recipient (design `max_waiting_files`, default 1 000).
-const FLAG_MAX_WAITING_FILES: &str = "--max-waiting-files";
+const FLAG_MAX_WAITING_FILES: &str = "--files-per-recipient";
 /// Per-connection token buckets (design `msg_rate` 20/s burst 100, `byte_rate` 256 KiB/s burst
 /// 2 MiB; 0 turns one off). Tests of the other bounds turn them off so the flood gets through.
 const FLAG_MSG_RATE: &str = "--msg-rate";
-const FLAG_BYTE_RATE: &str = "--byte-rate";
+const FLAG_BYTE_RATE: &str = "--text-rate";
 /// Flags that exist today.
 const FLAG_MAX_FILE_SIZE: &str = "--max-file-size";
 const FLAG_QUOTA: &str = "--quota";

@@ -34,7 +34,8 @@
 //!   (`RecipientFull`);
 //! - messages waiting at login are read and queued a page ([`PAGE`]) at a time, the next page only
 //!   once the client's queue has drained, so the relay never holds a whole pile for one client;
-//! - nothing is stored when the disk is down to `--min-free` (`NotStored`, before delivery);
+//! - nothing is stored when the disk is down to `--min-free`: the message still goes live (under
+//!   id 0, since it has no place in the store) and the sender is told (`NotStored`);
 //! - client ids above `i64::MAX` are refused (`BadMessageId`): they could not be stored, and one
 //!   bad row must never fail a batch that holds other people's messages (each row also has its own
 //!   savepoint in the store, for whatever else could go wrong with it).
@@ -63,6 +64,8 @@ pub const MAX_CLIENT_ID: u64 = i64::MAX as u64;
 
 /// How long a free-space check stays good for messages.
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Bytes of disk one byte of message text is assumed to take once stored (row, indexes, WAL).
+const STORE_OVERHEAD: u64 = 3;
 
 /// A message delivered live and waiting for the next commit.
 pub(crate) struct Queued {
@@ -99,8 +102,23 @@ impl Hub {
             }
         }
         if !self.disk_has_room(text.len()) {
+            // Chat between people online keeps working; only keeping it stops. The message goes
+            // out under id 0 (it has no place in the store) and the sender learns it was not kept.
+            let live = Queued {
+                id: 0,
+                offline: Vec::new(),
+                from_conn: id,
+                sender,
+                room,
+                to,
+                client_id,
+                sent_ms: now_ms(),
+                text,
+            };
+            self.deliver_live(&live);
             let message =
-                "not sent: the relay's disk is too full to keep messages; try again later".to_string();
+                "reached those online, but not kept: the relay's disk is too full to store messages"
+                    .to_string();
             self.send_to(id, &Frame::Error { code: ErrorCode::NotStored, message });
             return;
         }
@@ -141,17 +159,19 @@ impl Hub {
         self.batch.iter().any(|q| q.sender == sender && q.client_id == client_id)
     }
 
-    /// Whether the disk can take `bytes` more of messages. Checked at most every
-    /// [`DISK_CHECK_EVERY`] (a system call per message would cost more than the message), and at
-    /// once again after a "no".
+    /// Whether the disk can take `bytes` more of messages without going below `--min-free`.
+    ///
+    /// A system call per message would cost more than the message, so the free space is read
+    /// once and spent as a budget: each message spends [`STORE_OVERHEAD`] times its size (the
+    /// row, its index entries, and the WAL copy), and the disk is read again when the budget runs
+    /// out or after [`DISK_CHECK_EVERY`] (files and other programs use the disk too).
     fn disk_has_room(&mut self, bytes: usize) -> bool {
-        let (ok, checked) = self.disk_ok;
-        if ok && checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY) {
-            return true;
-        }
-        // `--min-free` itself is the margin for the messages that pass before the next check.
-        let ok = self.store.room_for_messages(bytes as u64);
-        self.disk_ok = (ok, Some(Instant::now()));
+        let cost = (bytes as u64 + 256).saturating_mul(STORE_OVERHEAD);
+        let (budget, checked) = self.disk_budget;
+        let fresh = checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY);
+        let budget = if fresh && budget >= cost { budget } else { self.store.writable_bytes() };
+        let ok = budget >= cost;
+        self.disk_budget = (if ok { budget - cost } else { 0 }, Some(Instant::now()));
         ok
     }
 

@@ -176,8 +176,9 @@ pub(crate) struct Hub {
     queued_total: Arc<AtomicUsize>,
     /// Messages waiting per recipient, counted on first use and kept current (see `chat.rs`).
     pending_counts: HashMap<String, u64>,
-    /// Whether the disk had room for messages when last checked, and when that was.
-    disk_ok: (bool, Option<Instant>),
+    /// Bytes of messages that may still be stored before the disk must be looked at again, and
+    /// when it last was (see `chat.rs`, `disk_has_room`).
+    disk_budget: (u64, Option<Instant>),
 }
 
 impl Hub {
@@ -199,7 +200,7 @@ impl Hub {
             too_slow: Vec::new(),
             queued_total: Arc::new(AtomicUsize::new(0)),
             pending_counts: HashMap::new(),
-            disk_ok: (true, None),
+            disk_budget: (0, None),
         }
     }
 

@@ -262,8 +262,9 @@ impl Store {
             return Err((
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "you already have {used} bytes on the relay; with this file it would be over your quota of {}",
-                    self.limits.quota
+                    "you already have {} on the relay; with this file you would be over your quota of {}",
+                    crate::filename::human_size(used),
+                    crate::filename::human_size(self.limits.quota)
                 ),
             ));
         }
@@ -530,13 +531,14 @@ impl Store {
         self.db.insert_messages(batch).map_err(refusal)
     }
 
-    /// Whether there is room on the disk for `bytes` more of messages, keeping `min_free`.
-    pub(crate) fn room_for_messages(&self, bytes: u64) -> bool {
+    /// Bytes that may still be written before the disk is down to `min_free` (0 if it is, or if
+    /// the free space cannot be read).
+    pub(crate) fn writable_bytes(&self) -> u64 {
         match free_space(&self.files_dir) {
-            Ok(free) => free >= bytes.saturating_add(self.limits.min_free),
+            Ok(free) => free.saturating_sub(self.limits.min_free),
             Err(e) => {
                 log::error!("store: cannot check free space: {e}");
-                false
+                0
             }
         }
     }
