@@ -110,7 +110,7 @@ impl Hub {
     /// A direct message needs someone to receive it: a user online now, or an account.
     fn check_recipient(&self, to: &str) -> Result<(), String> {
         rules::check_name(to).map_err(|e| format!("not sent: {e}"))?;
-        if self.names.contains_key(to) || self.store.password_hash(to).is_ok_and(|h| h.is_some()) {
+        if self.names.contains_key(to) || self.store.is_account(to) {
             Ok(())
         } else {
             Err(format!("not sent: nobody called {to:?} is online or has an account"))
