@@ -319,7 +319,7 @@ mod tests {
         let mut admissions = Admissions::new(3, 2);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let (release, wait) = crossbeam_channel::bounded::<()>(0);
-        let mut start = |admissions: &mut Admissions, id: ConnId, key: IpAddr| {
+        let start = |admissions: &mut Admissions, id: ConnId, key: IpAddr| {
             let departure = admissions.departure(id);
             let wait = wait.clone();
             let handle = thread::spawn(move || {
