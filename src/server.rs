@@ -86,8 +86,9 @@ pub struct ServerConfig {
     pub corrupt_download_chunk: Option<u64>,
     /// If set, every hello must carry this access password. Default none.
     pub access_password: Option<String>,
-    /// The first wait imposed on an address that keeps failing to log in; it doubles with each
-    /// further failure, up to 30 s. Default 1 s.
+    /// The first wait the login brake imposes on an address or an account that keeps failing to
+    /// log in; it doubles with each further failure, up to 30 s for an address and 2 s for an
+    /// account (see `server/hub/brake.rs`). Default 1 s.
     pub login_backoff: Duration,
     /// How long a file waits for its recipients before it is deleted. Default 7 days.
     pub retention: Duration,
