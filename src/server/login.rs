@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use sha2::{Digest, Sha256};
 
 use super::accept::address_key;
@@ -91,6 +91,8 @@ pub(crate) struct AccountAnswer {
     pub standing: Standing,
     /// How long this attempt must wait before it is checked (the brake).
     pub delay: Duration,
+    /// Disconnected when the hub is gone: the wait ends early at shutdown.
+    pub hub_alive: Receiver<()>,
 }
 
 /// Whether a name is someone's.
@@ -189,7 +191,10 @@ pub(crate) fn authenticate(hello: &Credentials<'_>, door: &Door<'_>) -> Result<b
     let answer: AccountAnswer = ask(door.to_hub, |reply| ToHub::Account { query, reply })?;
     if !answer.delay.is_zero() {
         log::info!("{}: too many failed logins; waiting {:?} before checking", door.ip, answer.delay);
-        std::thread::sleep(answer.delay);
+        // Nothing is ever sent on it: this is a sleep that the hub's end cuts short.
+        if answer.hub_alive.recv_timeout(answer.delay) != Err(RecvTimeoutError::Timeout) {
+            return Err((ErrorCode::Protocol, "the relay is shutting down".into()));
+        }
     }
     let (outcome, attempt) = decide(hello, token, answer.standing, door);
     let _ = door.to_hub.send(ToHub::LoginResult { ip: door.ip, name: hello.name.to_owned(), attempt });
@@ -393,7 +398,7 @@ pub(crate) fn answer(
         _ => None,
     };
     let delay = brake.delay(address_key(query.ip), braked_account, Instant::now());
-    AccountAnswer { standing, delay }
+    AccountAnswer { standing, delay, hub_alive: brake.watch() }
 }
 
 /// Answers [`ToHub::Claim`]. A new account is checked again here, on the hub thread, where no

@@ -6,7 +6,8 @@
 //! | per address (IPv4, or IPv6 /64) | any failed login from there | nothing but time (10 quiet minutes) | after 3 failures: `base`, doubling, up to 30 s |
 //! | per account | a failed login for that name | a login that proves the account (right password or its token) | after 3 failures: `base`, doubling, up to **2 s** |
 //!
-//! An attempt waits the longer of the two. Why these rules:
+//! An attempt waits the longer of the two (on its own connection thread, see `login.rs`). Why
+//! these rules:
 //!
 //! - A success never clears an *address's* count: otherwise a guesser would log in as a guest,
 //!   or into an account of their own, between guesses, and the brake would never engage.
@@ -25,6 +26,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::server::login::Attempt;
 
@@ -45,11 +48,22 @@ pub(crate) struct Brake {
     base: Duration,
     addresses: Counts<IpAddr>,
     accounts: Counts<String>,
+    /// Never sent on; dropped with the hub. A connection thread that waits out a delay waits on a
+    /// [`Brake::watch`] receiver, so the wait ends early when the hub goes (shutdown) instead of
+    /// holding the relay up for as long as 30 s.
+    _alive: Sender<()>,
+    watch: Receiver<()>,
 }
 
 impl Brake {
     pub(crate) fn new(base: Duration) -> Brake {
-        Brake { base, addresses: Counts::new(), accounts: Counts::new() }
+        let (_alive, watch) = bounded(0);
+        Brake { base, addresses: Counts::new(), accounts: Counts::new(), _alive, watch }
+    }
+
+    /// A receiver that is disconnected when the hub (and with it this brake) is gone.
+    pub(crate) fn watch(&self) -> Receiver<()> {
+        self.watch.clone()
     }
 
     /// How long an attempt from `address` (already cut to its counting key) must wait. `account`
