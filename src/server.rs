@@ -31,6 +31,7 @@ mod hub;
 mod login;
 mod session;
 mod store;
+mod throttle;
 mod transfer;
 
 pub use store::StoreLimits;
@@ -64,9 +65,26 @@ pub struct ServerConfig {
     /// How long a client's queue may stay full (no progress at all) before the client is
     /// disconnected as too slow. Default 5 s.
     pub stall_limit: Duration,
-    /// How many bytes of frames the hub holds back for one slow client before disconnecting it,
-    /// however much progress it makes. Bounds the memory one slow reader can cost. Default 32 MiB.
-    pub max_backlog_bytes: usize,
+    /// Bytes of frames queued and held back for one client before it is disconnected as too slow,
+    /// however much progress it makes. Bounds the memory one slow reader can cost. Default 4 MiB.
+    pub max_queued_bytes: usize,
+    /// Bytes queued for all clients together past which any client with frames held back is
+    /// disconnected. Bounds what many slow readers cost together. Default 96 MiB.
+    pub max_queued_total: usize,
+    /// Messages that may wait for one offline recipient. Default 10 000.
+    pub max_pending_messages: u64,
+    /// Chat messages per second one connection may send, on average (0: no limit). Default 20.
+    pub msg_rate: u32,
+    /// Chat messages one connection may send in a burst. Default 100.
+    pub msg_burst: u32,
+    /// Bytes of chat text per second one connection may send, on average (0: no limit).
+    /// Default 256 KiB.
+    pub text_rate: u32,
+    /// Bytes of chat text one connection may send in a burst. Default 2 MiB.
+    pub text_burst: u32,
+    /// Other requests (who, list files, receipts…) per second one connection may send (0: no
+    /// limit). Default 500.
+    pub request_rate: u32,
     /// How long a closing connection waits for the peer to close its side after the last frame,
     /// before the socket is cut. Default 1 s.
     pub linger: Duration,
@@ -118,7 +136,14 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(10),
             client_queue: 1024,
             stall_limit: Duration::from_secs(5),
-            max_backlog_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_total: 96 * 1024 * 1024,
+            max_pending_messages: 10_000,
+            msg_rate: 20,
+            msg_burst: 100,
+            text_rate: 256 * 1024,
+            text_burst: 2 * 1024 * 1024,
+            request_rate: 500,
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             spin: Duration::from_micros(100),

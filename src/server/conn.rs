@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::hub::{Bytes, ConnId, ToHub};
+use super::hub::{ConnId, Outgoing, ToHub};
 use super::login::{self, Credentials, Door, HashPool};
 use super::session::Session;
+use super::throttle::{Rates, Throttle};
 use super::transfer::DownloadSettings;
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -167,7 +168,7 @@ fn joined_phase<S: Stream>(
     };
     // Bounded: this queue is the buffer between the hub (fast) and this client's network (maybe
     // slow). The hub never blocks on it; see hub.rs for what happens when it is full.
-    let (to_client, from_hub) = bounded::<Bytes>(config.client_queue);
+    let (to_client, from_hub) = bounded::<Outgoing>(config.client_queue);
     // Bounded and short: file chunks wait here, so a download holds at most this many in memory.
     let (to_writer, from_conn) = bounded::<Vec<u8>>(BULK_QUEUE);
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
@@ -188,7 +189,14 @@ fn joined_phase<S: Stream>(
     if to_hub.send(ToHub::Hello { id, name, room, account, to_client }).is_ok() {
         let settings =
             DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
-        Session::new(id, addr, to_hub.clone(), to_writer, settings).run(&mut reader);
+        let rates = Rates {
+            msg_rate: config.msg_rate,
+            msg_burst: config.msg_burst,
+            text_rate: config.text_rate,
+            text_burst: config.text_burst,
+            request_rate: config.request_rate,
+        };
+        Session::new(id, addr, to_hub.clone(), to_writer, settings, Throttle::new(rates)).run(&mut reader);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
     Some(writer)
@@ -210,7 +218,7 @@ fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConf
 /// shuts the socket down completely, which also wakes a reader whose client never closes.
 fn write_loop<S: Stream>(
     stream: S,
-    from_hub: Receiver<Bytes>,
+    from_hub: Receiver<Outgoing>,
     from_conn: Receiver<Vec<u8>>,
     reader_gone: Receiver<()>,
     linger: Duration,

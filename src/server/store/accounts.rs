@@ -38,12 +38,6 @@ impl Store {
         self.db.account(name).map_err(|e| log::error!("store: cannot read account {name:?}: {e}"))
     }
 
-    /// Whether `name` is an account (with a password or machine-bound). False if the database
-    /// cannot say (logged).
-    pub(crate) fn is_account(&self, name: &str) -> bool {
-        self.account(name).is_ok_and(|a| a.is_some())
-    }
-
     /// The name of an account other than `name` whose skeleton is `skeleton`, if there is one.
     pub(crate) fn look_alike(&self, name: &str, skeleton: &str) -> Result<Option<String>, ()> {
         self.db
@@ -284,13 +278,14 @@ mod tests {
             // A version-4 database, as an older relay left it.
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(
-                "CREATE TABLE accounts (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_ms INTEGER NOT NULL);
+                "CREATE TABLE file_recipients (file_id INTEGER NOT NULL, recipient TEXT NOT NULL);
+                 CREATE TABLE accounts (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_ms INTEGER NOT NULL);
                  INSERT INTO accounts VALUES ('Alice', '$argon2id$old', 5);
                  PRAGMA user_version = 4;",
             )
             .unwrap();
         }
-        // Migrations 1 to 4 are skipped (user_version says they ran); only 5 applies.
+        // Migrations 1 to 4 are skipped (user_version says they ran); 5 and later apply.
         let db = Db::open(&path).unwrap();
         let alice = db.account("Alice").unwrap().unwrap();
         assert_eq!(alice.password_hash.as_deref(), Some("$argon2id$old"));

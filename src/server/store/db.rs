@@ -98,6 +98,9 @@ const MIGRATIONS: &[&str] = &[
         created_ms   INTEGER NOT NULL,
         PRIMARY KEY (name, token_sha256)
      );",
+    // 6 (numbered after the accounts change): a file waits for a guest only while the guest's
+    // session lasts; this marks those rows.
+    "ALTER TABLE file_recipients ADD COLUMN guest INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.
@@ -168,9 +171,10 @@ impl Db {
             }
         };
         for recipient in file.recipients {
+            let guest = file.guests.contains(recipient);
             tx.execute(
-                "INSERT INTO file_recipients (file_id, recipient) VALUES (?1, ?2)",
-                params![id as i64, recipient],
+                "INSERT INTO file_recipients (file_id, recipient, guest) VALUES (?1, ?2, ?3)",
+                params![id as i64, recipient, guest],
             )
             .map_err(InsertError::Db)?;
         }
@@ -297,10 +301,13 @@ impl Db {
         Ok(notices)
     }
 
-    /// Stores messages, and who must get each one later, in one transaction. Returns their ids.
-    pub(crate) fn insert_messages(&mut self, batch: &[NewMessage<'_>]) -> rusqlite::Result<Vec<u64>> {
+    /// Stores messages, and who must get each one later, in one transaction. Each row has a
+    /// savepoint of its own, so one row that fails (a constraint, say) is rolled back alone and
+    /// never costs the other senders in the batch their messages. Returns, per message, whether
+    /// it was stored.
+    pub(crate) fn insert_messages(&mut self, batch: &[NewMessage<'_>]) -> rusqlite::Result<Vec<bool>> {
         let tx = self.conn.transaction()?;
-        let mut ids = Vec::with_capacity(batch.len());
+        let mut stored = Vec::with_capacity(batch.len());
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (id, room, sender, recipient, sent_ms, text, client_id)
@@ -309,18 +316,41 @@ impl Db {
             let mut later =
                 tx.prepare_cached("INSERT OR IGNORE INTO pending (recipient, message_id) VALUES (?1, ?2)")?;
             for m in batch {
-                let id = m.id as i64;
-                let row =
-                    params![id, m.room, m.sender, m.recipient, m.sent_ms as i64, m.text, m.client_id as i64];
-                insert.execute(row)?;
-                for name in &m.offline {
-                    later.execute(params![name, id])?;
+                tx.execute_batch("SAVEPOINT one_message")?;
+                let mut row = || -> rusqlite::Result<()> {
+                    let id =
+                        i64::try_from(m.id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, 0))?;
+                    let client_id = i64::try_from(m.client_id)
+                        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(6, 0))?;
+                    insert.execute(params![
+                        id,
+                        m.room,
+                        m.sender,
+                        m.recipient,
+                        m.sent_ms as i64,
+                        m.text,
+                        client_id
+                    ])?;
+                    for name in &m.offline {
+                        later.execute(params![name, id])?;
+                    }
+                    Ok(())
+                };
+                match row() {
+                    Ok(()) => {
+                        tx.execute_batch("RELEASE one_message")?;
+                        stored.push(true);
+                    }
+                    Err(e) => {
+                        log::error!("store: message {} from {:?} not stored: {e}", m.id, m.sender);
+                        tx.execute_batch("ROLLBACK TO one_message; RELEASE one_message")?;
+                        stored.push(false);
+                    }
                 }
-                ids.push(m.id);
             }
         }
         tx.commit()?;
-        Ok(ids)
+        Ok(stored)
     }
 
     /// The highest message id ever used (0 if none): new messages continue after it.
@@ -372,7 +402,9 @@ impl Db {
         rows.collect()
     }
 
-    /// Messages waiting for `name`, oldest first.
+    /// Messages waiting for `name`, oldest first (the relay reads them a page at a time instead:
+    /// see `waiting.rs`).
+    #[cfg(test)]
     pub(crate) fn pending_for(&self, name: &str) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT m.id, m.room, m.sender, m.recipient, m.sent_ms, m.text FROM messages m
@@ -452,6 +484,8 @@ pub(crate) struct NewFile<'a> {
     pub sha256: [u8; 32],
     pub created_ms: u64,
     pub recipients: &'a BTreeSet<String>,
+    /// The recipients who are guests (a subset of `recipients`): their rows go with their session.
+    pub guests: &'a BTreeSet<String>,
 }
 
 /// A message about to be stored, under the id the hub gave it when it delivered it.
@@ -480,7 +514,7 @@ pub(crate) struct StoredMessage {
     pub text: String,
 }
 
-fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+pub(super) fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         id: row.get::<_, i64>(0)? as u64,
         room: row.get(1)?,
@@ -554,6 +588,7 @@ mod tests {
             sha256: [1; 32],
             created_ms: 0,
             recipients: &recipients,
+            guests: &BTreeSet::new(),
         };
         let failed = db.insert_file(&file, |_| Err("disk says no"));
         assert!(matches!(failed, Err(InsertError::Place("disk says no"))));
@@ -583,9 +618,9 @@ mod tests {
             client_id,
             offline: offline.iter().map(|s| s.to_string()).collect(),
         };
-        let ids = db
-            .insert_messages(&[msg("one", 1, &[]), msg("two", 2, &["bob"]), msg("three", 0, &["bob"])])
-            .unwrap();
+        let batch = [msg("one", 1, &[]), msg("two", 2, &["bob"]), msg("three", 0, &["bob"])];
+        let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
+        assert_eq!(db.insert_messages(&batch).unwrap(), vec![true, true, true]);
         assert_eq!(db.message_id_for("alice", 2).unwrap(), Some(ids[1]));
         let plan: String = db
             .conn
@@ -596,11 +631,15 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("messages_once"), "the dedupe lookup uses its index: {plan}");
-        assert!(db.insert_messages(&[msg("two again", 2, &[])]).is_err(), "one id per (sender, client id)");
-        assert_eq!(db.last_message_id().unwrap(), 3, "the failed insert used no id");
+        // One id per (sender, client id): the duplicate fails alone, its neighbours are stored.
+        let mixed = [msg("four", 4, &[]), msg("two again", 2, &[]), msg("five", 5, &[])];
+        assert_eq!(db.insert_messages(&mixed).unwrap(), vec![true, false, true]);
+        let huge = [msg("bad id", u64::MAX, &[]), msg("six", 6, &[])];
+        assert_eq!(db.insert_messages(&huge).unwrap(), vec![false, true], "an id past i64 fails alone");
+        assert_eq!(db.message_id_for("alice", 5).unwrap(), Some(mixed[2].id));
         let history: Vec<String> =
             db.history("lobby", 50, "bob").unwrap().into_iter().map(|m| m.text).collect();
-        assert_eq!(history, vec!["one"], "pending messages are not history too");
+        assert_eq!(history, vec!["one", "four", "five", "six"], "pending messages are not history too");
         let pending: Vec<String> = db.pending_for("bob").unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(pending, vec!["two", "three"]);
         db.mark_seen("bob", ids[1]).unwrap();

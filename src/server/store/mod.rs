@@ -25,11 +25,13 @@
 mod accounts;
 mod db;
 mod legacy;
+mod waiting;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::display::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
@@ -38,19 +40,46 @@ use db::{Db, InsertError, NewFile};
 pub(crate) use db::{NewMessage, Notice, StoredMessage};
 
 /// Limits on what the store accepts, all checked before the first byte of an upload is stored.
+///
+/// Each bounds something a peer could otherwise make the relay hold: disk (size, quota, free
+/// space), memory and file descriptors (uploads in progress), and another person's Receive list
+/// (files waiting per recipient).
 #[derive(Debug, Clone)]
 pub struct StoreLimits {
     /// Largest single file. Default 4 GiB.
     pub max_file_size: u64,
-    /// Most bytes one sender may have on the relay at once (stored and in progress). Default 10 GiB.
+    /// Most bytes one sender may have on the relay at once: stored files, bytes of unfinished
+    /// uploads, and the rest of the one upload it is sending right now. Default 10 GiB.
     pub quota: u64,
-    /// Bytes the disk must keep free after an upload is accounted for. Default 64 MiB.
+    /// Bytes the disk must keep free after an upload is accounted for. Chat messages obey it too.
+    /// Default 64 MiB.
     pub min_free: u64,
+    /// Unfinished uploads one sender may keep (to resume later). Default 4.
+    pub partials_per_user: usize,
+    /// Unfinished uploads on the whole relay. Default 1024.
+    pub partials_total: usize,
+    /// An unfinished upload that nobody is sending and that has not grown for this long is deleted.
+    /// Default 1 hour.
+    pub partial_ttl: Duration,
+    /// A running upload keeps space reserved for its whole size only while bytes keep arriving; after
+    /// this long without any, only the bytes it has count. Default 30 s.
+    pub upload_stall: Duration,
+    /// Files that may wait for one recipient. Default 1000.
+    pub files_per_recipient: usize,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { max_file_size: 4 << 30, quota: 10 << 30, min_free: 64 << 20 }
+        StoreLimits {
+            max_file_size: 4 << 30,
+            quota: 10 << 30,
+            min_free: 64 << 20,
+            partials_per_user: 4,
+            partials_total: 1024,
+            partial_ttl: Duration::from_secs(3600),
+            upload_stall: Duration::from_secs(30),
+            files_per_recipient: 1000,
+        }
     }
 }
 
@@ -83,8 +112,12 @@ pub(crate) struct UploadRequest<'a> {
     pub name: &'a str,
     pub size: u64,
     pub recipients: BTreeSet<String>,
+    /// The recipients who are guests: the file waits for them only while their session lasts.
+    pub guests: BTreeSet<String>,
 }
 
+/// An unfinished upload. Its bytes are in `temp_path`; only the connection in `in_use_by` writes
+/// there.
 struct Partial {
     upload_id: u64,
     sender: String,
@@ -92,9 +125,27 @@ struct Partial {
     name: String,
     size: u64,
     recipients: BTreeSet<String>,
+    guests: BTreeSet<String>,
     temp_path: PathBuf,
     /// The connection currently sending it, if any.
     in_use_by: Option<ConnId>,
+    /// Bytes in `temp_path` when last looked at ([`Store::check_partials`]).
+    on_disk: u64,
+    /// When `on_disk` last grew (or the upload started or resumed).
+    last_progress: Instant,
+}
+
+impl Partial {
+    /// Bytes this upload counts against quota and disk: its whole size while it is being sent and
+    /// bytes keep arriving (so two uploads cannot both promise themselves the same free space),
+    /// otherwise only the bytes it really has.
+    fn counted(&self, stall: Duration) -> u64 {
+        if self.in_use_by.is_some() && self.last_progress.elapsed() < stall {
+            self.size.max(self.on_disk)
+        } else {
+            self.on_disk
+        }
+    }
 }
 
 /// The data directory and everything known about its contents.
@@ -122,7 +173,10 @@ impl Store {
         }
         let mut db = Db::open(&root.join("relay.db")).map_err(db_error)?;
         legacy::import(&files_dir, &mut db)?;
+        // Sessions do not survive a restart, so neither do files that waited for guests.
+        let orphans = db.drop_all_guests().map_err(db_error)?;
         let mut store = Store { files_dir, tmp_dir, limits, db, partials: HashMap::new(), next_upload_id: 1 };
+        store.delete_bytes(&orphans);
         store.reconcile()?;
         Ok(store)
     }
@@ -156,11 +210,14 @@ impl Store {
         self.files_dir.join(format!("{id}.bin"))
     }
 
-    /// Bytes `sender` has on the relay: stored files plus uploads in progress.
+    /// Bytes `sender` has on the relay: stored files plus unfinished uploads (see
+    /// [`Partial::counted`]).
     fn used_by(&self, sender: &str) -> Result<u64, Refusal> {
         let stored = self.db.bytes_stored_by(sender).map_err(refusal)?;
-        let partial: u64 = self.partials.values().filter(|p| p.sender == sender).map(|p| p.size).sum();
-        Ok(stored + partial)
+        let stall = self.limits.upload_stall;
+        let partial: u64 =
+            self.partials.values().filter(|p| p.sender == sender).map(|p| p.counted(stall)).sum();
+        Ok(stored.saturating_add(partial))
     }
 
     /// Starts an upload, or resumes the one with the same sender and key. Every limit is checked
@@ -175,9 +232,15 @@ impl Store {
                 ),
             ));
         }
+        // One upload at a time per connection: starting another puts the previous one aside, still
+        // resumable, but no longer holding a reservation.
+        for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(req.conn)) {
+            partial.in_use_by = None;
+        }
         if let Some(plan) = self.resume(&req)? {
             return Ok(plan);
         }
+        self.check_upload_counts(req.sender)?;
         let used = self.used_by(req.sender)?;
         if used.saturating_add(req.size) > self.limits.quota {
             return Err((
@@ -188,16 +251,7 @@ impl Store {
                 ),
             ));
         }
-        let reserved: u64 = self.partials.values().map(|p| p.size).sum();
-        let free = free_space(&self.tmp_dir)
-            .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
-        let needed = req.size.saturating_add(reserved).saturating_add(self.limits.min_free);
-        if free < needed {
-            return Err((
-                ErrorCode::DiskFull,
-                format!("the relay's disk is too full: {free} bytes free, {needed} needed"),
-            ));
-        }
+        self.check_free_space(req.size)?;
         let upload_id = self.next_upload_id;
         self.next_upload_id += 1;
         let temp_path = self.tmp_dir.join(format!("{upload_id}.part"));
@@ -208,11 +262,76 @@ impl Store {
             name: req.name.to_owned(),
             size: req.size,
             recipients: req.recipients,
+            guests: req.guests,
             temp_path: temp_path.clone(),
             in_use_by: Some(req.conn),
+            on_disk: 0,
+            last_progress: Instant::now(),
         };
         self.partials.insert(upload_id, partial);
         Ok(UploadPlan { upload_id, temp_path, size: req.size })
+    }
+
+    /// Unfinished uploads are bounded per sender and in all: each holds a file (and, while it
+    /// runs, a reservation), and the relay remembers each in memory.
+    fn check_upload_counts(&self, sender: &str) -> Result<(), Refusal> {
+        let mine = self.partials.values().filter(|p| p.sender == sender).count();
+        if mine >= self.limits.partials_per_user {
+            return Err((
+                ErrorCode::TooManyUploads,
+                format!(
+                    "you have {mine} unfinished uploads on the relay (the limit is {}); finish or resume one first",
+                    self.limits.partials_per_user
+                ),
+            ));
+        }
+        if self.partials.len() >= self.limits.partials_total {
+            return Err((
+                ErrorCode::TooManyUploads,
+                "the relay has too many uploads in progress; try again later".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The disk must hold this file, every running upload's remaining bytes and `min_free`. The
+    /// refusal does not say how much is left: that would tell a stranger how to fill it exactly.
+    fn check_free_space(&self, size: u64) -> Result<(), Refusal> {
+        let stall = self.limits.upload_stall;
+        let reserved: u64 = self.partials.values().map(|p| p.counted(stall).saturating_sub(p.on_disk)).sum();
+        let free = free_space(&self.tmp_dir)
+            .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
+        let needed = size.saturating_add(reserved).saturating_add(self.limits.min_free);
+        if free < needed {
+            return Err((
+                ErrorCode::DiskFull,
+                "the relay's disk is too full for this file; try again later".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Looks at every unfinished upload's file (called by the hub on each janitor tick): notes
+    /// which ones grew, and deletes the ones that nobody is sending and that have not grown for
+    /// `partial_ttl`. A running upload that stalls keeps its file but loses its reservation
+    /// (see [`Partial::counted`]).
+    pub(crate) fn check_partials(&mut self) {
+        let ttl = self.limits.partial_ttl;
+        let mut dead = Vec::new();
+        for partial in self.partials.values_mut() {
+            let len = fs::metadata(&partial.temp_path).map(|m| m.len()).unwrap_or(0);
+            if len != partial.on_disk {
+                partial.on_disk = len;
+                partial.last_progress = Instant::now();
+            }
+            if partial.in_use_by.is_none() && partial.last_progress.elapsed() >= ttl {
+                dead.push(partial.upload_id);
+            }
+        }
+        for upload_id in dead {
+            log::info!("store: unfinished upload {upload_id} abandoned for too long; deleted");
+            self.abort_upload(upload_id);
+        }
     }
 
     /// Finds a partial upload of the same transfer. A different size or name means the file
@@ -232,13 +351,26 @@ impl Store {
             return Ok(None);
         }
         partial.in_use_by = Some(req.conn);
+        partial.last_progress = Instant::now();
         partial.recipients = req.recipients.clone();
+        partial.guests = req.guests.clone();
         Ok(Some(UploadPlan { upload_id: id, temp_path: partial.temp_path.clone(), size: partial.size }))
     }
 
     /// The connection verified size and SHA-256: record the file and move it into place, in one
     /// transaction. Only after this returns may the uploader be told the file is stored.
-    pub(crate) fn commit_upload(&mut self, upload_id: u64, sha256: [u8; 32]) -> Result<FileInfo, Refusal> {
+    pub(crate) fn commit_upload(
+        &mut self,
+        conn: ConnId,
+        upload_id: u64,
+        sha256: [u8; 32],
+    ) -> Result<FileInfo, Refusal> {
+        if self.partials.get(&upload_id).is_none_or(|p| p.in_use_by != Some(conn)) {
+            return Err((
+                ErrorCode::BadTransfer,
+                format!("upload {upload_id} is not in progress on this connection"),
+            ));
+        }
         let partial = self
             .partials
             .remove(&upload_id)
@@ -251,6 +383,7 @@ impl Store {
             sha256,
             created_ms: now_ms(),
             recipients: &partial.recipients,
+            guests: &partial.guests,
         };
         let files_dir = &self.files_dir;
         let result = self
@@ -269,11 +402,26 @@ impl Store {
         }
     }
 
+    /// Connection `conn` gave up on its upload: forget it and delete its bytes. An upload that is
+    /// not this connection's is left alone (false).
+    pub(crate) fn abort_own_upload(&mut self, conn: ConnId, upload_id: u64) -> bool {
+        let owned = self.partials.get(&upload_id).is_some_and(|p| p.in_use_by == Some(conn));
+        if owned {
+            self.abort_upload(upload_id);
+        }
+        owned
+    }
+
     /// Forgets an upload and deletes its bytes.
     pub(crate) fn abort_upload(&mut self, upload_id: u64) {
         if let Some(partial) = self.partials.remove(&upload_id) {
             let _ = fs::remove_file(&partial.temp_path);
         }
+    }
+
+    /// The limits this store enforces.
+    pub(crate) fn limits(&self) -> &StoreLimits {
+        &self.limits
     }
 
     /// A connection ended: its uploads stay on disk, free to be resumed by the next connection.
@@ -353,9 +501,55 @@ impl Store {
         }
     }
 
-    /// Stores a batch of messages in one transaction; their ids, in order.
-    pub(crate) fn store_messages(&mut self, batch: &[NewMessage<'_>]) -> Result<Vec<u64>, Refusal> {
+    /// Stores a batch of messages in one transaction; per message, whether it was stored (one bad
+    /// row fails alone). An error means the whole transaction failed.
+    pub(crate) fn store_messages(&mut self, batch: &[NewMessage<'_>]) -> Result<Vec<bool>, Refusal> {
         self.db.insert_messages(batch).map_err(refusal)
+    }
+
+    /// Whether there is room on the disk for `bytes` more of messages, keeping `min_free`.
+    pub(crate) fn room_for_messages(&self, bytes: u64) -> bool {
+        match free_space(&self.files_dir) {
+            Ok(free) => free >= bytes.saturating_add(self.limits.min_free),
+            Err(e) => {
+                log::error!("store: cannot check free space: {e}");
+                false
+            }
+        }
+    }
+
+    /// Whether `name` is an account. A database failure counts as "no": nothing is kept for it.
+    pub(crate) fn has_account(&self, name: &str) -> bool {
+        logged(format!("cannot look up account {name:?}"), self.db.has_account(name))
+    }
+
+    /// How many files wait for `name`.
+    pub(crate) fn files_waiting(&self, name: &str) -> u64 {
+        logged(format!("cannot count the files for {name:?}"), self.db.files_waiting(name))
+    }
+
+    /// How many messages wait for `name`.
+    pub(crate) fn pending_count(&self, name: &str) -> u64 {
+        logged(format!("cannot count the messages for {name:?}"), self.db.pending_count(name))
+    }
+
+    /// The next page of messages waiting for `name`, after message id `after`.
+    pub(crate) fn pending_page(&self, name: &str, after: u64, limit: usize) -> Vec<StoredMessage> {
+        logged(format!("cannot read messages for {name:?}"), self.db.pending_page(name, after, limit))
+    }
+
+    /// Guest `name`'s session is over: files waiting for it go (deleted if nobody else waits).
+    pub(crate) fn drop_guest(&mut self, name: &str) {
+        match self.db.drop_guest(name) {
+            Ok(ids) => self.delete_bytes(&ids),
+            Err(e) => log::error!("store: cannot drop what waited for guest {name:?}: {e}"),
+        }
+    }
+
+    fn delete_bytes(&self, ids: &[u64]) {
+        for id in ids {
+            let _ = fs::remove_file(self.bin_path(*id));
+        }
     }
 
     /// The highest message id ever stored.
@@ -376,11 +570,6 @@ impl Store {
     /// The last `limit` messages of `room` that are not pending for `name`.
     pub(crate) fn history(&self, room: &str, limit: usize, name: &str) -> Vec<StoredMessage> {
         logged(format!("cannot read the history of {room}"), self.db.history(room, limit, name))
-    }
-
-    /// Messages waiting for `name`, oldest first.
-    pub(crate) fn pending_for(&self, name: &str) -> Vec<StoredMessage> {
-        logged(format!("cannot read messages for {name:?}"), self.db.pending_for(name))
     }
 
     /// `name` has the pending messages up to `message_id`.
@@ -457,6 +646,7 @@ mod tests {
             name: "a.txt",
             size,
             recipients: ["bob".to_string()].into_iter().collect(),
+            guests: BTreeSet::new(),
         }
     }
 
@@ -466,7 +656,7 @@ mod tests {
         let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
         let plan = store.begin_upload(request("alice", "k", 3)).unwrap();
         fs::write(&plan.temp_path, b"abc").unwrap();
-        let info = store.commit_upload(plan.upload_id, [7; 32]).unwrap();
+        let info = store.commit_upload(1, plan.upload_id, [7; 32]).unwrap();
         drop(store);
 
         let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
@@ -483,11 +673,12 @@ mod tests {
     #[test]
     fn limits_are_checked_before_anything_is_stored() {
         let dir = temp_dir("limits");
-        let limits = StoreLimits { max_file_size: 100, quota: 150, min_free: 0 };
+        let limits = StoreLimits { max_file_size: 100, quota: 150, min_free: 0, ..StoreLimits::default() };
         let mut store = Store::open(&dir, limits).unwrap();
         assert_eq!(store.begin_upload(request("alice", "big", 101)).unwrap_err().0, ErrorCode::FileTooLarge);
         store.begin_upload(request("alice", "one", 100)).unwrap();
-        assert_eq!(store.begin_upload(request("alice", "two", 51)).unwrap_err().0, ErrorCode::QuotaExceeded);
+        let second = UploadRequest { conn: 2, ..request("alice", "two", 51) };
+        assert_eq!(store.begin_upload(second).unwrap_err().0, ErrorCode::QuotaExceeded);
         store.begin_upload(request("bob", "two", 51)).unwrap(); // quotas are per sender
         let full = StoreLimits { min_free: u64::MAX / 2, ..StoreLimits::default() };
         let mut store = Store::open(&temp_dir("full"), full).unwrap();
@@ -509,6 +700,72 @@ mod tests {
         assert_eq!(again.upload_id, first.upload_id);
         let changed = store.begin_upload(UploadRequest { conn: 2, ..request("alice", "k", 11) }).unwrap();
         assert_ne!(changed.upload_id, first.upload_id);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_the_sending_connection_can_end_an_upload() {
+        let dir = temp_dir("owner");
+        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+        let plan = store.begin_upload(request("alice", "k", 3)).unwrap();
+        fs::write(&plan.temp_path, b"abc").unwrap();
+        assert!(!store.abort_own_upload(2, plan.upload_id), "another connection cannot abort it");
+        assert_eq!(store.commit_upload(2, plan.upload_id, [1; 32]).unwrap_err().0, ErrorCode::BadTransfer);
+        assert!(plan.temp_path.exists(), "and nothing changed");
+        assert!(store.commit_upload(1, plan.upload_id, [1; 32]).is_ok());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unfinished_uploads_are_bounded_and_count_only_what_they_hold_once_idle() {
+        let dir = temp_dir("partials");
+        let limits = StoreLimits {
+            quota: 1000,
+            partials_per_user: 2,
+            partial_ttl: Duration::from_millis(200),
+            ..StoreLimits::default()
+        };
+        let mut store = Store::open(&dir, limits).unwrap();
+        let first = store.begin_upload(request("alice", "a", 900)).unwrap();
+        // While the first runs, its whole size is reserved against the quota.
+        let busy = UploadRequest { conn: 2, ..request("alice", "b", 200) };
+        assert_eq!(store.begin_upload(busy).unwrap_err().0, ErrorCode::QuotaExceeded);
+        fs::write(&first.temp_path, [0u8; 10]).unwrap();
+        store.release(1); // the connection went: only its 10 bytes count now
+        store.check_partials();
+        store.begin_upload(UploadRequest { conn: 2, ..request("alice", "b", 200) }).unwrap();
+        let third = UploadRequest { conn: 3, ..request("alice", "c", 1) };
+        assert_eq!(store.begin_upload(third).unwrap_err().0, ErrorCode::TooManyUploads);
+        store.release(2);
+        // Abandoned (nobody sending, no growth for the TTL): deleted.
+        std::thread::sleep(Duration::from_millis(250));
+        store.check_partials();
+        assert!(!first.temp_path.exists());
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        store.begin_upload(UploadRequest { conn: 3, ..request("alice", "c", 1) }).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_for_a_guest_go_with_the_session_and_with_a_restart() {
+        let dir = temp_dir("guests");
+        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+        let both: BTreeSet<String> = ["bob".to_string(), "gus".to_string()].into();
+        let gus: BTreeSet<String> = ["gus".to_string()].into();
+        let req = UploadRequest { recipients: both, guests: gus.clone(), ..request("alice", "k", 1) };
+        let plan = store.begin_upload(req).unwrap();
+        fs::write(&plan.temp_path, b"x").unwrap();
+        let shared = store.commit_upload(1, plan.upload_id, [1; 32]).unwrap();
+        let req = UploadRequest { recipients: gus.clone(), guests: gus, ..request("alice", "j", 1) };
+        let plan = store.begin_upload(req).unwrap();
+        fs::write(&plan.temp_path, b"y").unwrap();
+        let only_gus = store.commit_upload(1, plan.upload_id, [2; 32]).unwrap();
+        assert_eq!(store.files_waiting("gus"), 2);
+        store.drop_guest("gus");
+        assert_eq!(store.files_waiting("gus"), 0);
+        assert_eq!(store.waiting_for("bob"), vec![shared.clone()], "bob still has his");
+        assert!(!store.bin_path(only_gus.file_id).exists(), "nobody else waited: bytes deleted");
+        assert!(store.bin_path(shared.file_id).exists());
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -546,7 +803,7 @@ mod tests {
         // New files never reuse an imported id.
         let plan = store.begin_upload(request("alice", "k", 1)).unwrap();
         fs::write(&plan.temp_path, b"x").unwrap();
-        assert!(store.commit_upload(plan.upload_id, [0; 32]).unwrap().file_id > 7);
+        assert!(store.commit_upload(1, plan.upload_id, [0; 32]).unwrap().file_id > 7);
         let _ = fs::remove_dir_all(&dir);
     }
 }
