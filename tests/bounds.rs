@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 /// No rate limit, so a test can send hundreds of messages quickly.
 fn unthrottled() -> ServerConfig {
-    ServerConfig { msg_rate: 0, request_rate: 0, ..ServerConfig::default() }
+    ServerConfig { msg_rate: 0, text_rate: 0, request_rate: 0, ..ServerConfig::default() }
 }
 
 /// The next frame that is not chat, a notice or a file announcement.
@@ -231,4 +231,33 @@ fn a_fast_sender_is_slowed_to_the_rate_and_loses_nothing() {
     // 10 at once, then 20 at 20 per second.
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "the rate held: {took:?}");
+}
+
+#[test]
+fn joining_a_room_full_of_the_largest_messages_does_not_get_anyone_cut() {
+    // 50 messages of history at 64 KiB would be 3.2 MiB, over this queue limit at once.
+    let server = TestServer::start_with(ServerConfig { max_queued_bytes: 3 << 20, ..unthrottled() });
+    server.account("bob", "pw", "lobby").close();
+    let alice = server.client("alice", "lobby");
+    let big = "x".repeat(relaychat::rules::MAX_TEXT_BYTES);
+    for _ in 0..120 {
+        alice.send_text(&big).unwrap(); // 7.5 MiB for bob, and as much history for anyone
+    }
+    alice.who().unwrap();
+    wait_for(&alice, "the relay to take them", |e| matches!(e, Event::Online { .. }).then_some(()));
+    let bob = server.account("bob", "pw", "lobby");
+    let carol = server.client("carol", "lobby");
+    let mut offline = 0;
+    while offline < 120 {
+        let mark = wait_for(&bob, "offline messages", |e| match e {
+            Event::Chat { mark, .. } => Some(*mark),
+            _ => None,
+        });
+        offline += usize::from(mark == Mark::Offline);
+    }
+    // carol got a history (trimmed to what fits a page) and is still connected, as is bob.
+    carol.who().unwrap();
+    wait_for(&carol, "the online list", |e| matches!(e, Event::Online { .. }).then_some(()));
+    bob.who().unwrap();
+    wait_for(&bob, "the online list", |e| matches!(e, Event::Online { .. }).then_some(()));
 }

@@ -37,7 +37,10 @@ struct Ledger {
 fn start_relay(addr: &str, data: &str) -> Proc {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", addr, "--data-dir", data], &[]);
+        // No rate limit: 20 clients resend everything unconfirmed at each restart, and this test is
+        // about what survives SIGKILL, not about how fast one sender may go.
+        let args = ["--bind", addr, "--data-dir", data, "--msg-rate", "0", "--text-rate", "0"];
+        let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
         // Its log ends in "relay listening on" once it serves, or the process ends (port busy).
         while let Ok(line) = relay.stderr.recv_timeout(Duration::from_secs(10)) {
             if line.contains("relay listening on") {

@@ -50,8 +50,13 @@ use crate::server::store::{NewMessage, StoredMessage};
 /// The most messages stored in one transaction.
 pub(super) const MAX_BATCH: usize = 256;
 
-/// Offline messages read and queued at a time, per client.
+/// Offline messages read and queued at a time, per client...
 pub(super) const PAGE: usize = 64;
+/// ...and at most about this many bytes of text in one page, or in the history sent on joining
+/// (but at least one message). Together they stay well under a client's queue limit
+/// (`max_queued_bytes`), so a room flooded with the largest messages cannot get everyone who
+/// joins it cut as "too slow".
+pub(super) const PAGE_BYTES: usize = 1024 * 1024;
 
 /// The largest client id: ids are stored as SQLite integers, which are signed 64-bit.
 pub const MAX_CLIENT_ID: u64 = i64::MAX as u64;
@@ -287,7 +292,15 @@ impl Hub {
                 .or_insert_with(|| self.store.members(room))
                 .insert(name.to_owned());
         }
-        for message in self.store.history(room, self.config.history, name) {
+        let mut history = self.store.history(room, self.config.history, name);
+        // The most recent messages that fit the byte budget (history is oldest first).
+        let mut bytes = 0;
+        let keep = history.iter().rev().take_while(|m| {
+            bytes += m.text.len();
+            bytes <= PAGE_BYTES
+        });
+        let skip = history.len() - keep.count();
+        for message in history.drain(skip..) {
             self.send_to(id, &stored_frame(message, MARK_HISTORY));
         }
         if account {
@@ -302,8 +315,20 @@ impl Hub {
     fn send_pending_page(&mut self, id: ConnId) {
         let Some(peer) = self.peer(id) else { return };
         let (Some(after), name) = (peer.catching_up, peer.name.clone()) else { return };
-        let page = self.store.pending_page(&name, after, PAGE);
+        let mut page = self.store.pending_page(&name, after, PAGE);
         let done = page.len() < PAGE;
+        let mut bytes = 0;
+        let fits = page
+            .iter()
+            .take_while(|m| {
+                bytes += m.text.len();
+                bytes <= PAGE_BYTES
+            })
+            .count()
+            .max(1)
+            .min(page.len());
+        let done = done && fits == page.len();
+        page.truncate(fits);
         let last = page.last().map_or(after, |m| m.id);
         for message in page {
             self.send_to(id, &stored_frame(message, MARK_OFFLINE));

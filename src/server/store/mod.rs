@@ -157,7 +157,12 @@ pub(crate) struct Store {
     /// Uploads in progress, by upload id (in memory only; see the module docs).
     partials: HashMap<u64, Partial>,
     next_upload_id: u64,
+    /// When [`Store::check_partials`] last looked at the unfinished uploads' files.
+    partials_checked: Instant,
 }
+
+/// How old the view of unfinished uploads may be when a new upload is weighed against them.
+const PARTIALS_FRESH: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens (creating if needed) the data directory and its database, imports an older data
@@ -175,7 +180,15 @@ impl Store {
         legacy::import(&files_dir, &mut db)?;
         // Sessions do not survive a restart, so neither do files that waited for guests.
         let orphans = db.drop_all_guests().map_err(db_error)?;
-        let mut store = Store { files_dir, tmp_dir, limits, db, partials: HashMap::new(), next_upload_id: 1 };
+        let mut store = Store {
+            files_dir,
+            tmp_dir,
+            limits,
+            db,
+            partials: HashMap::new(),
+            next_upload_id: 1,
+            partials_checked: Instant::now(),
+        };
         store.delete_bytes(&orphans);
         store.reconcile()?;
         Ok(store)
@@ -239,6 +252,10 @@ impl Store {
         }
         if let Some(plan) = self.resume(&req)? {
             return Ok(plan);
+        }
+        // Reservations and counts are about to be compared: make them current first.
+        if self.partials_checked.elapsed() >= PARTIALS_FRESH {
+            self.check_partials();
         }
         self.check_upload_counts(req.sender)?;
         let used = self.used_by(req.sender)?;
@@ -316,6 +333,7 @@ impl Store {
     /// `partial_ttl`. A running upload that stalls keeps its file but loses its reservation
     /// (see [`Partial::counted`]).
     pub(crate) fn check_partials(&mut self) {
+        self.partials_checked = Instant::now();
         let ttl = self.limits.partial_ttl;
         let mut dead = Vec::new();
         for partial in self.partials.values_mut() {
