@@ -11,16 +11,21 @@
 //!  (owns socket, one per conn)
 //! ```
 //!
-//! - The **accept thread** owns the `TcpListener`. For every connection it spawns a connection
-//!   thread and keeps its `JoinHandle`.
+//! - The **accept thread** (`server/accept.rs`) owns the `TcpListener`. It turns away connections
+//!   over the relay's or the address's cap before anything is started for them; for every other
+//!   connection it spawns a connection thread and keeps its `JoinHandle`.
 //! - Each **connection thread** (`server/conn.rs`) reads frames from its socket. After the hello it spawns
 //!   a **writer thread** that owns a clone of the socket and drains a bounded queue.
+//! - Two **hash threads** (`server/login.rs`) compute every argon2 password hash, from a short
+//!   bounded queue: a flood of password logins waits there or is told "busy", and never holds
+//!   more than two hashes' worth of memory.
 //! - The **hub thread** (`server/hub.rs`) owns all shared state: who is online, which room they are in, and
 //!   the sending half of each writer's queue. Nobody else touches that state, so there is no
 //!   `Mutex` and events are handled in one well-defined order.
 //!
 //! See [`Server::run`] for the shutdown sequence and `docs/ARCHITECTURE.md` for the whole picture.
 
+mod accept;
 mod conn;
 mod hub;
 mod login;
@@ -101,8 +106,9 @@ pub struct ServerConfig {
     pub corrupt_download_chunk: Option<u64>,
     /// If set, every hello must carry this access password. Default none.
     pub access_password: Option<String>,
-    /// The first wait imposed on an address that keeps failing to log in; it doubles with each
-    /// further failure, up to 30 s. Default 1 s.
+    /// The first wait the login brake imposes on an address or an account that keeps failing to
+    /// log in; it doubles with each further failure, up to 30 s for an address and 2 s for an
+    /// account (see `server/hub/brake.rs`). Default 1 s.
     pub login_backoff: Duration,
     /// How long a file waits for its recipients before it is deleted. Default 7 days.
     pub retention: Duration,
@@ -110,6 +116,19 @@ pub struct ServerConfig {
     pub expiry_check: Duration,
     /// How many of a room's last messages a user sees on joining. Default 50.
     pub history: usize,
+    /// Connections the relay holds at once (joined or still in their hello). `None` (the
+    /// default) derives it from the open-file limit: (soft limit, raised to the hard limit, −
+    /// 64 reserved) / 6 descriptors per connection. See `server/accept.rs`.
+    pub max_connections: Option<usize>,
+    /// Connections one address holds at once (an IPv6 address counts per /64). Default 16.
+    pub max_per_address: usize,
+    /// Threads that compute password hashes (argon2, about 19 MiB each while it runs). Default 2.
+    pub hash_threads: usize,
+    /// Password checks that may wait for a hash thread; more at once are refused with
+    /// `LoginBusy`. Default 16.
+    pub hash_queue: usize,
+    /// New accounts (names kept for someone) one address may create per hour. Default 20.
+    pub accounts_per_address_per_hour: usize,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +158,11 @@ impl Default for ServerConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             expiry_check: Duration::from_secs(60),
             history: 50,
+            max_connections: None,
+            max_per_address: 16,
+            hash_threads: 2,
+            hash_queue: 16,
+            accounts_per_address_per_hour: 20,
         }
     }
 }
@@ -148,6 +172,8 @@ impl Default for ServerConfig {
 pub struct Server {
     listener: TcpListener,
     config: ServerConfig,
+    /// `config.max_connections`, or the cap derived from the open-file limit.
+    max_connections: usize,
     store: store::Store,
     stop: Arc<AtomicBool>,
 }
@@ -173,13 +199,18 @@ impl ShutdownHandle {
 
 impl Server {
     /// Binds the listening socket and opens the data directory. Port 0 picks a free port (see
-    /// [`Server::local_addr`]).
+    /// [`Server::local_addr`]). Raises the process's soft open-file limit to its hard limit first
+    /// (unless `max_connections` is given), so the connection cap can be derived from it.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        let max_connections = match config.max_connections {
+            Some(max) => max.max(1),
+            None => accept::derived_max_connections(accept::raise_fd_limit()),
+        };
         let store = store::Store::open(&config.data_dir, config.limits.clone()).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot use the data dir {}: {e}", config.data_dir.display()))
         })?;
         let listener = TcpListener::bind(config.bind)?;
-        Ok(Server { listener, config, store, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Server { listener, config, max_connections, store, stop: Arc::new(AtomicBool::new(false)) })
     }
 
     /// The address actually bound.
@@ -214,18 +245,34 @@ impl Server {
     ///    side. That wakes the connection's reader, which ends the connection.
     /// 4. We wait up to `shutdown_grace` for the connections to end by themselves. Any that did not
     ///    (a client that stopped reading) are cut with their `Closer`.
-    /// 5. Every connection thread and the hub thread are joined. Nothing is left running.
+    /// 5. Every connection thread and the hub thread are joined.
+    /// 6. The last sender of the hash pool's queue is dropped, so its threads end; they are
+    ///    joined. Nothing is left running.
     pub fn run(self) -> io::Result<()> {
         let addr = self.local_addr()?;
+        log::info!(
+            "accepting up to {} connections ({} per address); {} hash threads, {} waiting at most",
+            self.max_connections,
+            self.config.max_per_address,
+            self.config.hash_threads,
+            self.config.hash_queue
+        );
         log::info!("relay listening on {addr}");
+        let (pool, hash_threads) = login::HashPool::start(self.config.hash_threads, self.config.hash_queue)?;
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
         let hub = Hub::new(self.config.clone(), from_conns, self.store);
         let hub_thread = thread::Builder::new().name("hub".into()).spawn(move || hub.run())?;
         let (stop_janitor, janitor) = start_janitor(&to_hub, self.config.expiry_check)?;
 
-        let mut conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);
+        let conn_threads = accept::accept_loop(
+            &self.listener,
+            &self.stop,
+            &to_hub,
+            &pool,
+            &self.config,
+            self.max_connections,
+        );
         drop(self.listener); // step 1 done: nobody can connect any more
-        reap_finished(&mut conn_threads);
         drop(stop_janitor);
         let _ = janitor.join();
 
@@ -247,6 +294,10 @@ impl Server {
         for handle in conn_threads {
             // A panic in one connection is logged by the panic hook; it must not stop shutdown.
             let _ = handle.join(); // step 5
+        }
+        drop(pool); // step 6
+        for handle in hash_threads {
+            let _ = handle.join();
         }
         log::info!("relay stopped");
         Ok(())
@@ -287,76 +338,3 @@ const TRIM_EVERY: Duration = Duration::from_secs(2);
 /// 512 × 64 KiB = 32 MiB at worst. The hub takes an event in microseconds, so 512 is plenty for
 /// bursts.
 const HUB_QUEUE: usize = 512;
-
-/// Accepts connections until the stop flag is set; returns the handles of all connection threads
-/// that may still be running.
-fn accept_loop(
-    listener: &TcpListener,
-    stop: &AtomicBool,
-    to_hub: &Sender<ToHub>,
-    config: &ServerConfig,
-) -> Vec<JoinHandle<()>> {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    for incoming in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match incoming {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Typically EMFILE (out of file descriptors). Pause instead of spinning.
-                log::warn!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        next_id += 1;
-        if let Some(handle) = start_connection(stream, next_id, to_hub, config) {
-            conns.push(handle);
-        }
-        reap_finished(&mut conns);
-    }
-    conns
-}
-
-/// Joins the connection threads that have already ended, so the list does not grow forever.
-fn reap_finished(conns: &mut Vec<JoinHandle<()>>) {
-    let (done, running): (Vec<_>, Vec<_>) = conns.drain(..).partition(|h| h.is_finished());
-    *conns = running;
-    for handle in done {
-        let _ = handle.join();
-    }
-}
-
-fn start_connection(
-    stream: TcpStream,
-    id: u64,
-    to_hub: &Sender<ToHub>,
-    config: &ServerConfig,
-) -> Option<JoinHandle<()>> {
-    let addr = match stream.peer_addr() {
-        Ok(addr) => addr,
-        Err(e) => {
-            log::warn!("connection #{id}: no peer address ({e}); dropped");
-            return None;
-        }
-    };
-    log::info!("{addr}: connected (#{id})");
-    // Chat frames are small; Nagle's algorithm would hold each one back waiting for more.
-    if let Err(e) = stream.set_nodelay(true) {
-        log::warn!("{addr}: cannot set TCP_NODELAY: {e}");
-    }
-    let to_hub = to_hub.clone();
-    let config = config.clone();
-    let spawned = thread::Builder::new()
-        .name(format!("conn-{id}"))
-        .spawn(move || conn::serve(stream, conn::ConnInfo { id, addr }, to_hub, config));
-    match spawned {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            log::error!("{addr}: cannot start a thread for this connection: {e}");
-            None
-        }
-    }
-}

@@ -39,7 +39,19 @@ fn start_relay(addr: &str, data: &str) -> Proc {
     loop {
         // No rate limit: 20 clients resend everything unconfirmed at each restart, and this test is
         // about what survives SIGKILL, not about how fast one sender may go.
-        let args = ["--bind", addr, "--data-dir", data, "--msg-rate", "0", "--text-rate", "0"];
+        // And 23 connections from one address, past the default per-address cap.
+        let args = [
+            "--bind",
+            addr,
+            "--data-dir",
+            data,
+            "--msg-rate",
+            "0",
+            "--text-rate",
+            "0",
+            "--max-per-address",
+            "64",
+        ];
         let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
         // Its log ends in "relay listening on" once it serves, or the process ends (port busy).
         while let Ok(line) = relay.stderr.recv_timeout(Duration::from_secs(10)) {

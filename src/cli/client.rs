@@ -124,6 +124,9 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         None => String::new(),
     };
     config.access = cli.conn.access_password.clone().unwrap_or_default();
+    // This machine's token for this relay: the name stays ours without a password (see
+    // client/identity.rs).
+    config.token = crate::client::identity::token_or_guest(&server);
     // Receipts let the interactive client resend what the relay had not stored when it went away.
     config.receipts = true;
     // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.

@@ -46,6 +46,14 @@ pub struct ServerCli {
     /// How many of a room's last messages someone joining it sees.
     #[arg(long, default_value_t = 50)]
     pub history: usize,
+    /// Connections the relay holds at once [default: derived from the open-file limit, which is
+    /// raised to its hard limit at start: (limit - 64) / 6]. Newcomers over it are told the relay
+    /// is full.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections one address may hold at once (an IPv6 address counts per /64).
+    #[arg(long, default_value_t = 16)]
+    pub max_per_address: usize,
     /// Unfinished uploads one user may keep on the relay to resume later.
     #[arg(long, default_value_t = 4)]
     pub partials_per_user: usize,
@@ -115,6 +123,8 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         access_password: cli.access_password.filter(|p| !p.is_empty()),
         retention: cli.retention,
         history: cli.history,
+        max_connections: cli.max_connections,
+        max_per_address: cli.max_per_address.max(1),
         ..ServerConfig::default()
     };
     let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;

@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+pub(crate) mod brake;
 mod chat;
 mod meter;
 
 use meter::Meter;
 pub(crate) use meter::Outgoing;
 
-use super::login::{self, AccountAnswer};
+use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
 use crate::frame::{self, ErrorCode, FileInfo, Frame};
@@ -85,12 +86,14 @@ pub(crate) enum ToHub {
     Download { id: ConnId, file_id: u64, offset: u64, reply: Sender<Result<DownloadPlan, Refusal>> },
     /// The client has a file, verified.
     Received { id: ConnId, file_id: u64 },
-    /// A login is being checked: what is stored for `name`, and how long `ip` must wait first.
-    Account { name: String, ip: IpAddr, reply: Sender<AccountAnswer> },
-    /// First login with a password: record the account; `reply` says whether it was still free.
-    Claim { name: String, hash: String, reply: Sender<bool> },
-    /// How a login from `ip` ended, for the guessing brake.
-    LoginResult { ip: IpAddr, ok: bool },
+    /// A login is being checked: what is stored for the name, and how long the brake says to
+    /// wait first (see `login.rs`).
+    Account { query: AccountQuery, reply: Sender<AccountAnswer> },
+    /// Record an account's credentials: a new account, or a password or token added to one the
+    /// connection proved it owns. `reply` says how it went.
+    Claim { grant: Grant, reply: Sender<ClaimOutcome> },
+    /// How a login from `ip` for `name` ended, for the brake (`hub/brake.rs`).
+    LoginResult { ip: IpAddr, name: String, attempt: Attempt },
     /// Time to delete files older than the retention period (sent by the janitor thread).
     Expire,
     /// The server is stopping; see [`super::Server::run`].
@@ -166,8 +169,8 @@ pub(crate) struct Hub {
     /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
     /// thousand idle connections cost nothing per event.
     backlogged: BTreeSet<ConnId>,
-    /// Recent failed logins per address: how many, and when the last one was.
-    failed_logins: HashMap<IpAddr, (u32, Instant)>,
+    /// Failed logins per address and per account (see `brake.rs`).
+    brake: brake::Brake,
     /// Clients still being sent the messages that waited for them, a page at a time.
     catching_up: BTreeSet<ConnId>,
     /// Clients to disconnect as too slow at the end of this turn.
@@ -183,6 +186,7 @@ pub(crate) struct Hub {
 
 impl Hub {
     pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>, store: Store) -> Hub {
+        let brake = brake::Brake::new(config.login_backoff);
         Hub {
             config,
             last_message_id: store.last_message_id(),
@@ -195,7 +199,7 @@ impl Hub {
             conns: HashMap::new(),
             names: HashMap::new(),
             rooms: HashMap::new(),
-            failed_logins: HashMap::new(),
+            brake,
             catching_up: BTreeSet::new(),
             too_slow: Vec::new(),
             queued_total: Arc::new(AtomicUsize::new(0)),
@@ -296,27 +300,15 @@ impl Hub {
                 let name = peer.name.clone();
                 self.store.mark_received(&name, file_id);
             }
-            ToHub::Account { name, ip, reply } => {
-                let failures = self.recent_failures(ip);
-                let answer = match self.store.password_hash(&name) {
-                    Ok(hash) => {
-                        AccountAnswer { hash, delay: login::delay_for(failures, self.config.login_backoff) }
-                    }
-                    // Refuse rather than let a name with an account in as a guest: an impossible
-                    // hash fails every password.
-                    Err(()) => AccountAnswer { hash: Some(String::new()), delay: Duration::ZERO },
-                };
-                let _ = reply.send(answer);
+            ToHub::Account { query, reply } => {
+                let _ =
+                    reply.send(login::answer(&self.store, &mut self.brake, &self.names, &self.config, query));
             }
-            ToHub::Claim { name, hash, reply } => {
-                let _ = reply.send(self.store.claim(&name, &hash));
+            ToHub::Claim { grant, reply } => {
+                let _ = reply.send(login::record(&mut self.store, &self.names, &self.config, grant));
             }
-            ToHub::LoginResult { ip, ok: true } => {
-                self.failed_logins.remove(&ip);
-            }
-            ToHub::LoginResult { ip, ok: false } => {
-                let failures = self.recent_failures(ip) + 1;
-                self.failed_logins.insert(ip, (failures, Instant::now()));
+            ToHub::LoginResult { ip, name, attempt } => {
+                self.brake.record(crate::server::accept::address_key(ip), &name, attempt, Instant::now())
             }
             ToHub::Expire => {
                 self.store.check_partials();
@@ -339,18 +331,6 @@ impl Hub {
     fn tell_expired(&mut self, id: ConnId, name: &str) {
         for notice in self.store.notices_for(name) {
             self.send_to(id, &Frame::FileExpired { from: notice.sender, name: notice.name });
-        }
-    }
-
-    /// Failed logins from `ip` that are recent enough to count.
-    fn recent_failures(&mut self, ip: IpAddr) -> u32 {
-        match self.failed_logins.get(&ip) {
-            Some(&(count, last)) if last.elapsed() < login::FORGET_AFTER => count,
-            Some(_) => {
-                self.failed_logins.remove(&ip);
-                0
-            }
-            None => 0,
         }
     }
 

@@ -73,7 +73,32 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
         PRIMARY KEY (recipient, message_id)
      );",
-    // 6 (numbered after the accounts change): a file waits for a guest only while the guest's
+    // 5: machine-bound accounts and look-alike names (see store/accounts.rs). SQLite cannot drop
+    // NOT NULL from a column, so `accounts` is rebuilt: `password_hash` becomes nullable (an
+    // account bound only to an identity token has none), `skeleton` holds the name's UTS #39
+    // skeleton (filled in by `fill_missing_skeletons` right after, since SQL cannot compute it),
+    // and `created_from` the address that created it (to cap new accounts per address). Tokens
+    // are kept as SHA-256 only.
+    "CREATE TABLE accounts_v5 (
+        name          TEXT    PRIMARY KEY,
+        password_hash TEXT,
+        skeleton      TEXT,
+        created_ms    INTEGER NOT NULL,
+        created_from  TEXT
+     );
+     INSERT INTO accounts_v5 (name, password_hash, created_ms)
+        SELECT name, password_hash, created_ms FROM accounts;
+     DROP TABLE accounts;
+     ALTER TABLE accounts_v5 RENAME TO accounts;
+     CREATE INDEX accounts_by_skeleton ON accounts(skeleton);
+     CREATE INDEX accounts_by_origin ON accounts(created_from, created_ms);
+     CREATE TABLE account_tokens (
+        name         TEXT    NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+        token_sha256 BLOB    NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        PRIMARY KEY (name, token_sha256)
+     );",
+    // 6: a file waits for a guest only while the guest's
     // session lasts; this marks those rows.
     "ALTER TABLE file_recipients ADD COLUMN guest INTEGER NOT NULL DEFAULT 0;",
 ];
@@ -83,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
 const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 pub(crate) struct Db {
+    /// Visible to the store's other modules (`accounts.rs`), which add their own queries.
     pub(super) conn: Connection,
 }
 
@@ -109,7 +135,7 @@ impl Db {
             tx.commit()?;
             log::info!("store: database schema migrated to version {}", i + 1);
         }
-        Ok(())
+        self.fill_missing_skeletons()
     }
 
     /// Records a file in one transaction. `place(file_id)` runs inside it (it moves the bytes into
@@ -429,22 +455,6 @@ impl Db {
         self.conn.execute("DELETE FROM messages WHERE sent_ms < ?1", [cutoff_ms as i64])
     }
 
-    /// The password hash of account `name`, if the name is claimed.
-    pub(crate) fn password_hash(&self, name: &str) -> rusqlite::Result<Option<String>> {
-        self.conn
-            .query_row("SELECT password_hash FROM accounts WHERE name = ?1", [name], |r| r.get(0))
-            .optional()
-    }
-
-    /// Records a new account. False if the name is already claimed (the existing one is kept).
-    pub(crate) fn create_account(&mut self, name: &str, hash: &str, now_ms: u64) -> rusqlite::Result<bool> {
-        let added = self.conn.execute(
-            "INSERT OR IGNORE INTO accounts (name, password_hash, created_ms) VALUES (?1, ?2, ?3)",
-            params![name, hash, now_ms as i64],
-        )?;
-        Ok(added == 1)
-    }
-
     /// Ids of every stored file (to find bytes on disk that no row claims).
     pub(crate) fn file_ids(&self) -> rusqlite::Result<BTreeSet<u64>> {
         let mut stmt = self.conn.prepare("SELECT id FROM files")?;
@@ -640,15 +650,5 @@ mod tests {
         db.remove_member("lobby", "bob").unwrap();
         assert!(db.members("lobby").unwrap().is_empty());
         assert!(db.pending_for("bob").unwrap().is_empty(), "leaving drops what was pending");
-    }
-
-    #[test]
-    fn an_account_is_claimed_once() {
-        let mut db = Db { conn: Connection::open_in_memory().unwrap() };
-        db.migrate().unwrap();
-        assert_eq!(db.password_hash("alice").unwrap(), None);
-        assert!(db.create_account("alice", "$argon2id$first", 1).unwrap());
-        assert!(!db.create_account("alice", "$argon2id$second", 2).unwrap());
-        assert_eq!(db.password_hash("alice").unwrap().as_deref(), Some("$argon2id$first"));
     }
 }

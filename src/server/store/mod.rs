@@ -22,6 +22,7 @@
 //! Simplified on purpose: partial uploads are remembered in memory only. After a relay restart
 //! their `.part` files are deleted and those uploads start again from zero.
 
+mod accounts;
 mod db;
 mod legacy;
 mod waiting;
@@ -492,12 +493,6 @@ impl Store {
 }
 
 impl Store {
-    /// The stored password hash of account `name`, if it is claimed. A database failure is logged
-    /// and reported as an error, so a login is refused rather than let through.
-    pub(crate) fn password_hash(&self, name: &str) -> Result<Option<String>, ()> {
-        self.db.password_hash(name).map_err(|e| log::error!("store: cannot read account {name:?}: {e}"))
-    }
-
     /// Deletes files stored longer than `retention` (rows first, then bytes) and returns a notice
     /// for every recipient who never got one. The notices are also kept for [`Store::notices_for`].
     pub(crate) fn expire(&mut self, retention: std::time::Duration) -> Vec<Notice> {
@@ -620,14 +615,6 @@ impl Store {
     /// Takes the expiry notices waiting for `name`.
     pub(crate) fn notices_for(&mut self, name: &str) -> Vec<Notice> {
         logged(format!("cannot read notices for {name:?}"), self.db.take_notices(name))
-    }
-
-    /// Claims `name` with `hash`. False if it is taken (or the database failed).
-    pub(crate) fn claim(&mut self, name: &str, hash: &str) -> bool {
-        self.db.create_account(name, hash, now_ms()).unwrap_or_else(|e| {
-            log::error!("store: cannot create account {name:?}: {e}");
-            false
-        })
     }
 }
 
