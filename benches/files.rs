@@ -247,6 +247,8 @@ fn timed_client(args: &[&str]) -> Timed {
     let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
         .args(args)
         .env("RELAYCHAT_PASSWORD", "bench password")
+        // The clients' identity file goes to a scratch dir, never into the real home.
+        .env("RELAYCHAT_CONFIG_DIR", std::env::temp_dir().join("relaychat-bench-config"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -65,7 +65,8 @@ pub struct ConnArgs {
     #[arg(long, global = true, env = "RELAYCHAT_DOWNLOADS")]
     pub downloads: Option<PathBuf>,
     /// Your account password: the first login with it claims your name, later logins need it.
-    /// Without one you are a guest (and, in a terminal, you are asked for one).
+    /// Without one, the name is kept for this machine (see README, "Accounts"); in a terminal you
+    /// are asked for one.
     #[arg(long, global = true, env = "RELAYCHAT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// The relay's access password, if it has one.
@@ -490,13 +491,14 @@ fn spawn_stdin_reader() -> anyhow::Result<Receiver<io::Result<String>>> {
 }
 
 /// Asks for the account password on the terminal, without echoing it. `None` when stdin is not a
-/// terminal (a script: no password means a guest) or the terminal cannot be switched.
+/// terminal (a script: no password means the name is kept for this machine only) or the
+/// terminal cannot be switched.
 fn ask_password(name: &str) -> Option<String> {
     use std::io::IsTerminal;
     if !io::stdin().is_terminal() {
         return None;
     }
-    eprint!("password for {} (Enter: join as a guest): ", visible(name));
+    eprint!("password for {} (Enter: none, the name is kept for this machine): ", visible(name));
     let _ = io::stderr().flush();
     let echo = EchoOff::new();
     let mut line = String::new();
