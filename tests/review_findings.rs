@@ -383,3 +383,166 @@ fn f5_a_later_guest_with_the_same_name_has_its_messages_swallowed() {
         "the second guest named bob got a receipt ({receipt:?}, the first bob's id was {first_id}) but its message reached nobody"
     );
 }
+
+// =============================================================================================
+// Shared by findings 6 and 7: bystanders' delivery times while an attacker loops guest logins.
+// =============================================================================================
+
+/// Runs `threads` attacker loops (each: connect, guest hello into `room`, wait for the welcome,
+/// close) for `window`, while two bystanders in another room time a message every 50 ms.
+/// Returns (cycles done by the attacker, p99 of the bystanders' delivery times, median).
+fn bystanders_during_join_loops(
+    addr: SocketAddr,
+    room: &'static str,
+    threads: usize,
+    window: Duration,
+) -> (usize, Duration, Duration) {
+    let mut v1 = join(addr, "bystander1", "quiet", "");
+    let mut v2 = join(addr, "bystander2", "quiet", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cycles = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (stop, cycles) = (stop.clone(), cycles.clone());
+            thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                    let mut raw = Raw::connect(addr);
+                    raw.send(&hello(&format!("drive{t}by{i}"), room, ""));
+                    let _ = recv_until(&mut raw, Duration::from_secs(20), |f| {
+                        matches!(f, Frame::Welcome { .. } | Frame::Error { .. }).then_some(())
+                    });
+                    drop(raw);
+                    cycles.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut times = Vec::new();
+    let mut n = 0;
+    while started.elapsed() < window {
+        n += 1;
+        let text = format!("ping {n}");
+        let t = Instant::now();
+        v1.send(&Frame::Say { client_id: 0, to: String::new(), text: text.clone() });
+        let _ = recv_until(&mut v2, Duration::from_secs(20), |f| {
+            matches!(f, Frame::Chat { text: t, .. } if *t == text).then_some(())
+        });
+        times.push(t.elapsed());
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        let _ = a.join();
+    }
+    times.sort();
+    let p99 = times.get((times.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
+    let median = times.get(times.len() / 2).copied().unwrap_or_default();
+    (cycles.load(Ordering::SeqCst), p99, median)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+// =============================================================================================
+// Finding 6 (high): every guest's departure scans every stored file, on the hub thread.
+// =============================================================================================
+
+/// `Hub::leave` → `Store::drop_guest` → `orphan_files`, which runs
+/// `SELECT id FROM files f WHERE NOT EXISTS (SELECT 1 FROM file_recipients r WHERE r.file_id = f.id)`
+/// over the whole `files` table, for every guest that leaves, even one nothing ever waited for.
+/// Guests cost nothing to make (no account, no hash): a connect–hello–close loop turns the number
+/// of files stored on the relay into hub time. Here the relay holds 40 000 waiting files (40
+/// accounts at the 1000-per-recipient cap: two addresses' hourly accounts, or ordinary use).
+#[test]
+fn f6_each_guest_departure_scans_every_stored_file_on_the_hub() {
+    let _serial = serial();
+    const FILES: i64 = 40_000;
+    // A data dir with the schema, then 40 000 small waiting files put straight into it.
+    let data_dir = TestServer::start_with(config()).stop_and_keep_data();
+    {
+        let conn = rusqlite::Connection::open(data_dir.path.join("relay.db")).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        let now = now_ms();
+        for id in 1..=FILES {
+            conn.execute(
+                "INSERT INTO files (id, sender, name, size, sha256, created_ms) VALUES (?1, 'sender', 'f', 0, ?2, ?3)",
+                rusqlite::params![id, &[0u8; 32][..], now],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO file_recipients (file_id, recipient, guest) VALUES (?1, ?2, 0)",
+                rusqlite::params![id, format!("keeper{}", id % 40)],
+            )
+            .unwrap();
+            std::fs::File::create(data_dir.path.join("files").join(format!("{id}.bin"))).unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    // The control: the same login loop against a relay with no files.
+    let control = TestServer::start_with(config());
+    let (c_cycles, c_p99, c_median) = bystanders_during_join_loops(control.addr, "lobby", 8, Duration::from_secs(5));
+    drop(control);
+    println!("review f6: control (no files): {c_cycles} guest logins in 5 s; bystanders: median {c_median:?}, p99 {c_p99:?}");
+    let server = TestServer::start_in(config(), data_dir);
+    let (cycles, p99, median) = bystanders_during_join_loops(server.addr, "lobby", 8, Duration::from_secs(5));
+    println!("review f6: {FILES} files stored; {cycles} guest logins in 5 s; bystanders: median {median:?}, p99 {p99:?}");
+    assert!(
+        p99 < Duration::from_millis(100),
+        "bystanders' chat p99 was {p99:?} (median {median:?}; {c_p99:?} without stored files) while guests came and went (target p99 < 100 ms)"
+    );
+}
+
+// =============================================================================================
+// Finding 7 (medium-high): a room's history on joining is found by walking past every direct
+// message stored under that room; one peer stores them, every join pays.
+// =============================================================================================
+
+/// Direct messages are stored with the sender's room (`messages.room`) and a recipient. The
+/// history query (`Db::history`) walks `messages_by_room (room, id)` backwards and skips rows with
+/// `recipient IS NOT NULL`: its cost is the number of direct messages sent from that room since
+/// its last 50 room messages. A peer in "lobby" sends itself direct messages (kept for 7 days;
+/// 16 connections × 20/s is a million in under an hour); every later join to lobby, including a
+/// guest connect–hello–close loop, then costs that walk on the hub thread.
+#[test]
+fn f7_history_on_join_walks_every_direct_message_stored_under_the_room() {
+    let _serial = serial();
+    const DMS: u64 = 40_000;
+    let server = TestServer::start_with(ServerConfig { msg_rate: 0, text_rate: 0, request_rate: 0, ..config() });
+    let mut writer = join(server.addr, "scribbler", "lobby", "");
+    writer.send(&Frame::Say { client_id: 0, to: String::new(), text: "a room message".into() });
+    let stored = Instant::now();
+    let stream = writer.reader.get_ref().try_clone().unwrap();
+    let drain = thread::spawn(move || {
+        let mut got = false;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match recv_within(&mut writer.reader, Duration::from_secs(5)) {
+                Some(Frame::Sent { client_id, .. }) if client_id == DMS => {
+                    got = true;
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    });
+    let mut out = std::io::BufWriter::new(stream);
+    for i in 1..=DMS {
+        let frame = Frame::Say { client_id: i, to: "scribbler".into(), text: "x".into() };
+        std::io::Write::write_all(&mut out, &relaychat::frame::encode_to_vec(&frame).unwrap()).unwrap();
+    }
+    std::io::Write::flush(&mut out).unwrap();
+    assert!(drain.join().unwrap(), "the direct messages were stored");
+    println!("review f7: {DMS} direct messages stored under lobby in {:?}", stored.elapsed());
+    let (cycles, p99, median) = bystanders_during_join_loops(server.addr, "lobby", 8, Duration::from_secs(5));
+    println!("review f7: {cycles} guest logins to lobby in 5 s; bystanders: median {median:?}, p99 {p99:?}");
+    assert!(
+        p99 < Duration::from_millis(100),
+        "bystanders' chat p99 was {p99:?} (median {median:?}) while guests joined lobby (target p99 < 100 ms; see f6 for the same loop without stored rows)"
+    );
+}
