@@ -546,3 +546,105 @@ fn f7_history_on_join_walks_every_direct_message_stored_under_the_room() {
         "bystanders' chat p99 was {p99:?} (median {median:?}) while guests joined lobby (target p99 < 100 ms; see f6 for the same loop without stored rows)"
     );
 }
+
+
+// =============================================================================================
+// Finding 8 (medium): successful password logins are never braked, so a couple of addresses
+// logging in to their own account in a loop keep the hash queue full, and honest password users
+// are refused with LoginBusy for as long as they like.
+// =============================================================================================
+
+/// A raw connection from a loopback source address of our own (127.0.0.x).
+fn connect_from(from: [u8; 4], to: SocketAddr) -> Raw {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    Raw { reader: FrameReader::new(stream) }
+}
+
+fn password_hello(name: &str, password: &str) -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+        room: "lobby".into(),
+        password: password.into(),
+        access: String::new(),
+        token: String::new(),
+    }
+}
+
+/// How a hello ended: `Ok(())` for a welcome, else the error code.
+fn login(raw: &mut Raw, hello: &Frame) -> Result<(), Option<ErrorCode>> {
+    raw.send(hello);
+    match recv_until(raw, Duration::from_secs(30), |f| match f {
+        Frame::Welcome { .. } => Some(Ok(())),
+        Frame::Error { code, .. } => Some(Err(Some(*code))),
+        _ => None,
+    }) {
+        Some(result) => result,
+        None => Err(None),
+    }
+}
+
+/// The brake counts failures only (`Attempt::Proved` clears, `Neutral` is ignored), and the
+/// hash pool has 2 threads and 16 places. mallory logs in to her own account with its right
+/// password from 15 connections on each of two addresses, in a loop: every attempt is a
+/// success (or NameTaken after the check), so nothing ever slows her, and 30 argon2 checks are
+/// always in flight. carol, with the right password, is told LoginBusy.
+#[test]
+fn f8_own_account_logins_keep_honest_password_users_out() {
+    let _serial = serial();
+    let server = TestServer::start_with(config());
+    let addr = server.addr;
+    // Both accounts exist before the attack.
+    for (name, password) in [("mallory", "mallory-pw"), ("carol", "carol-pw")] {
+        let mut raw = Raw::connect(addr);
+        assert_eq!(login(&mut raw, &password_hello(name, password)), Ok(()), "{name} claims her name");
+        raw.send(&Frame::Goodbye);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..30)
+        .map(|i| {
+            let (stop, attempts) = (stop.clone(), attempts.clone());
+            let from = [127, 0, 0, 2 + (i % 2) as u8];
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 10_000 {
+                    let mut raw = connect_from(from, addr);
+                    let _ = login(&mut raw, &password_hello("mallory", "mallory-pw"));
+                    drop(raw);
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    let mut results = Vec::new();
+    for _ in 0..10 {
+        let mut raw = connect_from([127, 0, 0, 9], addr);
+        let result = login(&mut raw, &password_hello("carol", "carol-pw"));
+        if result.is_ok() {
+            raw.send(&Frame::Goodbye);
+            thread::sleep(Duration::from_millis(100));
+        }
+        results.push(result);
+        thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        let _ = a.join();
+    }
+    let busy = results.iter().filter(|r| **r == Err(Some(ErrorCode::LoginBusy))).count();
+    println!(
+        "review f8: mallory made {} successful-password attempts; carol's 10 logins: {results:?}",
+        attempts.load(Ordering::SeqCst)
+    );
+    assert!(busy == 0, "carol, with the right password, was refused LoginBusy {busy} times out of 10");
+}
