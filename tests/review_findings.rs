@@ -648,3 +648,48 @@ fn f8_own_account_logins_keep_honest_password_users_out() {
     );
     assert!(busy == 0, "carol, with the right password, was refused LoginBusy {busy} times out of 10");
 }
+
+// =============================================================================================
+// Finding 9 (medium): the quota is per sender *name*, and a guest picks a new name per connection:
+// one address stores without bound (down to --min-free, then every upload fails for everyone).
+// =============================================================================================
+
+fn upload(raw: &mut Raw, key: &str, data: &[u8], to: &str) -> Result<u64, (ErrorCode, String)> {
+    let upload_id = start_upload(raw, key, "blob.bin", data.len() as u64, to)?;
+    raw.send(&Frame::UploadChunk { upload_id, data: data.to_vec() });
+    raw.send(&Frame::UploadEnd { upload_id, sha256: Sha256::digest(data).into() });
+    recv_until(raw, Duration::from_secs(10), |f| match f {
+        Frame::UploadDone { file_id, .. } => Some(Ok(*file_id)),
+        Frame::UploadFailed { code, message, .. } => Some(Err((*code, message.clone()))),
+        _ => None,
+    })
+    .expect("an answer to UploadEnd")
+}
+
+/// The files wait for the attacker's own machine-bound account "hoard" (offline), so they stay
+/// for the retention period (7 days). The quota (here 64 KiB) stops the first guest name after
+/// one file; the next connection, under the next guest name, has a fresh quota.
+#[test]
+fn f9_guest_names_each_get_a_fresh_quota() {
+    let _serial = serial();
+    const QUOTA: u64 = 64 * 1024;
+    let limits = relaychat::server::StoreLimits { quota: QUOTA, ..Default::default() };
+    let server = TestServer::start_with(ServerConfig { limits, ..config() });
+    drop(join(server.addr, "hoard", "attic", &token(77)));
+    thread::sleep(Duration::from_millis(200));
+    let data = vec![7u8; QUOTA as usize];
+    let mut stored = 0u64;
+    let mut refused = Vec::new();
+    for i in 0..8 {
+        let mut guest = join(server.addr, &format!("filler{i}"), "attic", "");
+        for k in 0..2 {
+            match upload(&mut guest, &format!("{i}-{k}"), &data, "hoard") {
+                Ok(_) => stored += data.len() as u64,
+                Err((code, _)) => refused.push(code),
+            }
+        }
+        guest.send(&Frame::Goodbye);
+    }
+    println!("review f9: one address stored {stored} bytes against a quota of {QUOTA} (refusals: {refused:?})");
+    assert!(stored <= QUOTA, "one address stored {stored} bytes; the per-sender quota is {QUOTA}");
+}
