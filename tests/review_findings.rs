@@ -6,6 +6,9 @@
 //! Run with `cargo test --test review_findings -- --test-threads=1 --nocapture`.
 
 mod common;
+#[path = "common/relay_proc.rs"]
+#[allow(dead_code)]
+mod relay_proc;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -692,4 +695,85 @@ fn f9_guest_names_each_get_a_fresh_quota() {
     }
     println!("review f9: one address stored {stored} bytes against a quota of {QUOTA} (refusals: {refused:?})");
     assert!(stored <= QUOTA, "one address stored {stored} bytes; the per-sender quota is {QUOTA}");
+}
+
+
+// =============================================================================================
+// Finding 10 (medium): the hub keeps an entry per sender name and per room ever used, forever.
+// =============================================================================================
+
+/// `Hub::highest_client_id` (chat.rs, `is_resend`) gets an entry for every sender name that ever
+/// sent a message with a receipt, and `Hub::members` one for every room a message was ever sent
+/// to (`offline_recipients`); nothing removes either, not even the sender's disconnection. A
+/// guest picks any name and any room, so a connect–hello–say–close loop grows the relay's memory
+/// by a few hundred bytes a cycle, without bound, and it is not given back when the attacker
+/// leaves. Measured on the real `server` binary (its allocator tuning and memory trim included).
+#[test]
+fn f10_hub_memory_grows_with_every_guest_name_and_room_ever_used() {
+    let _serial = serial();
+    let relay = relay_proc::RelaySpec::new()
+        .flag("--msg-rate", 0)
+        .flag("--text-rate", 0)
+        .flag("--request-rate", 0)
+        .start("review-f10");
+    let addr = relay.addr;
+    let done = Arc::new(AtomicUsize::new(0));
+    let run = |first: usize, count: usize| {
+        let next = Arc::new(AtomicUsize::new(first));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (next, done) = (next.clone(), done.clone());
+                thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= first + count {
+                        return;
+                    }
+                    let Ok(stream) = TcpStream::connect(addr) else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let mut raw = Raw { reader: FrameReader::new(stream) };
+                    let name = format!("n{i}-abcdefghijklmnopqrstuv");
+                    let room = format!("r{i}-abcdefghijklmnopqrstuv");
+                    let mut bytes = relaychat::frame::encode_to_vec(&hello(&name, &room, "")).unwrap();
+                    let say = Frame::Say { client_id: 1, to: String::new(), text: "x".into() };
+                    bytes.extend(relaychat::frame::encode_to_vec(&say).unwrap());
+                    if std::io::Write::write_all(raw.reader.get_mut(), &bytes).is_err() {
+                        continue;
+                    }
+                    let sent = recv_until(&mut raw, Duration::from_secs(20), |f| match f {
+                        Frame::Sent { .. } => Some(true),
+                        Frame::Error { .. } => Some(false),
+                        _ => None,
+                    });
+                    if sent == Some(true) {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    drop(raw);
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+    };
+    let settle = || {
+        thread::sleep(Duration::from_secs(5)); // the janitor gives freed memory back every 2 s
+        (relay.rss_mib() * 1024.0) as u64
+    };
+    run(0, 2000); // warm-up: thread stacks, SQLite's cache, the allocator's arenas
+    let before = settle();
+    let started = Instant::now();
+    const CYCLES: usize = 16_000;
+    run(2000, CYCLES);
+    let took = started.elapsed();
+    let after = settle();
+    let grown = after.saturating_sub(before);
+    let cycles = done.load(Ordering::SeqCst).max(1);
+    println!(
+        "review f10: {cycles} guest cycles (name, room, one message) in {took:?}; relay RSS {before} KiB → {after} KiB after they left (+{grown} KiB, {} bytes a cycle)",
+        grown * 1024 / cycles as u64
+    );
+    assert!(
+        grown < 2048,
+        "the relay kept {grown} KiB after {cycles} guests with new names and rooms had left"
+    );
 }
