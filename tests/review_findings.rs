@@ -777,3 +777,71 @@ fn f10_hub_memory_grows_with_every_guest_name_and_room_ever_used() {
         "the relay kept {grown} KiB after {cycles} guests with new names and rooms had left"
     );
 }
+
+// =============================================================================================
+// Finding 11 (high): a byte every few seconds keeps a 4 GiB reservation alive, and guest names
+// give each connection a fresh quota: a handful of connections refuse every upload on the relay.
+// =============================================================================================
+
+/// Issue 8's attack 6 ("start uploads of 4 GiB each and never send a byte") is answered by
+/// `upload_stall`: a running upload that receives nothing for 30 s stops holding its
+/// reservation. But one byte every 10 s is "receiving", so the whole 4 GiB stays reserved
+/// (`Partial::counted`), and since the quota is per guest name (finding 9) each connection
+/// reserves 4 GiB. As many connections as the free disk holds 4 GiB pieces (two addresses
+/// here) and every other upload is refused with DiskFull, for as long as the trickle lasts.
+#[test]
+fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
+    let _serial = serial();
+    let server = TestServer::start_with(config());
+    let limits = relaychat::server::StoreLimits::default();
+    let free = relay_proc::free_bytes(&server.data_dir.path);
+    let _sink = join(server.addr, "sink", "attic", "");
+    // 4 GiB pieces while they fit, then halves (the refusal does not say how much is left, but
+    // halving finds it), each on a connection and guest name of its own, three addresses.
+    let mut attackers = Vec::new();
+    let mut size = limits.max_file_size;
+    let mut i = 0;
+    let mut raw: Option<Raw> = None;
+    while size >= 64 * 1024 && i < 45 {
+        let mut conn = match raw.take() {
+            Some(conn) => conn,
+            None => {
+                let mut conn = connect_from([127, 0, 0, 20 + (i / 15) as u8], server.addr);
+                conn.send(&hello(&format!("hog{i}"), "attic", ""));
+                recv_until(&mut conn, Duration::from_secs(10), |f| matches!(f, Frame::Welcome { .. }).then_some(()))
+                    .expect("a welcome");
+                i += 1;
+                conn
+            }
+        };
+        match start_upload(&mut conn, &format!("big{i}-{size}"), "big.iso", size, "sink") {
+            Ok(upload_id) => attackers.push((conn, upload_id, size)),
+            Err((ErrorCode::DiskFull, _)) => {
+                size /= 2;
+                raw = Some(conn);
+            }
+            Err(e) => panic!("hog{i}: {e:?}"),
+        }
+    }
+    let reserved: u64 = attackers.iter().map(|a| a.2).sum();
+    println!(
+        "review f11: {} uploads reserve {} MiB on {i} connections ({} MiB were free)",
+        attackers.len(),
+        reserved >> 20,
+        free >> 20
+    );
+    // The trickle: a byte per upload every 10 s, past the 30 s `upload_stall`.
+    let started = Instant::now();
+    while started.elapsed() < limits.upload_stall + Duration::from_secs(5) {
+        for (raw, upload_id, _) in attackers.iter_mut() {
+            let chunk = Frame::UploadChunk { upload_id: *upload_id, data: vec![0] };
+            let _ = std::io::Write::write_all(raw.reader.get_mut(), &relaychat::frame::encode_to_vec(&chunk).unwrap());
+        }
+        thread::sleep(Duration::from_secs(10).min(limits.upload_stall / 3));
+    }
+    let _dave = join(server.addr, "dave", "home", "");
+    let mut carol = join(server.addr, "carol", "home", "");
+    let answer = start_upload(&mut carol, "honest", "photo.jpg", 10_000_000, "dave");
+    println!("review f11: after {:?} of trickling, an honest 10 MB upload: {answer:?}", started.elapsed());
+    assert!(answer.is_ok(), "an honest 10 MB upload was refused while {} trickled uploads held their reservations: {answer:?}", attackers.len());
+}
