@@ -783,16 +783,48 @@ fn f10_hub_memory_grows_with_every_guest_name_and_room_ever_used() {
 // give each connection a fresh quota: a handful of connections refuse every upload on the relay.
 // =============================================================================================
 
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop. `None` without root.
+struct SmallDisk {
+    dir: common::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = common::TempDir::new("review-disk");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir.path).status();
+    }
+}
+
 /// Issue 8's attack 6 ("start uploads of 4 GiB each and never send a byte") is answered by
 /// `upload_stall`: a running upload that receives nothing for 30 s stops holding its
 /// reservation. But one byte every 10 s is "receiving", so the whole 4 GiB stays reserved
 /// (`Partial::counted`), and since the quota is per guest name (finding 9) each connection
-/// reserves 4 GiB. As many connections as the free disk holds 4 GiB pieces (two addresses
-/// here) and every other upload is refused with DiskFull, for as long as the trickle lasts.
+/// reserves up to 4 GiB. A public VM's disk is a few dozen 4 GiB pieces: as many connections
+/// (a few addresses), and every other upload is refused with DiskFull for as long as the
+/// trickle lasts. (Here the disk is a 512 MiB tmpfs, so a few connections do.)
 #[test]
 fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
     let _serial = serial();
-    let server = TestServer::start_with(config());
+    // A disk of our own (a 512 MiB tmpfs), so that other programs on this machine cannot change
+    // the free space under the test. Root only; elsewhere the test says it is skipped.
+    let Some(disk) = SmallDisk::mount("512M") else {
+        println!("review f11: skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data_dir = common::TempDir { path: disk.dir.path.join("relay") };
+    std::fs::create_dir_all(&data_dir.path).unwrap();
+    let server = TestServer::start_in(config(), data_dir);
     let limits = relaychat::server::StoreLimits::default();
     let free = relay_proc::free_bytes(&server.data_dir.path);
     let _sink = join(server.addr, "sink", "attic", "");
