@@ -877,3 +877,106 @@ fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
     println!("review f11: after {:?} of trickling, an honest 10 MB upload: {answer:?}", started.elapsed());
     assert!(answer.is_ok(), "an honest 10 MB upload was refused while {} trickled uploads held their reservations: {answer:?}", attackers.len());
 }
+
+// =============================================================================================
+// Finding 12 (medium): a ListFiles costs the hub a query and an encoding of every file waiting
+// (up to 1000, ~300 KB), and a connection may ask 500 times a second.
+// =============================================================================================
+
+/// `request_rate` (500/s) charges a ListFiles like a Who. For an account with its 1000 files
+/// waiting (the per-recipient cap; the attacker's own account, fed by its own guests), each one is
+/// `waiting_for` (1000 rows) plus ~300 KB encoded on the hub thread; so is every login
+/// (one NewFile per waiting file). The attacker need not read the answers: after ~14 of them its
+/// queue passes 4 MiB and it is cut; it simply logs in again (its token: no hash, no brake).
+/// Fourteen such accounts on one address slow everyone's chat.
+#[test]
+fn f12_file_lists_of_a_full_inbox_at_500_per_second_load_the_hub() {
+    let _serial = serial();
+    const ACCOUNTS: u64 = 14;
+    const FILES_EACH: i64 = 1000;
+    // The accounts, then their waiting files put straight into the data dir (what ~14 000 tiny
+    // uploads from the attacker's guests would leave).
+    let server = TestServer::start_with(config());
+    for n in 0..ACCOUNTS {
+        drop(join(server.addr, &format!("inbox{n}"), "attic", &token(500 + n)));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let data_dir = server.stop_and_keep_data();
+    {
+        let conn = rusqlite::Connection::open(data_dir.path.join("relay.db")).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        let now = now_ms();
+        let long_name = format!("{}.bin", "n".repeat(190));
+        for id in 1..=(ACCOUNTS as i64 * FILES_EACH) {
+            conn.execute(
+                "INSERT INTO files (id, sender, name, size, sha256, created_ms) VALUES (?1, 'feeder-with-a-long-name-0123456', ?2, 0, ?3, ?4)",
+                rusqlite::params![id, long_name, &[0u8; 32][..], now],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO file_recipients (file_id, recipient, guest) VALUES (?1, ?2, 0)",
+                rusqlite::params![id, format!("inbox{}", (id - 1) / FILES_EACH)],
+            )
+            .unwrap();
+            std::fs::File::create(data_dir.path.join("files").join(format!("{id}.bin"))).unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    let server = TestServer::start_in(config(), data_dir);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..ACCOUNTS)
+        .map(|n| {
+            let (stop, requests) = (stop.clone(), requests.clone());
+            thread::spawn(move || {
+                let mut round = 0;
+                while !stop.load(Ordering::SeqCst) && round < 10_000 {
+                    round += 1;
+                    let Ok(stream) = TcpStream::connect(addr) else { continue };
+                    let mut raw = Raw { reader: FrameReader::new(stream) };
+                    let mut bytes = relaychat::frame::encode_to_vec(&hello(&format!("inbox{n}"), "attic", &token(500 + n))).unwrap();
+                    for _ in 0..14 {
+                        bytes.extend(relaychat::frame::encode_to_vec(&Frame::ListFiles).unwrap());
+                    }
+                    if std::io::Write::write_all(raw.reader.get_mut(), &bytes).is_err() {
+                        continue;
+                    }
+                    requests.fetch_add(14, Ordering::SeqCst);
+                    // Never read; leave once the relay has had the time to take the requests.
+                    thread::sleep(Duration::from_millis(300));
+                    drop(raw);
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    let mut v1 = join(addr, "bystander1", "quiet", "");
+    let mut v2 = join(addr, "bystander2", "quiet", "");
+    let mut times = Vec::new();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        n += 1;
+        let text = format!("ping {n}");
+        let t = Instant::now();
+        v1.send(&Frame::Say { client_id: 0, to: String::new(), text: text.clone() });
+        let _ = recv_until(&mut v2, Duration::from_secs(20), |f| {
+            matches!(f, Frame::Chat { text: t, .. } if *t == text).then_some(())
+        });
+        times.push(t.elapsed());
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        let _ = a.join();
+    }
+    times.sort();
+    let p99 = times[(times.len() * 99).div_ceil(100) - 1];
+    let median = times[times.len() / 2];
+    println!(
+        "review f12: {} ListFiles from {ACCOUNTS} accounts with {FILES_EACH} files each; bystanders: median {median:?}, p99 {p99:?}",
+        requests.load(Ordering::SeqCst)
+    );
+    assert!(p99 < Duration::from_millis(100), "bystanders' chat p99 was {p99:?} (median {median:?}) under file-list requests");
+}
