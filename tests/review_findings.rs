@@ -2,8 +2,16 @@
 //! review (what one hostile peer can still do to others). Each test asserts the behaviour the
 //! issue asks for, so it FAILS on the relay as reviewed; once the finding is fixed it passes.
 //!
-//! Loopback only, every loop bounded in count and time, every read with a timeout.
-//! Run with `cargo test --test review_findings -- --test-threads=1 --nocapture`.
+//! Loopback only, every loop bounded in count and time, every read with a timeout. Whole file:
+//! about 2.5 minutes on two cores in a debug build (f11 waits out the 30 s upload stall; it
+//! mounts a tmpfs, so it needs root and prints a skip line otherwise).
+//! Run with `cargo test --test review_findings -- --test-threads=1 --nocapture`: each test prints
+//! a `review fN:` line with what it measured.
+//!
+//! Measured controls, for attribution: f2 with no offline members (so no `pending` rows):
+//! worst bystander delivery 5.5 ms instead of ~10 s. f6: the same login loop against a relay with
+//! no stored files: p99 7-14 ms. f10: the same loop without the Say (no map entries): 14 bytes a
+//! cycle kept instead of ~350.
 
 mod common;
 #[path = "common/relay_proc.rs"]
