@@ -91,12 +91,20 @@ fn join(addr: SocketAddr, name: &str, room: &str, token: &str) -> Raw {
         Some(Ok(())) => {}
         other => panic!("{name}: no welcome: {other:?}"),
     }
-    recv_until(&mut raw, Duration::from_secs(10), |f| matches!(f, Frame::Online { more: false, .. }).then_some(()))
-        .unwrap_or_else(|| panic!("{name}: no online list"));
+    recv_until(&mut raw, Duration::from_secs(10), |f| {
+        matches!(f, Frame::Online { more: false, .. }).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{name}: no online list"));
     raw
 }
 
-fn start_upload(raw: &mut Raw, key: &str, name: &str, size: u64, to: &str) -> Result<u64, (ErrorCode, String)> {
+fn start_upload(
+    raw: &mut Raw,
+    key: &str,
+    name: &str,
+    size: u64,
+    to: &str,
+) -> Result<u64, (ErrorCode, String)> {
     raw.send(&Frame::UploadStart { key: key.into(), name: name.into(), size, to: to.into() });
     recv_until(raw, Duration::from_secs(10), |f| match f {
         Frame::UploadReady { upload_id, .. } => Some(Ok(*upload_id)),
@@ -217,7 +225,10 @@ fn f2_expiring_messages_freezes_the_hub_for_everyone() {
         matches!(f, Frame::Sent { client_id, .. } if *client_id == MESSAGES as u64).then_some(())
     });
     assert!(receipts.is_some(), "the flood was stored");
-    println!("review f2: {MESSAGES} messages × {MEMBERS} offline members stored in {:?}", flood_started.elapsed());
+    println!(
+        "review f2: {MESSAGES} messages × {MEMBERS} offline members stored in {:?}",
+        flood_started.elapsed()
+    );
     drop(flooder);
 
     // Two bystanders chat in another room, a message every 100 ms; we time each one.
@@ -331,7 +342,9 @@ fn f4_join_leave_loop_floods_a_room_past_the_chat_rate_limit() {
         let name = format!("BUY-CHEAP-PILLS-AT-EXAMPLE{:06}", cycles);
         let mut raw = Raw::connect(server.addr);
         raw.send(&hello(&name, "lobby", ""));
-        let _ = recv_until(&mut raw, Duration::from_secs(5), |f| matches!(f, Frame::Welcome { .. }).then_some(()));
+        let _ = recv_until(&mut raw, Duration::from_secs(5), |f| {
+            matches!(f, Frame::Welcome { .. }).then_some(())
+        });
         drop(raw);
         cycles += 1;
     }
@@ -495,7 +508,8 @@ fn f6_each_guest_departure_scans_every_stored_file_on_the_hub() {
     }
     // The control: the same login loop against a relay with no files.
     let control = TestServer::start_with(config());
-    let (c_cycles, c_p99, c_median) = bystanders_during_join_loops(control.addr, "lobby", 8, Duration::from_secs(5));
+    let (c_cycles, c_p99, c_median) =
+        bystanders_during_join_loops(control.addr, "lobby", 8, Duration::from_secs(5));
     drop(control);
     println!("review f6: control (no files): {c_cycles} guest logins in 5 s; bystanders: median {c_median:?}, p99 {c_p99:?}");
     let server = TestServer::start_in(config(), data_dir);
@@ -522,7 +536,8 @@ fn f6_each_guest_departure_scans_every_stored_file_on_the_hub() {
 fn f7_history_on_join_walks_every_direct_message_stored_under_the_room() {
     let _serial = serial();
     const DMS: u64 = 40_000;
-    let server = TestServer::start_with(ServerConfig { msg_rate: 0, text_rate: 0, request_rate: 0, ..config() });
+    let server =
+        TestServer::start_with(ServerConfig { msg_rate: 0, text_rate: 0, request_rate: 0, ..config() });
     let mut writer = join(server.addr, "scribbler", "lobby", "");
     writer.send(&Frame::Say { client_id: 0, to: String::new(), text: "a room message".into() });
     let stored = Instant::now();
@@ -557,7 +572,6 @@ fn f7_history_on_join_walks_every_direct_message_stored_under_the_room() {
         "bystanders' chat p99 was {p99:?} (median {median:?}) while guests joined lobby (target p99 < 100 ms; see f6 for the same loop without stored rows)"
     );
 }
-
 
 // =============================================================================================
 // Finding 8 (medium): successful password logins are never braked, so a couple of addresses
@@ -701,10 +715,11 @@ fn f9_guest_names_each_get_a_fresh_quota() {
         }
         guest.send(&Frame::Goodbye);
     }
-    println!("review f9: one address stored {stored} bytes against a quota of {QUOTA} (refusals: {refused:?})");
+    println!(
+        "review f9: one address stored {stored} bytes against a quota of {QUOTA} (refusals: {refused:?})"
+    );
     assert!(stored <= QUOTA, "one address stored {stored} bytes; the per-sender quota is {QUOTA}");
 }
-
 
 // =============================================================================================
 // Finding 10 (medium): the hub keeps an entry per sender name and per room ever used, forever.
@@ -848,8 +863,10 @@ fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
             None => {
                 let mut conn = connect_from([127, 0, 0, 20 + (i / 15) as u8], server.addr);
                 conn.send(&hello(&format!("hog{i}"), "attic", ""));
-                recv_until(&mut conn, Duration::from_secs(10), |f| matches!(f, Frame::Welcome { .. }).then_some(()))
-                    .expect("a welcome");
+                recv_until(&mut conn, Duration::from_secs(10), |f| {
+                    matches!(f, Frame::Welcome { .. }).then_some(())
+                })
+                .expect("a welcome");
                 i += 1;
                 conn
             }
@@ -875,7 +892,10 @@ fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
     while started.elapsed() < limits.upload_stall + Duration::from_secs(5) {
         for (raw, upload_id, _) in attackers.iter_mut() {
             let chunk = Frame::UploadChunk { upload_id: *upload_id, data: vec![0] };
-            let _ = std::io::Write::write_all(raw.reader.get_mut(), &relaychat::frame::encode_to_vec(&chunk).unwrap());
+            let _ = std::io::Write::write_all(
+                raw.reader.get_mut(),
+                &relaychat::frame::encode_to_vec(&chunk).unwrap(),
+            );
         }
         thread::sleep(Duration::from_secs(10).min(limits.upload_stall / 3));
     }
@@ -883,7 +903,11 @@ fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
     let mut carol = join(server.addr, "carol", "home", "");
     let answer = start_upload(&mut carol, "honest", "photo.jpg", 10_000_000, "dave");
     println!("review f11: after {:?} of trickling, an honest 10 MB upload: {answer:?}", started.elapsed());
-    assert!(answer.is_ok(), "an honest 10 MB upload was refused while {} trickled uploads held their reservations: {answer:?}", attackers.len());
+    assert!(
+        answer.is_ok(),
+        "an honest 10 MB upload was refused while {} trickled uploads held their reservations: {answer:?}",
+        attackers.len()
+    );
 }
 
 // =============================================================================================
@@ -943,7 +967,12 @@ fn f12_file_lists_of_a_full_inbox_at_500_per_second_load_the_hub() {
                     round += 1;
                     let Ok(stream) = TcpStream::connect(addr) else { continue };
                     let mut raw = Raw { reader: FrameReader::new(stream) };
-                    let mut bytes = relaychat::frame::encode_to_vec(&hello(&format!("inbox{n}"), "attic", &token(500 + n))).unwrap();
+                    let mut bytes = relaychat::frame::encode_to_vec(&hello(
+                        &format!("inbox{n}"),
+                        "attic",
+                        &token(500 + n),
+                    ))
+                    .unwrap();
                     for _ in 0..14 {
                         bytes.extend(relaychat::frame::encode_to_vec(&Frame::ListFiles).unwrap());
                     }
@@ -986,5 +1015,8 @@ fn f12_file_lists_of_a_full_inbox_at_500_per_second_load_the_hub() {
         "review f12: {} ListFiles from {ACCOUNTS} accounts with {FILES_EACH} files each; bystanders: median {median:?}, p99 {p99:?}",
         requests.load(Ordering::SeqCst)
     );
-    assert!(p99 < Duration::from_millis(100), "bystanders' chat p99 was {p99:?} (median {median:?}) under file-list requests");
+    assert!(
+        p99 < Duration::from_millis(100),
+        "bystanders' chat p99 was {p99:?} (median {median:?}) under file-list requests"
+    );
 }

@@ -29,6 +29,7 @@ mod meter;
 use meter::Meter;
 pub(crate) use meter::Outgoing;
 
+use super::accept::address_key;
 use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
@@ -348,6 +349,7 @@ impl Hub {
     ) -> Result<UploadPlan, Refusal> {
         let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
         let (sender, room) = (peer.name.clone(), peer.room.clone());
+        let addr = self.conns.get(&id).map_or(IpAddr::from([0, 0, 0, 0]), |c| address_key(c.addr.ip()));
         let candidates: Vec<String> = if to.is_empty() {
             let members = self.rooms.get(&room);
             let others: Vec<String> =
@@ -397,6 +399,7 @@ impl Hub {
             size,
             recipients,
             guests,
+            addr,
         })
     }
 
