@@ -497,10 +497,15 @@ impl Hub {
             // Nothing waits for a guest after its session: the name is nobody's.
             self.store.drop_guest(&peer.name);
         }
+        // What the hub remembers about a name or a room lives only while someone online needs
+        // it (it is read back from the store when needed again): strangers make up names and
+        // rooms, and the hub must not keep one entry for each forever.
+        self.highest_client_id.remove(&peer.name);
         if let Some(members) = self.rooms.get_mut(&peer.room) {
             members.remove(&peer.name);
             if members.is_empty() {
                 self.rooms.remove(&peer.room);
+                self.members.remove(&peer.room);
             }
         }
         self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });
