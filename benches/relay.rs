@@ -56,7 +56,7 @@ fn main() {
     let (dir_a, dir_b) = (data.join("a"), data.join("b"));
     // The per-connection rate limit is off: a burst through the relay measures the relay, not the
     // limit (which slows one sender to --msg-rate messages per second on purpose).
-    let unlimited = ["--msg-rate", "0", "--request-rate", "0"];
+    let unlimited = ["--msg-rate", "0", "--request-rate", "0", "--connect-rate", "0"];
     let (relay, addr) = start_relay(&[&["--data-dir", dir_a.to_str().unwrap()][..], &unlimited].concat());
     let (still, still_addr) =
         start_relay(&[&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());

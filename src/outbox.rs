@@ -17,7 +17,7 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use crossbeam_channel::{never, select, Receiver, TryRecvError};
+use crossbeam_channel::{never, Receiver, Select, TryRecvError};
 
 use crate::spin;
 
@@ -97,13 +97,18 @@ fn wait<U: AsRef<[u8]>>(
         return result;
     }
     loop {
-        select! {
-            recv(urgent) -> msg => return msg.ok().filter(|b| !b.as_ref().is_empty()).map(Item::Urgent),
-            recv(bulk) -> msg => match msg {
-                Ok(bytes) => return Some(Item::Bulk(bytes)),
-                // Without this, select! would return at once forever on the closed queue.
-                Err(_) => *bulk = never(),
-            },
+        // Sleep until either queue has something (or closes), then take from them in order,
+        // urgent first. `select!` would *take* from whichever queue it happened to pick when both
+        // were ready, at random, and a file chunk could then overtake a chat frame queued before
+        // it (the fuzzer found a relay's welcome overtaken by an upload answer this way).
+        let mut ready = Select::new();
+        ready.recv(urgent);
+        ready.recv(bulk);
+        ready.ready();
+        match poll(urgent, bulk) {
+            Polled::Item(item) => return Some(item),
+            Polled::Finished => return None,
+            Polled::Empty => {} // a closed bulk queue was swapped for `never()`; wait again
         }
     }
 }

@@ -75,18 +75,28 @@ pub struct ServerConfig {
     pub max_queued_total: usize,
     /// Messages that may wait for one offline recipient. Default 10 000.
     pub max_pending_messages: u64,
-    /// Chat messages per second one connection may send, on average (0: no limit). Default 20.
+    /// Chat messages per second one address (all its connections together) may send, on average
+    /// (0: no limit). Default 20.
     pub msg_rate: u32,
-    /// Chat messages one connection may send in a burst. Default 100.
+    /// Chat messages one address may send in a burst. Default 100.
     pub msg_burst: u32,
-    /// Bytes of chat text per second one connection may send, on average (0: no limit).
+    /// Bytes of chat text per second one address may send, on average (0: no limit).
     /// Default 256 KiB.
     pub text_rate: u32,
-    /// Bytes of chat text one connection may send in a burst. Default 2 MiB.
+    /// Bytes of chat text one address may send in a burst. Default 2 MiB.
     pub text_burst: u32,
-    /// Other requests (who, list files, receipts…) per second one connection may send (0: no
+    /// Other requests (who, list files, receipts…) per second one address may send (0: no
     /// limit). Default 500.
     pub request_rate: u32,
+    /// Password checks (argon2, on the shared hash pool) one address may start per second, after
+    /// a burst of five times as many; past that a hello with a password is refused with
+    /// `LoginBusy`. Successes count too: logging in to your own account in a loop must not keep
+    /// the pool busy for everyone else (0: no limit). Default 1.
+    pub password_rate: u32,
+    /// New connections per second one address may open, on average (0: no limit). Default 4.
+    pub connect_rate: u32,
+    /// New connections one address may open in a burst. Default 40.
+    pub connect_burst: u32,
     /// How long a closing connection waits for the peer to close its side after the last frame,
     /// before the socket is cut. Default 1 s.
     pub linger: Duration,
@@ -146,6 +156,9 @@ impl Default for ServerConfig {
             text_rate: 256 * 1024,
             text_burst: 2 * 1024 * 1024,
             request_rate: 500,
+            password_rate: 1,
+            connect_rate: 4,
+            connect_burst: 40,
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             spin: Duration::from_micros(100),

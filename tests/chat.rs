@@ -115,7 +115,12 @@ fn fifty_clients_times_a_hundred_messages_nothing_lost_duplicated_or_reordered()
     const CLIENTS: usize = 50;
     const MESSAGES: usize = 100;
     // Fifty clients from one address: more than the relay lets one stranger hold by default.
-    let server = TestServer::start_with(ServerConfig { max_per_address: 64, ..ServerConfig::default() });
+    let server = TestServer::start_with(ServerConfig {
+        max_per_address: 64,
+        connect_burst: 64,
+        msg_rate: 0, // the chat rate is per address, and all fifty share 127.0.0.1
+        ..ServerConfig::default()
+    });
     let clients: Vec<Client> = (0..CLIENTS).map(|i| server.client(&format!("u{i}"), "load")).collect();
     // Wait until everyone is in: the last client to join is announced to the first.
     let first = &clients[0];

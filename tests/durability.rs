@@ -51,6 +51,11 @@ fn start_relay(addr: &str, data: &str) -> Proc {
             "0",
             "--max-per-address",
             "64",
+            "--connect-rate",
+            "0",
+            // 21 names, each kept for its client, from one address.
+            "--accounts-per-hour",
+            "100",
         ];
         let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
         // Its log ends in "relay listening on" once it serves, or the process ends (port busy).
@@ -67,6 +72,9 @@ fn start_relay(addr: &str, data: &str) -> Proc {
 fn connect(addr: &str, name: &str) -> Option<Client> {
     let mut config = ClientConfig::new(name, "crash");
     config.receipts = true;
+    // A machine-bound name, as the terminal client and the window have: the relay recognises a
+    // resend after a restart only for a name someone owns (a guest's name is nobody's).
+    config.token = format!("durability-test-token-of-{name:0>40}");
     for _ in 0..100 {
         if let Ok(client) = Client::connect_tcp(addr, &config) {
             return Some(client);

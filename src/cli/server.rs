@@ -66,20 +66,36 @@ pub struct ServerCli {
     /// Messages that may wait on the relay for one offline recipient.
     #[arg(long, default_value_t = 10_000)]
     pub max_pending_messages: u64,
-    /// Chat messages per second one connection may send on average (bursts of --msg-burst pass
-    /// at once); faster senders are slowed down, not refused. 0: no limit.
+    /// Chat messages per second one address may send on average, all its connections together
+    /// (bursts of --msg-burst pass at once); faster senders are slowed down, not refused. 0: no
+    /// limit.
     #[arg(long, default_value_t = 20)]
     pub msg_rate: u32,
-    /// Chat messages one connection may send in one burst.
+    /// Chat messages one address may send in one burst.
     #[arg(long, default_value_t = 100)]
     pub msg_burst: u32,
-    /// Bytes of chat text per second one connection may send on average. 0: no limit.
+    /// Bytes of chat text per second one address may send on average. 0: no limit.
     #[arg(long, default_value = "256K", value_parser = parse_u32_size)]
     pub text_rate: u32,
     /// Requests other than chat and file data (who, file lists, receipts) per second per
-    /// connection. 0: no limit.
+    /// address. 0: no limit.
     #[arg(long, default_value_t = 500)]
     pub request_rate: u32,
+    /// Password checks one address may start per second (bursts of five times as many); past
+    /// that, hellos with a password are told to try again shortly. 0: no limit.
+    #[arg(long, default_value_t = 1)]
+    pub password_rate: u32,
+    /// New accounts (names kept with a password or for a machine) one address may create per
+    /// hour; past it, a password claim is refused and a machine-bound one gets in as a guest.
+    #[arg(long, default_value_t = 20)]
+    pub accounts_per_hour: usize,
+    /// New connections per second one address may open on average (bursts of --connect-burst
+    /// pass at once); faster ones are told the relay is busy. 0: no limit.
+    #[arg(long, default_value_t = 4)]
+    pub connect_rate: u32,
+    /// New connections one address may open in one burst.
+    #[arg(long, default_value_t = 40)]
+    pub connect_burst: u32,
     /// Bytes queued for one client before it is disconnected as too slow to read them.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub max_queued_bytes: u64,
@@ -118,6 +134,10 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         msg_burst: cli.msg_burst,
         text_rate: cli.text_rate,
         request_rate: cli.request_rate,
+        password_rate: cli.password_rate,
+        connect_rate: cli.connect_rate,
+        connect_burst: cli.connect_burst,
+        accounts_per_address_per_hour: cli.accounts_per_hour,
         max_queued_bytes: usize::try_from(cli.max_queued_bytes).unwrap_or(usize::MAX),
         max_queued_total: usize::try_from(cli.max_queued_total).unwrap_or(usize::MAX),
         access_password: cli.access_password.filter(|p| !p.is_empty()),

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use super::conn;
 use super::hub::{ConnId, ToHub};
 use super::login::HashPool;
+use super::throttle::{Bucket, Rates, SharedThrottle, Throttle};
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame};
 use crate::wire::write_frame;
@@ -94,6 +96,8 @@ pub(crate) enum Full {
     Relay { max: usize },
     /// This address holds `max_per_address` already.
     Address { max: usize },
+    /// This address opened connections faster than `connect_rate` (after a burst).
+    TooFast,
 }
 
 impl Full {
@@ -103,6 +107,7 @@ impl Full {
             Full::Address { max } => {
                 format!("too many connections from your address (at most {max}); close one and try again")
             }
+            Full::TooFast => "too many new connections from your address; wait a moment and try again".into(),
         }
     }
 }
@@ -114,23 +119,89 @@ pub(crate) struct Admissions {
     max_per_address: usize,
     threads: HashMap<ConnId, (JoinHandle<()>, IpAddr)>,
     per_address: HashMap<IpAddr, usize>,
+    /// Per address: its bucket for new connections, and the chat and request buckets its
+    /// connections share. Kept while the address has connections or its buckets are refilling,
+    /// then forgotten (see [`Admissions::sweep`]).
+    addresses: HashMap<IpAddr, Address>,
+    /// `addresses` is swept when it grows past this.
+    sweep_at: usize,
+    connect_rate: u32,
+    connect_burst: u32,
+    rates: Rates,
     /// Ids of connection threads that have ended (sent by their [`Departure`] guard). Unbounded,
     /// but each thread sends exactly one id, so it never holds more than `max_connections`.
     departed: Receiver<ConnId>,
     depart: Sender<ConnId>,
 }
 
+/// What the accept thread keeps for one address beyond its connection count.
+struct Address {
+    arrivals: Bucket,
+    throttle: SharedThrottle,
+}
+
 impl Admissions {
+    #[cfg(test)]
     pub(crate) fn new(max_connections: usize, max_per_address: usize) -> Admissions {
+        Admissions::with_rates(
+            max_connections,
+            max_per_address,
+            0,
+            0,
+            Rates::from_config(&ServerConfig::default()),
+        )
+    }
+
+    pub(crate) fn with_rates(
+        max_connections: usize,
+        max_per_address: usize,
+        connect_rate: u32,
+        connect_burst: u32,
+        rates: Rates,
+    ) -> Admissions {
         let (depart, departed) = unbounded();
         Admissions {
             max_connections,
             max_per_address,
             threads: HashMap::new(),
             per_address: HashMap::new(),
+            addresses: HashMap::new(),
+            sweep_at: 64,
+            connect_rate,
+            connect_burst,
+            rates,
             departed,
             depart,
         }
+    }
+
+    /// The buckets of `key`'s address: takes a new-connection token (refusing when there is
+    /// none), and returns the chat and request buckets the new connection will share.
+    pub(crate) fn arrive(&mut self, key: IpAddr) -> Result<SharedThrottle, Full> {
+        self.sweep();
+        let (rate, burst, rates) = (self.connect_rate, self.connect_burst, self.rates);
+        let address = self.addresses.entry(key).or_insert_with(|| Address {
+            arrivals: Bucket::new(rate, burst),
+            throttle: Throttle::shared(rates),
+        });
+        if !address.arrivals.take(1).is_zero() {
+            return Err(Full::TooFast);
+        }
+        Ok(address.throttle.clone())
+    }
+
+    /// Forgets the addresses that have no connection and whose buckets have refilled, once the
+    /// map has doubled since the last sweep: strangers come from many addresses, and the map must
+    /// not keep one entry for each forever.
+    fn sweep(&mut self) {
+        if self.addresses.len() < self.sweep_at {
+            return;
+        }
+        let per_address = &self.per_address;
+        self.addresses.retain(|key, a| {
+            per_address.contains_key(key) || !a.arrivals.is_full() || Arc::strong_count(&a.throttle) > 1
+        });
+        self.sweep_at = (self.addresses.len() * 2).max(64);
     }
 
     /// Joins the threads that have ended and gives their slots back.
@@ -209,7 +280,13 @@ pub(crate) fn accept_loop(
     config: &ServerConfig,
     max_connections: usize,
 ) -> Vec<JoinHandle<()>> {
-    let mut admissions = Admissions::new(max_connections, config.max_per_address);
+    let mut admissions = Admissions::with_rates(
+        max_connections,
+        config.max_per_address,
+        config.connect_rate,
+        config.connect_burst,
+        Rates::from_config(config),
+    );
     let mut next_id: u64 = 0;
     for incoming in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -234,12 +311,16 @@ pub(crate) fn accept_loop(
             }
         };
         let key = address_key(addr.ip());
-        if let Err(full) = admissions.check(key) {
-            turn_away(stream, addr, full);
-            continue;
-        }
+        let throttle = match admissions.check(key).and_then(|()| admissions.arrive(key)) {
+            Ok(throttle) => throttle,
+            Err(full) => {
+                turn_away(stream, addr, full);
+                continue;
+            }
+        };
         let departure = admissions.departure(next_id);
-        if let Some(handle) = start_connection(stream, next_id, addr, to_hub, pool, config, departure) {
+        let info = conn::ConnInfo { id: next_id, addr, throttle };
+        if let Some(handle) = start_connection(stream, info, to_hub, pool, config, departure) {
             admissions.admit(next_id, key, handle);
         }
     }
@@ -251,6 +332,7 @@ fn turn_away(mut stream: TcpStream, addr: SocketAddr, full: Full) {
     match full {
         Full::Relay { max } => log::warn!("{addr}: turned away: the relay holds {max} connections"),
         Full::Address { max } => log::warn!("{addr}: turned away: {max} connections from this address"),
+        Full::TooFast => log::warn!("{addr}: turned away: too many new connections from this address"),
     }
     let _ = stream.set_write_timeout(Some(TURN_AWAY_WRITE));
     let _ = write_frame(&mut stream, &Frame::Error { code: ErrorCode::RelayFull, message: full.message() });
@@ -261,13 +343,13 @@ fn turn_away(mut stream: TcpStream, addr: SocketAddr, full: Full) {
 
 fn start_connection(
     stream: TcpStream,
-    id: u64,
-    addr: SocketAddr,
+    info: conn::ConnInfo,
     to_hub: &Sender<ToHub>,
     pool: &HashPool,
     config: &ServerConfig,
     departure: Departure,
 ) -> Option<JoinHandle<()>> {
+    let (id, addr) = (info.id, info.addr);
     log::info!("{addr}: connected (#{id})");
     // Chat frames are small; Nagle's algorithm would hold each one back waiting for more.
     if let Err(e) = stream.set_nodelay(true) {
@@ -278,7 +360,7 @@ fn start_connection(
     let config = config.clone();
     let spawned = thread::Builder::new().name(format!("conn-{id}")).spawn(move || {
         let _departure = departure; // dropped last: tells the accept thread this slot is free
-        conn::serve(stream, conn::ConnInfo { id, addr }, to_hub, pool, config)
+        conn::serve(stream, info, to_hub, pool, config)
     });
     match spawned {
         Ok(handle) => Some(handle),

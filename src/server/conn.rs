@@ -26,7 +26,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use super::hub::{ConnId, Outgoing, ToHub};
 use super::login::{self, Credentials, Door, HashPool};
 use super::session::Session;
-use super::throttle::{Rates, Throttle};
+use super::throttle::SharedThrottle;
 use super::transfer::DownloadSettings;
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -41,6 +41,8 @@ const BULK_QUEUE: usize = 4;
 pub(crate) struct ConnInfo {
     pub id: ConnId,
     pub addr: SocketAddr,
+    /// The rate limits of this connection's address, shared with its other connections.
+    pub throttle: SharedThrottle,
 }
 
 /// Serves one connection to its end. Runs on the connection's own thread.
@@ -100,6 +102,7 @@ fn hello_phase<S: Stream>(
         Ok(Some(Frame::Hello { version, name, room, password, access, token })) => {
             let checked = check_hello(version, &name, &room)
                 .and_then(|()| login::check_lengths(&password, &access, &token))
+                .and_then(|()| password_allowed(&password, &info.throttle))
                 .and_then(|()| {
                     let hello =
                         Credentials { name: &name, password: &password, access: &access, token: &token };
@@ -132,6 +135,19 @@ fn hello_phase<S: Stream>(
     let _ = write_frame(reader.get_mut(), &Frame::Error { code, message });
     let _ = reader.get_mut().flush();
     None
+}
+
+/// A hello with a password costs an argon2 check on the shared hash pool; one address may start
+/// only so many a second (see `throttle.rs`). Refused rather than delayed: a waiting hello would
+/// hold a thread, and the client can simply try again.
+fn password_allowed(password: &str, throttle: &SharedThrottle) -> Result<(), (ErrorCode, String)> {
+    if password.is_empty() || throttle.lock().unwrap_or_else(|e| e.into_inner()).password_check() {
+        return Ok(());
+    }
+    Err((
+        ErrorCode::LoginBusy,
+        "too many password logins from your address; try again in a few seconds".into(),
+    ))
 }
 
 fn check_hello(version: u16, name: &str, room: &str) -> Result<(), (ErrorCode, String)> {
@@ -189,14 +205,7 @@ fn joined_phase<S: Stream>(
     if to_hub.send(ToHub::Hello { id, name, room, account, to_client }).is_ok() {
         let settings =
             DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
-        let rates = Rates {
-            msg_rate: config.msg_rate,
-            msg_burst: config.msg_burst,
-            text_rate: config.text_rate,
-            text_burst: config.text_burst,
-            request_rate: config.request_rate,
-        };
-        Session::new(id, addr, to_hub.clone(), to_writer, settings, Throttle::new(rates)).run(&mut reader);
+        Session::new(id, addr, to_hub.clone(), to_writer, settings, info.throttle.clone()).run(&mut reader);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
     Some(writer)

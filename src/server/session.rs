@@ -13,8 +13,8 @@
 //!   *this* connection; anything else is answered with an error and changes nothing. Downloads and
 //!   receipts are checked by the hub against the user's own name.
 //! - **It cannot ask for work faster than a person would.** Every frame but file chunks goes
-//!   through this connection's [`Throttle`]; when it is empty, this thread waits before handling
-//!   the frame (see `throttle.rs`).
+//!   through the token buckets of this connection's address; when they are empty, this thread
+//!   waits before handling the frame (see `throttle.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +25,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use super::hub::{ConnId, ToHub};
 use super::store::{DownloadPlan, Refusal};
-use super::throttle::Throttle;
+use super::throttle::{pace, SharedThrottle};
 use super::transfer::{download_loop, DownloadSettings, UploadReceiver};
 use crate::filename;
 use crate::frame::{encode_to_vec, ErrorCode, Frame};
@@ -58,7 +58,7 @@ pub(crate) struct Session {
     /// This connection's bulk queue into its writer (upload answers and download chunks).
     pub to_writer: Sender<Vec<u8>>,
     pub settings: DownloadSettings,
-    throttle: Throttle,
+    throttle: SharedThrottle,
     uploads: UploadReceiver,
     downloader: Option<Downloader>,
 }
@@ -70,7 +70,7 @@ impl Session {
         to_hub: Sender<ToHub>,
         to_writer: Sender<Vec<u8>>,
         settings: DownloadSettings,
-        throttle: Throttle,
+        throttle: SharedThrottle,
     ) -> Session {
         Session {
             id,
@@ -112,13 +112,11 @@ impl Session {
 
     fn handle(&mut self, frame: Frame) -> Flow {
         let id = self.id;
-        let wait = match &frame {
-            Frame::Say { text, .. } => self.throttle.message(text.len()),
-            Frame::UploadChunk { .. } | Frame::UploadEnd { .. } => std::time::Duration::ZERO,
-            _ => self.throttle.request(),
-        };
-        if !wait.is_zero() {
-            thread::sleep(wait);
+        match &frame {
+            Frame::Say { text, .. } => pace(&self.throttle, |t| t.message(text.len())),
+            Frame::UploadChunk { .. } | Frame::UploadEnd { .. } => {}
+            Frame::ListFiles => pace(&self.throttle, |t| t.file_list()),
+            _ => pace(&self.throttle, |t| t.request()),
         }
         match frame {
             Frame::Say { client_id, to, text } => match rules::check_text(&text) {

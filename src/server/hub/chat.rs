@@ -76,6 +76,10 @@ pub(crate) struct Queued {
     room: String,
     to: Option<String>,
     client_id: u64,
+    /// Whether the sender is an account: only an account's client ids are stored (they let a
+    /// resend from the same owner be recognised later; a guest's would collide with the next
+    /// guest of the same name).
+    account: bool,
     sent_ms: u64,
     text: String,
 }
@@ -84,14 +88,14 @@ impl Hub {
     /// A `Say` from a joined client: checks it and queues it for the next commit.
     pub(super) fn say(&mut self, id: ConnId, client_id: u64, to: String, text: String) {
         let Some(peer) = self.peer(id) else { return };
-        let (sender, room) = (peer.name.clone(), peer.room.clone());
+        let (sender, room, account) = (peer.name.clone(), peer.room.clone(), peer.account);
         if client_id > MAX_CLIENT_ID {
             let message =
                 format!("not sent: message ids go from 1 to {MAX_CLIENT_ID} (0 asks for no receipt)");
             self.send_to(id, &Frame::Error { code: ErrorCode::BadMessageId, message });
             return;
         }
-        if client_id != 0 && self.is_resend(id, &sender, client_id) {
+        if client_id != 0 && self.is_resend(id, &sender, account, client_id) {
             return;
         }
         let to = if to.is_empty() { None } else { Some(to) };
@@ -112,6 +116,7 @@ impl Hub {
                 room,
                 to,
                 client_id,
+                account,
                 sent_ms: now_ms(),
                 text,
             };
@@ -132,6 +137,7 @@ impl Hub {
             room,
             to,
             client_id,
+            account,
             sent_ms: now_ms(),
             text,
         };
@@ -141,7 +147,15 @@ impl Hub {
 
     /// True when `client_id` from `sender` was already received: a stored one is confirmed again,
     /// one still in the batch will be confirmed at its commit.
-    fn is_resend(&mut self, id: ConnId, sender: &str, client_id: u64) -> bool {
+    ///
+    /// Only an account's messages are looked up in the store: a resend after a reconnect comes
+    /// from the same owner. A guest's name is nobody's, and the next guest to use it is someone
+    /// else whose ids mean nothing to the last one's, so for a guest only the batch in memory
+    /// (the same session) counts.
+    fn is_resend(&mut self, id: ConnId, sender: &str, account: bool, client_id: u64) -> bool {
+        if !account {
+            return self.batch.iter().any(|q| q.from_conn == id && q.client_id == client_id);
+        }
         // Clients number their messages upwards, so only an id at or below the highest one seen
         // from this sender can be a resend; only then is the database asked.
         let store = &self.store;
@@ -238,7 +252,7 @@ impl Hub {
                 recipient: q.to.as_deref(),
                 sent_ms: q.sent_ms,
                 text: &q.text,
-                client_id: q.client_id,
+                client_id: if q.account { q.client_id } else { 0 },
                 offline: q.offline.clone(),
             })
             .collect();

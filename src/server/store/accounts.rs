@@ -282,6 +282,8 @@ mod tests {
                  CREATE TABLE messages (id INTEGER PRIMARY KEY, room TEXT, sender TEXT, recipient TEXT,
                                         sent_ms INTEGER, text TEXT, client_id INTEGER);
                  CREATE TABLE pending (recipient TEXT, message_id INTEGER);
+                 CREATE TABLE files (id INTEGER PRIMARY KEY, sender TEXT, name TEXT, size INTEGER,
+                                     sha256 BLOB, created_ms INTEGER);
                  CREATE TABLE accounts (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_ms INTEGER NOT NULL);
                  INSERT INTO accounts VALUES ('Alice', '$argon2id$old', 5);
                  PRAGMA user_version = 4;",

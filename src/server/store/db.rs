@@ -101,12 +101,15 @@ const MIGRATIONS: &[&str] = &[
     // 6: a file waits for a guest only while the guest's
     // session lasts; this marks those rows.
     "ALTER TABLE file_recipients ADD COLUMN guest INTEGER NOT NULL DEFAULT 0;",
-    // 7: indexes for what a stranger can make the hub do often. Deleting an expired message
+    // 7: indexes for what a stranger can make the hub do often, and each file's sender address
+    // (the quota also holds per address: guests can make up names). Deleting an expired message
     // cascades to `pending` (found by message id); expiry finds messages by age; history reads a
     // room's messages without walking its direct messages.
     "CREATE INDEX pending_by_message ON pending(message_id);
      CREATE INDEX messages_by_age ON messages(sent_ms);
-     CREATE INDEX messages_room_history ON messages(room, id) WHERE recipient IS NULL;",
+     CREATE INDEX messages_room_history ON messages(room, id) WHERE recipient IS NULL;
+     ALTER TABLE files ADD COLUMN sender_addr TEXT;
+     CREATE INDEX files_by_sender_addr ON files(sender_addr);",
 ];
 
 /// The schema version this build writes.
@@ -166,13 +169,15 @@ impl Db {
             }
             None => {
                 tx.execute(
-                    "INSERT INTO files (sender, name, size, sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO files (sender, name, size, sha256, created_ms, sender_addr)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
                         file.sender,
                         file.name,
                         file.size as i64,
                         &file.sha256[..],
-                        file.created_ms as i64
+                        file.created_ms as i64,
+                        file.sender_addr
                     ],
                 )
                 .map_err(InsertError::Db)?;
@@ -234,6 +239,16 @@ impl Db {
         let total: i64 = self.conn.query_row(
             "SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?1",
             [sender],
+            |r| r.get(0),
+        )?;
+        Ok(total.max(0) as u64)
+    }
+
+    /// Bytes of the files sent from `addr` (by any name).
+    pub(crate) fn bytes_stored_from(&self, addr: &str) -> rusqlite::Result<u64> {
+        let total: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM files WHERE sender_addr = ?1",
+            [addr],
             |r| r.get(0),
         )?;
         Ok(total.max(0) as u64)
@@ -497,6 +512,9 @@ pub(crate) struct NewFile<'a> {
     pub recipients: &'a BTreeSet<String>,
     /// The recipients who are guests (a subset of `recipients`): their rows go with their session.
     pub guests: &'a BTreeSet<String>,
+    /// Where the sender connected from (IPv4, or IPv6 /64), for the per-address quota; `None`
+    /// for files imported from an older data dir.
+    pub sender_addr: Option<&'a str>,
 }
 
 /// A message about to be stored, under the id the hub gave it when it delivered it.
@@ -600,6 +618,7 @@ mod tests {
             created_ms: 0,
             recipients: &recipients,
             guests: &BTreeSet::new(),
+            sender_addr: None,
         };
         let failed = db.insert_file(&file, |_| Err("disk says no"));
         assert!(matches!(failed, Err(InsertError::Place("disk says no"))));

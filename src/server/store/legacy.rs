@@ -42,6 +42,7 @@ pub(super) fn import(files_dir: &Path, db: &mut Db) -> io::Result<()> {
             created_ms: crate::display::now_ms(),
             recipients: &meta.recipients,
             guests: &BTreeSet::new(),
+            sender_addr: None,
         };
         match db.insert_file(&file, |_| Ok::<(), io::Error>(())) {
             Ok(_) => log::info!("store: imported file {id} from {}", path.display()),

@@ -213,6 +213,7 @@ impl Store {
             created_ms: now_ms(),
             recipients: &partial.recipients,
             guests: &partial.guests,
+            sender_addr: Some(&partial.addr.to_string()),
         };
         let files_dir = &self.files_dir;
         let result = self
@@ -243,7 +244,8 @@ impl Store {
             ));
         }
         let stored = self.db.bytes_stored_by(&partial.sender).map_err(refusal)?;
-        if stored.saturating_add(partial.size) > self.limits.quota {
+        let from_here = self.db.bytes_stored_from(&partial.addr.to_string()).map_err(refusal)?;
+        if stored.max(from_here).saturating_add(partial.size) > self.limits.quota {
             return Err((
                 ErrorCode::QuotaExceeded,
                 format!(

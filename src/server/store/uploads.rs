@@ -85,12 +85,19 @@ pub(super) const PARTIALS_FRESH: Duration = Duration::from_secs(1);
 impl Store {
     /// Bytes `sender` has on the relay: stored files plus unfinished uploads (see
     /// [`Partial::counted`]).
-    fn used_by(&self, sender: &str) -> Result<u64, Refusal> {
-        let stored = self.db.bytes_stored_by(sender).map_err(refusal)?;
+    ///
+    /// The quota holds per sender *and* per address (all its names together): a stranger can make
+    /// up guest names, and each would otherwise come with a quota of its own. So this is the
+    /// larger of the two.
+    fn used_by(&self, sender: &str, addr: IpAddr) -> Result<u64, Refusal> {
         let stall = self.limits.upload_stall;
-        let partial: u64 =
-            self.partials.values().filter(|p| p.sender == sender).map(|p| p.counted(stall)).sum();
-        Ok(stored.saturating_add(partial))
+        let by_name = self.db.bytes_stored_by(sender).map_err(refusal)?.saturating_add(
+            self.partials.values().filter(|p| p.sender == sender).map(|p| p.counted(stall)).sum(),
+        );
+        let by_address = self.db.bytes_stored_from(&addr.to_string()).map_err(refusal)?.saturating_add(
+            self.partials.values().filter(|p| p.addr == addr).map(|p| p.counted(stall)).sum(),
+        );
+        Ok(by_name.max(by_address))
     }
 
     /// Starts an upload, or resumes the one with the same sender and key. Every limit is checked
@@ -118,7 +125,7 @@ impl Store {
             self.check_partials();
         }
         self.check_upload_counts(req.sender, req.addr)?;
-        let used = self.used_by(req.sender)?;
+        let used = self.used_by(req.sender, req.addr)?;
         if used.saturating_add(req.size) > self.limits.quota {
             return Err((
                 ErrorCode::QuotaExceeded,
