@@ -22,6 +22,8 @@
 //! See [`Server::run`] for the shutdown sequence and `docs/ARCHITECTURE.md` for the whole picture.
 
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod login;
 mod session;

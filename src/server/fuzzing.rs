@@ -1,0 +1,498 @@
+//! A test harness for the `relay_frames` fuzz target (`fuzz/fuzz_targets/relay_frames.rs`): one
+//! connection's bytes, handled exactly as the relay handles a connection, without a socket.
+//!
+//! Not part of the relay's API (hence `#[doc(hidden)]`); it lives in the library only because the
+//! fuzz target, a separate crate, cannot reach the relay's crate-private types otherwise.
+//!
+//! ## What one input goes through
+//!
+//! [`relay_frames`] plays a client that sends a valid hello (guest `fuzz` in room `lobby`) and then
+//! the input's bytes, then closes. Those bytes are read by the relay's own connection code
+//! (`conn::serve`: hello phase, the writer thread, `Session::run` with its `FrameReader`, uploads to
+//! disk, the download thread) talking to a real [`Hub`] with a real store in a temporary directory.
+//! Only the socket is replaced, by [`MemStream`]: reads come from the input, writes go to a buffer.
+//! Then it checks that
+//!
+//! 1. nothing panicked, and the connection ended (a hang is a libFuzzer timeout),
+//! 2. everything the relay wrote back is a sequence of whole, valid frames, and
+//! 3. the relay still serves a fresh client: a new connection under the same name (so the old one
+//!    must have been forgotten) gets a `Welcome`, and a `Sent` receipt for a chat line (so the hub
+//!    and the store still work).
+//!
+//! A second guest, `watcher`, stays in `lobby` the whole time, so that broadcasts, room uploads and
+//! the hub's per-client backlog (its queue is kept tiny) have someone to reach.
+//!
+//! ## What it leaves out, and what it simplifies
+//!
+//! - The socket itself: timeouts, partial writes, resets, `Closer` cutting a stuck connection
+//!   (closers here cut a spare loopback socket, not the in-memory stream), and the accept loop with
+//!   its caps. The hello is always the same guest hello, so login, passwords and the brake are not
+//!   fuzzed.
+//! - One hub serves one connection at a time (calls are serialised), so races between clients are
+//!   not explored. The hub, with its store, is rebuilt every [`RESTART_EVERY`] inputs so that what
+//!   inputs leave behind (stored messages, files, unfinished uploads) cannot grow without bound.
+//!
+//! ## Internal API it depends on
+//!
+//! `conn::serve` and `conn::ConnInfo`, `Hub::new` / `Hub::run`, `ToHub::{Expire, Shutdown}`,
+//! `store::Store::open`, and the public [`Stream`] trait. A `Closer` can only be made from a
+//! `TcpStream` today, which is why one loopback socket exists per process (see [`spare_closer`]).
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::conn::{self, ConnInfo};
+use super::hub::{Hub, ToHub};
+use super::store::{Store, StoreLimits};
+use super::ServerConfig;
+use crate::frame::{self, encode_to_vec, Frame};
+use crate::wire::{Closer, Stream};
+
+/// Inputs served by one hub before it is shut down and a fresh one (with an empty store) started.
+pub const RESTART_EVERY: u64 = 4096;
+
+/// Inputs between two `Expire` events (retention is zero here, so each one empties the store).
+const EXPIRE_EVERY: u64 = 256;
+
+/// The name and room of the fuzzed client. The probe that follows each input reuses the name.
+const NAME: &str = "fuzz";
+const ROOM: &str = "lobby";
+
+/// Handles `after_hello` as the bytes a client sends after a valid hello, then checks that the
+/// relay is still healthy (see the module docs). Panics on any failure, which is what a fuzz
+/// target wants.
+pub fn relay_frames(after_hello: &[u8]) {
+    let mut relay = lock_relay();
+    let relay = relay.get_or_insert_with(Relay::start);
+    let mut input = hello(NAME);
+    input.extend_from_slice(after_hello);
+    let reply = relay.connect(input, Then::Eof);
+    let frames = match whole_frames(&reply) {
+        Ok(frames) => frames,
+        Err(why) => panic!("the relay wrote bytes that are not whole frames: {why}"),
+    };
+    assert!(
+        matches!(frames.first(), Some(Frame::Welcome { .. })),
+        "the fuzzed client's valid hello was not welcomed: {:?}",
+        frames.first()
+    );
+    relay.probe();
+    relay.served += 1;
+    if relay.served.is_multiple_of(EXPIRE_EVERY) {
+        let _ = relay.to_hub.send(ToHub::Expire);
+    }
+    if relay.served >= RESTART_EVERY {
+        let _ = std::mem::replace(relay, Relay::start()).stop();
+    }
+}
+
+/// The relay shared by every call in this process. A panic while it was held (a finding) leaves
+/// it usable for the next input; its state is whatever the panic left.
+fn lock_relay() -> MutexGuard<'static, Option<Relay>> {
+    static RELAY: Mutex<Option<Relay>> = Mutex::new(None);
+    RELAY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One hub with its store, plus the watcher who stays in the room.
+struct Relay {
+    to_hub: Sender<ToHub>,
+    hub: JoinHandle<Vec<Closer>>,
+    dir: PathBuf,
+    config: ServerConfig,
+    /// Dropping this ends the watcher's connection (its reads return end of file).
+    release_watcher: Sender<()>,
+    watcher: JoinHandle<()>,
+    next_id: u64,
+    served: u64,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let dir = fresh_dir();
+        let config = ServerConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            // Tiny, so the hub's backlog path runs; the writer drains into memory at once anyway.
+            client_queue: 4,
+            linger: Duration::from_millis(100),
+            spin: Duration::ZERO,
+            data_dir: dir.clone(),
+            // Small files, so a download costs little; the quota bounds the disk an input can use.
+            limits: StoreLimits { max_file_size: 16 * 1024, quota: 256 * 1024, min_free: 0 },
+            chunk_size: 4096,
+            retention: Duration::ZERO,
+            ..ServerConfig::default()
+        };
+        let store = match Store::open(&dir, config.limits.clone()) {
+            Ok(store) => store,
+            Err(e) => panic!("fuzz harness: cannot open a store in {}: {e}", dir.display()),
+        };
+        let (to_hub, events) = bounded(64);
+        let hub = Hub::new(config.clone(), events, store);
+        let hub = thread::spawn(move || hub.run());
+        let (release_watcher, wait) = bounded::<()>(0);
+        let (output, to_hub_w, config_w) = (Output::new(4096), to_hub.clone(), config.clone());
+        let stream = MemStream::new(hello("watcher"), Then::WaitFor(wait), output.clone());
+        let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)) };
+        let watcher = thread::spawn(move || conn::serve(stream, info, to_hub_w, config_w));
+        let relay = Relay { to_hub, hub, dir, config, release_watcher, watcher, next_id: 2, served: 0 };
+        relay.wait_for_welcome(&output);
+        relay
+    }
+
+    fn wait_for_welcome(&self, output: &Output) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let bytes = output.bytes();
+            if let Ok(Some((Frame::Welcome { .. }, _))) = frame::decode(&bytes) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        panic!("fuzz harness: the watcher was not welcomed within 10 s");
+    }
+
+    /// Serves one connection whose client sends `input` and then closes; returns what the relay
+    /// wrote to it. Returns when the connection has ended, as `serve` does on a real socket.
+    fn connect(&mut self, input: Vec<u8>, then: Then) -> Vec<u8> {
+        self.next_id += 1;
+        let output = Output::new(usize::MAX);
+        let stream = MemStream::new(input, then, output.clone());
+        // Every connection comes "from" a different port, as it would on a real network.
+        let port = (self.next_id % 60_000) as u16 + 1024;
+        let info = ConnInfo { id: self.next_id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) };
+        conn::serve(stream, info, self.to_hub.clone(), self.config.clone());
+        output.bytes()
+    }
+
+    /// A fresh client under the fuzzed client's name says one line, waits for its receipt (as a
+    /// real client would) and closes. It must be welcomed and get the receipt.
+    fn probe(&mut self) {
+        let client_id = self.next_id + 1; // unique per connection, so never a harmless resend
+        let mut input = hello(NAME);
+        let say = Frame::Say { client_id, to: String::new(), text: "still there?".into() };
+        input.extend(encode_to_vec(&say).unwrap_or_default());
+        let receipt = move |f: &Frame| matches!(f, Frame::Sent { client_id: c, .. } if *c == client_id);
+        let until = Then::WaitUntil(Box::new(move |out| {
+            whole_frames(out).is_ok_and(|frames| frames.iter().any(receipt))
+        }));
+        let frames = whole_frames(&self.connect(input, until)).unwrap_or_default();
+        assert!(
+            matches!(frames.first(), Some(Frame::Welcome { .. })),
+            "after this input the relay no longer welcomes a new client: {frames:?}"
+        );
+        assert!(
+            frames.iter().any(receipt),
+            "after this input the relay no longer stores messages: {frames:?}"
+        );
+    }
+
+    /// Shuts the hub down as `Server::run` does, ends the watcher and deletes the data.
+    fn stop(self) {
+        let _ = self.to_hub.send(ToHub::Shutdown);
+        drop(self.to_hub);
+        let _ = self.hub.join();
+        drop(self.release_watcher);
+        let _ = self.watcher.join();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The encoded guest hello for `name` in the fuzzed room.
+fn hello(name: &str) -> Vec<u8> {
+    encode_to_vec(&Frame::hello(name, ROOM)).unwrap_or_default()
+}
+
+/// Decodes `bytes` completely; an error names the first problem.
+fn whole_frames(mut bytes: &[u8]) -> Result<Vec<Frame>, String> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        match frame::decode(bytes) {
+            Ok(Some((frame, used))) => {
+                frames.push(frame);
+                bytes = &bytes[used..];
+            }
+            Ok(None) => return Err(format!("{} bytes of an unfinished frame at the end", bytes.len())),
+            Err(e) => return Err(format!("after {} good frames: {e}", frames.len())),
+        }
+    }
+    Ok(frames)
+}
+
+/// A directory for one hub's store, under the system's temp dir. Directories left by earlier
+/// processes that are gone (killed fuzz runs) are removed first.
+fn fresh_dir() -> PathBuf {
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let temp = std::env::temp_dir();
+    let pid = std::process::id();
+    if let Ok(entries) = std::fs::read_dir(&temp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name.strip_prefix("relaychat-fuzz-").and_then(|rest| rest.split('-').next());
+            let gone = owner.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| !process_alive(p));
+            if gone {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = temp.join(format!("relaychat-fuzz-{pid}-{generation}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return true };
+    // Signal 0 checks that the process exists without sending anything. EPERM: it exists.
+    // SAFETY: kill(2) with signal 0 has no effect on the target; it only reads the process table.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A `Closer` for the hub's bookkeeping. Closers can only be made from a `TcpStream`, so the
+/// process keeps one connected loopback pair just for this; cutting it affects no in-memory
+/// connection.
+fn spare_closer() -> io::Result<Closer> {
+    static SPARE: OnceLock<io::Result<(TcpStream, TcpStream)>> = OnceLock::new();
+    let pair = SPARE.get_or_init(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let client = TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        Ok((client, server))
+    });
+    match pair {
+        Ok((client, _)) => Stream::closer(client),
+        Err(e) => Err(io::Error::new(e.kind(), format!("no loopback socket for closers: {e}"))),
+    }
+}
+
+/// What the relay wrote to one connection, shared by the stream's clones (the writer thread owns
+/// one). Keeps at most `keep` bytes; the watcher needs only its first frames.
+#[derive(Clone)]
+struct Output {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    keep: usize,
+}
+
+impl Output {
+    fn new(keep: usize) -> Output {
+        Output { bytes: Arc::default(), keep }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+/// What a [`MemStream`]'s reads do once the client's bytes are used up.
+enum Then {
+    /// End of file at once: the client closed.
+    Eof,
+    /// Block until this channel's sender is dropped, then end of file.
+    WaitFor(Receiver<()>),
+    /// Block until what the relay wrote satisfies this (or 10 s pass), then end of file.
+    WaitUntil(Box<dyn Fn(&[u8]) -> bool + Send>),
+}
+
+/// The in-memory stand-in for a `TcpStream`: reads return the client's bytes, then do what
+/// [`Then`] says. Writes are kept in [`Output`].
+struct MemStream {
+    input: io::Cursor<Vec<u8>>,
+    then: Then,
+    output: Output,
+}
+
+impl MemStream {
+    fn new(input: Vec<u8>, then: Then, output: Output) -> MemStream {
+        MemStream { input: io::Cursor::new(input), then, output }
+    }
+}
+
+impl Read for MemStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.input.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            match std::mem::replace(&mut self.then, Then::Eof) {
+                Then::Eof => {}
+                Then::WaitFor(released) => {
+                    let _ = released.recv(); // returns when the sender is dropped
+                }
+                Then::WaitUntil(done) => {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !done(&self.output.bytes()) && Instant::now() < deadline {
+                        thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Ok(mut out) = self.output.bytes.lock() {
+            let room = self.output.keep.saturating_sub(out.len());
+            out.extend_from_slice(&buf[..buf.len().min(room)]);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for MemStream {
+    /// The clone is the writer's: it shares the output and reads nothing.
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        Ok(MemStream::new(Vec::new(), Then::Eof, self.output.clone()))
+    }
+    fn closer(&self) -> io::Result<Closer> {
+        spare_closer()
+    }
+    fn set_read_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_write_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{ErrorCode, FileInfo, MARK_HISTORY};
+    use sha2::{Digest, Sha256};
+
+    /// Client frame sequences that reach the relay's interesting paths: the `relay_frames` seeds.
+    fn relay_seeds() -> Vec<(&'static str, Vec<Frame>)> {
+        let data = b"hello, file".to_vec();
+        let sha256: [u8; 32] = Sha256::digest(&data).into();
+        let upload = |to: &str| Frame::UploadStart {
+            key: "k1".into(),
+            name: "a.txt".into(),
+            size: data.len() as u64,
+            to: to.into(),
+        };
+        vec![
+            ("say", vec![Frame::say("hi"), Frame::Goodbye]),
+            ("say-receipt-dm", vec![Frame::Say { client_id: 7, to: "watcher".into(), text: "psst".into() }]),
+            ("say-offline", vec![Frame::Say { client_id: 1, to: "nobody".into(), text: "later".into() }]),
+            ("say-blank", vec![Frame::say(" ")]),
+            ("who-seen-leave", vec![Frame::Who, Frame::Seen { message_id: 1 }, Frame::Leave]),
+            (
+                "upload-room",
+                vec![
+                    upload(""),
+                    Frame::UploadChunk { upload_id: 1, data: data.clone() },
+                    Frame::UploadEnd { upload_id: 1, sha256 },
+                ],
+            ),
+            (
+                "upload-self-download",
+                vec![
+                    upload(NAME),
+                    Frame::UploadChunk { upload_id: 1, data: data.clone() },
+                    Frame::UploadEnd { upload_id: 1, sha256 },
+                    Frame::ListFiles,
+                    Frame::Download { file_id: 1, offset: 0 },
+                    Frame::Download { file_id: 1, offset: 3 },
+                    Frame::Received { file_id: 1 },
+                ],
+            ),
+            ("upload-bad-hash", vec![upload("watcher"), Frame::UploadEnd { upload_id: 1, sha256: [0; 32] }]),
+            ("chunk-unknown", vec![Frame::UploadChunk { upload_id: 99, data: vec![1, 2, 3] }]),
+            ("download-missing", vec![Frame::Download { file_id: 42, offset: 0 }, Frame::ListFiles]),
+            ("server-frame", vec![Frame::Welcome { name: "x".into(), room: "y".into() }]),
+            ("hello-again", vec![Frame::hello("other", "attic")]),
+        ]
+    }
+
+    /// One frame of every kind, some with awkward contents: the `decode` seeds.
+    fn decode_seeds() -> Vec<Frame> {
+        let info =
+            FileInfo {
+                file_id: 3, from: "alice".into(), name: "报告.pdf".into(), size: 42, sha256: [7; 32]
+            };
+        let mut frames: Vec<Frame> = relay_seeds().into_iter().flat_map(|(_, frames)| frames).collect();
+        frames.extend([
+            Frame::Hello {
+                version: 4,
+                name: "bob".into(),
+                room: "lobby".into(),
+                password: "秘密".into(),
+                access: "door".into(),
+                token: "ab".repeat(32),
+            },
+            Frame::Error { code: ErrorCode::NameTaken, message: "taken".into() },
+            Frame::Chat {
+                id: 9,
+                from: "bob".into(),
+                to: String::new(),
+                sent_at_ms: 1_700_000_000_000,
+                mark: MARK_HISTORY,
+                text: "你好 🎉".into(),
+            },
+            Frame::Joined { name: "bob".into(), room: "lobby".into() },
+            Frame::Left { name: "bob".into(), room: "lobby".into() },
+            Frame::Online { room: "lobby".into(), names: vec!["alice".into(), "bob".into()], more: true },
+            Frame::UploadReady { upload_id: 1, offset: 0 },
+            Frame::UploadDone { upload_id: 1, file_id: 3 },
+            Frame::UploadFailed { upload_id: 1, code: ErrorCode::QuotaExceeded, message: "no".into() },
+            Frame::NewFile(info.clone()),
+            Frame::FileList { files: vec![info.clone(), info], more: false },
+            Frame::DownloadChunk { file_id: 3, data: vec![0, 255, 1] },
+            Frame::DownloadEnd { file_id: 3 },
+            Frame::DownloadFailed { file_id: 3, code: ErrorCode::NoSuchFile, message: "gone".into() },
+            Frame::FileExpired { from: "alice".into(), name: "old.txt".into() },
+            Frame::Sent { client_id: 7, message_id: 1 },
+        ]);
+        frames.dedup();
+        frames
+    }
+
+    fn encoded(frames: &[Frame]) -> Vec<u8> {
+        frames.iter().flat_map(|f| encode_to_vec(f).expect("a seed frame encodes")).collect()
+    }
+
+    #[test]
+    fn every_seed_and_some_garbage_leave_the_relay_serving() {
+        for (_, frames) in relay_seeds() {
+            relay_frames(&encoded(&frames));
+        }
+        relay_frames(b"");
+        relay_frames(&[0, 0, 0, 0]);
+        relay_frames(&[0xff; 9]);
+        let mut cut = encoded(&[Frame::say("half")]);
+        cut.pop();
+        relay_frames(&cut);
+    }
+
+    /// Writes the seed corpus under `fuzz/corpus/`. Run it after changing the seeds:
+    /// `cargo test --lib write_seed_corpus -- --ignored`
+    #[test]
+    #[ignore = "writes files into fuzz/corpus; run on purpose"]
+    fn write_seed_corpus() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let write = |target: &str, name: String, bytes: Vec<u8>| {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).expect("create the corpus dir");
+            std::fs::write(dir.join(name), bytes).expect("write a seed");
+        };
+        for (n, frame) in decode_seeds().iter().enumerate() {
+            write("decode", format!("seed-{n:02}-kind-{:02x}", frame.kind()), encoded(&[frame.clone()]));
+        }
+        for (name, frames) in relay_seeds() {
+            write("relay_frames", format!("seed-{name}"), encoded(&frames));
+        }
+    }
+}
