@@ -19,8 +19,8 @@
 //!    must have been forgotten) gets a `Welcome`, and a `Sent` receipt for a chat line (so the hub
 //!    and the store still work).
 //!
-//! A second guest, `watcher`, stays in `lobby` the whole time, so that broadcasts, room uploads and
-//! the hub's per-client backlog (its queue is kept tiny) have someone to reach.
+//! A second guest, `watcher`, stays in `lobby` the whole time, so that broadcasts and room uploads
+//! have someone to reach.
 //!
 //! ## What it leaves out, and what it simplifies
 //!
@@ -117,8 +117,11 @@ impl Relay {
         let dir = fresh_dir();
         let config = ServerConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            // Tiny, so the hub's backlog path runs; the writer drains into memory at once anyway.
-            client_queue: 4,
+            // Small, so an input that makes many frames runs the hub's backlog path. Not tiny: each
+            // turn of a backlog costs the hub's 5 ms tick, and inputs must stay fast.
+            client_queue: 64,
+            // A short history, so that the join of each connection queues a few frames, not 50.
+            history: 8,
             linger: Duration::from_millis(100),
             spin: Duration::ZERO,
             data_dir: dir.clone(),
