@@ -9,8 +9,8 @@
 //! [`relay_frames`] plays a client that sends a valid hello (guest `fuzz` in room `lobby`) and then
 //! the input's bytes, then closes. Those bytes are read by the relay's own connection code
 //! (`conn::serve`: hello phase, the writer thread, `Session::run` with its `FrameReader`, uploads to
-//! disk, the download thread) talking to a real [`Hub`] with a real store in a temporary directory.
-//! Only the socket is replaced, by [`MemStream`]: reads come from the input, writes go to a buffer.
+//! disk, the download thread) talking to a real `Hub` with a real store in a temporary directory.
+//! Only the socket is replaced, by `MemStream`: reads come from the input, writes go to a buffer.
 //! Then it checks that
 //!
 //! 1. nothing panicked, and the connection ended (a hang is a libFuzzer timeout),
@@ -36,7 +36,7 @@
 //!
 //! `conn::serve` and `conn::ConnInfo`, `Hub::new` / `Hub::run`, `ToHub::{Expire, Shutdown}`,
 //! `store::Store::open`, and the public [`Stream`] trait. A `Closer` can only be made from a
-//! `TcpStream` today, which is why one loopback socket exists per process (see [`spare_closer`]).
+//! `TcpStream` today, which is why one loopback socket exists per process (see `spare_closer`).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -88,7 +88,7 @@ pub fn relay_frames(after_hello: &[u8]) {
         let _ = relay.to_hub.send(ToHub::Expire);
     }
     if relay.served >= RESTART_EVERY {
-        let _ = std::mem::replace(relay, Relay::start()).stop();
+        std::mem::replace(relay, Relay::start()).stop();
     }
 }
 
@@ -175,6 +175,9 @@ impl Relay {
 
     /// A fresh client under the fuzzed client's name says one line, waits for its receipt (as a
     /// real client would) and closes. It must be welcomed and get the receipt.
+    ///
+    /// It must wait: the hub discards the frames it still holds back for a client that leaves, so
+    /// a goodbye right after the line can lose the receipt when the client's queue was full.
     fn probe(&mut self) {
         let client_id = self.next_id + 1; // unique per connection, so never a harmless resend
         let mut input = hello(NAME);
@@ -299,8 +302,11 @@ enum Then {
     /// Block until this channel's sender is dropped, then end of file.
     WaitFor(Receiver<()>),
     /// Block until what the relay wrote satisfies this (or 10 s pass), then end of file.
-    WaitUntil(Box<dyn Fn(&[u8]) -> bool + Send>),
+    WaitUntil(Condition),
 }
+
+/// A test on everything the relay has written to a connection so far.
+type Condition = Box<dyn Fn(&[u8]) -> bool + Send>;
 
 /// The in-memory stand-in for a `TcpStream`: reads return the client's bytes, then do what
 /// [`Then`] says. Writes are kept in [`Output`].
@@ -492,7 +498,11 @@ mod tests {
             std::fs::write(dir.join(name), bytes).expect("write a seed");
         };
         for (n, frame) in decode_seeds().iter().enumerate() {
-            write("decode", format!("seed-{n:02}-kind-{:02x}", frame.kind()), encoded(&[frame.clone()]));
+            write(
+                "decode",
+                format!("seed-{n:02}-kind-{:02x}", frame.kind()),
+                encoded(std::slice::from_ref(frame)),
+            );
         }
         for (name, frames) in relay_seeds() {
             write("relay_frames", format!("seed-{name}"), encoded(&frames));
