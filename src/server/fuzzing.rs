@@ -20,7 +20,9 @@
 //!    and the store still work).
 //!
 //! A second guest, `watcher`, stays in `lobby` the whole time, so that broadcasts and room uploads
-//! have someone to reach.
+//! have someone to reach. Before they are sent, upload and file ids in the input are made relative
+//! to the ids the relay gave out last, and an all-zero upload hash is replaced by the true one
+//! (see `Ids`): otherwise a fuzzer could almost never finish an upload or start a download.
 //!
 //! ## What it leaves out, and what it simplifies
 //!
@@ -31,6 +33,8 @@
 //! - One hub serves one connection at a time (calls are serialised), so races between clients are
 //!   not explored. The hub, with its store, is rebuilt every [`RESTART_EVERY`] inputs so that what
 //!   inputs leave behind (stored messages, files, unfinished uploads) cannot grow without bound.
+//!   An input's effect can depend on the inputs before it; a crash file found by a long run may
+//!   need the inputs before it to reproduce (a fresh process replays it on a fresh relay).
 //!
 //! ## Internal API it depends on
 //!
@@ -41,6 +45,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -66,17 +71,29 @@ const ROOM: &str = "lobby";
 
 /// Handles `after_hello` as the bytes a client sends after a valid hello, then checks that the
 /// relay is still healthy (see the module docs). Panics on any failure, which is what a fuzz
-/// target wants.
-pub fn relay_frames(after_hello: &[u8]) {
+/// target wants. Returns the frames the relay wrote to the fuzzed client.
+pub fn relay_frames(after_hello: &[u8]) -> Vec<Frame> {
     let mut relay = lock_relay();
     let relay = relay.get_or_insert_with(Relay::start);
     let mut input = hello(NAME);
-    input.extend_from_slice(after_hello);
-    let reply = relay.connect(input, Then::Eof);
+    let downloads = relay.ids.rewrite(after_hello, &mut input);
+    // Like a real client, wait for the answers to its downloads before closing: closing at once
+    // would cancel them. An error frame, or the relay closing its side, ends the wait.
+    let then = match downloads {
+        0 => Then::Eof,
+        _ => Then::WaitUntil(Box::new(move |out| {
+            whole_frames(out).is_ok_and(|frames| {
+                let answered = frames.iter().filter(|f| is_download_answer(f)).count();
+                answered >= downloads || frames.iter().any(|f| matches!(f, Frame::Error { .. }))
+            })
+        })),
+    };
+    let reply = relay.connect(input, then);
     let frames = match whole_frames(&reply) {
         Ok(frames) => frames,
         Err(why) => panic!("the relay wrote bytes that are not whole frames: {why}"),
     };
+    relay.ids.learn(&frames);
     assert!(
         matches!(frames.first(), Some(Frame::Welcome { .. })),
         "the fuzzed client's valid hello was not welcomed: {:?}",
@@ -90,6 +107,11 @@ pub fn relay_frames(after_hello: &[u8]) {
     if relay.served >= RESTART_EVERY {
         std::mem::replace(relay, Relay::start()).stop();
     }
+    frames
+}
+
+fn is_download_answer(frame: &Frame) -> bool {
+    matches!(frame, Frame::DownloadEnd { .. } | Frame::DownloadFailed { .. })
 }
 
 /// The relay shared by every call in this process. A panic while it was held (a finding) leaves
@@ -110,6 +132,7 @@ struct Relay {
     watcher: JoinHandle<()>,
     next_id: u64,
     served: u64,
+    ids: Ids,
 }
 
 impl Relay {
@@ -143,7 +166,8 @@ impl Relay {
         let stream = MemStream::new(hello("watcher"), Then::WaitFor(wait), output.clone());
         let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)) };
         let watcher = thread::spawn(move || conn::serve(stream, info, to_hub_w, config_w));
-        let relay = Relay { to_hub, hub, dir, config, release_watcher, watcher, next_id: 2, served: 0 };
+        let ids = Ids::default();
+        let relay = Relay { to_hub, hub, dir, config, release_watcher, watcher, next_id: 2, served: 0, ids };
         relay.wait_for_welcome(&output);
         relay
     }
@@ -209,6 +233,84 @@ impl Relay {
     }
 }
 
+/// Upload and file ids, as the fuzzer writes them and as the relay gives them out.
+///
+/// The relay numbers uploads and files upwards, for the life of a store, so an id that the input
+/// could guess is almost always stale. So small ids in the input are relative to the highest id the
+/// relay has announced so far: 1..=0x7fff count up from it (1 is the next new one), 0x8000..=0xffff
+/// count down (earlier ones); anything else passes unchanged. And an `UploadEnd` whose hash is all
+/// zeros gets the true SHA-256 of the chunks this input sent for that upload, so that uploads can
+/// complete. Only frames before the first undecodable byte are rewritten; the rest passes as is.
+#[derive(Default)]
+struct Ids {
+    upload: u64,
+    file: u64,
+}
+
+impl Ids {
+    /// Appends `input`, rewritten, to `out`; returns how many downloads it asks for.
+    fn rewrite(&self, mut input: &[u8], out: &mut Vec<u8>) -> usize {
+        let mut downloads = 0;
+        let mut hashes: std::collections::HashMap<u64, sha2::Sha256> = Default::default();
+        while let Ok(Some((frame, used))) = frame::decode(input) {
+            let frame = match frame {
+                Frame::UploadChunk { upload_id, data } => {
+                    let upload_id = relative(upload_id, self.upload);
+                    sha2::Digest::update(hashes.entry(upload_id).or_default(), &data);
+                    Frame::UploadChunk { upload_id, data }
+                }
+                Frame::UploadEnd { upload_id, sha256 } => {
+                    let upload_id = relative(upload_id, self.upload);
+                    let sha256 = match hashes.remove(&upload_id) {
+                        Some(hasher) if sha256 == [0; 32] => sha2::Digest::finalize(hasher).into(),
+                        _ => sha256,
+                    };
+                    Frame::UploadEnd { upload_id, sha256 }
+                }
+                Frame::Download { file_id, offset } => {
+                    downloads += 1;
+                    Frame::Download { file_id: relative(file_id, self.file), offset }
+                }
+                Frame::Received { file_id } => Frame::Received { file_id: relative(file_id, self.file) },
+                other => other,
+            };
+            // The rewritten frame has the same size as the original, so it encodes.
+            out.extend(encode_to_vec(&frame).unwrap_or_default());
+            input = &input[used..];
+        }
+        out.extend_from_slice(input);
+        downloads
+    }
+
+    /// Remembers the highest ids in what the relay wrote.
+    fn learn(&mut self, frames: &[Frame]) {
+        for frame in frames {
+            match frame {
+                Frame::UploadReady { upload_id, .. } | Frame::UploadFailed { upload_id, .. } => {
+                    self.upload = self.upload.max(*upload_id);
+                }
+                Frame::UploadDone { upload_id, file_id } => {
+                    self.upload = self.upload.max(*upload_id);
+                    self.file = self.file.max(*file_id);
+                }
+                Frame::NewFile(info) => self.file = self.file.max(info.file_id),
+                Frame::FileList { files, .. } => {
+                    self.file = files.iter().map(|f| f.file_id).fold(self.file, u64::max);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn relative(id: u64, base: u64) -> u64 {
+    match id {
+        1..=0x7fff => base.saturating_add(id),
+        0x8000..=0xffff => base.saturating_sub(id - 0x7fff),
+        _ => id,
+    }
+}
+
 /// The encoded guest hello for `name` in the fuzzed room.
 fn hello(name: &str) -> Vec<u8> {
     encode_to_vec(&Frame::hello(name, ROOM)).unwrap_or_default()
@@ -230,11 +332,13 @@ fn whole_frames(mut bytes: &[u8]) -> Result<Vec<Frame>, String> {
     Ok(frames)
 }
 
-/// A directory for one hub's store, under the system's temp dir. Directories left by earlier
+/// A directory for one hub's store, in `/dev/shm` or else the system's temp dir. Directories left by earlier
 /// processes that are gone (killed fuzz runs) are removed first.
 fn fresh_dir() -> PathBuf {
-    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let temp = std::env::temp_dir();
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    // Memory-backed where there is one: SQLite's syncs on a real disk would cost most of the time.
+    let shm = PathBuf::from("/dev/shm");
+    let temp = if shm.is_dir() { shm } else { std::env::temp_dir() };
     let pid = std::process::id();
     if let Ok(entries) = std::fs::read_dir(&temp) {
         for entry in entries.flatten() {
@@ -246,7 +350,7 @@ fn fresh_dir() -> PathBuf {
             }
         }
     }
-    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     let dir = temp.join(format!("relaychat-fuzz-{pid}-{generation}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
@@ -283,11 +387,13 @@ fn spare_closer() -> io::Result<Closer> {
 struct Output {
     bytes: Arc<Mutex<Vec<u8>>>,
     keep: usize,
+    /// Set when the writer half-closes: the relay will write nothing more.
+    closed: Arc<AtomicBool>,
 }
 
 impl Output {
     fn new(keep: usize) -> Output {
-        Output { bytes: Arc::default(), keep }
+        Output { bytes: Arc::default(), keep, closed: Arc::default() }
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -301,7 +407,8 @@ enum Then {
     Eof,
     /// Block until this channel's sender is dropped, then end of file.
     WaitFor(Receiver<()>),
-    /// Block until what the relay wrote satisfies this (or 10 s pass), then end of file.
+    /// Block until what the relay wrote satisfies this, or the relay closes its side (or 10 s
+    /// pass), then end of file.
     WaitUntil(Condition),
 }
 
@@ -333,7 +440,8 @@ impl Read for MemStream {
                 }
                 Then::WaitUntil(done) => {
                     let deadline = Instant::now() + Duration::from_secs(10);
-                    while !done(&self.output.bytes()) && Instant::now() < deadline {
+                    let closed = || self.output.closed.load(Ordering::SeqCst);
+                    while !closed() && !done(&self.output.bytes()) && Instant::now() < deadline {
                         thread::sleep(Duration::from_micros(50));
                     }
                 }
@@ -372,6 +480,7 @@ impl Stream for MemStream {
         Ok(())
     }
     fn shutdown_write(&self) -> io::Result<()> {
+        self.output.closed.store(true, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -399,11 +508,11 @@ mod tests {
             ("say-blank", vec![Frame::say(" ")]),
             ("who-seen-leave", vec![Frame::Who, Frame::Seen { message_id: 1 }, Frame::Leave]),
             (
-                "upload-room",
+                "upload-room-hash-filled-in",
                 vec![
                     upload(""),
                     Frame::UploadChunk { upload_id: 1, data: data.clone() },
-                    Frame::UploadEnd { upload_id: 1, sha256 },
+                    Frame::UploadEnd { upload_id: 1, sha256: [0; 32] },
                 ],
             ),
             (
@@ -415,12 +524,16 @@ mod tests {
                     Frame::ListFiles,
                     Frame::Download { file_id: 1, offset: 0 },
                     Frame::Download { file_id: 1, offset: 3 },
-                    Frame::Received { file_id: 1 },
                 ],
             ),
+            ("received-earlier", vec![Frame::Received { file_id: 0x8000 }, Frame::ListFiles]),
             ("upload-bad-hash", vec![upload("watcher"), Frame::UploadEnd { upload_id: 1, sha256: [0; 32] }]),
             ("chunk-unknown", vec![Frame::UploadChunk { upload_id: 99, data: vec![1, 2, 3] }]),
             ("download-missing", vec![Frame::Download { file_id: 42, offset: 0 }, Frame::ListFiles]),
+            (
+                "download-earlier-goodbye",
+                vec![Frame::Download { file_id: 0x8000, offset: 0 }, Frame::Goodbye],
+            ),
             ("server-frame", vec![Frame::Welcome { name: "x".into(), room: "y".into() }]),
             ("hello-again", vec![Frame::hello("other", "attic")]),
         ]
@@ -475,8 +588,14 @@ mod tests {
 
     #[test]
     fn every_seed_and_some_garbage_leave_the_relay_serving() {
-        for (_, frames) in relay_seeds() {
-            relay_frames(&encoded(&frames));
+        let start = Instant::now();
+        for (name, frames) in relay_seeds() {
+            let reply = relay_frames(&encoded(&frames));
+            // The id and hash rewriting must let uploads finish and downloads run, every time.
+            let done = reply.iter().any(|f| matches!(f, Frame::UploadDone { .. }));
+            assert_eq!(done, name.starts_with("upload-room") || name.starts_with("upload-self"), "{name}");
+            let downloaded = reply.iter().any(|f| matches!(f, Frame::DownloadEnd { .. }));
+            assert_eq!(downloaded, name == "upload-self-download", "{name}: {reply:?}");
         }
         relay_frames(b"");
         relay_frames(&[0, 0, 0, 0]);
@@ -484,6 +603,7 @@ mod tests {
         let mut cut = encoded(&[Frame::say("half")]);
         cut.pop();
         relay_frames(&cut);
+        assert!(start.elapsed() < Duration::from_secs(5), "no input may wait for its deadline");
     }
 
     /// Writes the seed corpus under `fuzz/corpus/`. Run it after changing the seeds:
