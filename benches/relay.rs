@@ -54,8 +54,12 @@ fn main() {
 
     let data = std::env::temp_dir().join(format!("relaychat-bench-relay-{}", std::process::id()));
     let (dir_a, dir_b) = (data.join("a"), data.join("b"));
-    let (relay, addr) = start_relay(&["--data-dir", dir_a.to_str().unwrap()]);
-    let (still, still_addr) = start_relay(&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()]);
+    // The per-connection rate limit is off: a burst through the relay measures the relay, not the
+    // limit (which slows one sender to --msg-rate messages per second on purpose).
+    let unlimited = ["--msg-rate", "0", "--request-rate", "0"];
+    let (relay, addr) = start_relay(&[&["--data-dir", dir_a.to_str().unwrap()][..], &unlimited].concat());
+    let (still, still_addr) =
+        start_relay(&[&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());
     let idle_kib = rss_kib(relay.0.id(), "VmRSS");
 
     let (mut direct, mut relayed, mut sleepy, mut library) = (vec![], vec![], vec![], vec![]);

@@ -30,6 +30,7 @@
 
 mod catch_up;
 mod download;
+pub mod identity;
 mod reader;
 mod upload;
 

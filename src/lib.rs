@@ -14,9 +14,14 @@
 //! 4. [`outbox`]: the loop inside every writer thread: two queues into one socket, chat first.
 //! 5. [`server`]: the relay. An accept thread, a reader and a writer thread per connection, and one
 //!    hub thread that owns the rooms and the file store. Its docs draw the threads; `Server::run`
-//!    documents shutdown.
+//!    documents shutdown. The relay faces the open internet, so every resource a stranger can make
+//!    it hold has a bound, checked before the resource is taken: `server/accept.rs` (connections),
+//!    `server/login.rs` (hellos, passwords, names), `server/throttle.rs` (request rates),
+//!    `server/hub/meter.rs` (memory queued per client), `server/store/` (disk, uploads, what waits
+//!    for whom). The README's "Limits" table lists them all.
 //! 6. [`client`]: the client library. Handshake, then a writer, a reader and an upload thread,
-//!    reporting everything as [`client::Event`]s.
+//!    reporting everything as [`client::Event`]s. `client/identity.rs` keeps this machine's
+//!    secret, from which each relay gets its own token.
 //! 7. Helpers for files: [`filename`] (names from the network made safe), [`sha`] (hashing while
 //!    streaming, and on resume), [`sink`] (writing a received file on its own thread).
 //! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).

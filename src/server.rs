@@ -11,25 +11,33 @@
 //!  (owns socket, one per conn)
 //! ```
 //!
-//! - The **accept thread** owns the `TcpListener`. For every connection it spawns a connection
-//!   thread and keeps its `JoinHandle`.
+//! - The **accept thread** (`server/accept.rs`) owns the `TcpListener`. It turns away connections
+//!   over the relay's or the address's cap before anything is started for them; for every other
+//!   connection it spawns a connection thread and keeps its `JoinHandle`.
 //! - Each **connection thread** (`server/conn.rs`) reads frames from its socket. After the hello it spawns
 //!   a **writer thread** that owns a clone of the socket and drains a bounded queue.
+//! - Two **hash threads** (`server/login.rs`) compute every argon2 password hash, from a short
+//!   bounded queue: a flood of password logins waits there or is told "busy", and never holds
+//!   more than two hashes' worth of memory.
 //! - The **hub thread** (`server/hub.rs`) owns all shared state: who is online, which room they are in, and
 //!   the sending half of each writer's queue. Nobody else touches that state, so there is no
 //!   `Mutex` and events are handled in one well-defined order.
 //!
 //! See [`Server::run`] for the shutdown sequence and `docs/ARCHITECTURE.md` for the whole picture.
 
+mod accept;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub;
 mod login;
+mod memory;
 mod session;
 mod store;
+mod throttle;
 mod transfer;
 
+pub use memory::tune_allocator;
 pub use store::StoreLimits;
 pub use transfer::DEFAULT_CHUNK;
 
@@ -61,9 +69,26 @@ pub struct ServerConfig {
     /// How long a client's queue may stay full (no progress at all) before the client is
     /// disconnected as too slow. Default 5 s.
     pub stall_limit: Duration,
-    /// How many bytes of frames the hub holds back for one slow client before disconnecting it,
-    /// however much progress it makes. Bounds the memory one slow reader can cost. Default 32 MiB.
-    pub max_backlog_bytes: usize,
+    /// Bytes of frames queued and held back for one client before it is disconnected as too slow,
+    /// however much progress it makes. Bounds the memory one slow reader can cost. Default 4 MiB.
+    pub max_queued_bytes: usize,
+    /// Bytes queued for all clients together past which any client with frames held back is
+    /// disconnected. Bounds what many slow readers cost together. Default 96 MiB.
+    pub max_queued_total: usize,
+    /// Messages that may wait for one offline recipient. Default 10 000.
+    pub max_pending_messages: u64,
+    /// Chat messages per second one connection may send, on average (0: no limit). Default 20.
+    pub msg_rate: u32,
+    /// Chat messages one connection may send in a burst. Default 100.
+    pub msg_burst: u32,
+    /// Bytes of chat text per second one connection may send, on average (0: no limit).
+    /// Default 256 KiB.
+    pub text_rate: u32,
+    /// Bytes of chat text one connection may send in a burst. Default 2 MiB.
+    pub text_burst: u32,
+    /// Other requests (who, list files, receipts…) per second one connection may send (0: no
+    /// limit). Default 500.
+    pub request_rate: u32,
     /// How long a closing connection waits for the peer to close its side after the last frame,
     /// before the socket is cut. Default 1 s.
     pub linger: Duration,
@@ -83,8 +108,9 @@ pub struct ServerConfig {
     pub corrupt_download_chunk: Option<u64>,
     /// If set, every hello must carry this access password. Default none.
     pub access_password: Option<String>,
-    /// The first wait imposed on an address that keeps failing to log in; it doubles with each
-    /// further failure, up to 30 s. Default 1 s.
+    /// The first wait the login brake imposes on an address or an account that keeps failing to
+    /// log in; it doubles with each further failure, up to 30 s for an address and 2 s for an
+    /// account (see `server/hub/brake.rs`). Default 1 s.
     pub login_backoff: Duration,
     /// How long a file waits for its recipients before it is deleted. Default 7 days.
     pub retention: Duration,
@@ -92,6 +118,19 @@ pub struct ServerConfig {
     pub expiry_check: Duration,
     /// How many of a room's last messages a user sees on joining. Default 50.
     pub history: usize,
+    /// Connections the relay holds at once (joined or still in their hello). `None` (the
+    /// default) derives it from the open-file limit: (soft limit, raised to the hard limit, −
+    /// 64 reserved) / 6 descriptors per connection. See `server/accept.rs`.
+    pub max_connections: Option<usize>,
+    /// Connections one address holds at once (an IPv6 address counts per /64). Default 16.
+    pub max_per_address: usize,
+    /// Threads that compute password hashes (argon2, about 19 MiB each while it runs). Default 2.
+    pub hash_threads: usize,
+    /// Password checks that may wait for a hash thread; more at once are refused with
+    /// `LoginBusy`. Default 16.
+    pub hash_queue: usize,
+    /// New accounts (names kept for someone) one address may create per hour. Default 20.
+    pub accounts_per_address_per_hour: usize,
 }
 
 impl Default for ServerConfig {
@@ -101,7 +140,14 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(10),
             client_queue: 1024,
             stall_limit: Duration::from_secs(5),
-            max_backlog_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_total: 96 * 1024 * 1024,
+            max_pending_messages: 10_000,
+            msg_rate: 20,
+            msg_burst: 100,
+            text_rate: 256 * 1024,
+            text_burst: 2 * 1024 * 1024,
+            request_rate: 500,
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             spin: Duration::from_micros(100),
@@ -114,6 +160,11 @@ impl Default for ServerConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             expiry_check: Duration::from_secs(60),
             history: 50,
+            max_connections: None,
+            max_per_address: 16,
+            hash_threads: 2,
+            hash_queue: 16,
+            accounts_per_address_per_hour: 20,
         }
     }
 }
@@ -123,6 +174,8 @@ impl Default for ServerConfig {
 pub struct Server {
     listener: TcpListener,
     config: ServerConfig,
+    /// `config.max_connections`, or the cap derived from the open-file limit.
+    max_connections: usize,
     store: store::Store,
     stop: Arc<AtomicBool>,
 }
@@ -148,13 +201,18 @@ impl ShutdownHandle {
 
 impl Server {
     /// Binds the listening socket and opens the data directory. Port 0 picks a free port (see
-    /// [`Server::local_addr`]).
+    /// [`Server::local_addr`]). Raises the process's soft open-file limit to its hard limit first
+    /// (unless `max_connections` is given), so the connection cap can be derived from it.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        let max_connections = match config.max_connections {
+            Some(max) => max.max(1),
+            None => accept::derived_max_connections(accept::raise_fd_limit()),
+        };
         let store = store::Store::open(&config.data_dir, config.limits.clone()).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot use the data dir {}: {e}", config.data_dir.display()))
         })?;
         let listener = TcpListener::bind(config.bind)?;
-        Ok(Server { listener, config, store, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Server { listener, config, max_connections, store, stop: Arc::new(AtomicBool::new(false)) })
     }
 
     /// The address actually bound.
@@ -189,18 +247,34 @@ impl Server {
     ///    side. That wakes the connection's reader, which ends the connection.
     /// 4. We wait up to `shutdown_grace` for the connections to end by themselves. Any that did not
     ///    (a client that stopped reading) are cut with their `Closer`.
-    /// 5. Every connection thread and the hub thread are joined. Nothing is left running.
+    /// 5. Every connection thread and the hub thread are joined.
+    /// 6. The last sender of the hash pool's queue is dropped, so its threads end; they are
+    ///    joined. Nothing is left running.
     pub fn run(self) -> io::Result<()> {
         let addr = self.local_addr()?;
+        log::info!(
+            "accepting up to {} connections ({} per address); {} hash threads, {} waiting at most",
+            self.max_connections,
+            self.config.max_per_address,
+            self.config.hash_threads,
+            self.config.hash_queue
+        );
         log::info!("relay listening on {addr}");
+        let (pool, hash_threads) = login::HashPool::start(self.config.hash_threads, self.config.hash_queue)?;
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
         let hub = Hub::new(self.config.clone(), from_conns, self.store);
         let hub_thread = thread::Builder::new().name("hub".into()).spawn(move || hub.run())?;
         let (stop_janitor, janitor) = start_janitor(&to_hub, self.config.expiry_check)?;
 
-        let mut conn_threads = accept_loop(&self.listener, &self.stop, &to_hub, &self.config);
+        let conn_threads = accept::accept_loop(
+            &self.listener,
+            &self.stop,
+            &to_hub,
+            &pool,
+            &self.config,
+            self.max_connections,
+        );
         drop(self.listener); // step 1 done: nobody can connect any more
-        reap_finished(&mut conn_threads);
         drop(stop_janitor);
         let _ = janitor.join();
 
@@ -223,102 +297,46 @@ impl Server {
             // A panic in one connection is logged by the panic hook; it must not stop shutdown.
             let _ = handle.join(); // step 5
         }
+        drop(pool); // step 6
+        for handle in hash_threads {
+            let _ = handle.join();
+        }
         log::info!("relay stopped");
         Ok(())
     }
 }
 
-/// Starts the janitor: a thread that asks the hub to delete expired files every `every`. It ends
+/// Starts the janitor: a thread that asks the hub to delete expired files every `every`, and
+/// gives freed memory back to the system every [`TRIM_EVERY`] (see `server/memory.rs`). It ends
 /// when the returned sender is dropped (or the hub is gone).
 fn start_janitor(to_hub: &Sender<ToHub>, every: Duration) -> io::Result<(Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = bounded::<()>(0);
     let to_hub = to_hub.clone();
-    let thread = thread::Builder::new().name("janitor".into()).spawn(move || loop {
-        match stopped.recv_timeout(every) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+    let thread = thread::Builder::new().name("janitor".into()).spawn(move || {
+        let mut last_expire = Instant::now();
+        loop {
+            match stopped.recv_timeout(every.min(TRIM_EVERY)) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            memory::give_back_free_memory();
+            if last_expire.elapsed() >= every {
+                last_expire = Instant::now();
                 if to_hub.send(ToHub::Expire).is_err() {
                     return;
                 }
             }
-            _ => return,
         }
     })?;
     Ok((stop, thread))
 }
 
+/// How often the janitor gives freed memory back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
 /// Capacity of the channel into the hub. Bounded so that a flood of frames from many readers
 /// slows the readers (and, through TCP, their senders) instead of growing memory without limit.
-const HUB_QUEUE: usize = 4096;
-
-/// Accepts connections until the stop flag is set; returns the handles of all connection threads
-/// that may still be running.
-fn accept_loop(
-    listener: &TcpListener,
-    stop: &AtomicBool,
-    to_hub: &Sender<ToHub>,
-    config: &ServerConfig,
-) -> Vec<JoinHandle<()>> {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    for incoming in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match incoming {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Typically EMFILE (out of file descriptors). Pause instead of spinning.
-                log::warn!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        next_id += 1;
-        if let Some(handle) = start_connection(stream, next_id, to_hub, config) {
-            conns.push(handle);
-        }
-        reap_finished(&mut conns);
-    }
-    conns
-}
-
-/// Joins the connection threads that have already ended, so the list does not grow forever.
-fn reap_finished(conns: &mut Vec<JoinHandle<()>>) {
-    let (done, running): (Vec<_>, Vec<_>) = conns.drain(..).partition(|h| h.is_finished());
-    *conns = running;
-    for handle in done {
-        let _ = handle.join();
-    }
-}
-
-fn start_connection(
-    stream: TcpStream,
-    id: u64,
-    to_hub: &Sender<ToHub>,
-    config: &ServerConfig,
-) -> Option<JoinHandle<()>> {
-    let addr = match stream.peer_addr() {
-        Ok(addr) => addr,
-        Err(e) => {
-            log::warn!("connection #{id}: no peer address ({e}); dropped");
-            return None;
-        }
-    };
-    log::info!("{addr}: connected (#{id})");
-    // Chat frames are small; Nagle's algorithm would hold each one back waiting for more.
-    if let Err(e) = stream.set_nodelay(true) {
-        log::warn!("{addr}: cannot set TCP_NODELAY: {e}");
-    }
-    let to_hub = to_hub.clone();
-    let config = config.clone();
-    let spawned = thread::Builder::new()
-        .name(format!("conn-{id}"))
-        .spawn(move || conn::serve(stream, conn::ConnInfo { id, addr }, to_hub, config));
-    match spawned {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            log::error!("{addr}: cannot start a thread for this connection: {e}");
-            None
-        }
-    }
-}
+/// An event can carry a whole message (64 KiB), so this also bounds the bytes waiting for the hub:
+/// 512 × 64 KiB = 32 MiB at worst. The hub takes an event in microseconds, so 512 is plenty for
+/// bursts.
+const HUB_QUEUE: usize = 512;

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::frame::{self, Frame, FrameError};
 
@@ -146,6 +146,15 @@ impl<R: Read> FrameReader<R> {
 
     /// Returns the next frame, or `Ok(None)` on a clean EOF (the peer closed between frames).
     pub fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        self.read_frame_with(|_| Ok(()))
+    }
+
+    /// The loop behind both ways of reading: `before_read` runs before every `read` on the stream
+    /// (see [`FrameReader::read_frame_by`], which uses it to shorten the timeout as time passes).
+    fn read_frame_with(
+        &mut self,
+        mut before_read: impl FnMut(&R) -> io::Result<()>,
+    ) -> Result<Option<Frame>, ReadError> {
         loop {
             let pending = &self.buf[self.start..self.end];
             match frame::decode(pending) {
@@ -160,6 +169,7 @@ impl<R: Read> FrameReader<R> {
             // than four bytes), so growing the buffer to it is safe.
             let needed = frame::frame_size(pending).map_err(ReadError::Frame)?.unwrap_or(frame::LEN_PREFIX);
             self.make_room(needed);
+            before_read(&self.inner).map_err(ReadError::Io)?;
             let n = match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -189,6 +199,24 @@ impl<R: Read> FrameReader<R> {
             self.buf.truncate(READ_CHUNK);
             self.buf.shrink_to_fit();
         }
+    }
+}
+
+impl<S: Stream> FrameReader<S> {
+    /// Like [`FrameReader::read_frame`], but the whole frame must arrive before `deadline`.
+    ///
+    /// A read timeout alone bounds each `read`, not the frame: a peer that sends one byte every
+    /// few seconds would reset it forever. So before every read the timeout is set to the time
+    /// *left*, and once none is left the read fails with `TimedOut` ([`ReadError::is_timeout`]).
+    /// The stream's read timeout is left changed; the caller sets the one it wants next.
+    pub fn read_frame_by(&mut self, deadline: Instant) -> Result<Option<Frame>, ReadError> {
+        self.read_frame_with(|stream| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+            }
+            stream.set_read_timeout(Some(left))
+        })
     }
 }
 

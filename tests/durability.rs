@@ -37,7 +37,22 @@ struct Ledger {
 fn start_relay(addr: &str, data: &str) -> Proc {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", addr, "--data-dir", data], &[]);
+        // No rate limit: 20 clients resend everything unconfirmed at each restart, and this test is
+        // about what survives SIGKILL, not about how fast one sender may go.
+        // And 23 connections from one address, past the default per-address cap.
+        let args = [
+            "--bind",
+            addr,
+            "--data-dir",
+            data,
+            "--msg-rate",
+            "0",
+            "--text-rate",
+            "0",
+            "--max-per-address",
+            "64",
+        ];
+        let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
         // Its log ends in "relay listening on" once it serves, or the process ends (port busy).
         while let Ok(line) = relay.stderr.recv_timeout(Duration::from_secs(10)) {
             if line.contains("relay listening on") {
@@ -151,6 +166,12 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing_acknowledged() {
 
     for round in 0..=KILLS {
         let mut relay = start_relay(&addr, &data_dir);
+        if round == 0 {
+            // Files wait only for names someone owns: "archive" claims its name once.
+            let mut config = ClientConfig::new("archive", "vault");
+            config.password = "archive's password".into();
+            Client::connect_tcp(&addr, &config).expect("archive claims its name").close();
+        }
         let last = round == KILLS;
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (0..CLIENTS)

@@ -45,11 +45,24 @@ fn wait_for_part(dir: &Path, min: u64) {
     }
 }
 
+/// Bob's password: files wait on the relay only for names someone owns, so bob claims his.
+const BOB: (&str, &str) = ("RELAYCHAT_PASSWORD", "bob's password");
+
+/// Bob visits once, which makes "bob" an account that files can wait for.
+fn bob_claims_his_name(addr: &str) {
+    let empty = TempDir::new("first-visit");
+    let (ok, _, err) = one_shot(
+        &["receive", "--server", addr, "--name", "bob", "--downloads", empty.path.to_str().unwrap()],
+        &[BOB],
+    );
+    assert!(ok, "{err:?}");
+}
+
 /// Re-runs a one-shot command until it no longer fails with "name taken" (the relay may need a
 /// moment to notice that a killed client's connection is gone).
-fn one_shot_after_kill(args: &[&str]) -> (bool, Vec<String>, Vec<String>) {
+fn one_shot_after_kill(args: &[&str], envs: &[(&str, &str)]) -> (bool, Vec<String>, Vec<String>) {
     for _ in 0..50 {
-        let result = one_shot(args, &[]);
+        let result = one_shot(args, envs);
         if !result.2.iter().any(|l| l.contains("already taken")) {
             return result;
         }
@@ -65,6 +78,7 @@ fn one_shot_send_and_receive_meet_through_to() {
     let a = random_file(&src.path, "my report.pdf", 700_000, 1);
     let b = random_file(&src.path, "照片.jpg", 5, 2);
     let (a_str, b_str) = (a.to_str().unwrap(), b.to_str().unwrap());
+    bob_claims_his_name(&addr);
     let (ok, out, err) =
         one_shot(&["--server", &addr, "--name", "alice", "send", a_str, b_str, "--to", "bob"], &[]);
     assert!(ok, "{err:?}");
@@ -75,14 +89,15 @@ fn one_shot_send_and_receive_meet_through_to() {
     let dl_str = dl.path.to_str().unwrap();
     // Connection flags after the subcommand this time.
     let (ok, out, err) =
-        one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dl_str], &[]);
+        one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dl_str], &[BOB]);
     assert!(ok, "{err:?}");
     assert!(out.iter().any(|l| l.ends_with("[Download] File download complete: my report.pdf")), "{out:?}");
     assert!(out.iter().any(|l| l.ends_with("[Download] File download complete: 照片.jpg")), "{out:?}");
     assert_eq!(sha(&dl.path.join("my report.pdf")), sha(&a));
     assert_eq!(sha(&dl.path.join("照片.jpg")), sha(&b));
 
-    let (ok, out, _) = one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dl_str], &[]);
+    let (ok, out, _) =
+        one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dl_str], &[BOB]);
     assert!(ok);
     assert!(out.iter().any(|l| l.ends_with("* no files waiting")), "{out:?}");
 }
@@ -145,6 +160,7 @@ fn an_upload_resumes_after_the_client_is_killed() {
     let src = TempDir::new("src");
     let file = random_file(&src.path, "big.bin", 10 << 20, 6);
     let file_str = file.to_str().unwrap();
+    bob_claims_his_name(&addr);
     let args = ["send", file_str, "--to", "bob", "--server", &addr, "--name", "alice"];
 
     let mut slow = Proc::spawn(CLIENT, &args, &[("RELAYCHAT_TEST_CHUNK_DELAY_MS", "20")]);
@@ -154,14 +170,14 @@ fn an_upload_resumes_after_the_client_is_killed() {
     let kept = part_size(&relay_tmp).unwrap();
     assert!(kept < 10 << 20, "killed in the middle");
 
-    let (ok, _, err) = one_shot_after_kill(&args);
+    let (ok, _, err) = one_shot_after_kill(&args, &[]);
     assert!(ok, "{err:?}");
     server.expect(&server.stderr, "resuming upload");
 
     let dl = TempDir::new("dl");
     let (ok, _, err) = one_shot(
         &["receive", "--server", &addr, "--name", "bob", "--downloads", dl.path.to_str().unwrap()],
-        &[],
+        &[BOB],
     );
     assert!(ok, "{err:?}");
     assert_eq!(sha(&dl.path.join("big.bin")), sha(&file));
@@ -173,19 +189,20 @@ fn a_download_resumes_after_the_client_is_killed() {
     let (server, addr) = Proc::server();
     let src = TempDir::new("src");
     let file = random_file(&src.path, "big.bin", 10 << 20, 7);
+    bob_claims_his_name(&addr);
     let (ok, _, err) =
         one_shot(&["send", file.to_str().unwrap(), "--to", "bob", "--server", &addr, "--name", "alice"], &[]);
     assert!(ok, "{err:?}");
 
     let dl = TempDir::new("dl");
     let args = ["receive", "--server", &addr, "--name", "bob", "--downloads", dl.path.to_str().unwrap()];
-    let mut slow = Proc::spawn(CLIENT, &args, &[("RELAYCHAT_TEST_CHUNK_DELAY_MS", "20")]);
+    let mut slow = Proc::spawn(CLIENT, &args, &[("RELAYCHAT_TEST_CHUNK_DELAY_MS", "20"), BOB]);
     wait_for_part(&dl.path, 1 << 20);
     slow.child.kill().unwrap();
     slow.wait();
     assert!(!dl.path.join("big.bin").exists(), "not complete yet");
 
-    let (ok, out, err) = one_shot_after_kill(&args);
+    let (ok, out, err) = one_shot_after_kill(&args, &[BOB]);
     assert!(ok, "{err:?}");
     assert!(out.iter().any(|l| l.ends_with("File download complete: big.bin")), "{out:?}");
     server.expect(&server.stderr, "resuming download");

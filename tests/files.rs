@@ -99,6 +99,8 @@ fn two_recipients_each_get_it_and_it_stays_until_both_have() {
 #[test]
 fn to_an_offline_user_waits_for_their_next_login() {
     let server = TestServer::start();
+    // A file waits only for a name someone owns: dave has an account, made on an earlier visit.
+    server.account("dave", "dave's password", "elsewhere").close();
     let alice = server.client("alice", "lobby");
     let bystander = server.client("bystander", "lobby");
     let src = TempDir::new("src");
@@ -108,7 +110,7 @@ fn to_an_offline_user_waits_for_their_next_login() {
     alice.send_text("after the file").unwrap();
     assert_eq!(next_chat_skipping_files(&bystander), "after the file", "only dave is told about it");
 
-    let dave = server.client("dave", "elsewhere");
+    let dave = server.account("dave", "dave's password", "elsewhere");
     assert_eq!(wait_new_file(&dave).name, "for-dave.txt", "announced at login");
     let dl = TempDir::new("dave");
     let (paths, _) = receive_into(&dave, &dl.path);
@@ -283,7 +285,7 @@ fn a_corrupted_download_is_detected_discarded_and_can_be_fetched_again() {
     let server =
         TestServer::start_with(ServerConfig { corrupt_download_chunk: Some(0), ..ServerConfig::default() });
     let alice = server.client("alice", "lobby");
-    let bob = server.client("bob", "lobby");
+    let bob = server.account("bob", "pw", "lobby");
     let src = TempDir::new("src");
     let path = random_file(&src.path, "doc.bin", 100_000, 6);
     alice.send_file(&path, None).unwrap();
@@ -300,7 +302,7 @@ fn a_corrupted_download_is_detected_discarded_and_can_be_fetched_again() {
     // shows that stored files survive a restart).
     let data = server.stop_and_keep_data();
     let server = TestServer::start_in(ServerConfig::default(), data);
-    let bob = server.client("bob", "lobby");
+    let bob = server.account("bob", "pw", "lobby");
     let (paths, failures) = receive_into(&bob, &dl.path);
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(sha(&paths[0]), sha(&path));
@@ -308,7 +310,12 @@ fn a_corrupted_download_is_detected_discarded_and_can_be_fetched_again() {
 
 #[test]
 fn limits_refuse_before_storing_and_everyone_carries_on() {
-    let limits = StoreLimits { max_file_size: 1 << 20, quota: (1 << 20) + 1000, min_free: 0 };
+    let limits = StoreLimits {
+        max_file_size: 1 << 20,
+        quota: (1 << 20) + 1000,
+        min_free: 0,
+        ..StoreLimits::default()
+    };
     let server = TestServer::start_with(ServerConfig { limits, ..ServerConfig::default() });
     let alice = server.client("alice", "lobby");
     let bob = server.client("bob", "lobby");
@@ -410,6 +417,7 @@ fn expired_files_are_deleted_and_their_recipients_told() {
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(config);
+    server.account("dave", "pw", "lobby").close();
     let alice = server.client("alice", "lobby");
     let src = TempDir::new("src");
     let path = random_file(&src.path, "old news.txt", 2000, 14);
@@ -417,7 +425,7 @@ fn expired_files_are_deleted_and_their_recipients_told() {
     wait_uploaded(&alice, "old news.txt");
     eventually("the janitor deletes the file", || relay_bytes(&server).is_empty());
 
-    let dave = server.client("dave", "lobby");
+    let dave = server.account("dave", "pw", "lobby");
     let (from, name) = wait_for(&dave, "the expiry notice", |e| match e {
         Event::FileExpired { from, name } => Some((from.clone(), name.clone())),
         Event::NewFile(info) => panic!("{} should have expired", info.name),
@@ -429,7 +437,7 @@ fn expired_files_are_deleted_and_their_recipients_told() {
     assert!(paths.is_empty() && failures.is_empty(), "nothing left to receive");
     drop(dave);
     // The notice is delivered once.
-    let dave = server.client("dave", "lobby");
+    let dave = server.account("dave", "pw", "lobby");
     dave.who().unwrap();
     let next = wait_for(&dave, "the online list", |e| match e {
         Event::FileExpired { .. } => Some(false),

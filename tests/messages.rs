@@ -110,7 +110,7 @@ fn direct_messages_reach_one_person_online_or_offline() {
         Event::Warning { message, .. } => Some(message.clone()),
         _ => None,
     });
-    assert!(warning.contains("nobody called \"nobody\""), "{warning}");
+    assert!(warning.contains("\"nobody\" is not online and has no account"), "{warning}");
 }
 
 #[test]

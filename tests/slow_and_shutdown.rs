@@ -26,7 +26,8 @@ fn a_stalled_reader_does_not_delay_the_others() {
     let config = ServerConfig {
         client_queue: 16,
         stall_limit: Duration::from_secs(120),
-        max_backlog_bytes: usize::MAX,
+        max_queued_bytes: usize::MAX,
+        max_queued_total: usize::MAX,
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(config);

@@ -65,7 +65,8 @@ pub struct ConnArgs {
     #[arg(long, global = true, env = "RELAYCHAT_DOWNLOADS")]
     pub downloads: Option<PathBuf>,
     /// Your account password: the first login with it claims your name, later logins need it.
-    /// Without one you are a guest (and, in a terminal, you are asked for one).
+    /// Without one, the name is kept for this machine (see README, "Accounts"); in a terminal you
+    /// are asked for one.
     #[arg(long, global = true, env = "RELAYCHAT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// The relay's access password, if it has one.
@@ -124,6 +125,9 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         None => String::new(),
     };
     config.access = cli.conn.access_password.clone().unwrap_or_default();
+    // This machine's token for this relay: the name stays ours without a password (see
+    // client/identity.rs).
+    config.token = crate::client::identity::token_or_guest(&server);
     // Receipts let the interactive client resend what the relay had not stored when it went away.
     config.receipts = true;
     // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
@@ -487,13 +491,14 @@ fn spawn_stdin_reader() -> anyhow::Result<Receiver<io::Result<String>>> {
 }
 
 /// Asks for the account password on the terminal, without echoing it. `None` when stdin is not a
-/// terminal (a script: no password means a guest) or the terminal cannot be switched.
+/// terminal (a script: no password means the name is kept for this machine only) or the
+/// terminal cannot be switched.
 fn ask_password(name: &str) -> Option<String> {
     use std::io::IsTerminal;
     if !io::stdin().is_terminal() {
         return None;
     }
-    eprint!("password for {} (Enter: join as a guest): ", visible(name));
+    eprint!("password for {} (Enter: none, the name is kept for this machine): ", visible(name));
     let _ = io::stderr().flush();
     let echo = EchoOff::new();
     let mut line = String::new();

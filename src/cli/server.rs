@@ -46,9 +46,55 @@ pub struct ServerCli {
     /// How many of a room's last messages someone joining it sees.
     #[arg(long, default_value_t = 50)]
     pub history: usize,
+    /// Connections the relay holds at once [default: derived from the open-file limit, which is
+    /// raised to its hard limit at start: (limit - 64) / 6]. Newcomers over it are told the relay
+    /// is full.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections one address may hold at once (an IPv6 address counts per /64).
+    #[arg(long, default_value_t = 16)]
+    pub max_per_address: usize,
+    /// Unfinished uploads one user may keep on the relay to resume later.
+    #[arg(long, default_value_t = 4)]
+    pub partials_per_user: usize,
+    /// An unfinished upload that nobody sends and that does not grow for this long is deleted.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub partial_ttl: Duration,
+    /// Files that may wait on the relay for one recipient.
+    #[arg(long, default_value_t = 1000)]
+    pub files_per_recipient: usize,
+    /// Messages that may wait on the relay for one offline recipient.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_pending_messages: u64,
+    /// Chat messages per second one connection may send on average (bursts of --msg-burst pass
+    /// at once); faster senders are slowed down, not refused. 0: no limit.
+    #[arg(long, default_value_t = 20)]
+    pub msg_rate: u32,
+    /// Chat messages one connection may send in one burst.
+    #[arg(long, default_value_t = 100)]
+    pub msg_burst: u32,
+    /// Bytes of chat text per second one connection may send on average. 0: no limit.
+    #[arg(long, default_value = "256K", value_parser = parse_u32_size)]
+    pub text_rate: u32,
+    /// Requests other than chat and file data (who, file lists, receipts) per second per
+    /// connection. 0: no limit.
+    #[arg(long, default_value_t = 500)]
+    pub request_rate: u32,
+    /// Bytes queued for one client before it is disconnected as too slow to read them.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub max_queued_bytes: u64,
+    /// Bytes queued for all clients together past which slow clients are disconnected.
+    #[arg(long, default_value = "96M", value_parser = parse_size)]
+    pub max_queued_total: u64,
     /// Require this password from everyone who connects.
     #[arg(long, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
+}
+
+/// A size that fits a `u32` (a rate per second).
+fn parse_u32_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    u32::try_from(n).map_err(|_| format!("{s} is too large here (at most 4G)"))
 }
 
 /// Runs the relay until SIGINT or SIGTERM.
@@ -58,10 +104,27 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         bind: cli.bind,
         spin: Duration::from_micros(cli.spin_us),
         data_dir: cli.data_dir,
-        limits: StoreLimits { max_file_size: cli.max_file_size, quota: cli.quota, min_free: cli.min_free },
+        limits: StoreLimits {
+            max_file_size: cli.max_file_size,
+            quota: cli.quota,
+            min_free: cli.min_free,
+            partials_per_user: cli.partials_per_user,
+            partial_ttl: cli.partial_ttl,
+            files_per_recipient: cli.files_per_recipient,
+            ..StoreLimits::default()
+        },
+        max_pending_messages: cli.max_pending_messages,
+        msg_rate: cli.msg_rate,
+        msg_burst: cli.msg_burst,
+        text_rate: cli.text_rate,
+        request_rate: cli.request_rate,
+        max_queued_bytes: usize::try_from(cli.max_queued_bytes).unwrap_or(usize::MAX),
+        max_queued_total: usize::try_from(cli.max_queued_total).unwrap_or(usize::MAX),
         access_password: cli.access_password.filter(|p| !p.is_empty()),
         retention: cli.retention,
         history: cli.history,
+        max_connections: cli.max_connections,
+        max_per_address: cli.max_per_address.max(1),
         ..ServerConfig::default()
     };
     let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;

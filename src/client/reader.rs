@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::download::{Receiving, Step};
 use super::upload::Reply;
 use super::{Direction, Disconnect, Event, Mark};
-use crate::frame::{encode_to_vec, ErrorCode, Frame, MARK_HISTORY, MARK_OFFLINE};
+use crate::frame::{encode_to_vec, Frame, MARK_HISTORY, MARK_OFFLINE};
 use crate::wire::{FrameReader, ReadError, Stream};
 
 /// Requests from the [`super::Client`] to the reader.
@@ -75,8 +75,8 @@ impl<S: Stream> Reader<S> {
                 }
                 Frame::NewFile(info) => Some(Event::NewFile(info)),
                 Frame::FileExpired { from, name } => Some(Event::FileExpired { from, name }),
-                Frame::Error { code: ErrorCode::BadText, message } => {
-                    Some(Event::Warning { code: ErrorCode::BadText, message })
+                Frame::Error { code, message } if !code.closes_connection() => {
+                    Some(Event::Warning { code, message })
                 }
                 Frame::Error { code, message } => break Disconnect::ServerError { code, message },
                 Frame::Goodbye => break Disconnect::ServerGoodbye,

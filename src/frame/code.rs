@@ -67,6 +67,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Whether the relay closes the connection after sending this code in an `Error` frame. The
+    /// relay and the client both decide by this one function: a refusal of one message or one
+    /// request leaves the connection up; a refused hello or a broken protocol ends it.
+    pub fn closes_connection(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::BadText
+                | ErrorCode::UnknownRecipient
+                | ErrorCode::RecipientFull
+                | ErrorCode::BadMessageId
+                | ErrorCode::NotStored
+        )
+    }
+
     pub(crate) fn to_byte(self) -> u8 {
         match self {
             ErrorCode::VersionMismatch => 1,

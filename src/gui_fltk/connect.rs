@@ -30,7 +30,7 @@ pub fn ask(server: Option<String>, name: Option<String>) -> Option<(String, Stri
     name_in.set_value(&name);
     Frame::new(10, 95, 90, 30, "Password").set_align(fltk::enums::Align::Right | fltk::enums::Align::Inside);
     let password_in = SecretInput::new(110, 95, 290, 30, None);
-    let mut problem = Frame::new(10, 135, 400, 30, "empty password: join as a guest");
+    let mut problem = Frame::new(10, 135, 400, 30, "empty password: the name is kept for this machine");
     let mut ok = Button::new(200, 180, 95, 32, "Connect");
     let mut cancel = Button::new(305, 180, 95, 32, "Cancel");
     win.end();

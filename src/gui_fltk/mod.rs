@@ -55,6 +55,7 @@ pub fn run(launch: Launch) -> anyhow::Result<Exit> {
     let mut config = ClientConfig::new(name, launch.room);
     config.password = password;
     config.access = launch.access.unwrap_or_default();
+    config.token = crate::client::identity::token_or_guest(&server);
     let options = GuiOptions { server, config, downloads: launch.downloads };
     App::new(options)?.run();
     Ok(Exit::Success)

@@ -2,9 +2,11 @@
 //!
 //! The life of a connection:
 //!
-//! 1. **Hello phase.** The connection thread owns the whole stream. It waits up to
-//!    `hello_timeout` for a [`Frame::Hello`], checks the version and the names, and on any problem
-//!    writes an error frame itself and closes. No other thread exists yet.
+//! 1. **Hello phase.** The connection thread owns the whole stream. The whole [`Frame::Hello`]
+//!    must arrive within `hello_timeout` of the connection starting (a deadline, not a timeout
+//!    per read: trickling a byte at a time does not extend it). It checks the version, the names
+//!    and the length of every secret, then the credentials (`login.rs`), and on any problem writes
+//!    an error frame itself and closes. No other thread exists yet.
 //! 2. **Joined phase.** It clones the stream, starts the writer thread with the clone and a
 //!    bounded queue, and hands the queue's sender to the hub. From now on only the writer writes.
 //!    This thread only reads frames and turns them into [`ToHub`] events.
@@ -17,13 +19,14 @@
 use std::io::BufWriter;
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::hub::{Bytes, ConnId, ToHub};
-use super::login;
+use super::hub::{ConnId, Outgoing, ToHub};
+use super::login::{self, Credentials, Door, HashPool};
 use super::session::Session;
+use super::throttle::{Rates, Throttle};
 use super::transfer::DownloadSettings;
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -41,7 +44,15 @@ pub(crate) struct ConnInfo {
 }
 
 /// Serves one connection to its end. Runs on the connection's own thread.
-pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>, config: ServerConfig) {
+pub(crate) fn serve<S: Stream>(
+    stream: S,
+    info: ConnInfo,
+    to_hub: Sender<ToHub>,
+    pool: HashPool,
+    config: ServerConfig,
+) {
+    // The hello's deadline starts with the connection, before anything else is done for it.
+    let deadline = Instant::now() + config.hello_timeout;
     let closer = match stream.closer() {
         Ok(closer) => closer,
         Err(e) => {
@@ -53,7 +64,7 @@ pub(crate) fn serve<S: Stream>(stream: S, info: ConnInfo, to_hub: Sender<ToHub>,
         return; // the hub is gone: the server is shutting down
     }
     let mut reader = FrameReader::new(stream);
-    let writer = match hello_phase(&mut reader, &info, &to_hub, &config) {
+    let writer = match hello_phase(&mut reader, &info, deadline, &to_hub, &pool, &config) {
         Some(joiner) => joined_phase(reader, &info, joiner, &to_hub, &config),
         None => None,
     };
@@ -79,20 +90,23 @@ pub(crate) struct Joiner {
 fn hello_phase<S: Stream>(
     reader: &mut FrameReader<S>,
     info: &ConnInfo,
+    deadline: Instant,
     to_hub: &Sender<ToHub>,
+    pool: &HashPool,
     config: &ServerConfig,
 ) -> Option<Joiner> {
     let addr = info.addr;
-    if let Err(e) = reader.get_ref().set_read_timeout(Some(config.hello_timeout)) {
-        log::warn!("{addr}: cannot set the hello timeout: {e}");
-        return None;
-    }
-    let refusal = match reader.read_frame() {
-        Ok(Some(Frame::Hello { version, name, room, password, access, token: _ })) => {
-            let checked = check_hello(version, &name, &room).and_then(|()| {
-                let required = config.access_password.as_deref();
-                login::authenticate(&name, &password, &access, addr.ip(), required, to_hub)
-            });
+    let refusal = match reader.read_frame_by(deadline) {
+        Ok(Some(Frame::Hello { version, name, room, password, access, token })) => {
+            let checked = check_hello(version, &name, &room)
+                .and_then(|()| login::check_lengths(&password, &access, &token))
+                .and_then(|()| {
+                    let hello =
+                        Credentials { name: &name, password: &password, access: &access, token: &token };
+                    let required_access = config.access_password.as_deref();
+                    let door = Door { ip: addr.ip(), required_access, to_hub, pool };
+                    login::authenticate(&hello, &door)
+                });
             match checked {
                 Ok(account) => return Some(Joiner { name, room, account }),
                 Err(refusal) => refusal,
@@ -154,7 +168,7 @@ fn joined_phase<S: Stream>(
     };
     // Bounded: this queue is the buffer between the hub (fast) and this client's network (maybe
     // slow). The hub never blocks on it; see hub.rs for what happens when it is full.
-    let (to_client, from_hub) = bounded::<Bytes>(config.client_queue);
+    let (to_client, from_hub) = bounded::<Outgoing>(config.client_queue);
     // Bounded and short: file chunks wait here, so a download holds at most this many in memory.
     let (to_writer, from_conn) = bounded::<Vec<u8>>(BULK_QUEUE);
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
@@ -175,7 +189,14 @@ fn joined_phase<S: Stream>(
     if to_hub.send(ToHub::Hello { id, name, room, account, to_client }).is_ok() {
         let settings =
             DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
-        Session::new(id, addr, to_hub.clone(), to_writer, settings).run(&mut reader);
+        let rates = Rates {
+            msg_rate: config.msg_rate,
+            msg_burst: config.msg_burst,
+            text_rate: config.text_rate,
+            text_burst: config.text_burst,
+            request_rate: config.request_rate,
+        };
+        Session::new(id, addr, to_hub.clone(), to_writer, settings, Throttle::new(rates)).run(&mut reader);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
     Some(writer)
@@ -197,7 +218,7 @@ fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConf
 /// shuts the socket down completely, which also wakes a reader whose client never closes.
 fn write_loop<S: Stream>(
     stream: S,
-    from_hub: Receiver<Bytes>,
+    from_hub: Receiver<Outgoing>,
     from_conn: Receiver<Vec<u8>>,
     reader_gone: Receiver<()>,
     linger: Duration,

@@ -38,8 +38,8 @@
 //!
 //! ## Internal API it depends on
 //!
-//! `conn::serve` and `conn::ConnInfo`, `Hub::new` / `Hub::run`, `ToHub::{Expire, Shutdown}`,
-//! `store::Store::open`, and the public [`Stream`] trait. A `Closer` can only be made from a
+//! `conn::serve` and `conn::ConnInfo`, `login::HashPool::start`, `Hub::new` / `Hub::run`,
+//! `ToHub::{Expire, Shutdown}`, `store::Store::open`, and the public [`Stream`] trait. A `Closer` can only be made from a
 //! `TcpStream` today, which is why one loopback socket exists per process (see `spare_closer`).
 
 use std::io::{self, Read, Write};
@@ -54,6 +54,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::conn::{self, ConnInfo};
 use super::hub::{Hub, ToHub};
+use super::login::HashPool;
 use super::store::{Store, StoreLimits};
 use super::ServerConfig;
 use crate::frame::{self, encode_to_vec, Frame};
@@ -140,6 +141,9 @@ fn lock_relay() -> MutexGuard<'static, Option<Relay>> {
 struct Relay {
     to_hub: Sender<ToHub>,
     hub: JoinHandle<Vec<Closer>>,
+    /// The password-hash pool `serve` wants. A guest hello never uses it.
+    pool: HashPool,
+    hash_threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
     config: ServerConfig,
     /// Dropping this ends the watcher's connection (its reads return end of file).
@@ -164,7 +168,17 @@ impl Relay {
             spin: Duration::ZERO,
             data_dir: dir.clone(),
             // Small files, so a download costs little; the quota bounds the disk an input can use.
-            limits: StoreLimits { max_file_size: 16 * 1024, quota: 256 * 1024, min_free: 0 },
+            limits: StoreLimits {
+                max_file_size: 16 * 1024,
+                quota: 256 * 1024,
+                min_free: 0,
+                ..StoreLimits::default()
+            },
+            // The token buckets run, but with bursts no input of libFuzzer's 4 KiB can exhaust:
+            // an empty bucket makes the reader sleep, which would only slow the fuzzing down.
+            msg_burst: 10_000,
+            request_rate: 10_000,
+            hash_threads: 1,
             chunk_size: 4096,
             retention: Duration::ZERO,
             ..ServerConfig::default()
@@ -173,16 +187,33 @@ impl Relay {
             Ok(store) => store,
             Err(e) => panic!("fuzz harness: cannot open a store in {}: {e}", dir.display()),
         };
+        let (pool, hash_threads) = match HashPool::start(config.hash_threads, config.hash_queue) {
+            Ok(started) => started,
+            Err(e) => panic!("fuzz harness: cannot start the hash pool: {e}"),
+        };
         let (to_hub, events) = bounded(64);
         let hub = Hub::new(config.clone(), events, store);
         let hub = thread::spawn(move || hub.run());
         let (release_watcher, wait) = bounded::<()>(0);
-        let (output, to_hub_w, config_w) = (Output::new(4096), to_hub.clone(), config.clone());
+        let (output, to_hub_w, pool_w, config_w) =
+            (Output::new(4096), to_hub.clone(), pool.clone(), config.clone());
         let stream = MemStream::new(hello("watcher"), Then::WaitFor(wait), output.clone());
         let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)) };
-        let watcher = thread::spawn(move || conn::serve(stream, info, to_hub_w, config_w));
+        let watcher = thread::spawn(move || conn::serve(stream, info, to_hub_w, pool_w, config_w));
         let ids = Ids::default();
-        let relay = Relay { to_hub, hub, dir, config, release_watcher, watcher, next_id: 2, served: 0, ids };
+        let relay = Relay {
+            to_hub,
+            hub,
+            pool,
+            hash_threads,
+            dir,
+            config,
+            release_watcher,
+            watcher,
+            next_id: 2,
+            served: 0,
+            ids,
+        };
         relay.wait_for_welcome(&output);
         relay
     }
@@ -208,7 +239,7 @@ impl Relay {
         // Every connection comes "from" a different port, as it would on a real network.
         let port = (self.next_id % 60_000) as u16 + 1024;
         let info = ConnInfo { id: self.next_id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) };
-        conn::serve(stream, info, self.to_hub.clone(), self.config.clone());
+        conn::serve(stream, info, self.to_hub.clone(), self.pool.clone(), self.config.clone());
         output.bytes()
     }
 
@@ -244,6 +275,10 @@ impl Relay {
         let _ = self.hub.join();
         drop(self.release_watcher);
         let _ = self.watcher.join();
+        drop(self.pool);
+        for handle in self.hash_threads {
+            let _ = handle.join();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -6,6 +6,15 @@
 //! thread that this session starts on the first request and joins at the end. Where the hub must
 //! decide something (recipients, quotas, who may download what), the session asks it and waits for
 //! the answer on a one-shot channel.
+//!
+//! Two rules protect everyone else from this connection:
+//!
+//! - **It touches only what it owns.** Upload chunks and ends must name the upload running on
+//!   *this* connection; anything else is answered with an error and changes nothing. Downloads and
+//!   receipts are checked by the hub against the user's own name.
+//! - **It cannot ask for work faster than a person would.** Every frame but file chunks goes
+//!   through this connection's [`Throttle`]; when it is empty, this thread waits before handling
+//!   the frame (see `throttle.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +25,18 @@ use crossbeam_channel::{bounded, Sender};
 
 use super::hub::{ConnId, ToHub};
 use super::store::{DownloadPlan, Refusal};
+use super::throttle::Throttle;
 use super::transfer::{download_loop, DownloadSettings, UploadReceiver};
 use crate::filename;
 use crate::frame::{encode_to_vec, ErrorCode, Frame};
 use crate::rules;
 use crate::wire::{FrameReader, ReadError, Stream};
+
+/// The longest upload key a client may send, in bytes. Clients use a hash (64 hex digits).
+pub(crate) const MAX_KEY_BYTES: usize = 128;
+/// The longest file name an upload may carry on the wire; the relay cleans and shortens it to
+/// [`filename::MAX_NAME_BYTES`] anyway, but will not read a novel to do so.
+pub(crate) const MAX_FILE_NAME_BYTES: usize = 1024;
 
 /// Whether to keep reading.
 enum Flow {
@@ -42,6 +58,7 @@ pub(crate) struct Session {
     /// This connection's bulk queue into its writer (upload answers and download chunks).
     pub to_writer: Sender<Vec<u8>>,
     pub settings: DownloadSettings,
+    throttle: Throttle,
     uploads: UploadReceiver,
     downloader: Option<Downloader>,
 }
@@ -53,6 +70,7 @@ impl Session {
         to_hub: Sender<ToHub>,
         to_writer: Sender<Vec<u8>>,
         settings: DownloadSettings,
+        throttle: Throttle,
     ) -> Session {
         Session {
             id,
@@ -60,6 +78,7 @@ impl Session {
             to_hub,
             to_writer,
             settings,
+            throttle,
             uploads: UploadReceiver::default(),
             downloader: None,
         }
@@ -93,6 +112,14 @@ impl Session {
 
     fn handle(&mut self, frame: Frame) -> Flow {
         let id = self.id;
+        let wait = match &frame {
+            Frame::Say { text, .. } => self.throttle.message(text.len()),
+            Frame::UploadChunk { .. } | Frame::UploadEnd { .. } => std::time::Duration::ZERO,
+            _ => self.throttle.request(),
+        };
+        if !wait.is_zero() {
+            thread::sleep(wait);
+        }
         match frame {
             Frame::Say { client_id, to, text } => match rules::check_text(&text) {
                 Ok(()) => self.hub(ToHub::Say { id, client_id, to, text }),
@@ -110,10 +137,15 @@ impl Session {
             }
             Frame::UploadStart { key, name, size, to } => self.upload_start(key, name, size, to),
             Frame::UploadChunk { upload_id, data } => self.upload_chunk(upload_id, data),
-            Frame::UploadEnd { upload_id, sha256 } => match self.uploads.finish(upload_id, sha256) {
-                Ok(()) => self.hub(ToHub::CommitUpload { id, upload_id, sha256 }),
-                Err(refusal) => self.abort_upload(upload_id, refusal),
-            },
+            Frame::UploadEnd { upload_id, sha256 } => {
+                if !self.uploads.is_active(upload_id) {
+                    return self.not_ours(upload_id);
+                }
+                match self.uploads.finish(upload_id, sha256) {
+                    Ok(()) => self.hub(ToHub::CommitUpload { id, upload_id, sha256 }),
+                    Err(refusal) => self.abort_upload(upload_id, refusal),
+                }
+            }
             Frame::ListFiles => self.hub(ToHub::ListFiles { id }),
             Frame::Download { file_id, offset } => self.download(file_id, offset),
             Frame::Received { file_id } => self.hub(ToHub::Received { id, file_id }),
@@ -156,6 +188,12 @@ impl Session {
 
     fn upload_start(&mut self, key: String, raw_name: String, size: u64, to: String) -> Flow {
         let id = self.id;
+        if key.len() > MAX_KEY_BYTES || raw_name.len() > MAX_FILE_NAME_BYTES {
+            let message = format!(
+                "an upload key may have at most {MAX_KEY_BYTES} bytes and a file name {MAX_FILE_NAME_BYTES}"
+            );
+            return self.reply(&Frame::UploadFailed { upload_id: 0, code: ErrorCode::FieldTooLong, message });
+        }
         let name = filename::clean(&raw_name);
         let Some(answer) = self.ask(|reply| ToHub::BeginUpload { id, key, name, size, to, reply }) else {
             return Flow::Stop;
@@ -183,10 +221,25 @@ impl Session {
         if self.uploads.is_failed(upload_id) {
             return Flow::Continue; // chunks that were already on the wire when it failed
         }
+        if !self.uploads.is_active(upload_id) {
+            return self.not_ours(upload_id);
+        }
         match self.uploads.chunk(upload_id, data) {
             Ok(()) => Flow::Continue,
             Err(refusal) => self.abort_upload(upload_id, refusal),
         }
+    }
+
+    /// A transfer frame naming an upload that is not running on this connection: someone else's,
+    /// or one that never existed. Answered, and nothing changes.
+    fn not_ours(&mut self, upload_id: u64) -> Flow {
+        log::info!(
+            "{}: transfer frame for upload {upload_id}, which is not running here; ignored",
+            self.addr
+        );
+        self.uploads.fail(upload_id); // its other chunks are dropped quietly
+        let message = format!("upload {upload_id} is not in progress on this connection");
+        self.reply(&Frame::UploadFailed { upload_id, code: ErrorCode::BadTransfer, message })
     }
 
     /// Ends an upload on this connection and has the hub delete its bytes and tell the client.

@@ -103,6 +103,11 @@ impl UploadReceiver {
         Ok(())
     }
 
+    /// True when `upload_id` is the upload running on this connection.
+    pub(crate) fn is_active(&self, upload_id: u64) -> bool {
+        self.active.as_ref().is_some_and(|a| a.plan.upload_id == upload_id)
+    }
+
     /// True when `upload_id` already failed, so its stray chunks can be ignored.
     pub(crate) fn is_failed(&self, upload_id: u64) -> bool {
         self.failed == Some(upload_id)

@@ -87,6 +87,18 @@ impl TestServer {
         }
     }
 
+    /// A library client logged in to account `name` (claimed with `password` on first use), with
+    /// the online list taken.
+    pub fn account(&self, name: &str, password: &str, room: &str) -> Client {
+        let mut config = ClientConfig::new(name, room);
+        config.password = password.into();
+        let client = Client::connect_tcp(&self.addr.to_string(), &config).expect("account logs in");
+        match next_event(&client) {
+            Event::Online { .. } => client,
+            other => panic!("{name}: expected the online list first, got {other:?}"),
+        }
+    }
+
     /// A raw connection that has said hello and read the welcome and online list.
     pub fn raw_joined(&self, name: &str, room: &str) -> Raw {
         let mut raw = Raw::connect(self.addr);

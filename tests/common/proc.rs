@@ -30,6 +30,10 @@ impl Proc {
         cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
         // A terminal client whose relay goes away exits at once unless a test asks it to retry.
         cmd.env("RELAYCHAT_RECONNECT_FOR", "0");
+        // Clients keep an identity secret in their config dir: never the real home's. Every
+        // client of one test process shares one (they play "this machine"); a test that wants a
+        // second machine passes its own RELAYCHAT_CONFIG_DIR in `envs`.
+        cmd.env("RELAYCHAT_CONFIG_DIR", test_config_dir()).env("XDG_CONFIG_HOME", test_config_dir());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -113,4 +117,9 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
         }
     });
     rx
+}
+
+/// The config dir the binaries of this test process use, under the system temp dir.
+pub fn test_config_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("relaychat-test-{}-config", std::process::id()))
 }

@@ -23,8 +23,26 @@
 //!   an account holder and offline.
 //! - On joining, everyone sees the room's last `history` messages, marked history, except those
 //!   that offline delivery is about to bring.
+//!
+//! ## Bounds
+//!
+//! Storing a message for someone costs disk, and delivering a pile of them at login costs memory,
+//! so each is bounded before it is taken:
+//!
+//! - a recipient keeps at most `max_pending_messages` waiting; past that a message still goes live
+//!   to whoever is online, but is not kept for that recipient, and the sender is told
+//!   (`RecipientFull`);
+//! - messages waiting at login are read and queued a page ([`PAGE`]) at a time, the next page only
+//!   once the client's queue has drained, so the relay never holds a whole pile for one client;
+//! - nothing is stored when the disk is down to `--min-free`: the message still goes live (under
+//!   id 0, since it has no place in the store) and the sender is told (`NotStored`);
+//! - client ids above `i64::MAX` are refused (`BadMessageId`): they could not be stored, and one
+//!   bad row must never fail a batch that holds other people's messages (each row also has its own
+//!   savepoint in the store, for whatever else could go wrong with it).
 
-use super::{ConnId, Hub};
+use std::time::{Duration, Instant};
+
+use super::{offline_stranger, ConnId, Hub};
 use crate::display::now_ms;
 use crate::frame::{ErrorCode, Frame, MARK_HISTORY, MARK_LIVE, MARK_OFFLINE};
 use crate::rules;
@@ -32,6 +50,22 @@ use crate::server::store::{NewMessage, StoredMessage};
 
 /// The most messages stored in one transaction.
 pub(super) const MAX_BATCH: usize = 256;
+
+/// Offline messages read and queued at a time, per client...
+pub(super) const PAGE: usize = 64;
+/// ...and at most about this many bytes of text in one page, or in the history sent on joining
+/// (but at least one message). Together they stay well under a client's queue limit
+/// (`max_queued_bytes`), so a room flooded with the largest messages cannot get everyone who
+/// joins it cut as "too slow".
+pub(super) const PAGE_BYTES: usize = 1024 * 1024;
+
+/// The largest client id: ids are stored as SQLite integers, which are signed 64-bit.
+pub const MAX_CLIENT_ID: u64 = i64::MAX as u64;
+
+/// How long a free-space check stays good for messages.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Bytes of disk one byte of message text is assumed to take once stored (row, indexes, WAL).
+const STORE_OVERHEAD: u64 = 3;
 
 /// A message delivered live and waiting for the next commit.
 pub(crate) struct Queued {
@@ -51,36 +85,48 @@ impl Hub {
     pub(super) fn say(&mut self, id: ConnId, client_id: u64, to: String, text: String) {
         let Some(peer) = self.peer(id) else { return };
         let (sender, room) = (peer.name.clone(), peer.room.clone());
-        if client_id != 0 {
-            // Clients number their messages upwards, so only an id at or below the highest one
-            // seen from this sender can be a resend; only then is the database asked.
-            let store = &self.store;
-            let highest =
-                self.highest_client_id.entry(sender.clone()).or_insert_with(|| store.max_client_id(&sender));
-            let maybe_resend = client_id <= *highest;
-            *highest = (*highest).max(client_id);
-            if maybe_resend {
-                // A resend (after a reconnect, say) of something already stored: just confirm it.
-                if let Some(message_id) = self.store.message_id_for(&sender, client_id) {
-                    self.send_to(id, &Frame::Sent { client_id, message_id });
-                    return;
-                }
-                if self.batch.iter().any(|q| q.sender == sender && q.client_id == client_id) {
-                    return;
-                }
-            }
+        if client_id > MAX_CLIENT_ID {
+            let message =
+                format!("not sent: message ids go from 1 to {MAX_CLIENT_ID} (0 asks for no receipt)");
+            self.send_to(id, &Frame::Error { code: ErrorCode::BadMessageId, message });
+            return;
+        }
+        if client_id != 0 && self.is_resend(id, &sender, client_id) {
+            return;
         }
         let to = if to.is_empty() { None } else { Some(to) };
         if let Some(to) = &to {
-            if let Err(e) = self.check_recipient(to) {
-                self.send_to(id, &Frame::Error { code: ErrorCode::BadText, message: e });
+            if let Err((code, message)) = self.check_recipient(to) {
+                self.send_to(id, &Frame::Error { code, message });
                 return;
             }
         }
+        if !self.disk_has_room(text.len()) {
+            // Chat between people online keeps working; only keeping it stops. The message goes
+            // out under id 0 (it has no place in the store) and the sender learns it was not kept.
+            let live = Queued {
+                id: 0,
+                offline: Vec::new(),
+                from_conn: id,
+                sender,
+                room,
+                to,
+                client_id,
+                sent_ms: now_ms(),
+                text,
+            };
+            self.deliver_live(&live);
+            let message =
+                "reached those online, but not kept: the relay's disk is too full to store messages"
+                    .to_string();
+            self.send_to(id, &Frame::Error { code: ErrorCode::NotStored, message });
+            return;
+        }
         self.last_message_id += 1;
+        let offline = self.offline_recipients(id, &sender, &room, to.as_deref());
         let queued = Queued {
             id: self.last_message_id,
-            offline: self.offline_recipients(&sender, &room, to.as_deref()),
+            offline,
             from_conn: id,
             sender,
             room,
@@ -93,10 +139,47 @@ impl Hub {
         self.batch.push(queued);
     }
 
+    /// True when `client_id` from `sender` was already received: a stored one is confirmed again,
+    /// one still in the batch will be confirmed at its commit.
+    fn is_resend(&mut self, id: ConnId, sender: &str, client_id: u64) -> bool {
+        // Clients number their messages upwards, so only an id at or below the highest one seen
+        // from this sender can be a resend; only then is the database asked.
+        let store = &self.store;
+        let highest =
+            self.highest_client_id.entry(sender.to_owned()).or_insert_with(|| store.max_client_id(sender));
+        let maybe_resend = client_id <= *highest;
+        *highest = (*highest).max(client_id);
+        if !maybe_resend {
+            return false;
+        }
+        if let Some(message_id) = self.store.message_id_for(sender, client_id) {
+            self.send_to(id, &Frame::Sent { client_id, message_id });
+            return true;
+        }
+        self.batch.iter().any(|q| q.sender == sender && q.client_id == client_id)
+    }
+
+    /// Whether the disk can take `bytes` more of messages without going below `--min-free`.
+    ///
+    /// A system call per message would cost more than the message, so the free space is read
+    /// once and spent as a budget: each message spends [`STORE_OVERHEAD`] times its size (the
+    /// row, its index entries, and the WAL copy), and the disk is read again when the budget runs
+    /// out or after [`DISK_CHECK_EVERY`] (files and other programs use the disk too).
+    fn disk_has_room(&mut self, bytes: usize) -> bool {
+        let cost = (bytes as u64 + 256).saturating_mul(STORE_OVERHEAD);
+        let (budget, checked) = self.disk_budget;
+        let fresh = checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY);
+        let budget = if fresh && budget >= cost { budget } else { self.store.writable_bytes() };
+        let ok = budget >= cost;
+        self.disk_budget = (if ok { budget - cost } else { 0 }, Some(Instant::now()));
+        ok
+    }
+
     /// Who must get a message later: the recipient of a direct message if offline (it is an
-    /// account: checked), or the room's members who are not online.
-    fn offline_recipients(&mut self, sender: &str, room: &str, to: Option<&str>) -> Vec<String> {
-        match to {
+    /// account: checked), or the room's members who are not online. Recipients who already have
+    /// `max_pending_messages` waiting are left out, and the sender is told.
+    fn offline_recipients(&mut self, id: ConnId, sender: &str, room: &str, to: Option<&str>) -> Vec<String> {
+        let wanted: Vec<String> = match to {
             Some(to) if self.names.contains_key(to) => Vec::new(),
             Some(to) => vec![to.to_owned()],
             None => {
@@ -104,16 +187,39 @@ impl Hub {
                 let members = self.members.entry(room.to_owned()).or_insert_with(|| self.store.members(room));
                 members.iter().filter(|m| *m != sender && !names.contains_key(*m)).cloned().collect()
             }
+        };
+        let limit = self.config.max_pending_messages;
+        let (mut keep, mut full) = (Vec::with_capacity(wanted.len()), Vec::new());
+        for name in wanted {
+            let store = &self.store;
+            let count = self.pending_counts.entry(name.clone()).or_insert_with(|| store.pending_count(&name));
+            if *count >= limit {
+                full.push(name);
+            } else {
+                *count += 1;
+                keep.push(name);
+            }
         }
+        if !full.is_empty() {
+            let shown: Vec<&str> = full.iter().take(5).map(String::as_str).collect();
+            let more = if full.len() > 5 { format!(" and {} more", full.len() - 5) } else { String::new() };
+            let message = format!(
+                "not kept for {}{more}: {limit} messages already wait for them; they get it only if they are online",
+                shown.join(", ")
+            );
+            self.send_to(id, &Frame::Error { code: ErrorCode::RecipientFull, message });
+        }
+        keep
     }
 
     /// A direct message needs someone to receive it: a user online now, or an account.
-    fn check_recipient(&self, to: &str) -> Result<(), String> {
-        rules::check_name(to).map_err(|e| format!("not sent: {e}"))?;
-        if self.names.contains_key(to) || self.store.password_hash(to).is_ok_and(|h| h.is_some()) {
+    fn check_recipient(&self, to: &str) -> Result<(), (ErrorCode, String)> {
+        rules::check_name(to)
+            .map_err(|e| (ErrorCode::UnknownRecipient, format!("not sent: bad recipient: {e}")))?;
+        if self.names.contains_key(to) || self.store.has_account(to) {
             Ok(())
         } else {
-            Err(format!("not sent: nobody called {to:?} is online or has an account"))
+            Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a message")))
         }
     }
 
@@ -139,19 +245,41 @@ impl Hub {
         let stored = self.store.store_messages(&rows);
         drop(rows);
         match stored {
-            Ok(_) => {
-                for q in batch.iter().filter(|q| q.client_id != 0) {
-                    self.send_to(q.from_conn, &Frame::Sent { client_id: q.client_id, message_id: q.id });
+            Ok(stored) => {
+                for (q, ok) in batch.iter().zip(stored) {
+                    if ok {
+                        if q.client_id != 0 {
+                            self.send_to(
+                                q.from_conn,
+                                &Frame::Sent { client_id: q.client_id, message_id: q.id },
+                            );
+                        }
+                    } else {
+                        self.not_stored(q);
+                    }
                 }
             }
             Err((_, why)) => {
                 log::error!("cannot store {} message(s): {why}", batch.len());
-                for q in batch {
-                    let message = "your message could not be stored; it may not reach everyone".to_string();
-                    self.send_to(q.from_conn, &Frame::Error { code: ErrorCode::BadText, message });
+                for q in &batch {
+                    self.not_stored(q);
                 }
             }
         }
+    }
+
+    /// Tells a sender that its message reached those online but was not stored, and takes it
+    /// back out of the waiting counts.
+    fn not_stored(&mut self, q: &Queued) {
+        for name in &q.offline {
+            if let Some(count) = self.pending_counts.get_mut(name) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        let message =
+            "your message reached those online but could not be stored; it will not reach anyone later"
+                .to_string();
+        self.send_to(q.from_conn, &Frame::Error { code: ErrorCode::NotStored, message });
     }
 
     /// The message to whoever is online: the room (but the sender), or the one recipient.
@@ -174,23 +302,78 @@ impl Hub {
         }
     }
 
-    /// On joining: membership, the room's history, then what waited while the user was away.
+    /// On joining: membership, the room's history, then what waited while the user was away (the
+    /// first page of it; see [`Hub::continue_catch_ups`]).
     pub(super) fn catch_up(&mut self, id: ConnId, name: &str, room: &str, account: bool) {
-        let pending = if account {
+        if account {
             self.store.set_member(room, name, true);
             self.members
                 .entry(room.to_owned())
                 .or_insert_with(|| self.store.members(room))
                 .insert(name.to_owned());
-            self.store.pending_for(name)
-        } else {
-            Vec::new()
-        };
-        for message in self.store.history(room, self.config.history, name) {
+        }
+        let mut history = self.store.history(room, self.config.history, name);
+        // The most recent messages that fit the byte budget (history is oldest first).
+        let mut bytes = 0;
+        let keep = history.iter().rev().take_while(|m| {
+            bytes += m.text.len();
+            bytes <= PAGE_BYTES
+        });
+        let skip = history.len() - keep.count();
+        for message in history.drain(skip..) {
             self.send_to(id, &stored_frame(message, MARK_HISTORY));
         }
-        for message in pending {
+        if account {
+            if let Some(peer) = self.peer_mut(id) {
+                peer.catching_up = Some(0);
+            }
+            self.send_pending_page(id);
+        }
+    }
+
+    /// Sends the next page of messages waiting for client `id`, and notes whether more remain.
+    fn send_pending_page(&mut self, id: ConnId) {
+        let Some(peer) = self.peer(id) else { return };
+        let (Some(after), name) = (peer.catching_up, peer.name.clone()) else { return };
+        let mut page = self.store.pending_page(&name, after, PAGE);
+        let done = page.len() < PAGE;
+        let mut bytes = 0;
+        let fits = page
+            .iter()
+            .take_while(|m| {
+                bytes += m.text.len();
+                bytes <= PAGE_BYTES
+            })
+            .count()
+            .max(1)
+            .min(page.len());
+        let done = done && fits == page.len();
+        page.truncate(fits);
+        let last = page.last().map_or(after, |m| m.id);
+        for message in page {
             self.send_to(id, &stored_frame(message, MARK_OFFLINE));
+        }
+        if let Some(peer) = self.peer_mut(id) {
+            peer.catching_up = if done { None } else { Some(last) };
+        }
+        if done {
+            self.catching_up.remove(&id);
+        } else {
+            self.catching_up.insert(id);
+        }
+    }
+
+    /// Offline delivery, continued: a client gets its next page once everything queued for it
+    /// has been taken by its writer, so a pile of waiting messages never sits in memory at once.
+    pub(super) fn continue_catch_ups(&mut self) {
+        let ready: Vec<ConnId> = self
+            .catching_up
+            .iter()
+            .copied()
+            .filter(|&id| self.peer(id).is_some_and(|p| p.backlog.is_empty() && p.to_client.is_empty()))
+            .collect();
+        for id in ready {
+            self.send_pending_page(id);
         }
     }
 

@@ -10,19 +10,26 @@
 //! relay. So it only ever uses `try_send` on a client's queue. When that queue is full, the frame is
 //! kept in a per-client *backlog* (order is preserved: nothing jumps the backlog) and retried on
 //! every turn of the loop. A client is disconnected as too slow when its queue makes no progress
-//! for `stall_limit`, or when its backlog passes `max_backlog_bytes`. Both limits are in
-//! [`ServerConfig`]; the frames are shared (`Arc`) so a backlog costs little more than pointers.
+//! for `stall_limit`, or when the bytes queued and held back for it pass `max_queued_bytes`, or
+//! when it has a backlog while all clients together hold more than `max_queued_total` (see
+//! [`meter`]). The limits are in [`ServerConfig`]; a broadcast is encoded once and shared (`Arc`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+pub(crate) mod brake;
 mod chat;
+mod meter;
 
-use super::login::{self, AccountAnswer};
+use meter::Meter;
+pub(crate) use meter::Outgoing;
+
+use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
 use crate::frame::{self, ErrorCode, FileInfo, Frame};
@@ -41,7 +48,7 @@ pub(crate) enum ToHub {
     Connected { id: ConnId, addr: SocketAddr, closer: Closer },
     /// A valid hello arrived (version and name rules already checked by the connection thread).
     /// `to_client` is the sending half of the new writer thread's queue.
-    Hello { id: ConnId, name: String, room: String, account: bool, to_client: Sender<Bytes> },
+    Hello { id: ConnId, name: String, room: String, account: bool, to_client: Sender<Outgoing> },
     /// Chat text from a joined client (already checked against the text rules), for its room
     /// (`to` empty) or one user. A non-zero `client_id` asks for a `Sent` receipt.
     Say { id: ConnId, client_id: u64, to: String, text: String },
@@ -79,12 +86,14 @@ pub(crate) enum ToHub {
     Download { id: ConnId, file_id: u64, offset: u64, reply: Sender<Result<DownloadPlan, Refusal>> },
     /// The client has a file, verified.
     Received { id: ConnId, file_id: u64 },
-    /// A login is being checked: what is stored for `name`, and how long `ip` must wait first.
-    Account { name: String, ip: IpAddr, reply: Sender<AccountAnswer> },
-    /// First login with a password: record the account; `reply` says whether it was still free.
-    Claim { name: String, hash: String, reply: Sender<bool> },
-    /// How a login from `ip` ended, for the guessing brake.
-    LoginResult { ip: IpAddr, ok: bool },
+    /// A login is being checked: what is stored for the name, and how long the brake says to
+    /// wait first (see `login.rs`).
+    Account { query: AccountQuery, reply: Sender<AccountAnswer> },
+    /// Record an account's credentials: a new account, or a password or token added to one the
+    /// connection proved it owns. `reply` says how it went.
+    Claim { grant: Grant, reply: Sender<ClaimOutcome> },
+    /// How a login from `ip` for `name` ended, for the brake (`hub/brake.rs`).
+    LoginResult { ip: IpAddr, name: String, attempt: Attempt },
     /// Time to delete files older than the retention period (sent by the janitor thread).
     Expire,
     /// The server is stopping; see [`super::Server::run`].
@@ -105,12 +114,15 @@ struct Peer {
     room: String,
     /// An account holder (a member of rooms, gets offline messages), not a guest.
     account: bool,
-    to_client: Sender<Bytes>,
-    /// Frames waiting because `to_client` was full, and their total size.
-    backlog: VecDeque<Bytes>,
-    backlog_bytes: usize,
+    to_client: Sender<Outgoing>,
+    /// Frames waiting because `to_client` was full.
+    backlog: VecDeque<Outgoing>,
+    /// Bytes queued and held back for this client (and for everyone).
+    meter: Arc<Meter>,
     /// When the queue last accepted a frame while a backlog existed.
     last_progress: Instant,
+    /// Offline delivery still going on: the last message id sent so far (see `chat.rs`).
+    catching_up: Option<u64>,
 }
 
 /// Names per `Online` frame. A name is at most 32 characters (128 bytes of UTF-8) plus its 4-byte
@@ -157,12 +169,24 @@ pub(crate) struct Hub {
     /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
     /// thousand idle connections cost nothing per event.
     backlogged: BTreeSet<ConnId>,
-    /// Recent failed logins per address: how many, and when the last one was.
-    failed_logins: HashMap<IpAddr, (u32, Instant)>,
+    /// Failed logins per address and per account (see `brake.rs`).
+    brake: brake::Brake,
+    /// Clients still being sent the messages that waited for them, a page at a time.
+    catching_up: BTreeSet<ConnId>,
+    /// Clients to disconnect as too slow at the end of this turn.
+    too_slow: Vec<(ConnId, String)>,
+    /// Bytes queued for all clients together (see [`meter`]).
+    queued_total: Arc<AtomicUsize>,
+    /// Messages waiting per recipient, counted on first use and kept current (see `chat.rs`).
+    pending_counts: HashMap<String, u64>,
+    /// Bytes of messages that may still be stored before the disk must be looked at again, and
+    /// when it last was (see `chat.rs`, `disk_has_room`).
+    disk_budget: (u64, Option<Instant>),
 }
 
 impl Hub {
     pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>, store: Store) -> Hub {
+        let brake = brake::Brake::new(config.login_backoff);
         Hub {
             config,
             last_message_id: store.last_message_id(),
@@ -175,7 +199,12 @@ impl Hub {
             conns: HashMap::new(),
             names: HashMap::new(),
             rooms: HashMap::new(),
-            failed_logins: HashMap::new(),
+            brake,
+            catching_up: BTreeSet::new(),
+            too_slow: Vec::new(),
+            queued_total: Arc::new(AtomicUsize::new(0)),
+            pending_counts: HashMap::new(),
+            disk_budget: (0, None),
         }
     }
 
@@ -183,7 +212,7 @@ impl Hub {
     /// of every connection still open, so `run` can cut the ones that do not end by themselves.
     pub(crate) fn run(mut self) -> Vec<Closer> {
         loop {
-            let event = if self.any_backlog() {
+            let event = if self.any_backlog() || !self.catching_up.is_empty() {
                 match self.events.recv_timeout(BACKLOG_TICK) {
                     Ok(event) => Some(event),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -212,6 +241,7 @@ impl Hub {
                 self.flush_messages();
             }
             self.retry_backlogs();
+            self.continue_catch_ups();
         }
         self.flush_messages();
         self.say_goodbye_to_all()
@@ -230,6 +260,7 @@ impl Hub {
                 if let Some(peer) = self.peer(id).filter(|p| p.account) {
                     let name = peer.name.clone();
                     self.store.mark_seen(&name, message_id);
+                    self.pending_counts.remove(&name); // recounted when next needed
                 }
             }
             ToHub::Leave { id } => self.leave_for_good(id),
@@ -250,8 +281,10 @@ impl Hub {
             }
             ToHub::CommitUpload { id, upload_id, sha256 } => self.commit_upload(id, upload_id, sha256),
             ToHub::AbortUpload { id, upload_id, code, message } => {
-                self.store.abort_upload(upload_id);
-                self.send_to(id, &Frame::UploadFailed { upload_id, code, message });
+                // Only the connection sending an upload can end it; the session checked that too.
+                if self.store.abort_own_upload(id, upload_id) {
+                    self.send_to(id, &Frame::UploadFailed { upload_id, code, message });
+                }
             }
             ToHub::ListFiles { id } => {
                 let Some(peer) = self.peer(id) else { return };
@@ -267,29 +300,20 @@ impl Hub {
                 let name = peer.name.clone();
                 self.store.mark_received(&name, file_id);
             }
-            ToHub::Account { name, ip, reply } => {
-                let failures = self.recent_failures(ip);
-                let answer = match self.store.password_hash(&name) {
-                    Ok(hash) => {
-                        AccountAnswer { hash, delay: login::delay_for(failures, self.config.login_backoff) }
-                    }
-                    // Refuse rather than let a name with an account in as a guest: an impossible
-                    // hash fails every password.
-                    Err(()) => AccountAnswer { hash: Some(String::new()), delay: Duration::ZERO },
-                };
-                let _ = reply.send(answer);
+            ToHub::Account { query, reply } => {
+                let _ =
+                    reply.send(login::answer(&self.store, &mut self.brake, &self.names, &self.config, query));
             }
-            ToHub::Claim { name, hash, reply } => {
-                let _ = reply.send(self.store.claim(&name, &hash));
+            ToHub::Claim { grant, reply } => {
+                let _ = reply.send(login::record(&mut self.store, &self.names, &self.config, grant));
             }
-            ToHub::LoginResult { ip, ok: true } => {
-                self.failed_logins.remove(&ip);
-            }
-            ToHub::LoginResult { ip, ok: false } => {
-                let failures = self.recent_failures(ip) + 1;
-                self.failed_logins.insert(ip, (failures, Instant::now()));
+            ToHub::LoginResult { ip, name, attempt } => {
+                self.brake.record(crate::server::accept::address_key(ip), &name, attempt, Instant::now())
             }
             ToHub::Expire => {
+                self.store.check_partials();
+                // Counts change behind the cache's back when messages expire: recount on use.
+                self.pending_counts.clear();
                 let notices = self.store.expire(self.config.retention);
                 let online: BTreeSet<String> =
                     notices.into_iter().map(|n| n.recipient).filter(|r| self.names.contains_key(r)).collect();
@@ -310,20 +334,10 @@ impl Hub {
         }
     }
 
-    /// Failed logins from `ip` that are recent enough to count.
-    fn recent_failures(&mut self, ip: IpAddr) -> u32 {
-        match self.failed_logins.get(&ip) {
-            Some(&(count, last)) if last.elapsed() < login::FORGET_AFTER => count,
-            Some(_) => {
-                self.failed_logins.remove(&ip);
-                0
-            }
-            None => 0,
-        }
-    }
-
-    /// Works out the recipients and asks the store for room. `to` names one user (online or not);
-    /// empty means everyone else in the sender's room right now.
+    /// Works out the recipients and asks the store for room. `to` names one user: someone online,
+    /// or an account (a file waits on the relay only for a name someone owns). Empty means
+    /// everyone else in the sender's room right now. Guests among the recipients get the file only
+    /// while their session lasts.
     fn begin_upload(
         &mut self,
         id: ConnId,
@@ -333,27 +347,61 @@ impl Hub {
         to: &str,
     ) -> Result<UploadPlan, Refusal> {
         let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
-        let recipients = if to.is_empty() {
-            let members = self.rooms.get(&peer.room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-            let mut others: std::collections::BTreeSet<String> = members;
-            others.remove(&peer.name);
+        let (sender, room) = (peer.name.clone(), peer.room.clone());
+        let candidates: Vec<String> = if to.is_empty() {
+            let members = self.rooms.get(&room);
+            let others: Vec<String> =
+                members.map(|m| m.keys().filter(|m| **m != sender).cloned().collect()).unwrap_or_default();
             if others.is_empty() {
                 return Err((
                     ErrorCode::NoRecipients,
-                    format!("nobody else is in {}; name a recipient with --to NAME", peer.room),
+                    format!("nobody else is in {room}; name a recipient with --to NAME"),
                 ));
             }
             others
         } else {
-            rules::check_name(to).map_err(|e| (ErrorCode::NoRecipients, format!("bad recipient: {e}")))?;
-            [to.to_owned()].into_iter().collect()
+            rules::check_name(to)
+                .map_err(|e| (ErrorCode::UnknownRecipient, format!("bad recipient: {e}")))?;
+            if !self.names.contains_key(to) && !self.store.has_account(to) {
+                return Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a file")));
+            }
+            vec![to.to_owned()]
         };
-        let sender = peer.name.clone();
-        self.store.begin_upload(UploadRequest { conn: id, sender: &sender, key, name, size, recipients })
+        let limit = self.store.limits().files_per_recipient as u64;
+        let (mut recipients, mut guests, mut full) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+        for who in candidates {
+            if self.store.files_waiting(&who) >= limit {
+                full.push(who);
+                continue;
+            }
+            if self.names.get(&who).and_then(|&c| self.peer(c)).is_some_and(|p| !p.account) {
+                guests.insert(who.clone());
+            }
+            recipients.insert(who);
+        }
+        if recipients.is_empty() {
+            return Err((
+                ErrorCode::RecipientFull,
+                format!(
+                    "{} already {} {limit} files waiting; nothing more can wait until they receive some",
+                    full.join(", "),
+                    if full.len() == 1 { "has" } else { "have" }
+                ),
+            ));
+        }
+        self.store.begin_upload(UploadRequest {
+            conn: id,
+            sender: &sender,
+            key,
+            name,
+            size,
+            recipients,
+            guests,
+        })
     }
 
     fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
-        match self.store.commit_upload(upload_id, sha256) {
+        match self.store.commit_upload(id, upload_id, sha256) {
             Ok(info) => {
                 let recipients: Vec<String> = self.store.recipients(info.file_id);
                 log::info!(
@@ -376,7 +424,7 @@ impl Hub {
         }
     }
 
-    fn join(&mut self, id: ConnId, name: String, room: String, account: bool, to_client: Sender<Bytes>) {
+    fn join(&mut self, id: ConnId, name: String, room: String, account: bool, to_client: Sender<Outgoing>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -386,20 +434,22 @@ impl Hub {
             let message = format!("the name {name:?} is already taken; choose another with --name");
             // Queue the error and drop the sender right away: the writer writes the error, sees
             // its queue closed, and ends the connection.
-            let _ = to_client.try_send(encode(&Frame::Error { code: ErrorCode::NameTaken, message }));
+            let meter = Meter::new(self.queued_total.clone());
+            let error = encode(&Frame::Error { code: ErrorCode::NameTaken, message });
+            let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
             return;
         }
-        let welcome = Frame::Welcome { name: name.clone(), room: room.clone() };
-        let _ = to_client.try_send(encode(&welcome));
         conn.peer = Some(Peer {
             name: name.clone(),
             room: room.clone(),
             account,
             to_client,
             backlog: VecDeque::new(),
-            backlog_bytes: 0,
+            meter: Meter::new(self.queued_total.clone()),
             last_progress: Instant::now(),
+            catching_up: None,
         });
+        self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
         log::info!("{addr}: {name} joined {room}");
         self.names.insert(name.clone(), id);
         self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
@@ -439,6 +489,11 @@ impl Hub {
         let Some(peer) = conn.peer.take() else { return };
         log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
         self.names.remove(&peer.name);
+        self.catching_up.remove(&id);
+        if !peer.account {
+            // Nothing waits for a guest after its session: the name is nobody's.
+            self.store.drop_guest(&peer.name);
+        }
         if let Some(members) = self.rooms.get_mut(&peer.room) {
             members.remove(&peer.name);
             if members.is_empty() {
@@ -455,33 +510,48 @@ impl Hub {
         };
         let bytes = encode(frame);
         let targets: Vec<ConnId> = members.values().copied().filter(|&m| Some(m) != skip).collect();
+        let fanout = targets.len();
         for target in targets {
-            self.push(target, bytes.clone());
+            self.push(target, bytes.clone(), fanout);
         }
     }
 
     fn send_to(&mut self, id: ConnId, frame: &Frame) {
-        self.push(id, encode(frame));
+        self.push(id, encode(frame), 1);
     }
 
-    /// Queues bytes for one client without ever blocking (see the module docs).
-    fn push(&mut self, id: ConnId, bytes: Bytes) {
+    /// Queues bytes for one client without ever blocking (see the module docs). `fanout` is how
+    /// many clients share these bytes (for the relay-wide count; see [`meter`]).
+    fn push(&mut self, id: ConnId, bytes: Bytes, fanout: usize) {
+        let (max_client, max_total) = (self.config.max_queued_bytes, self.config.max_queued_total);
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
+        let item = Outgoing::new(bytes, &peer.meter, fanout);
+        let over_total = peer.meter.total_bytes() > max_total;
         if !peer.backlog.is_empty() {
-            peer.hold_back(bytes);
-            return;
-        }
-        match peer.to_client.try_send(bytes) {
-            Ok(()) => {}
-            Err(TrySendError::Full(bytes)) => {
-                peer.hold_back(bytes);
-                peer.last_progress = Instant::now();
-                self.backlogged.insert(id);
+            peer.backlog.push_back(item);
+        } else {
+            match peer.to_client.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    peer.backlog.push_back(item);
+                    peer.last_progress = Instant::now();
+                    self.backlogged.insert(id);
+                }
+                // The writer has ended (socket error); the connection thread will report `Closed`.
+                Err(TrySendError::Disconnected(_)) => return,
             }
-            // The writer has ended (socket error); the connection thread will report `Closed`.
-            Err(TrySendError::Disconnected(_)) => {}
+        }
+        let Some(peer) = self.peer(id) else { return };
+        let held = peer.meter.client_bytes();
+        if held > max_client {
+            self.too_slow.push((id, format!("{held} bytes queued (the limit is {max_client})")));
+        } else if over_total && !peer.backlog.is_empty() {
+            self.too_slow.push((
+                id,
+                format!("{held} bytes held back while the relay holds too much for slow clients"),
+            ));
         }
     }
 
@@ -490,23 +560,20 @@ impl Hub {
     }
 
     /// Moves held-back frames into queues that have room, and disconnects clients that stayed
-    /// stuck for too long.
+    /// stuck for too long or hold too much.
     fn retry_backlogs(&mut self) {
-        let mut too_slow = Vec::new();
+        let stall_limit = self.config.stall_limit;
         let conns = &mut self.conns;
+        let too_slow = &mut self.too_slow;
         self.backlogged.retain(|id| {
             let Some(peer) = conns.get_mut(id).and_then(|c| c.peer.as_mut()) else {
                 return false; // gone: nothing left to send
             };
-            while let Some(bytes) = peer.backlog.pop_front() {
-                let len = bytes.len();
-                match peer.to_client.try_send(bytes) {
-                    Ok(()) => {
-                        peer.backlog_bytes -= len;
-                        peer.last_progress = Instant::now();
-                    }
-                    Err(TrySendError::Full(bytes)) | Err(TrySendError::Disconnected(bytes)) => {
-                        peer.backlog.push_front(bytes);
+            while let Some(item) = peer.backlog.pop_front() {
+                match peer.to_client.try_send(item) {
+                    Ok(()) => peer.last_progress = Instant::now(),
+                    Err(TrySendError::Full(item)) | Err(TrySendError::Disconnected(item)) => {
+                        peer.backlog.push_front(item);
                         break;
                     }
                 }
@@ -515,15 +582,23 @@ impl Hub {
                 return false;
             }
             let stalled = peer.last_progress.elapsed();
-            if stalled > self.config.stall_limit || peer.backlog_bytes > self.config.max_backlog_bytes {
-                too_slow.push((*id, stalled, peer.backlog_bytes));
+            if stalled > stall_limit {
+                too_slow.push((*id, format!("no progress for {:.1} s", stalled.as_secs_f64())));
             }
             true
         });
-        for (id, stalled, held) in too_slow {
-            let why =
-                format!("too slow: {held} bytes held back, last progress {:.1} s ago", stalled.as_secs_f64());
-            self.leave(id, &why);
+        self.cut_too_slow();
+    }
+
+    /// Disconnects the clients found too slow during this turn. Their queued frames are dropped
+    /// with their queues, which gives the memory back.
+    fn cut_too_slow(&mut self) {
+        for (id, why) in std::mem::take(&mut self.too_slow) {
+            let Some(conn) = self.conns.get(&id) else { continue };
+            if conn.peer.is_none() {
+                continue; // already cut this turn
+            }
+            self.leave(id, &format!("too slow: {why}"));
             // Its queue is full, so an error frame could not get through; just cut the socket.
             if let Some(conn) = self.conns.get(&id) {
                 conn.closer.close();
@@ -539,7 +614,7 @@ impl Hub {
             match conn.peer {
                 // Best effort: a client whose queue is full gets cut at the end of the grace time.
                 Some(peer) => {
-                    let _ = peer.to_client.try_send(bye.clone());
+                    let _ = peer.to_client.try_send(Outgoing::new(bye.clone(), &peer.meter, 1));
                 }
                 // Still in the hello phase: nothing to say goodbye to, cut it now.
                 None => conn.closer.close(),
@@ -558,11 +633,12 @@ impl Hub {
     }
 }
 
-impl Peer {
-    fn hold_back(&mut self, bytes: Bytes) {
-        self.backlog_bytes += bytes.len();
-        self.backlog.push_back(bytes);
-    }
+/// Why nothing can wait for `name`: the sentence a sender sees.
+fn offline_stranger(name: &str, what: &str) -> String {
+    format!(
+        "not sent: {name:?} is not online and has no account on this relay, so {what} cannot wait for them \
+         (things wait only for names someone owns); send it while they are online"
+    )
 }
 
 /// Encodes a frame the hub built itself. Those frames are small by construction (names are at

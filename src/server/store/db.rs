@@ -73,6 +73,34 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
         PRIMARY KEY (recipient, message_id)
      );",
+    // 5: machine-bound accounts and look-alike names (see store/accounts.rs). SQLite cannot drop
+    // NOT NULL from a column, so `accounts` is rebuilt: `password_hash` becomes nullable (an
+    // account bound only to an identity token has none), `skeleton` holds the name's UTS #39
+    // skeleton (filled in by `fill_missing_skeletons` right after, since SQL cannot compute it),
+    // and `created_from` the address that created it (to cap new accounts per address). Tokens
+    // are kept as SHA-256 only.
+    "CREATE TABLE accounts_v5 (
+        name          TEXT    PRIMARY KEY,
+        password_hash TEXT,
+        skeleton      TEXT,
+        created_ms    INTEGER NOT NULL,
+        created_from  TEXT
+     );
+     INSERT INTO accounts_v5 (name, password_hash, created_ms)
+        SELECT name, password_hash, created_ms FROM accounts;
+     DROP TABLE accounts;
+     ALTER TABLE accounts_v5 RENAME TO accounts;
+     CREATE INDEX accounts_by_skeleton ON accounts(skeleton);
+     CREATE INDEX accounts_by_origin ON accounts(created_from, created_ms);
+     CREATE TABLE account_tokens (
+        name         TEXT    NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+        token_sha256 BLOB    NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        PRIMARY KEY (name, token_sha256)
+     );",
+    // 6: a file waits for a guest only while the guest's
+    // session lasts; this marks those rows.
+    "ALTER TABLE file_recipients ADD COLUMN guest INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.
@@ -80,7 +108,8 @@ const MIGRATIONS: &[&str] = &[
 const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 pub(crate) struct Db {
-    conn: Connection,
+    /// Visible to the store's other modules (`accounts.rs`), which add their own queries.
+    pub(super) conn: Connection,
 }
 
 impl Db {
@@ -106,7 +135,7 @@ impl Db {
             tx.commit()?;
             log::info!("store: database schema migrated to version {}", i + 1);
         }
-        Ok(())
+        self.fill_missing_skeletons()
     }
 
     /// Records a file in one transaction. `place(file_id)` runs inside it (it moves the bytes into
@@ -142,9 +171,10 @@ impl Db {
             }
         };
         for recipient in file.recipients {
+            let guest = file.guests.contains(recipient);
             tx.execute(
-                "INSERT INTO file_recipients (file_id, recipient) VALUES (?1, ?2)",
-                params![id as i64, recipient],
+                "INSERT INTO file_recipients (file_id, recipient, guest) VALUES (?1, ?2, ?3)",
+                params![id as i64, recipient, guest],
             )
             .map_err(InsertError::Db)?;
         }
@@ -271,30 +301,40 @@ impl Db {
         Ok(notices)
     }
 
-    /// Stores messages, and who must get each one later, in one transaction. Returns their ids.
-    pub(crate) fn insert_messages(&mut self, batch: &[NewMessage<'_>]) -> rusqlite::Result<Vec<u64>> {
+    /// Stores messages, and who must get each one later, in one transaction. Returns, per
+    /// message, whether it was stored.
+    ///
+    /// One row that fails (a constraint, say) must never cost the other senders in the batch their
+    /// messages. The fast path writes the whole batch at once; only if a row fails is that
+    /// transaction rolled back and the batch written again with a savepoint around each row, so
+    /// the bad row is rolled back alone. (A savepoint per row on every batch would cost two more
+    /// statements per message, for a failure that almost never happens.)
+    pub(crate) fn insert_messages(&mut self, batch: &[NewMessage<'_>]) -> rusqlite::Result<Vec<bool>> {
         let tx = self.conn.transaction()?;
-        let mut ids = Vec::with_capacity(batch.len());
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (id, room, sender, recipient, sent_ms, text, client_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut later =
-                tx.prepare_cached("INSERT OR IGNORE INTO pending (recipient, message_id) VALUES (?1, ?2)")?;
-            for m in batch {
-                let id = m.id as i64;
-                let row =
-                    params![id, m.room, m.sender, m.recipient, m.sent_ms as i64, m.text, m.client_id as i64];
-                insert.execute(row)?;
-                for name in &m.offline {
-                    later.execute(params![name, id])?;
+        let all_at_once = batch.iter().try_for_each(|m| insert_message(&tx, m));
+        if all_at_once.is_ok() {
+            tx.commit()?;
+            return Ok(vec![true; batch.len()]);
+        }
+        drop(tx); // rolls the whole attempt back
+        let tx = self.conn.transaction()?;
+        let mut stored = Vec::with_capacity(batch.len());
+        for m in batch {
+            tx.execute_batch("SAVEPOINT one_message")?;
+            match insert_message(&tx, m) {
+                Ok(()) => {
+                    tx.execute_batch("RELEASE one_message")?;
+                    stored.push(true);
                 }
-                ids.push(m.id);
+                Err(e) => {
+                    log::error!("store: message {} from {:?} not stored: {e}", m.id, m.sender);
+                    tx.execute_batch("ROLLBACK TO one_message; RELEASE one_message")?;
+                    stored.push(false);
+                }
             }
         }
         tx.commit()?;
-        Ok(ids)
+        Ok(stored)
     }
 
     /// The highest message id ever used (0 if none): new messages continue after it.
@@ -346,7 +386,9 @@ impl Db {
         rows.collect()
     }
 
-    /// Messages waiting for `name`, oldest first.
+    /// Messages waiting for `name`, oldest first (the relay reads them a page at a time instead:
+    /// see `waiting.rs`).
+    #[cfg(test)]
     pub(crate) fn pending_for(&self, name: &str) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT m.id, m.room, m.sender, m.recipient, m.sent_ms, m.text FROM messages m
@@ -397,22 +439,6 @@ impl Db {
         self.conn.execute("DELETE FROM messages WHERE sent_ms < ?1", [cutoff_ms as i64])
     }
 
-    /// The password hash of account `name`, if the name is claimed.
-    pub(crate) fn password_hash(&self, name: &str) -> rusqlite::Result<Option<String>> {
-        self.conn
-            .query_row("SELECT password_hash FROM accounts WHERE name = ?1", [name], |r| r.get(0))
-            .optional()
-    }
-
-    /// Records a new account. False if the name is already claimed (the existing one is kept).
-    pub(crate) fn create_account(&mut self, name: &str, hash: &str, now_ms: u64) -> rusqlite::Result<bool> {
-        let added = self.conn.execute(
-            "INSERT OR IGNORE INTO accounts (name, password_hash, created_ms) VALUES (?1, ?2, ?3)",
-            params![name, hash, now_ms as i64],
-        )?;
-        Ok(added == 1)
-    }
-
     /// Ids of every stored file (to find bytes on disk that no row claims).
     pub(crate) fn file_ids(&self) -> rusqlite::Result<BTreeSet<u64>> {
         let mut stmt = self.conn.prepare("SELECT id FROM files")?;
@@ -432,6 +458,24 @@ impl Db {
     }
 }
 
+/// Writes one message and who must get it later (see [`Db::insert_messages`]).
+fn insert_message(tx: &rusqlite::Transaction<'_>, m: &NewMessage<'_>) -> rusqlite::Result<()> {
+    let out_of_range = |column| rusqlite::Error::IntegralValueOutOfRange(column, 0);
+    let id = i64::try_from(m.id).map_err(|_| out_of_range(0))?;
+    let client_id = i64::try_from(m.client_id).map_err(|_| out_of_range(6))?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (id, room, sender, recipient, sent_ms, text, client_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    insert.execute(params![id, m.room, m.sender, m.recipient, m.sent_ms as i64, m.text, client_id])?;
+    let mut later =
+        tx.prepare_cached("INSERT OR IGNORE INTO pending (recipient, message_id) VALUES (?1, ?2)")?;
+    for name in &m.offline {
+        later.execute(params![name, id])?;
+    }
+    Ok(())
+}
+
 /// A file about to be recorded.
 pub(crate) struct NewFile<'a> {
     /// `Some` to keep an id (importing an older data dir); `None` for a fresh one.
@@ -442,6 +486,8 @@ pub(crate) struct NewFile<'a> {
     pub sha256: [u8; 32],
     pub created_ms: u64,
     pub recipients: &'a BTreeSet<String>,
+    /// The recipients who are guests (a subset of `recipients`): their rows go with their session.
+    pub guests: &'a BTreeSet<String>,
 }
 
 /// A message about to be stored, under the id the hub gave it when it delivered it.
@@ -470,7 +516,7 @@ pub(crate) struct StoredMessage {
     pub text: String,
 }
 
-fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+pub(super) fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         id: row.get::<_, i64>(0)? as u64,
         room: row.get(1)?,
@@ -544,6 +590,7 @@ mod tests {
             sha256: [1; 32],
             created_ms: 0,
             recipients: &recipients,
+            guests: &BTreeSet::new(),
         };
         let failed = db.insert_file(&file, |_| Err("disk says no"));
         assert!(matches!(failed, Err(InsertError::Place("disk says no"))));
@@ -573,9 +620,9 @@ mod tests {
             client_id,
             offline: offline.iter().map(|s| s.to_string()).collect(),
         };
-        let ids = db
-            .insert_messages(&[msg("one", 1, &[]), msg("two", 2, &["bob"]), msg("three", 0, &["bob"])])
-            .unwrap();
+        let batch = [msg("one", 1, &[]), msg("two", 2, &["bob"]), msg("three", 0, &["bob"])];
+        let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
+        assert_eq!(db.insert_messages(&batch).unwrap(), vec![true, true, true]);
         assert_eq!(db.message_id_for("alice", 2).unwrap(), Some(ids[1]));
         let plan: String = db
             .conn
@@ -586,11 +633,15 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("messages_once"), "the dedupe lookup uses its index: {plan}");
-        assert!(db.insert_messages(&[msg("two again", 2, &[])]).is_err(), "one id per (sender, client id)");
-        assert_eq!(db.last_message_id().unwrap(), 3, "the failed insert used no id");
+        // One id per (sender, client id): the duplicate fails alone, its neighbours are stored.
+        let mixed = [msg("four", 4, &[]), msg("two again", 2, &[]), msg("five", 5, &[])];
+        assert_eq!(db.insert_messages(&mixed).unwrap(), vec![true, false, true]);
+        let huge = [msg("bad id", u64::MAX, &[]), msg("six", 6, &[])];
+        assert_eq!(db.insert_messages(&huge).unwrap(), vec![false, true], "an id past i64 fails alone");
+        assert_eq!(db.message_id_for("alice", 5).unwrap(), Some(mixed[2].id));
         let history: Vec<String> =
             db.history("lobby", 50, "bob").unwrap().into_iter().map(|m| m.text).collect();
-        assert_eq!(history, vec!["one"], "pending messages are not history too");
+        assert_eq!(history, vec!["one", "four", "five", "six"], "pending messages are not history too");
         let pending: Vec<String> = db.pending_for("bob").unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(pending, vec!["two", "three"]);
         db.mark_seen("bob", ids[1]).unwrap();
@@ -601,15 +652,5 @@ mod tests {
         db.remove_member("lobby", "bob").unwrap();
         assert!(db.members("lobby").unwrap().is_empty());
         assert!(db.pending_for("bob").unwrap().is_empty(), "leaving drops what was pending");
-    }
-
-    #[test]
-    fn an_account_is_claimed_once() {
-        let mut db = Db { conn: Connection::open_in_memory().unwrap() };
-        db.migrate().unwrap();
-        assert_eq!(db.password_hash("alice").unwrap(), None);
-        assert!(db.create_account("alice", "$argon2id$first", 1).unwrap());
-        assert!(!db.create_account("alice", "$argon2id$second", 2).unwrap());
-        assert_eq!(db.password_hash("alice").unwrap().as_deref(), Some("$argon2id$first"));
     }
 }

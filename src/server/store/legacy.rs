@@ -41,6 +41,7 @@ pub(super) fn import(files_dir: &Path, db: &mut Db) -> io::Result<()> {
             sha256: meta.sha256,
             created_ms: crate::display::now_ms(),
             recipients: &meta.recipients,
+            guests: &BTreeSet::new(),
         };
         match db.insert_file(&file, |_| Ok::<(), io::Error>(())) {
             Ok(_) => log::info!("store: imported file {id} from {}", path.display()),

@@ -1,4 +1,4 @@
-//! The relay's file store: the one module that owns the data directory.
+//! The relay's store: the one module that owns the data directory (files, accounts, messages).
 //!
 //! ```text
 //! relay-data/
@@ -19,37 +19,74 @@
 //! are forgotten. Data dirs of the text-file era (`files/<id>.meta`) are imported once
 //! ([`legacy`]).
 //!
+//! Inside: `uploads.rs` decides whether an upload may start and keeps unfinished ones bounded;
+//! `waiting.rs` counts and pages what waits for whom; `accounts.rs` keeps names and their
+//! secrets; `db.rs` is the schema and the rest of the SQL.
+//!
 //! Simplified on purpose: partial uploads are remembered in memory only. After a relay restart
 //! their `.part` files are deleted and those uploads start again from zero.
 
+mod accounts;
 mod db;
 mod legacy;
+mod uploads;
+mod waiting;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::display::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
 use db::{Db, InsertError, NewFile};
 pub(crate) use db::{NewMessage, Notice, StoredMessage};
+use uploads::Partial;
+pub(crate) use uploads::UploadRequest;
 
 /// Limits on what the store accepts, all checked before the first byte of an upload is stored.
+///
+/// Each bounds something a peer could otherwise make the relay hold: disk (size, quota, free
+/// space), memory and file descriptors (uploads in progress), and another person's Receive list
+/// (files waiting per recipient).
 #[derive(Debug, Clone)]
 pub struct StoreLimits {
     /// Largest single file. Default 4 GiB.
     pub max_file_size: u64,
-    /// Most bytes one sender may have on the relay at once (stored and in progress). Default 10 GiB.
+    /// Most bytes one sender may have on the relay at once: stored files, bytes of unfinished
+    /// uploads, and the rest of the one upload it is sending right now. Default 10 GiB.
     pub quota: u64,
-    /// Bytes the disk must keep free after an upload is accounted for. Default 64 MiB.
+    /// Bytes the disk must keep free after an upload is accounted for. Chat messages obey it too.
+    /// Default 64 MiB.
     pub min_free: u64,
+    /// Unfinished uploads one sender may keep (to resume later). Default 4.
+    pub partials_per_user: usize,
+    /// Unfinished uploads on the whole relay. Default 1024.
+    pub partials_total: usize,
+    /// An unfinished upload that nobody is sending and that has not grown for this long is deleted.
+    /// Default 1 hour.
+    pub partial_ttl: Duration,
+    /// A running upload keeps space reserved for its whole size only while bytes keep arriving; after
+    /// this long without any, only the bytes it has count. Default 30 s.
+    pub upload_stall: Duration,
+    /// Files that may wait for one recipient. Default 1000.
+    pub files_per_recipient: usize,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { max_file_size: 4 << 30, quota: 10 << 30, min_free: 64 << 20 }
+        StoreLimits {
+            max_file_size: 4 << 30,
+            quota: 10 << 30,
+            min_free: 64 << 20,
+            partials_per_user: 4,
+            partials_total: 1024,
+            partial_ttl: Duration::from_secs(3600),
+            upload_stall: Duration::from_secs(30),
+            files_per_recipient: 1000,
+        }
     }
 }
 
@@ -73,29 +110,6 @@ pub(crate) struct DownloadPlan {
     pub offset: u64,
 }
 
-/// A request to start (or resume) an upload, as the hub passes it on.
-pub(crate) struct UploadRequest<'a> {
-    pub conn: ConnId,
-    pub sender: &'a str,
-    pub key: &'a str,
-    /// Already cleaned with [`crate::filename::clean`].
-    pub name: &'a str,
-    pub size: u64,
-    pub recipients: BTreeSet<String>,
-}
-
-struct Partial {
-    upload_id: u64,
-    sender: String,
-    key: String,
-    name: String,
-    size: u64,
-    recipients: BTreeSet<String>,
-    temp_path: PathBuf,
-    /// The connection currently sending it, if any.
-    in_use_by: Option<ConnId>,
-}
-
 /// The data directory and everything known about its contents.
 pub(crate) struct Store {
     files_dir: PathBuf,
@@ -105,6 +119,8 @@ pub(crate) struct Store {
     /// Uploads in progress, by upload id (in memory only; see the module docs).
     partials: HashMap<u64, Partial>,
     next_upload_id: u64,
+    /// When [`Store::check_partials`] last looked at the unfinished uploads' files.
+    partials_checked: Instant,
 }
 
 impl Store {
@@ -121,7 +137,18 @@ impl Store {
         }
         let mut db = Db::open(&root.join("relay.db")).map_err(db_error)?;
         legacy::import(&files_dir, &mut db)?;
-        let mut store = Store { files_dir, tmp_dir, limits, db, partials: HashMap::new(), next_upload_id: 1 };
+        // Sessions do not survive a restart, so neither do files that waited for guests.
+        let orphans = db.drop_all_guests().map_err(db_error)?;
+        let mut store = Store {
+            files_dir,
+            tmp_dir,
+            limits,
+            db,
+            partials: HashMap::new(),
+            next_upload_id: 1,
+            partials_checked: Instant::now(),
+        };
+        store.delete_bytes(&orphans);
         store.reconcile()?;
         Ok(store)
     }
@@ -155,89 +182,20 @@ impl Store {
         self.files_dir.join(format!("{id}.bin"))
     }
 
-    /// Bytes `sender` has on the relay: stored files plus uploads in progress.
-    fn used_by(&self, sender: &str) -> Result<u64, Refusal> {
-        let stored = self.db.bytes_stored_by(sender).map_err(refusal)?;
-        let partial: u64 = self.partials.values().filter(|p| p.sender == sender).map(|p| p.size).sum();
-        Ok(stored + partial)
-    }
-
-    /// Starts an upload, or resumes the one with the same sender and key. Every limit is checked
-    /// here, before any byte is stored.
-    pub(crate) fn begin_upload(&mut self, req: UploadRequest<'_>) -> Result<UploadPlan, Refusal> {
-        if req.size > self.limits.max_file_size {
-            return Err((
-                ErrorCode::FileTooLarge,
-                format!(
-                    "the file is {} bytes; this relay accepts at most {}",
-                    req.size, self.limits.max_file_size
-                ),
-            ));
-        }
-        if let Some(plan) = self.resume(&req)? {
-            return Ok(plan);
-        }
-        let used = self.used_by(req.sender)?;
-        if used.saturating_add(req.size) > self.limits.quota {
-            return Err((
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "you already have {used} bytes on the relay; with this file it would be over your quota of {}",
-                    self.limits.quota
-                ),
-            ));
-        }
-        let reserved: u64 = self.partials.values().map(|p| p.size).sum();
-        let free = free_space(&self.tmp_dir)
-            .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
-        let needed = req.size.saturating_add(reserved).saturating_add(self.limits.min_free);
-        if free < needed {
-            return Err((
-                ErrorCode::DiskFull,
-                format!("the relay's disk is too full: {free} bytes free, {needed} needed"),
-            ));
-        }
-        let upload_id = self.next_upload_id;
-        self.next_upload_id += 1;
-        let temp_path = self.tmp_dir.join(format!("{upload_id}.part"));
-        let partial = Partial {
-            upload_id,
-            sender: req.sender.to_owned(),
-            key: req.key.to_owned(),
-            name: req.name.to_owned(),
-            size: req.size,
-            recipients: req.recipients,
-            temp_path: temp_path.clone(),
-            in_use_by: Some(req.conn),
-        };
-        self.partials.insert(upload_id, partial);
-        Ok(UploadPlan { upload_id, temp_path, size: req.size })
-    }
-
-    /// Finds a partial upload of the same transfer. A different size or name means the file
-    /// changed: the old bytes are useless and are thrown away.
-    fn resume(&mut self, req: &UploadRequest<'_>) -> Result<Option<UploadPlan>, Refusal> {
-        let Some(id) =
-            self.partials.values().find(|p| p.sender == req.sender && p.key == req.key).map(|p| p.upload_id)
-        else {
-            return Ok(None);
-        };
-        let Some(partial) = self.partials.get_mut(&id) else { return Ok(None) };
-        if partial.in_use_by.is_some_and(|c| c != req.conn) {
-            return Err((ErrorCode::Busy, "this upload is already running on another connection".into()));
-        }
-        if partial.size != req.size || partial.name != req.name {
-            self.abort_upload(id);
-            return Ok(None);
-        }
-        partial.in_use_by = Some(req.conn);
-        partial.recipients = req.recipients.clone();
-        Ok(Some(UploadPlan { upload_id: id, temp_path: partial.temp_path.clone(), size: partial.size }))
-    }
-
     /// The connection verified size and SHA-256: record the file and move it into place, in one
     /// transaction. Only after this returns may the uploader be told the file is stored.
-    pub(crate) fn commit_upload(&mut self, upload_id: u64, sha256: [u8; 32]) -> Result<FileInfo, Refusal> {
+    pub(crate) fn commit_upload(
+        &mut self,
+        conn: ConnId,
+        upload_id: u64,
+        sha256: [u8; 32],
+    ) -> Result<FileInfo, Refusal> {
+        if self.partials.get(&upload_id).is_none_or(|p| p.in_use_by != Some(conn)) {
+            return Err((
+                ErrorCode::BadTransfer,
+                format!("upload {upload_id} is not in progress on this connection"),
+            ));
+        }
         let partial = self
             .partials
             .remove(&upload_id)
@@ -250,6 +208,7 @@ impl Store {
             sha256,
             created_ms: now_ms(),
             recipients: &partial.recipients,
+            guests: &partial.guests,
         };
         let files_dir = &self.files_dir;
         let result = self
@@ -268,18 +227,9 @@ impl Store {
         }
     }
 
-    /// Forgets an upload and deletes its bytes.
-    pub(crate) fn abort_upload(&mut self, upload_id: u64) {
-        if let Some(partial) = self.partials.remove(&upload_id) {
-            let _ = fs::remove_file(&partial.temp_path);
-        }
-    }
-
-    /// A connection ended: its uploads stay on disk, free to be resumed by the next connection.
-    pub(crate) fn release(&mut self, conn: ConnId) {
-        for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(conn)) {
-            partial.in_use_by = None;
-        }
+    /// The limits this store enforces.
+    pub(crate) fn limits(&self) -> &StoreLimits {
+        &self.limits
     }
 
     /// Who still waits for `file_id`.
@@ -325,12 +275,6 @@ impl Store {
 }
 
 impl Store {
-    /// The stored password hash of account `name`, if it is claimed. A database failure is logged
-    /// and reported as an error, so a login is refused rather than let through.
-    pub(crate) fn password_hash(&self, name: &str) -> Result<Option<String>, ()> {
-        self.db.password_hash(name).map_err(|e| log::error!("store: cannot read account {name:?}: {e}"))
-    }
-
     /// Deletes files stored longer than `retention` (rows first, then bytes) and returns a notice
     /// for every recipient who never got one. The notices are also kept for [`Store::notices_for`].
     pub(crate) fn expire(&mut self, retention: std::time::Duration) -> Vec<Notice> {
@@ -358,9 +302,56 @@ impl Store {
         }
     }
 
-    /// Stores a batch of messages in one transaction; their ids, in order.
-    pub(crate) fn store_messages(&mut self, batch: &[NewMessage<'_>]) -> Result<Vec<u64>, Refusal> {
+    /// Stores a batch of messages in one transaction; per message, whether it was stored (one bad
+    /// row fails alone). An error means the whole transaction failed.
+    pub(crate) fn store_messages(&mut self, batch: &[NewMessage<'_>]) -> Result<Vec<bool>, Refusal> {
         self.db.insert_messages(batch).map_err(refusal)
+    }
+
+    /// Bytes that may still be written before the disk is down to `min_free` (0 if it is, or if
+    /// the free space cannot be read).
+    pub(crate) fn writable_bytes(&self) -> u64 {
+        match free_space(&self.files_dir) {
+            Ok(free) => free.saturating_sub(self.limits.min_free),
+            Err(e) => {
+                log::error!("store: cannot check free space: {e}");
+                0
+            }
+        }
+    }
+
+    /// Whether `name` is an account. A database failure counts as "no": nothing is kept for it.
+    pub(crate) fn has_account(&self, name: &str) -> bool {
+        logged(format!("cannot look up account {name:?}"), self.db.has_account(name))
+    }
+
+    /// How many files wait for `name`.
+    pub(crate) fn files_waiting(&self, name: &str) -> u64 {
+        logged(format!("cannot count the files for {name:?}"), self.db.files_waiting(name))
+    }
+
+    /// How many messages wait for `name`.
+    pub(crate) fn pending_count(&self, name: &str) -> u64 {
+        logged(format!("cannot count the messages for {name:?}"), self.db.pending_count(name))
+    }
+
+    /// The next page of messages waiting for `name`, after message id `after`.
+    pub(crate) fn pending_page(&self, name: &str, after: u64, limit: usize) -> Vec<StoredMessage> {
+        logged(format!("cannot read messages for {name:?}"), self.db.pending_page(name, after, limit))
+    }
+
+    /// Guest `name`'s session is over: files waiting for it go (deleted if nobody else waits).
+    pub(crate) fn drop_guest(&mut self, name: &str) {
+        match self.db.drop_guest(name) {
+            Ok(ids) => self.delete_bytes(&ids),
+            Err(e) => log::error!("store: cannot drop what waited for guest {name:?}: {e}"),
+        }
+    }
+
+    fn delete_bytes(&self, ids: &[u64]) {
+        for id in ids {
+            let _ = fs::remove_file(self.bin_path(*id));
+        }
     }
 
     /// The highest message id ever stored.
@@ -381,11 +372,6 @@ impl Store {
     /// The last `limit` messages of `room` that are not pending for `name`.
     pub(crate) fn history(&self, room: &str, limit: usize, name: &str) -> Vec<StoredMessage> {
         logged(format!("cannot read the history of {room}"), self.db.history(room, limit, name))
-    }
-
-    /// Messages waiting for `name`, oldest first.
-    pub(crate) fn pending_for(&self, name: &str) -> Vec<StoredMessage> {
-        logged(format!("cannot read messages for {name:?}"), self.db.pending_for(name))
     }
 
     /// `name` has the pending messages up to `message_id`.
@@ -411,14 +397,6 @@ impl Store {
     /// Takes the expiry notices waiting for `name`.
     pub(crate) fn notices_for(&mut self, name: &str) -> Vec<Notice> {
         logged(format!("cannot read notices for {name:?}"), self.db.take_notices(name))
-    }
-
-    /// Claims `name` with `hash`. False if it is taken (or the database failed).
-    pub(crate) fn claim(&mut self, name: &str, hash: &str) -> bool {
-        self.db.create_account(name, hash, now_ms()).unwrap_or_else(|e| {
-            log::error!("store: cannot create account {name:?}: {e}");
-            false
-        })
     }
 }
 
@@ -453,113 +431,4 @@ fn free_space(path: &Path) -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("relaychat-store-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn request<'a>(sender: &'a str, key: &'a str, size: u64) -> UploadRequest<'a> {
-        UploadRequest {
-            conn: 1,
-            sender,
-            key,
-            name: "a.txt",
-            size,
-            recipients: ["bob".to_string()].into_iter().collect(),
-        }
-    }
-
-    #[test]
-    fn a_committed_file_survives_a_reopen_and_goes_when_received() {
-        let dir = temp_dir("reopen");
-        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
-        let plan = store.begin_upload(request("alice", "k", 3)).unwrap();
-        fs::write(&plan.temp_path, b"abc").unwrap();
-        let info = store.commit_upload(plan.upload_id, [7; 32]).unwrap();
-        drop(store);
-
-        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
-        assert_eq!(store.waiting_for("bob"), vec![info.clone()]);
-        assert!(store.waiting_for("carol").is_empty());
-        assert!(store.plan_download("carol", info.file_id, 0).is_err(), "only recipients may download");
-        let plan = store.plan_download("bob", info.file_id, 0).unwrap();
-        assert_eq!(fs::read(&plan.path).unwrap(), b"abc");
-        store.mark_received("bob", info.file_id);
-        assert!(!plan.path.exists(), "deleted once the last recipient has it");
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn limits_are_checked_before_anything_is_stored() {
-        let dir = temp_dir("limits");
-        let limits = StoreLimits { max_file_size: 100, quota: 150, min_free: 0 };
-        let mut store = Store::open(&dir, limits).unwrap();
-        assert_eq!(store.begin_upload(request("alice", "big", 101)).unwrap_err().0, ErrorCode::FileTooLarge);
-        store.begin_upload(request("alice", "one", 100)).unwrap();
-        assert_eq!(store.begin_upload(request("alice", "two", 51)).unwrap_err().0, ErrorCode::QuotaExceeded);
-        store.begin_upload(request("bob", "two", 51)).unwrap(); // quotas are per sender
-        let full = StoreLimits { min_free: u64::MAX / 2, ..StoreLimits::default() };
-        let mut store = Store::open(&temp_dir("full"), full).unwrap();
-        assert_eq!(store.begin_upload(request("alice", "x", 1)).unwrap_err().0, ErrorCode::DiskFull);
-        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0, "refusals create no files");
-        let _ = fs::remove_dir_all(&dir);
-        let _ = fs::remove_dir_all(temp_dir("full"));
-    }
-
-    #[test]
-    fn the_same_key_resumes_and_a_changed_file_restarts() {
-        let dir = temp_dir("resume");
-        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
-        let first = store.begin_upload(request("alice", "k", 10)).unwrap();
-        let other_conn = UploadRequest { conn: 2, ..request("alice", "k", 10) };
-        assert_eq!(store.begin_upload(other_conn).unwrap_err().0, ErrorCode::Busy);
-        store.release(1);
-        let again = store.begin_upload(UploadRequest { conn: 2, ..request("alice", "k", 10) }).unwrap();
-        assert_eq!(again.upload_id, first.upload_id);
-        let changed = store.begin_upload(UploadRequest { conn: 2, ..request("alice", "k", 11) }).unwrap();
-        assert_ne!(changed.upload_id, first.upload_id);
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn leftovers_are_cleaned_on_open() {
-        let dir = temp_dir("leftovers");
-        fs::create_dir_all(dir.join("tmp")).unwrap();
-        fs::create_dir_all(dir.join("files")).unwrap();
-        fs::write(dir.join("tmp/5.part"), b"half").unwrap();
-        fs::write(dir.join("files/9.bin"), b"no record").unwrap();
-        fs::write(dir.join("files/8.meta"), b"relaychat-file 1\nfrom=a\n").unwrap();
-        let store = Store::open(&dir, StoreLimits::default()).unwrap();
-        assert!(store.db.file_ids().unwrap().is_empty());
-        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(dir.join("files")).unwrap().count(), 0);
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn an_older_data_dir_is_imported_with_its_ids() {
-        let dir = temp_dir("legacy");
-        fs::create_dir_all(dir.join("files")).unwrap();
-        fs::write(dir.join("files/7.bin"), b"abc").unwrap();
-        let meta = format!(
-            "relaychat-file 1\nfrom=alice\nname=a.txt\nsize=3\nsha256={}\nto=bob\nto=carol\n",
-            crate::sha::hex(&[5; 32])
-        );
-        fs::write(dir.join("files/7.meta"), meta).unwrap();
-        let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
-        let waiting = store.waiting_for("bob");
-        assert_eq!(waiting.len(), 1);
-        assert_eq!((waiting[0].file_id, waiting[0].name.as_str(), waiting[0].sha256), (7, "a.txt", [5; 32]));
-        assert_eq!(store.recipients(7), vec!["bob".to_string(), "carol".to_string()]);
-        assert!(!dir.join("files/7.meta").exists(), "imported once, then removed");
-        // New files never reuse an imported id.
-        let plan = store.begin_upload(request("alice", "k", 1)).unwrap();
-        fs::write(&plan.temp_path, b"x").unwrap();
-        assert!(store.commit_upload(plan.upload_id, [0; 32]).unwrap().file_id > 7);
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

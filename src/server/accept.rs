@@ -1,0 +1,348 @@
+//! The front door's first bounds, enforced by the accept thread before any thread is started:
+//! how many connections the relay holds in all, and how many from one address.
+//!
+//! ## Why these two caps
+//!
+//! Every connection costs file descriptors (the socket and its clones: about 4, plus a file
+//! during a transfer) and two threads. A relay without a cap dies of `EMFILE` (and then cannot
+//! even open its database) when someone opens connections in a loop. So:
+//!
+//! - at start, the soft `RLIMIT_NOFILE` is raised to the hard limit (the kernel lets any process
+//!   do that), and [`derived_max_connections`] turns it into a connection cap with a reserve
+//!   for the database, the log and the listener;
+//! - one address (an IPv4 address, or an IPv6 /64, which is what one customer usually gets) may
+//!   hold at most `max_per_address` connections, so one machine cannot take every slot.
+//!
+//! A connection over either cap gets one `Error{RelayFull}` frame, written with a short timeout,
+//! and is closed at once by the accept thread: no thread is started for it, and one log line says
+//! why.
+//!
+//! ## Who owns the counts
+//!
+//! The accept thread alone. [`Admissions`] keeps every running connection thread's `JoinHandle`
+//! with the address it counts against. Each connection thread, as the very last thing it does,
+//! sends its id on a channel (a drop guard, so even a panic reports it); before each admission
+//! the accept thread drains that channel, joins those threads and lowers their counts. So the
+//! counts are exact whenever they are checked, and nothing is scanned per accept.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::conn;
+use super::hub::{ConnId, ToHub};
+use super::login::HashPool;
+use super::ServerConfig;
+use crate::frame::{ErrorCode, Frame};
+use crate::wire::write_frame;
+
+/// File descriptors kept back from the connection cap: the listener, the database and its WAL,
+/// the log, files being moved by the hub, the janitor's and the signal thread's needs.
+pub(crate) const FD_RESERVE: u64 = 64;
+/// File descriptors one connection may use: the socket, the writer's clone, two closers (kill
+/// switches held by the hub and the writer), a file being transferred, and one spare.
+pub(crate) const FDS_PER_CONNECTION: u64 = 6;
+/// How long the accept thread may spend writing the `RelayFull` frame. The socket's send buffer
+/// is empty, so the write does not block in practice; the timeout makes sure of it.
+const TURN_AWAY_WRITE: Duration = Duration::from_millis(100);
+
+/// Raises the soft limit on open files to the hard limit and returns the soft limit now in
+/// force. On a platform without `RLIMIT_NOFILE`, or if the call fails, a conservative 1024.
+pub(crate) fn raise_fd_limit() -> u64 {
+    // `increase_nofile_limit` raises the soft limit up to what it is asked for, never above the
+    // hard limit (nor, on macOS, above the hidden `kern.maxfilesperproc`).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        // u64::MAX means "no such limit here" (the crate's answer off Unix): assume the usual.
+        Ok(u64::MAX) => 1024,
+        Ok(soft) => soft,
+        Err(e) => {
+            log::warn!("cannot raise the open-file limit: {e}; assuming 1024");
+            1024
+        }
+    }
+}
+
+/// The connection cap for a soft open-file limit: what is left after the reserve, divided by
+/// what one connection may use. At least 1, so a tiny limit still serves someone.
+pub(crate) fn derived_max_connections(soft_limit: u64) -> usize {
+    let per = soft_limit.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION;
+    usize::try_from(per).unwrap_or(usize::MAX).max(1)
+}
+
+/// The key an address is counted under: an IPv4 address as it is (also when it arrives as an
+/// IPv4-mapped IPv6 address), an IPv6 address cut to its /64 network, because one customer
+/// usually gets a whole /64 and can pick any address in it.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The relay holds `max_connections` already.
+    Relay { max: usize },
+    /// This address holds `max_per_address` already.
+    Address { max: usize },
+}
+
+impl Full {
+    fn message(self) -> String {
+        match self {
+            Full::Relay { .. } => "the relay is full; try again later".into(),
+            Full::Address { max } => {
+                format!("too many connections from your address (at most {max}); close one and try again")
+            }
+        }
+    }
+}
+
+/// The running connection threads and the counts the caps are checked against. Owned by the
+/// accept thread.
+pub(crate) struct Admissions {
+    max_connections: usize,
+    max_per_address: usize,
+    threads: HashMap<ConnId, (JoinHandle<()>, IpAddr)>,
+    per_address: HashMap<IpAddr, usize>,
+    /// Ids of connection threads that have ended (sent by their [`Departure`] guard). Unbounded,
+    /// but each thread sends exactly one id, so it never holds more than `max_connections`.
+    departed: Receiver<ConnId>,
+    depart: Sender<ConnId>,
+}
+
+impl Admissions {
+    pub(crate) fn new(max_connections: usize, max_per_address: usize) -> Admissions {
+        let (depart, departed) = unbounded();
+        Admissions {
+            max_connections,
+            max_per_address,
+            threads: HashMap::new(),
+            per_address: HashMap::new(),
+            departed,
+            depart,
+        }
+    }
+
+    /// Joins the threads that have ended and gives their slots back.
+    pub(crate) fn reap(&mut self) {
+        while let Ok(id) = self.departed.try_recv() {
+            if let Some((handle, key)) = self.threads.remove(&id) {
+                // The guard runs as the thread's last act, so this join returns at once.
+                let _ = handle.join();
+                self.release(key);
+            }
+        }
+    }
+
+    /// Whether a connection from `key` fits. Checked before anything is started for it.
+    pub(crate) fn check(&self, key: IpAddr) -> Result<(), Full> {
+        if self.threads.len() >= self.max_connections {
+            return Err(Full::Relay { max: self.max_connections });
+        }
+        if self.per_address.get(&key).copied().unwrap_or(0) >= self.max_per_address {
+            return Err(Full::Address { max: self.max_per_address });
+        }
+        Ok(())
+    }
+
+    /// A guard for a connection thread to drop when it ends.
+    pub(crate) fn departure(&self, id: ConnId) -> Departure {
+        Departure { id, depart: self.depart.clone() }
+    }
+
+    /// Counts a started connection thread.
+    pub(crate) fn admit(&mut self, id: ConnId, key: IpAddr, handle: JoinHandle<()>) {
+        *self.per_address.entry(key).or_insert(0) += 1;
+        self.threads.insert(id, (handle, key));
+    }
+
+    fn release(&mut self, key: IpAddr) {
+        if let Some(count) = self.per_address.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&key); // the map only holds addresses with connections
+            }
+        }
+    }
+
+    /// Every handle still held, for shutdown to join.
+    pub(crate) fn into_handles(mut self) -> Vec<JoinHandle<()>> {
+        self.reap();
+        self.threads.into_values().map(|(handle, _)| handle).collect()
+    }
+
+    #[cfg(test)]
+    fn count(&self, key: IpAddr) -> usize {
+        self.per_address.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// Sends its connection's id to the accept thread when dropped: the end of the connection thread.
+pub(crate) struct Departure {
+    id: ConnId,
+    depart: Sender<ConnId>,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        let _ = self.depart.send(self.id);
+    }
+}
+
+/// Accepts connections until the stop flag is set; returns the handles of all connection threads
+/// that may still be running.
+pub(crate) fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    to_hub: &Sender<ToHub>,
+    pool: &HashPool,
+    config: &ServerConfig,
+    max_connections: usize,
+) -> Vec<JoinHandle<()>> {
+    let mut admissions = Admissions::new(max_connections, config.max_per_address);
+    let mut next_id: u64 = 0;
+    for incoming in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match incoming {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Typically EMFILE (out of file descriptors). Pause instead of spinning.
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        next_id += 1;
+        admissions.reap();
+        let addr = match stream.peer_addr() {
+            Ok(addr) => addr,
+            Err(e) => {
+                log::warn!("connection #{next_id}: no peer address ({e}); dropped");
+                continue;
+            }
+        };
+        let key = address_key(addr.ip());
+        if let Err(full) = admissions.check(key) {
+            turn_away(stream, addr, full);
+            continue;
+        }
+        let departure = admissions.departure(next_id);
+        if let Some(handle) = start_connection(stream, next_id, addr, to_hub, pool, config, departure) {
+            admissions.admit(next_id, key, handle);
+        }
+    }
+    admissions.into_handles()
+}
+
+/// Tells a connection over a cap why, and closes it. Runs on the accept thread.
+fn turn_away(mut stream: TcpStream, addr: SocketAddr, full: Full) {
+    match full {
+        Full::Relay { max } => log::warn!("{addr}: turned away: the relay holds {max} connections"),
+        Full::Address { max } => log::warn!("{addr}: turned away: {max} connections from this address"),
+    }
+    let _ = stream.set_write_timeout(Some(TURN_AWAY_WRITE));
+    let _ = write_frame(&mut stream, &Frame::Error { code: ErrorCode::RelayFull, message: full.message() });
+    let _ = stream.flush();
+    // FIN after the frame, so the client reads the frame and then a clean end.
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn start_connection(
+    stream: TcpStream,
+    id: u64,
+    addr: SocketAddr,
+    to_hub: &Sender<ToHub>,
+    pool: &HashPool,
+    config: &ServerConfig,
+    departure: Departure,
+) -> Option<JoinHandle<()>> {
+    log::info!("{addr}: connected (#{id})");
+    // Chat frames are small; Nagle's algorithm would hold each one back waiting for more.
+    if let Err(e) = stream.set_nodelay(true) {
+        log::warn!("{addr}: cannot set TCP_NODELAY: {e}");
+    }
+    let to_hub = to_hub.clone();
+    let pool = pool.clone();
+    let config = config.clone();
+    let spawned = thread::Builder::new().name(format!("conn-{id}")).spawn(move || {
+        let _departure = departure; // dropped last: tells the accept thread this slot is free
+        conn::serve(stream, conn::ConnInfo { id, addr }, to_hub, pool, config)
+    });
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            log::error!("{addr}: cannot start a thread for this connection: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_eq!(address_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(address_key(a), address_key(other));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        assert_eq!(address_key(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(address_key(IpAddr::V6(Ipv6Addr::LOCALHOST)), IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+
+    #[test]
+    fn the_cap_comes_from_the_fd_limit_with_a_reserve() {
+        assert_eq!(derived_max_connections(1024), (1024 - 64) / 6);
+        assert_eq!(derived_max_connections(10), 1, "never zero");
+        assert_eq!(derived_max_connections(1 << 20), ((1 << 20) - 64) / 6);
+    }
+
+    #[test]
+    fn counts_follow_threads_in_and_out() {
+        let mut admissions = Admissions::new(3, 2);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let (release, wait) = crossbeam_channel::bounded::<()>(0);
+        let start = |admissions: &mut Admissions, id: ConnId, key: IpAddr| {
+            let departure = admissions.departure(id);
+            let wait = wait.clone();
+            let handle = thread::spawn(move || {
+                let _departure = departure;
+                let _ = wait.recv();
+            });
+            admissions.admit(id, key, handle);
+        };
+        start(&mut admissions, 1, a);
+        start(&mut admissions, 2, a);
+        assert_eq!(admissions.check(a), Err(Full::Address { max: 2 }));
+        assert_eq!(admissions.check(b), Ok(()));
+        start(&mut admissions, 3, b);
+        assert_eq!(admissions.check(b), Err(Full::Relay { max: 3 }));
+        drop(release); // every thread ends
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while admissions.count(a) + admissions.count(b) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the counts never went down");
+            thread::sleep(Duration::from_millis(5));
+            admissions.reap();
+        }
+        assert_eq!(admissions.check(a), Ok(()));
+        assert!(admissions.per_address.is_empty(), "no entry kept for an address with nothing open");
+        assert!(admissions.into_handles().is_empty());
+    }
+}

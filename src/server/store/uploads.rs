@@ -1,0 +1,249 @@
+//! Uploads in progress: the part of the store that decides whether an upload may start, and
+//! keeps the unfinished ones honest.
+//!
+//! An unfinished upload holds a file in `tmp/` and, while it is being sent, a *reservation*: its
+//! whole size counts against its sender's quota and the disk's free space, so two uploads cannot
+//! both promise themselves the same space. A stranger could start uploads and never send a byte,
+//! so everything here is bounded before it is taken:
+//!
+//! - one running upload per connection (starting another puts the first aside, resumable);
+//! - at most `partials_per_user` unfinished uploads per sender, `partials_total` in all;
+//! - a running upload that receives nothing for `upload_stall` keeps its file but loses its
+//!   reservation: only the bytes it holds count;
+//! - an upload nobody sends that has not grown for `partial_ttl` is deleted;
+//! - only the connection sending an upload can end it or commit it.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{free_space, refusal, Refusal, Store, UploadPlan};
+use crate::frame::ErrorCode;
+use crate::server::hub::ConnId;
+
+/// A request to start (or resume) an upload, as the hub passes it on.
+pub(crate) struct UploadRequest<'a> {
+    pub conn: ConnId,
+    pub sender: &'a str,
+    pub key: &'a str,
+    /// Already cleaned with [`crate::filename::clean`].
+    pub name: &'a str,
+    pub size: u64,
+    pub recipients: BTreeSet<String>,
+    /// The recipients who are guests: the file waits for them only while their session lasts.
+    pub guests: BTreeSet<String>,
+}
+
+/// An unfinished upload. Its bytes are in `temp_path`; only the connection in `in_use_by` writes
+/// there.
+pub(super) struct Partial {
+    pub(super) upload_id: u64,
+    pub(super) sender: String,
+    pub(super) key: String,
+    pub(super) name: String,
+    pub(super) size: u64,
+    pub(super) recipients: BTreeSet<String>,
+    pub(super) guests: BTreeSet<String>,
+    pub(super) temp_path: PathBuf,
+    /// The connection currently sending it, if any.
+    pub(super) in_use_by: Option<ConnId>,
+    /// Bytes in `temp_path` when last looked at ([`Store::check_partials`]).
+    pub(super) on_disk: u64,
+    /// When `on_disk` last grew (or the upload started or resumed).
+    pub(super) last_progress: Instant,
+}
+
+impl Partial {
+    /// Bytes this upload counts against quota and disk: its whole size while it is being sent and
+    /// bytes keep arriving (so two uploads cannot both promise themselves the same free space),
+    /// otherwise only the bytes it really has.
+    fn counted(&self, stall: Duration) -> u64 {
+        if self.in_use_by.is_some() && self.last_progress.elapsed() < stall {
+            self.size.max(self.on_disk)
+        } else {
+            self.on_disk
+        }
+    }
+}
+
+/// How old the view of unfinished uploads may be when a new upload is weighed against them.
+pub(super) const PARTIALS_FRESH: Duration = Duration::from_secs(1);
+impl Store {
+    /// Bytes `sender` has on the relay: stored files plus unfinished uploads (see
+    /// [`Partial::counted`]).
+    fn used_by(&self, sender: &str) -> Result<u64, Refusal> {
+        let stored = self.db.bytes_stored_by(sender).map_err(refusal)?;
+        let stall = self.limits.upload_stall;
+        let partial: u64 =
+            self.partials.values().filter(|p| p.sender == sender).map(|p| p.counted(stall)).sum();
+        Ok(stored.saturating_add(partial))
+    }
+
+    /// Starts an upload, or resumes the one with the same sender and key. Every limit is checked
+    /// here, before any byte is stored.
+    pub(crate) fn begin_upload(&mut self, req: UploadRequest<'_>) -> Result<UploadPlan, Refusal> {
+        if req.size > self.limits.max_file_size {
+            return Err((
+                ErrorCode::FileTooLarge,
+                format!(
+                    "the file is {} bytes; this relay accepts at most {}",
+                    req.size, self.limits.max_file_size
+                ),
+            ));
+        }
+        // One upload at a time per connection: starting another puts the previous one aside, still
+        // resumable, but no longer holding a reservation.
+        for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(req.conn)) {
+            partial.in_use_by = None;
+        }
+        if let Some(plan) = self.resume(&req)? {
+            return Ok(plan);
+        }
+        // Reservations and counts are about to be compared: make them current first.
+        if self.partials_checked.elapsed() >= PARTIALS_FRESH {
+            self.check_partials();
+        }
+        self.check_upload_counts(req.sender)?;
+        let used = self.used_by(req.sender)?;
+        if used.saturating_add(req.size) > self.limits.quota {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "you already have {} on the relay; with this file you would be over your quota of {}",
+                    crate::filename::human_size(used),
+                    crate::filename::human_size(self.limits.quota)
+                ),
+            ));
+        }
+        self.check_free_space(req.size)?;
+        let upload_id = self.next_upload_id;
+        self.next_upload_id += 1;
+        let temp_path = self.tmp_dir.join(format!("{upload_id}.part"));
+        let partial = Partial {
+            upload_id,
+            sender: req.sender.to_owned(),
+            key: req.key.to_owned(),
+            name: req.name.to_owned(),
+            size: req.size,
+            recipients: req.recipients,
+            guests: req.guests,
+            temp_path: temp_path.clone(),
+            in_use_by: Some(req.conn),
+            on_disk: 0,
+            last_progress: Instant::now(),
+        };
+        self.partials.insert(upload_id, partial);
+        Ok(UploadPlan { upload_id, temp_path, size: req.size })
+    }
+
+    /// Unfinished uploads are bounded per sender and in all: each holds a file (and, while it
+    /// runs, a reservation), and the relay remembers each in memory.
+    fn check_upload_counts(&self, sender: &str) -> Result<(), Refusal> {
+        let mine = self.partials.values().filter(|p| p.sender == sender).count();
+        if mine >= self.limits.partials_per_user {
+            return Err((
+                ErrorCode::TooManyUploads,
+                format!(
+                    "you have {mine} unfinished uploads on the relay (the limit is {}); finish or resume one first",
+                    self.limits.partials_per_user
+                ),
+            ));
+        }
+        if self.partials.len() >= self.limits.partials_total {
+            return Err((
+                ErrorCode::TooManyUploads,
+                "the relay has too many uploads in progress; try again later".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The disk must hold this file, every running upload's remaining bytes and `min_free`. The
+    /// refusal does not say how much is left: that would tell a stranger how to fill it exactly.
+    fn check_free_space(&self, size: u64) -> Result<(), Refusal> {
+        let stall = self.limits.upload_stall;
+        let reserved: u64 = self.partials.values().map(|p| p.counted(stall).saturating_sub(p.on_disk)).sum();
+        let free = free_space(&self.tmp_dir)
+            .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
+        let needed = size.saturating_add(reserved).saturating_add(self.limits.min_free);
+        if free < needed {
+            return Err((
+                ErrorCode::DiskFull,
+                "the relay's disk is too full for this file; try again later".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Looks at every unfinished upload's file (called by the hub on each janitor tick): notes
+    /// which ones grew, and deletes the ones that nobody is sending and that have not grown for
+    /// `partial_ttl`. A running upload that stalls keeps its file but loses its reservation
+    /// (see [`Partial::counted`]).
+    pub(crate) fn check_partials(&mut self) {
+        self.partials_checked = Instant::now();
+        let ttl = self.limits.partial_ttl;
+        let mut dead = Vec::new();
+        for partial in self.partials.values_mut() {
+            let len = fs::metadata(&partial.temp_path).map(|m| m.len()).unwrap_or(0);
+            if len != partial.on_disk {
+                partial.on_disk = len;
+                partial.last_progress = Instant::now();
+            }
+            if partial.in_use_by.is_none() && partial.last_progress.elapsed() >= ttl {
+                dead.push(partial.upload_id);
+            }
+        }
+        for upload_id in dead {
+            log::info!("store: unfinished upload {upload_id} abandoned for too long; deleted");
+            self.abort_upload(upload_id);
+        }
+    }
+
+    /// Finds a partial upload of the same transfer. A different size or name means the file
+    /// changed: the old bytes are useless and are thrown away.
+    fn resume(&mut self, req: &UploadRequest<'_>) -> Result<Option<UploadPlan>, Refusal> {
+        let Some(id) =
+            self.partials.values().find(|p| p.sender == req.sender && p.key == req.key).map(|p| p.upload_id)
+        else {
+            return Ok(None);
+        };
+        let Some(partial) = self.partials.get_mut(&id) else { return Ok(None) };
+        if partial.in_use_by.is_some_and(|c| c != req.conn) {
+            return Err((ErrorCode::Busy, "this upload is already running on another connection".into()));
+        }
+        if partial.size != req.size || partial.name != req.name {
+            self.abort_upload(id);
+            return Ok(None);
+        }
+        partial.in_use_by = Some(req.conn);
+        partial.last_progress = Instant::now();
+        partial.recipients = req.recipients.clone();
+        partial.guests = req.guests.clone();
+        Ok(Some(UploadPlan { upload_id: id, temp_path: partial.temp_path.clone(), size: partial.size }))
+    }
+
+    /// Connection `conn` gave up on its upload: forget it and delete its bytes. An upload that is
+    /// not this connection's is left alone (false).
+    pub(crate) fn abort_own_upload(&mut self, conn: ConnId, upload_id: u64) -> bool {
+        let owned = self.partials.get(&upload_id).is_some_and(|p| p.in_use_by == Some(conn));
+        if owned {
+            self.abort_upload(upload_id);
+        }
+        owned
+    }
+
+    /// Forgets an upload and deletes its bytes.
+    pub(crate) fn abort_upload(&mut self, upload_id: u64) {
+        if let Some(partial) = self.partials.remove(&upload_id) {
+            let _ = fs::remove_file(&partial.temp_path);
+        }
+    }
+
+    /// A connection ended: its uploads stay on disk, free to be resumed by the next connection.
+    pub(crate) fn release(&mut self, conn: ConnId) {
+        for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(conn)) {
+            partial.in_use_by = None;
+        }
+    }
+}
