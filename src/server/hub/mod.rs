@@ -29,6 +29,7 @@ mod meter;
 use meter::Meter;
 pub(crate) use meter::Outgoing;
 
+use super::accept::address_key;
 use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
@@ -348,6 +349,7 @@ impl Hub {
     ) -> Result<UploadPlan, Refusal> {
         let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
         let (sender, room) = (peer.name.clone(), peer.room.clone());
+        let addr = self.conns.get(&id).map_or(IpAddr::from([0, 0, 0, 0]), |c| address_key(c.addr.ip()));
         let candidates: Vec<String> = if to.is_empty() {
             let members = self.rooms.get(&room);
             let others: Vec<String> =
@@ -397,6 +399,7 @@ impl Hub {
             size,
             recipients,
             guests,
+            addr,
         })
     }
 
@@ -494,10 +497,15 @@ impl Hub {
             // Nothing waits for a guest after its session: the name is nobody's.
             self.store.drop_guest(&peer.name);
         }
+        // What the hub remembers about a name or a room lives only while someone online needs
+        // it (it is read back from the store when needed again): strangers make up names and
+        // rooms, and the hub must not keep one entry for each forever.
+        self.highest_client_id.remove(&peer.name);
         if let Some(members) = self.rooms.get_mut(&peer.room) {
             members.remove(&peer.name);
             if members.is_empty() {
                 self.rooms.remove(&peer.room);
+                self.members.remove(&peer.room);
             }
         }
         self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });

@@ -279,6 +279,9 @@ mod tests {
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(
                 "CREATE TABLE file_recipients (file_id INTEGER NOT NULL, recipient TEXT NOT NULL);
+                 CREATE TABLE messages (id INTEGER PRIMARY KEY, room TEXT, sender TEXT, recipient TEXT,
+                                        sent_ms INTEGER, text TEXT, client_id INTEGER);
+                 CREATE TABLE pending (recipient TEXT, message_id INTEGER);
                  CREATE TABLE accounts (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_ms INTEGER NOT NULL);
                  INSERT INTO accounts VALUES ('Alice', '$argon2id$old', 5);
                  PRAGMA user_version = 4;",

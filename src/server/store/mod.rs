@@ -200,6 +200,10 @@ impl Store {
             .partials
             .remove(&upload_id)
             .ok_or_else(|| (ErrorCode::BadTransfer, format!("no upload {upload_id} in progress")))?;
+        if let Err(refusal) = self.check_commit(&partial) {
+            let _ = fs::remove_file(&partial.temp_path);
+            return Err(refusal);
+        }
         let file = NewFile {
             id: None,
             sender: &partial.sender,
@@ -225,6 +229,30 @@ impl Store {
                 Err((ErrorCode::Storage, format!("cannot store the file: {why}")))
             }
         }
+    }
+
+    /// What can change while an upload runs is checked again before it is recorded: someone must
+    /// still be waiting for it (guest recipients who left are gone), and the sender's stored bytes
+    /// with this file must fit the quota (running uploads reserve only a little ahead; see
+    /// `uploads.rs`).
+    fn check_commit(&self, partial: &Partial) -> Result<(), Refusal> {
+        if partial.recipients.is_empty() {
+            return Err((
+                ErrorCode::NoRecipients,
+                "everyone this file was for has left; nothing was kept".into(),
+            ));
+        }
+        let stored = self.db.bytes_stored_by(&partial.sender).map_err(refusal)?;
+        if stored.saturating_add(partial.size) > self.limits.quota {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "with this file you would have more than your quota of {} on the relay",
+                    crate::filename::human_size(self.limits.quota)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The limits this store enforces.
@@ -341,7 +369,12 @@ impl Store {
     }
 
     /// Guest `name`'s session is over: files waiting for it go (deleted if nobody else waits).
+    ///
+    /// Only guests' own sessions call this, and a guest's unfinished uploads are its session's
+    /// too: they go as well, and the guest stops being a recipient of anyone's upload in progress,
+    /// so a file finished after the guest left can never wait for the next holder of the name.
     pub(crate) fn drop_guest(&mut self, name: &str) {
+        self.drop_guest_uploads(name);
         match self.db.drop_guest(name) {
             Ok(ids) => self.delete_bytes(&ids),
             Err(e) => log::error!("store: cannot drop what waited for guest {name:?}: {e}"),

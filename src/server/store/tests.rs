@@ -16,6 +16,7 @@ fn request<'a>(sender: &'a str, key: &'a str, size: u64) -> UploadRequest<'a> {
         size,
         recipients: ["bob".to_string()].into_iter().collect(),
         guests: BTreeSet::new(),
+        addr: std::net::IpAddr::from([127, 0, 0, 1]),
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub(crate) struct UploadRequest<'a> {
     pub recipients: BTreeSet<String>,
     /// The recipients who are guests: the file waits for them only while their session lasts.
     pub guests: BTreeSet<String>,
+    /// The sender's address, for the per-address cap on unfinished uploads.
+    pub addr: IpAddr,
 }
 
 /// An unfinished upload. Its bytes are in `temp_path`; only the connection in `in_use_by` writes
@@ -46,6 +49,7 @@ pub(super) struct Partial {
     pub(super) recipients: BTreeSet<String>,
     pub(super) guests: BTreeSet<String>,
     pub(super) temp_path: PathBuf,
+    pub(super) addr: IpAddr,
     /// The connection currently sending it, if any.
     pub(super) in_use_by: Option<ConnId>,
     /// Bytes in `temp_path` when last looked at ([`Store::check_partials`]).
@@ -55,17 +59,26 @@ pub(super) struct Partial {
 }
 
 impl Partial {
-    /// Bytes this upload counts against quota and disk: its whole size while it is being sent and
-    /// bytes keep arriving (so two uploads cannot both promise themselves the same free space),
-    /// otherwise only the bytes it really has.
-    fn counted(&self, stall: Duration) -> u64 {
+    /// Bytes this upload counts against quota and disk: the bytes it has, plus, while it is being
+    /// sent and bytes keep arriving, a reservation of the next [`RESERVE_AHEAD`] bytes (so two
+    /// uploads cannot both promise themselves the same free space). Not the whole declared size:
+    /// a stranger who declares 4 GiB and sends a byte now and then would hold 4 GiB of everyone's
+    /// disk. The quota itself is checked again on the real size when the upload is committed.
+    pub(super) fn counted(&self, stall: Duration) -> u64 {
         if self.in_use_by.is_some() && self.last_progress.elapsed() < stall {
-            self.size.max(self.on_disk)
+            self.on_disk + self.size.saturating_sub(self.on_disk).min(RESERVE_AHEAD)
         } else {
             self.on_disk
         }
     }
 }
+
+/// How far ahead of its bytes a running upload reserves disk and quota.
+pub(super) const RESERVE_AHEAD: u64 = 4 << 20;
+
+/// Unfinished uploads from one address (all its names together): a stranger can make up guest
+/// names, so the per-sender cap alone would not stop one machine from taking every slot.
+pub(super) const PARTIALS_PER_ADDRESS: usize = 16;
 
 /// How old the view of unfinished uploads may be when a new upload is weighed against them.
 pub(super) const PARTIALS_FRESH: Duration = Duration::from_secs(1);
@@ -104,7 +117,7 @@ impl Store {
         if self.partials_checked.elapsed() >= PARTIALS_FRESH {
             self.check_partials();
         }
-        self.check_upload_counts(req.sender)?;
+        self.check_upload_counts(req.sender, req.addr)?;
         let used = self.used_by(req.sender)?;
         if used.saturating_add(req.size) > self.limits.quota {
             return Err((
@@ -129,6 +142,7 @@ impl Store {
             recipients: req.recipients,
             guests: req.guests,
             temp_path: temp_path.clone(),
+            addr: req.addr,
             in_use_by: Some(req.conn),
             on_disk: 0,
             last_progress: Instant::now(),
@@ -139,7 +153,7 @@ impl Store {
 
     /// Unfinished uploads are bounded per sender and in all: each holds a file (and, while it
     /// runs, a reservation), and the relay remembers each in memory.
-    fn check_upload_counts(&self, sender: &str) -> Result<(), Refusal> {
+    fn check_upload_counts(&self, sender: &str, addr: IpAddr) -> Result<(), Refusal> {
         let mine = self.partials.values().filter(|p| p.sender == sender).count();
         if mine >= self.limits.partials_per_user {
             return Err((
@@ -148,6 +162,13 @@ impl Store {
                     "you have {mine} unfinished uploads on the relay (the limit is {}); finish or resume one first",
                     self.limits.partials_per_user
                 ),
+            ));
+        }
+        let from_here = self.partials.values().filter(|p| p.addr == addr).count();
+        if from_here >= PARTIALS_PER_ADDRESS {
+            return Err((
+                ErrorCode::TooManyUploads,
+                format!("your address has {from_here} unfinished uploads on the relay; finish or resume one first"),
             ));
         }
         if self.partials.len() >= self.limits.partials_total {
@@ -244,6 +265,24 @@ impl Store {
     pub(crate) fn release(&mut self, conn: ConnId) {
         for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(conn)) {
             partial.in_use_by = None;
+        }
+    }
+}
+
+impl Store {
+    /// Guest `name`'s session ended: the name is nobody's now, so its unfinished uploads go (they
+    /// could never be resumed by their sender), and so does its place among the recipients of
+    /// others' unfinished uploads (see [`Store::drop_guest`]).
+    pub(super) fn drop_guest_uploads(&mut self, name: &str) {
+        let own: Vec<u64> =
+            self.partials.values().filter(|p| p.sender == name).map(|p| p.upload_id).collect();
+        for upload_id in own {
+            self.abort_upload(upload_id);
+        }
+        for partial in self.partials.values_mut() {
+            if partial.guests.remove(name) {
+                partial.recipients.remove(name);
+            }
         }
     }
 }
