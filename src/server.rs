@@ -27,6 +27,8 @@
 
 mod accept;
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod login;
 mod memory;
