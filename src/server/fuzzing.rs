@@ -42,6 +42,7 @@
 //! `ToHub::{Expire, Shutdown}`, `store::Store::open`, and the public [`Stream`] trait. A `Closer` can only be made from a
 //! `TcpStream` today, which is why one loopback socket exists per process (see `spare_closer`).
 
+use super::throttle::{Rates, Throttle};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -198,7 +199,8 @@ impl Relay {
         let (output, to_hub_w, pool_w, config_w) =
             (Output::new(4096), to_hub.clone(), pool.clone(), config.clone());
         let stream = MemStream::new(hello("watcher"), Then::WaitFor(wait), output.clone());
-        let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)) };
+        let throttle = Throttle::shared(Rates::from_config(&config));
+        let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)), throttle };
         let watcher = thread::spawn(move || conn::serve(stream, info, to_hub_w, pool_w, config_w));
         let ids = Ids::default();
         let relay = Relay {
@@ -238,7 +240,10 @@ impl Relay {
         let stream = MemStream::new(input, then, output.clone());
         // Every connection comes "from" a different port, as it would on a real network.
         let port = (self.next_id % 60_000) as u16 + 1024;
-        let info = ConnInfo { id: self.next_id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) };
+        // A fresh set of buckets per input, as for a new address: one input never slows the next.
+        let throttle = Throttle::shared(Rates::from_config(&self.config));
+        let info =
+            ConnInfo { id: self.next_id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), throttle };
         conn::serve(stream, info, self.to_hub.clone(), self.pool.clone(), self.config.clone());
         output.bytes()
     }
