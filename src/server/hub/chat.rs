@@ -150,10 +150,16 @@ impl Hub {
     ///
     /// Only an account's messages are looked up in the store: a resend after a reconnect comes
     /// from the same owner. A guest's name is nobody's, and the next guest to use it is someone
-    /// else whose ids mean nothing to the last one's, so for a guest only the batch in memory
-    /// (the same session) counts.
+    /// else whose ids mean nothing to the last one's, so for a guest only its own session counts:
+    /// the batch in memory and the session's last receipts.
     fn is_resend(&mut self, id: ConnId, sender: &str, account: bool, client_id: u64) -> bool {
         if !account {
+            if let Some(&(_, message_id)) =
+                self.peer(id).and_then(|p| p.receipts.iter().find(|(c, _)| *c == client_id))
+            {
+                self.send_to(id, &Frame::Sent { client_id, message_id });
+                return true;
+            }
             return self.batch.iter().any(|q| q.from_conn == id && q.client_id == client_id);
         }
         // Clients number their messages upwards, so only an id at or below the highest one seen
@@ -263,6 +269,7 @@ impl Hub {
                 for (q, ok) in batch.iter().zip(stored) {
                     if ok {
                         if q.client_id != 0 {
+                            self.remember_guest_receipt(q);
                             self.send_to(
                                 q.from_conn,
                                 &Frame::Sent { client_id: q.client_id, message_id: q.id },
@@ -279,6 +286,19 @@ impl Hub {
                     self.not_stored(q);
                 }
             }
+        }
+    }
+
+    /// A guest's session remembers its last receipts (its ids are not stored; see `is_resend`).
+    fn remember_guest_receipt(&mut self, q: &Queued) {
+        if q.account {
+            return;
+        }
+        if let Some(peer) = self.peer_mut(q.from_conn) {
+            if peer.receipts.len() >= super::GUEST_RECEIPTS {
+                peer.receipts.pop_front();
+            }
+            peer.receipts.push_back((q.client_id, q.id));
         }
     }
 

@@ -124,7 +124,14 @@ struct Peer {
     last_progress: Instant,
     /// Offline delivery still going on: the last message id sent so far (see `chat.rs`).
     catching_up: Option<u64>,
+    /// For a guest: the client ids this session stored, and under which message ids (the last
+    /// [`GUEST_RECEIPTS`]), so a resend within the session is recognised without storing a
+    /// guest's ids (see `chat.rs`, `is_resend`).
+    receipts: VecDeque<(u64, u64)>,
 }
+
+/// How many of its receipts a guest's session remembers.
+pub(super) const GUEST_RECEIPTS: usize = 1024;
 
 /// Names per `Online` frame. A name is at most 32 characters (128 bytes of UTF-8) plus its 4-byte
 /// length, so a full page is about 130 KiB: far below the frame limit, whatever the room's size.
@@ -451,6 +458,7 @@ impl Hub {
             meter: Meter::new(self.queued_total.clone()),
             last_progress: Instant::now(),
             catching_up: None,
+            receipts: VecDeque::new(),
         });
         self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
         log::info!("{addr}: {name} joined {room}");
