@@ -42,12 +42,11 @@ mod common;
 mod relay_proc;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{SmallDisk, TempDir};
 use relay_proc::{free_bytes, hello, lo, Answer, Got, Latency, LatencyReport, Raw, Relay, RelaySpec, Tally};
 use relaychat::client::{Client, ClientConfig, Event};
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame, MARK_OFFLINE};
@@ -286,29 +285,6 @@ fn claim_account(relay: &Relay, name: &str, room: &str, password: &str) {
 /// A chat text of the largest allowed size.
 fn big_text() -> String {
     "x".repeat(MAX_TEXT_BYTES)
-}
-
-/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop. `None` without root.
-struct SmallDisk {
-    dir: TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = TempDir::new("abuse-disk");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir.path).status();
-    }
 }
 
 /// What an `UploadStart` got.

@@ -7,35 +7,11 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{random_file, wait_for, TempDir, TestServer};
+use common::{random_file, wait_for, SmallDisk, TempDir, TestServer};
 use relaychat::client::{Client, ClientConfig, Event};
 use relaychat::server::{ServerConfig, StoreLimits};
-
-/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
-struct SmallDisk {
-    dir: TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = TempDir::new("small-disk");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir.path).status();
-    }
-}
 
 #[test]
 fn a_disk_that_fills_mid_upload_fails_that_upload_only() {

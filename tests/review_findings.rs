@@ -829,29 +829,6 @@ fn f10_hub_memory_grows_with_every_guest_name_and_room_ever_used() {
 // give each connection a fresh quota: a handful of connections refuse every upload on the relay.
 // =============================================================================================
 
-/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop. `None` without root.
-struct SmallDisk {
-    dir: common::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = common::TempDir::new("review-disk");
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir.path).status();
-    }
-}
-
 /// Issue 8's attack 6 ("start uploads of 4 GiB each and never send a byte") is answered by
 /// `upload_stall`: a running upload that receives nothing for 30 s stops holding its
 /// reservation. But one byte every 10 s is "receiving", so the whole 4 GiB stays reserved
@@ -864,7 +841,7 @@ fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
     let _serial = serial();
     // A disk of our own (a 512 MiB tmpfs), so that other programs on this machine cannot change
     // the free space under the test. Root only; elsewhere the test says it is skipped.
-    let Some(disk) = SmallDisk::mount("512M") else {
+    let Some(disk) = common::SmallDisk::mount("512M") else {
         println!("review f11: skipped: cannot mount a tmpfs here (needs root)");
         return;
     };

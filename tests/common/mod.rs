@@ -294,6 +294,31 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// A tmpfs of `size` mounted on a fresh directory, for tests that need a small disk of their
+/// own; unmounted on drop. `None` where mounting is not allowed (it needs root; CI runs as root):
+/// the test then says it is skipped.
+pub struct SmallDisk {
+    pub dir: TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = TempDir::new("small-disk");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir.path).status();
+    }
+}
+
 /// Polls `condition` until it holds, failing after 10 s. For effects that the relay applies
 /// after it has answered (such as deleting a file once its last receipt arrives).
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

@@ -105,33 +105,9 @@ impl Hub {
                 return;
             }
         }
-        if !self.disk_has_room(text.len()) {
-            // Chat between people online keeps working; only keeping it stops. The message goes
-            // out under id 0 (it has no place in the store) and the sender learns it was not kept.
-            let live = Queued {
-                id: 0,
-                offline: Vec::new(),
-                from_conn: id,
-                sender,
-                room,
-                to,
-                client_id,
-                account,
-                sent_ms: now_ms(),
-                text,
-            };
-            self.deliver_live(&live);
-            let message =
-                "reached those online, but not kept: the relay's disk is too full to store messages"
-                    .to_string();
-            self.send_to(id, &Frame::Error { code: ErrorCode::NotStored, message });
-            return;
-        }
-        self.last_message_id += 1;
-        let offline = self.offline_recipients(id, &sender, &room, to.as_deref());
-        let queued = Queued {
-            id: self.last_message_id,
-            offline,
+        let mut queued = Queued {
+            id: 0,
+            offline: Vec::new(),
             from_conn: id,
             sender,
             room,
@@ -141,6 +117,19 @@ impl Hub {
             sent_ms: now_ms(),
             text,
         };
+        if !self.disk_has_room(queued.text.len()) {
+            // Chat between people online keeps working; only keeping it stops. The message goes
+            // out under id 0 (it has no place in the store) and the sender learns it was not kept.
+            self.deliver_live(&queued);
+            let message =
+                "reached those online, but not kept: the relay's disk is too full to store messages"
+                    .to_string();
+            self.send_to(id, &Frame::Error { code: ErrorCode::NotStored, message });
+            return;
+        }
+        self.last_message_id += 1;
+        queued.id = self.last_message_id;
+        queued.offline = self.offline_recipients(id, &queued.sender, &queued.room, queued.to.as_deref());
         self.deliver_live(&queued);
         self.batch.push(queued);
     }
