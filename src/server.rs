@@ -124,7 +124,9 @@ pub struct ServerConfig {
     pub login_backoff: Duration,
     /// How long a file waits for its recipients before it is deleted. Default 7 days.
     pub retention: Duration,
-    /// How often the janitor thread looks for expired files and messages. Default 1 min.
+    /// The longest time between two looks of the janitor thread for expired files and messages;
+    /// it looks every tenth of `retention` (at least every second) when that is sooner. Default
+    /// 1 min.
     pub expiry_check: Duration,
     /// How many of a room's last messages a user sees on joining. Default 50.
     pub history: usize,
@@ -221,9 +223,10 @@ impl Server {
             Some(max) => max.max(1),
             None => accept::derived_max_connections(accept::raise_fd_limit()),
         };
-        let store = store::Store::open(&config.data_dir, config.limits.clone()).map_err(|e| {
+        let mut store = store::Store::open(&config.data_dir, config.limits.clone()).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot use the data dir {}: {e}", config.data_dir.display()))
         })?;
+        store.keep_for(config.retention);
         let listener = TcpListener::bind(config.bind)?;
         Ok(Server { listener, config, max_connections, store, stop: Arc::new(AtomicBool::new(false)) })
     }
@@ -277,7 +280,7 @@ impl Server {
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
         let hub = Hub::new(self.config.clone(), from_conns, self.store);
         let hub_thread = thread::Builder::new().name("hub".into()).spawn(move || hub.run())?;
-        let (stop_janitor, janitor) = start_janitor(&to_hub, self.config.expiry_check)?;
+        let (stop_janitor, janitor) = start_janitor(&to_hub, janitor_interval(&self.config))?;
 
         let conn_threads = accept::accept_loop(
             &self.listener,
@@ -344,6 +347,15 @@ fn start_janitor(to_hub: &Sender<ToHub>, every: Duration) -> io::Result<(Sender<
     Ok((stop, thread))
 }
 
+/// How often the janitor looks for expired files and messages: a tenth of the retention, between
+/// 1 s and 60 s (so a short retention is enforced on the disk promptly, and a week-long one costs
+/// a query a minute), and never less often than `expiry_check`. What has expired is never offered
+/// in between anyway: the store checks the age of everything it hands out.
+fn janitor_interval(config: &ServerConfig) -> Duration {
+    let scaled = (config.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    scaled.min(config.expiry_check)
+}
+
 /// How often the janitor gives freed memory back to the system.
 const TRIM_EVERY: Duration = Duration::from_secs(2);
 
@@ -353,3 +365,22 @@ const TRIM_EVERY: Duration = Duration::from_secs(2);
 /// 512 × 64 KiB = 32 MiB at worst. The hub takes an event in microseconds, so 512 is plenty for
 /// bursts.
 const HUB_QUEUE: usize = 512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_janitor_looks_every_tenth_of_the_retention_between_one_second_and_a_minute() {
+        let every = |retention_s: u64| {
+            let config =
+                ServerConfig { retention: Duration::from_secs(retention_s), ..ServerConfig::default() };
+            janitor_interval(&config)
+        };
+        assert_eq!(every(3), Duration::from_secs(1));
+        assert_eq!(every(100), Duration::from_secs(10));
+        assert_eq!(every(7 * 24 * 3600), Duration::from_secs(60));
+        let eager = ServerConfig { expiry_check: Duration::from_millis(50), ..ServerConfig::default() };
+        assert_eq!(janitor_interval(&eager), Duration::from_millis(50));
+    }
+}

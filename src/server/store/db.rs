@@ -203,23 +203,30 @@ impl Db {
         })
     }
 
-    /// Every file waiting for `name`, oldest first.
-    pub(crate) fn waiting_for(&self, name: &str) -> rusqlite::Result<Vec<FileInfo>> {
+    /// Every file waiting for `name` that was stored at or after `since_ms`, oldest first.
+    pub(crate) fn waiting_for(&self, name: &str, since_ms: u64) -> rusqlite::Result<Vec<FileInfo>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT f.id, f.sender, f.name, f.size, f.sha256 FROM files f
-             JOIN file_recipients r ON r.file_id = f.id WHERE r.recipient = ?1 ORDER BY f.id",
+             JOIN file_recipients r ON r.file_id = f.id WHERE r.recipient = ?1 AND f.created_ms >= ?2
+             ORDER BY f.id",
         )?;
-        let rows = stmt.query_map([name], file_info)?;
+        let rows = stmt.query_map(params![name, since_ms as i64], file_info)?;
         rows.collect()
     }
 
-    /// File `file_id`, if `name` still waits for it.
-    pub(crate) fn file_for(&self, name: &str, file_id: u64) -> rusqlite::Result<Option<FileInfo>> {
+    /// File `file_id`, if `name` still waits for it and it was stored at or after `since_ms`.
+    pub(crate) fn file_for(
+        &self,
+        name: &str,
+        file_id: u64,
+        since_ms: u64,
+    ) -> rusqlite::Result<Option<FileInfo>> {
         self.conn
             .query_row(
                 "SELECT f.id, f.sender, f.name, f.size, f.sha256 FROM files f
-                 JOIN file_recipients r ON r.file_id = f.id WHERE f.id = ?1 AND r.recipient = ?2",
-                params![file_id as i64, name],
+                 JOIN file_recipients r ON r.file_id = f.id
+                 WHERE f.id = ?1 AND r.recipient = ?2 AND f.created_ms >= ?3",
+                params![file_id as i64, name, since_ms as i64],
                 file_info,
             )
             .optional()
@@ -398,15 +405,16 @@ impl Db {
         room: &str,
         limit: usize,
         name: &str,
+        since_ms: u64,
     ) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, room, sender, recipient, sent_ms, text FROM (
-                 SELECT * FROM messages m WHERE room = ?1 AND recipient IS NULL
+                 SELECT * FROM messages m WHERE room = ?1 AND recipient IS NULL AND sent_ms >= ?4
                  AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.recipient = ?2 AND p.message_id = m.id)
                  ORDER BY id DESC LIMIT ?3
              ) ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![room, name, limit as i64], stored_message)?;
+        let rows = stmt.query_map(params![room, name, limit as i64, since_ms as i64], stored_message)?;
         rows.collect()
     }
 
@@ -622,9 +630,9 @@ mod tests {
         };
         let failed = db.insert_file(&file, |_| Err("disk says no"));
         assert!(matches!(failed, Err(InsertError::Place("disk says no"))));
-        assert!(db.waiting_for("bob").unwrap().is_empty());
+        assert!(db.waiting_for("bob", 0).unwrap().is_empty());
         let stored = db.insert_file(&file, |_| Ok::<(), ()>(())).unwrap();
-        assert_eq!(db.waiting_for("bob").unwrap(), vec![stored.clone()]);
+        assert_eq!(db.waiting_for("bob", 0).unwrap(), vec![stored.clone()]);
         assert_eq!(db.bytes_stored_by("a").unwrap(), 1);
         assert!(db.mark_received("bob", stored.file_id).unwrap(), "last recipient: the row goes");
         assert!(db.file_ids().unwrap().is_empty());
@@ -678,13 +686,13 @@ mod tests {
         assert_eq!(db.insert_messages(&huge).unwrap(), vec![false, true], "an id past i64 fails alone");
         assert_eq!(db.message_id_for("alice", 5).unwrap(), Some(mixed[2].id));
         let history: Vec<String> =
-            db.history("lobby", 50, "bob").unwrap().into_iter().map(|m| m.text).collect();
+            db.history("lobby", 50, "bob", 0).unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(history, vec!["one", "four", "five", "six"], "pending messages are not history too");
         let pending: Vec<String> = db.pending_for("bob").unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(pending, vec!["two", "three"]);
         db.mark_seen("bob", ids[1]).unwrap();
         assert_eq!(db.pending_for("bob").unwrap().len(), 1);
-        assert_eq!(db.history("lobby", 2, "carol").unwrap().len(), 2, "the limit holds");
+        assert_eq!(db.history("lobby", 2, "carol", 0).unwrap().len(), 2, "the limit holds");
         db.add_member("lobby", "bob").unwrap();
         assert!(db.members("lobby").unwrap().contains("bob"));
         db.remove_member("lobby", "bob").unwrap();

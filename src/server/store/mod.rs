@@ -121,6 +121,8 @@ pub(crate) struct Store {
     next_upload_id: u64,
     /// When [`Store::check_partials`] last looked at the unfinished uploads' files.
     partials_checked: Instant,
+    /// See [`Store::keep_for`].
+    retention: Duration,
 }
 
 impl Store {
@@ -147,6 +149,7 @@ impl Store {
             partials: HashMap::new(),
             next_upload_id: 1,
             partials_checked: Instant::now(),
+            retention: Duration::MAX,
         };
         store.delete_bytes(&orphans);
         store.reconcile()?;
@@ -257,6 +260,17 @@ impl Store {
         Ok(())
     }
 
+    /// How long files and messages are kept (`--retention`). Whatever is older is never offered
+    /// or delivered, even before the janitor has deleted it.
+    pub(crate) fn keep_for(&mut self, retention: Duration) {
+        self.retention = retention;
+    }
+
+    /// The oldest time (ms since the epoch) of anything still offered.
+    fn kept_since(&self) -> u64 {
+        now_ms().saturating_sub(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// The limits this store enforces.
     pub(crate) fn limits(&self) -> &StoreLimits {
         &self.limits
@@ -269,7 +283,10 @@ impl Store {
 
     /// Every file waiting for `name`, oldest first.
     pub(crate) fn waiting_for(&self, name: &str) -> Vec<FileInfo> {
-        logged(format!("cannot read the files waiting for {name:?}"), self.db.waiting_for(name))
+        logged(
+            format!("cannot read the files waiting for {name:?}"),
+            self.db.waiting_for(name, self.kept_since()),
+        )
     }
 
     /// Checks that `name` may download `file_id` from `offset`.
@@ -281,7 +298,7 @@ impl Store {
     ) -> Result<DownloadPlan, Refusal> {
         let info = self
             .db
-            .file_for(name, file_id)
+            .file_for(name, file_id, self.kept_since())
             .map_err(refusal)?
             .ok_or_else(|| (ErrorCode::NoSuchFile, format!("no file {file_id} is waiting for you")))?;
         if offset > info.size {
@@ -367,7 +384,10 @@ impl Store {
 
     /// The next page of messages waiting for `name`, after message id `after`.
     pub(crate) fn pending_page(&self, name: &str, after: u64, limit: usize) -> Vec<StoredMessage> {
-        logged(format!("cannot read messages for {name:?}"), self.db.pending_page(name, after, limit))
+        logged(
+            format!("cannot read messages for {name:?}"),
+            self.db.pending_page(name, after, limit, self.kept_since()),
+        )
     }
 
     /// Guest `name`'s session is over: files waiting for it go (deleted if nobody else waits).
@@ -406,7 +426,10 @@ impl Store {
 
     /// The last `limit` messages of `room` that are not pending for `name`.
     pub(crate) fn history(&self, room: &str, limit: usize, name: &str) -> Vec<StoredMessage> {
-        logged(format!("cannot read the history of {room}"), self.db.history(room, limit, name))
+        logged(
+            format!("cannot read the history of {room}"),
+            self.db.history(room, limit, name, self.kept_since()),
+        )
     }
 
     /// `name` has the pending messages up to `message_id`.

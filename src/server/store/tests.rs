@@ -140,6 +140,24 @@ fn files_for_a_guest_go_with_the_session_and_with_a_restart() {
 }
 
 #[test]
+fn what_has_expired_is_never_offered_even_before_the_janitor_deletes_it() {
+    let dir = temp_dir("retention");
+    let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
+    store.keep_for(Duration::from_millis(300));
+    let plan = store.begin_upload(request("alice", "k", 1)).unwrap();
+    fs::write(&plan.temp_path, b"x").unwrap();
+    let info = store.commit_upload(1, plan.upload_id, [1; 32]).unwrap();
+    assert_eq!(store.waiting_for("bob").len(), 1);
+    assert!(store.plan_download("bob", info.file_id, 0).is_ok());
+    std::thread::sleep(Duration::from_millis(400));
+    // No `expire` has run: the bytes are still there, but nothing offers them.
+    assert!(store.bin_path(info.file_id).exists());
+    assert!(store.waiting_for("bob").is_empty(), "an expired file is not listed");
+    assert_eq!(store.plan_download("bob", info.file_id, 0).unwrap_err().0, ErrorCode::NoSuchFile);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn leftovers_are_cleaned_on_open() {
     let dir = temp_dir("leftovers");
     fs::create_dir_all(dir.join("tmp")).unwrap();

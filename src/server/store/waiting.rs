@@ -34,19 +34,23 @@ impl Db {
         Ok(n.max(0) as u64)
     }
 
-    /// Up to `limit` messages waiting for `name` with ids above `after`, oldest first.
+    /// Up to `limit` messages waiting for `name` with ids above `after` and sent at or after
+    /// `since_ms`, oldest first.
     pub(crate) fn pending_page(
         &self,
         name: &str,
         after: u64,
         limit: usize,
+        since_ms: u64,
     ) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT m.id, m.room, m.sender, m.recipient, m.sent_ms, m.text FROM pending p
              JOIN messages m ON m.id = p.message_id
-             WHERE p.recipient = ?1 AND p.message_id > ?2 ORDER BY p.message_id LIMIT ?3",
+             WHERE p.recipient = ?1 AND p.message_id > ?2 AND m.sent_ms >= ?4
+             ORDER BY p.message_id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![name, after as i64, limit as i64], stored_message)?;
+        let rows =
+            stmt.query_map(params![name, after as i64, limit as i64, since_ms as i64], stored_message)?;
         rows.collect()
     }
 
