@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, PROTOCOL_VERSION};
-use crate::outbox;
+use crate::outbox::{self, Heartbeat};
 use crate::rules::{self, RuleError};
 use crate::wire::{write_frame, Closer, FrameReader, Stream};
 
@@ -95,7 +95,22 @@ pub struct ClientConfig {
     /// transfer in the middle.
     #[doc(hidden)]
     pub chunk_delay: Option<Duration>,
+    /// Send a Ping after this long without sending anything. Default [`PING_EVERY`].
+    pub ping_every: Duration,
+    /// Give the connection up as dead after this long without a byte from the relay (its Pongs
+    /// keep an idle connection talking). Default [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
 }
+
+/// How often an idle client says "still here" (a Ping). Every 20 s: well under the relay's
+/// idle timeout (60 s), and under the shortest idle timeouts that home routers and carrier NATs
+/// commonly give a TCP mapping (some drop them after 30–60 s; most allow minutes), so an idle
+/// chat through a NAT stays open. A Ping is 5 bytes: 20 s costs nothing worth counting.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// How long a client waits without hearing anything from the relay before it gives the
+/// connection up and reconnects: three missed Pong rounds.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ClientConfig {
     /// A guest configuration (no passwords) with the default chunk size.
@@ -110,6 +125,8 @@ impl ClientConfig {
             chunk_size: DEFAULT_CHUNK,
             corrupt_upload_chunk: None,
             chunk_delay: None,
+            ping_every: PING_EVERY,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
@@ -298,9 +315,13 @@ impl Client {
         let receiving = Arc::new(AtomicBool::new(false));
         let cancel = Arc::new(AtomicBool::new(false));
 
+        let ping = encode_to_vec(&Frame::Ping).map_err(|e| ClientError::Handshake(e.to_string()))?;
+        let heartbeat = Heartbeat { every: config.ping_every, frame: ping };
         let mut threads = Vec::new();
-        threads
-            .push(spawn("client-writer", move || write_loop(write_half, from_app, from_bulk)).map_err(hs)?);
+        threads.push(
+            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, heartbeat))
+                .map_err(hs)?,
+        );
         let uploads = upload::Uploader {
             jobs,
             replies: upload_replies,
@@ -506,7 +527,8 @@ fn handshake<S: Stream>(
         }
         Err(e) => Err(ClientError::Handshake(e.to_string())),
     };
-    reader.get_ref().set_read_timeout(None).map_err(hs)?;
+    // From now on a read that waits longer than this means the relay (or the link) is gone.
+    reader.get_ref().set_read_timeout(Some(config.idle_timeout)).map_err(hs)?;
     answer
 }
 
@@ -530,12 +552,18 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle
 }
 
 /// The writer thread: the send queue and the bulk queue into the socket, urgent first.
-fn write_loop<S: Stream>(stream: S, from_app: Receiver<Vec<u8>>, from_bulk: Receiver<Vec<u8>>) {
+fn write_loop<S: Stream>(
+    stream: S,
+    from_app: Receiver<Vec<u8>>,
+    from_bulk: Receiver<Vec<u8>>,
+    heartbeat: Heartbeat,
+) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     // No polling on the client: it sends at human pace, and one thread fewer spins.
-    let result = outbox::pump(&mut out, &from_app, from_bulk, Duration::ZERO)
-        .and_then(|()| out.get_ref().shutdown_write());
+    let result =
+        outbox::pump_with_heartbeat(&mut out, &from_app, from_bulk, Duration::ZERO, Some(&heartbeat))
+            .and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         // The reader will see the broken socket too; cut it so it notices at once.
         log::debug!("client writer ended: {e}");

@@ -118,6 +118,11 @@ pub enum Frame {
     Seen { message_id: u64 },
     /// `0x1f` S→C. The message with this `client_id` is stored as `message_id`.
     Sent { client_id: u64, message_id: u64 },
+    /// `0x0d` C→S. "I am still here": a client sends it when it has sent nothing for a while, so
+    /// that an idle connection is never silent for long (see docs/PROTOCOL.md, "Heartbeat").
+    Ping,
+    /// `0x20` S→C. The answer to a [`Frame::Ping`]: the relay is still here.
+    Pong,
 }
 
 /// [`Frame::Chat`] marks.
@@ -206,6 +211,7 @@ const DOWNLOAD: u8 = 0x09;
 const RECEIVED: u8 = 0x0a;
 const LEAVE: u8 = 0x0b;
 const SEEN: u8 = 0x0c;
+const PING: u8 = 0x0d;
 const WELCOME: u8 = 0x10;
 const ERROR: u8 = 0x11;
 const CHAT: u8 = 0x12;
@@ -223,6 +229,7 @@ const DOWNLOAD_END: u8 = 0x1c;
 const DOWNLOAD_FAILED: u8 = 0x1d;
 const FILE_EXPIRED: u8 = 0x1e;
 const SENT: u8 = 0x1f;
+const PONG: u8 = 0x20;
 
 impl Frame {
     /// A hello of this protocol version, as a guest of a relay without an access password.
@@ -272,6 +279,8 @@ impl Frame {
             Frame::FileExpired { .. } => FILE_EXPIRED,
             Frame::Leave => LEAVE,
             Frame::Seen { .. } => SEEN,
+            Frame::Ping => PING,
+            Frame::Pong => PONG,
             Frame::Sent { .. } => SENT,
         }
     }
@@ -300,7 +309,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             put_str(out, to);
             put_str(out, text);
         }
-        Frame::Who | Frame::Goodbye | Frame::ListFiles | Frame::Leave => {}
+        Frame::Who | Frame::Goodbye | Frame::ListFiles | Frame::Leave | Frame::Ping | Frame::Pong => {}
         Frame::Seen { message_id } => out.extend_from_slice(&message_id.to_be_bytes()),
         Frame::Sent { client_id, message_id } => {
             out.extend_from_slice(&client_id.to_be_bytes());
@@ -511,6 +520,8 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
         FILE_EXPIRED => Frame::FileExpired { from: f.string()?, name: f.string()? },
         LEAVE => Frame::Leave,
         SEEN => Frame::Seen { message_id: f.u64()? },
+        PING => Frame::Ping,
+        PONG => Frame::Pong,
         SENT => Frame::Sent { client_id: f.u64()?, message_id: f.u64()? },
         other => return Err(FrameError::UnknownKind(other)),
     };

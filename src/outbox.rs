@@ -42,6 +42,26 @@ pub fn pump<W: Write, U: AsRef<[u8]>>(
     bulk: Receiver<Vec<u8>>,
     spin: Duration,
 ) -> io::Result<()> {
+    pump_with_heartbeat(out, urgent, bulk, spin, None)
+}
+
+/// What a writer says when it has had nothing to say for a while: `frame` (an encoded Ping)
+/// after `every` without writing anything. This is how a client keeps an idle connection from
+/// looking dead to the relay, and to the NATs on the way (see docs/PROTOCOL.md, "Heartbeat").
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub every: Duration,
+    pub frame: Vec<u8>,
+}
+
+/// [`pump`], and a heartbeat frame whenever nothing was written for `heartbeat.every`.
+pub fn pump_with_heartbeat<W: Write, U: AsRef<[u8]>>(
+    out: &mut W,
+    urgent: &Receiver<U>,
+    bulk: Receiver<Vec<u8>>,
+    spin: Duration,
+    heartbeat: Option<&Heartbeat>,
+) -> io::Result<()> {
     let mut bulk = bulk;
     loop {
         let item = match poll(urgent, &mut bulk) {
@@ -49,7 +69,7 @@ pub fn pump<W: Write, U: AsRef<[u8]>>(
             Polled::Finished => break,
             Polled::Empty => {
                 out.flush()?;
-                match wait(urgent, &mut bulk, spin) {
+                match wait(urgent, &mut bulk, spin, heartbeat) {
                     Some(item) => item,
                     None => break,
                 }
@@ -87,6 +107,7 @@ fn wait<U: AsRef<[u8]>>(
     urgent: &Receiver<U>,
     bulk: &mut Receiver<Vec<u8>>,
     spin: Duration,
+    heartbeat: Option<&Heartbeat>,
 ) -> Option<Item<U>> {
     let polled = spin::poll_for(spin, || match poll(urgent, bulk) {
         Polled::Item(item) => Some(Some(item)),
@@ -104,7 +125,16 @@ fn wait<U: AsRef<[u8]>>(
         let mut ready = Select::new();
         ready.recv(urgent);
         ready.recv(bulk);
-        ready.ready();
+        match heartbeat {
+            None => {
+                ready.ready();
+            }
+            Some(beat) => {
+                if ready.ready_timeout(beat.every).is_err() {
+                    return Some(Item::Bulk(beat.frame.clone())); // quiet for too long: say so
+                }
+            }
+        }
         match poll(urgent, bulk) {
             Polled::Item(item) => return Some(item),
             Polled::Finished => return None,
@@ -117,6 +147,29 @@ fn wait<U: AsRef<[u8]>>(
 mod tests {
     use super::*;
     use crossbeam_channel::bounded;
+
+    #[test]
+    fn a_quiet_writer_sends_its_heartbeat_and_a_busy_one_does_not() {
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
+        let (_to_bulk, bulk) = bounded::<Vec<u8>>(8);
+        let beat = Heartbeat { every: Duration::from_millis(50), frame: b"P".to_vec() };
+        let writer = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            pump_with_heartbeat(&mut out, &urgent, bulk, Duration::ZERO, Some(&beat)).unwrap();
+            out
+        });
+        for _ in 0..10 {
+            to_urgent.send(b"x".to_vec()).unwrap();
+            std::thread::sleep(Duration::from_millis(10)); // busier than the heartbeat
+        }
+        std::thread::sleep(Duration::from_millis(130)); // quiet: two or so heartbeats
+        drop(to_urgent);
+        let out = writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("xxxxxxxxxx"), "no heartbeat while busy: {text}");
+        let beats = text.matches('P').count();
+        assert!((1..=3).contains(&beats), "heartbeats while quiet: {text}");
+    }
 
     #[test]
     fn urgent_frames_overtake_queued_bulk_frames() {

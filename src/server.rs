@@ -61,6 +61,10 @@ pub const DEFAULT_PORT: u16 = 21567;
 pub struct ServerConfig {
     /// Where to listen. Default `0.0.0.0:21567`.
     pub bind: SocketAddr,
+    /// A joined connection that sends nothing for this long is closed and its name freed: a link
+    /// that vanished without a FIN (Wi-Fi gone, a NAT that forgot the mapping). Clients ping
+    /// every 20 s when idle. Default 60 s.
+    pub idle_timeout: Duration,
     /// A connection must send its hello within this time or it is closed. Default 10 s.
     pub hello_timeout: Duration,
     /// Frames each client's writer queue holds before the hub starts to hold frames back for it.
@@ -149,6 +153,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            idle_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             client_queue: 1024,
             stall_limit: Duration::from_secs(5),

@@ -54,6 +54,10 @@ pub struct ServerCli {
     /// Connections one address may hold at once (an IPv6 address counts per /64).
     #[arg(long, default_value_t = 16)]
     pub max_per_address: usize,
+    /// A client that sends nothing for this long is disconnected and its name freed (clients
+    /// ping every 20 s when idle, so only a dead link stays silent that long).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// Unfinished uploads one user may keep on the relay to resume later.
     #[arg(long, default_value_t = 4)]
     pub partials_per_user: usize,
@@ -129,6 +133,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
             files_per_recipient: cli.files_per_recipient,
             ..StoreLimits::default()
         },
+        idle_timeout: cli.idle_timeout,
         max_pending_messages: cli.max_pending_messages,
         msg_rate: cli.msg_rate,
         msg_burst: cli.msg_burst,

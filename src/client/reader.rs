@@ -44,6 +44,12 @@ impl<S: Stream> Reader<S> {
             let frame = match self.frames.read_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break Disconnect::Closed,
+                Err(e) if e.is_timeout() => {
+                    // Our Pings get a Pong, so silence this long means the relay or the link is
+                    // gone (a dropped Wi-Fi, a NAT that forgot us): give up and let the caller
+                    // reconnect.
+                    break Disconnect::Failed("no sign of life from the relay; the link seems dead".into());
+                }
                 Err(ReadError::Io(e)) => break Disconnect::Failed(e.to_string()),
                 Err(e) => break Disconnect::Failed(e.to_string()),
             };
@@ -63,6 +69,7 @@ impl<S: Stream> Reader<S> {
                 Frame::Sent { client_id, message_id } => {
                     self.receipts.then_some(Event::Sent { client_id, message_id })
                 }
+                Frame::Pong => None, // it did its job by arriving
                 Frame::Joined { name, room } => Some(Event::Joined { name, room }),
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
                 Frame::Online { room, names, more } => {

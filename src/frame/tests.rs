@@ -18,6 +18,8 @@ fn samples() -> Vec<Frame> {
         Frame::Say { client_id: 77, to: "bob".into(), text: "line one\nline two".into() },
         Frame::say(""),
         Frame::Leave,
+        Frame::Ping,
+        Frame::Pong,
         Frame::Seen { message_id: 5 },
         Frame::Sent { client_id: 77, message_id: 5 },
         Frame::Who,

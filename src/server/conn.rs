@@ -213,7 +213,9 @@ fn joined_phase<S: Stream>(
 
 fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConfig) -> std::io::Result<S> {
     let stream = reader.get_ref();
-    stream.set_read_timeout(None)?;
+    // A joined client that says nothing for this long is gone (its client pings every 20 s when
+    // idle): the reader's next read fails, and the connection ends and frees the name.
+    stream.set_read_timeout(Some(config.idle_timeout))?;
     // A write that cannot make progress for this long means the client stopped reading.
     stream.set_write_timeout(Some(config.stall_limit))?;
     stream.try_clone_stream()

@@ -90,6 +90,10 @@ impl Session {
             let flow = match reader.read_frame() {
                 Ok(Some(frame)) => self.handle(frame),
                 Ok(None) => Flow::Stop,
+                Err(e) if e.is_timeout() => {
+                    log::info!("{}: silent past the idle timeout; closing (the link seems dead)", self.addr);
+                    Flow::Stop
+                }
                 Err(ReadError::Io(e)) => {
                     log::info!("{}: read ended: {e}", self.addr);
                     Flow::Stop
@@ -129,6 +133,7 @@ impl Session {
                 Flow::Stop
             }
             Frame::Who => self.hub(ToHub::Who { id }),
+            Frame::Ping => self.reply(&Frame::Pong),
             Frame::Goodbye => {
                 let _ = self.hub(ToHub::Goodbye { id });
                 Flow::Stop
