@@ -28,6 +28,11 @@ fn a_stalled_reader_does_not_delay_the_others() {
         stall_limit: Duration::from_secs(120),
         max_queued_bytes: usize::MAX,
         max_queued_total: usize::MAX,
+        // The stalled client sends nothing either; it must not be closed as a dead link.
+        idle_timeout: Duration::from_secs(120),
+        // And alice's flood is not slowed by the chat rate: this test is about the stalled one.
+        msg_rate: 0,
+        text_rate: 0,
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(config);
