@@ -177,11 +177,7 @@ fn long_file_lists_come_in_pages_and_caps_refuse_clearly() {
         other => panic!("expected RecipientFull, got {other:?}"),
     }
     let mut bob = Raw::connect(server.addr);
-    let mut hello = Frame::hello("bob", "elsewhere");
-    if let Frame::Hello { password, .. } = &mut hello {
-        *password = "pw".into();
-    }
-    bob.send(&hello);
+    bob.send(&hello_as("bob", "elsewhere", "pw", ""));
     assert!(matches!(bob.recv(), Frame::Welcome { .. }));
     bob.send(&Frame::ListFiles);
     let (mut files, mut pages) = (0, 0);

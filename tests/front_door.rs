@@ -8,28 +8,21 @@
 mod common;
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::proc::Proc;
 use common::{eventually, next_event, Raw, TempDir, TestServer, WAIT};
 use relaychat::client::{Client, ClientConfig, ClientError, Event};
-use relaychat::frame::{encode_to_vec, ErrorCode, Frame, PROTOCOL_VERSION};
+use relaychat::frame::{encode_to_vec, ErrorCode, Frame};
 use relaychat::server::ServerConfig;
 
 const TOKEN_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const TOKEN_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 fn hello(name: &str, password: &str, token: &str) -> Frame {
-    Frame::Hello {
-        version: PROTOCOL_VERSION,
-        name: name.into(),
-        room: "lobby".into(),
-        password: password.into(),
-        access: String::new(),
-        token: token.into(),
-    }
+    common::hello_as(name, "lobby", password, token)
 }
 
 fn config(name: &str, password: &str, token: &str) -> ClientConfig {
@@ -59,12 +52,7 @@ fn login_from(
 /// A TCP connection from a chosen loopback address.
 #[cfg(target_os = "linux")]
 fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    let local = SocketAddr::new(IpAddr::from(from), 0);
-    socket.bind(&local.into()).expect("bind to a loopback address");
-    socket.connect_timeout(&to.into(), WAIT).expect("connect");
-    let stream: TcpStream = socket.into();
+    let stream = common::connect_from(from.into(), to, WAIT).expect("connect from a loopback address");
     stream.set_read_timeout(Some(WAIT)).expect("read timeout");
     stream
 }

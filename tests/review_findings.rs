@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Raw, TestServer};
-use relaychat::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
+use relaychat::frame::{ErrorCode, Frame};
 use relaychat::server::ServerConfig;
 use relaychat::wire::{FrameReader, ReadError};
 use sha2::{Digest, Sha256};
@@ -67,14 +67,7 @@ fn recv_until<T>(raw: &mut Raw, wait: Duration, mut pick: impl FnMut(&Frame) -> 
 }
 
 fn hello(name: &str, room: &str, token: &str) -> Frame {
-    Frame::Hello {
-        version: PROTOCOL_VERSION,
-        name: name.into(),
-        room: room.into(),
-        password: String::new(),
-        access: String::new(),
-        token: token.into(),
-    }
+    common::hello_as(name, room, "", token)
 }
 
 /// Joins as `name` (guest when `token` is empty) and waits for the welcome and the online list.
@@ -601,25 +594,14 @@ fn f7_history_on_join_walks_every_direct_message_stored_under_the_room() {
 
 /// A raw connection from a loopback source address of our own (127.0.0.x).
 fn connect_from(from: [u8; 4], to: SocketAddr) -> Raw {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
-    socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
-    let stream: TcpStream = socket.into();
+    let stream = common::connect_from(from.into(), to, Duration::from_secs(5)).unwrap();
     stream.set_nodelay(true).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     Raw { reader: FrameReader::new(stream) }
 }
 
 fn password_hello(name: &str, password: &str) -> Frame {
-    Frame::Hello {
-        version: PROTOCOL_VERSION,
-        name: name.into(),
-        room: "lobby".into(),
-        password: password.into(),
-        access: String::new(),
-        token: String::new(),
-    }
+    common::hello_as(name, "lobby", password, "")
 }
 
 /// How a hello ended: `Ok(())` for a welcome, else the error code.

@@ -43,15 +43,24 @@ impl Bucket {
         Bucket { rate: f64::from(rate), burst, tokens: burst, last: Instant::now() }
     }
 
+    /// The tokens the bucket holds now: what it held, plus the refill since, up to `burst`.
+    fn available(&self) -> f64 {
+        (self.tokens + self.last.elapsed().as_secs_f64() * self.rate).min(self.burst)
+    }
+
+    /// Brings `tokens` up to now.
+    fn refill(&mut self) {
+        self.tokens = self.available();
+        self.last = Instant::now();
+    }
+
     /// Takes `cost` tokens if the bucket holds them (true), or leaves it as it is (false): for a
     /// request that is refused rather than slowed down.
     pub(crate) fn try_take(&mut self, cost: u64) -> bool {
         if self.rate == 0.0 {
             return true;
         }
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
+        self.refill();
         if self.tokens >= cost as f64 {
             self.tokens -= cost as f64;
             true
@@ -63,7 +72,7 @@ impl Bucket {
     /// True when the bucket has refilled completely (an address that has been quiet long enough
     /// to be forgotten).
     pub(crate) fn is_full(&self) -> bool {
-        self.rate == 0.0 || self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
+        self.rate == 0.0 || self.available() >= self.burst
     }
 
     /// Takes `cost` tokens and says how long to wait before acting (zero if they were there). A
@@ -72,10 +81,7 @@ impl Bucket {
         if self.rate == 0.0 {
             return Duration::ZERO;
         }
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
+        self.refill();
         self.tokens -= (cost as f64).min(self.burst);
         if self.tokens >= 0.0 {
             Duration::ZERO
@@ -85,7 +91,7 @@ impl Bucket {
     }
 }
 
-/// The buckets of one connection.
+/// The buckets of one address, shared by its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Throttle {
     messages: Bucket,

@@ -294,6 +294,32 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// A TCP connection to `to` from the loopback source address `from` (127.0.0.x), so the relay
+/// sees a client address of its own. The connect gives up after `timeout`.
+pub fn connect_from(
+    from: std::net::Ipv4Addr,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// A hello of this protocol version with every credential given (empty: none).
+pub fn hello_as(name: &str, room: &str, password: &str, token: &str) -> Frame {
+    Frame::Hello {
+        version: relaychat::frame::PROTOCOL_VERSION,
+        name: name.into(),
+        room: room.into(),
+        password: password.into(),
+        access: String::new(),
+        token: token.into(),
+    }
+}
+
 /// A tmpfs of `size` mounted on a fresh directory, for tests that need a small disk of their
 /// own; unmounted on drop. `None` where mounting is not allowed (it needs root; CI runs as root):
 /// the test then says it is skipped.

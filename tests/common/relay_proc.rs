@@ -19,7 +19,6 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,7 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use relaychat::frame::{encode_to_vec, ErrorCode, Frame, PROTOCOL_VERSION};
+use relaychat::frame::{encode_to_vec, ErrorCode, Frame};
 use relaychat::wire::{FrameReader, ReadError};
 use sha2::{Digest, Sha256};
 
@@ -449,74 +448,14 @@ pub fn lo(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
 
-/// Connects to `to` from the source address `from` (bound before connecting). The connect itself
-/// gives up after `timeout` (Linux honours `SO_SNDTIMEO` for a blocking connect).
+/// Connects to `to` from the source address `from` (see `common::connect_from`).
 pub fn connect_from(from: Ipv4Addr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 only"));
-    };
-    // SAFETY: plain socket calls on a descriptor we own from the start (the `TcpStream` closes it
-    // on every early return); the address structs are fully initialised.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        let len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-        if libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            len,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        let local = sockaddr(from, 0);
-        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let remote = sockaddr(*to.ip(), to.port());
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size) != 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EINPROGRESS) | Some(libc::EAGAIN) => {
-                    io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
-                }
-                _ => e,
-            });
-        }
-        stream.set_write_timeout(None)?;
-        Ok(stream)
-    }
-}
-
-fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    }
+    crate::common::connect_from(from, to, timeout)
 }
 
 /// A hello frame with every field given.
 pub fn hello(name: &str, room: &str, password: &str, token: &str) -> Frame {
-    Frame::Hello {
-        version: PROTOCOL_VERSION,
-        name: name.into(),
-        room: room.into(),
-        password: password.into(),
-        access: String::new(),
-        token: token.into(),
-    }
+    crate::common::hello_as(name, room, password, token)
 }
 
 /// What came back on a raw connection.

@@ -316,7 +316,7 @@ impl Hub {
                 let _ = reply.send(login::record(&mut self.store, &self.names, &self.config, grant));
             }
             ToHub::LoginResult { ip, name, attempt } => {
-                self.brake.record(crate::server::accept::address_key(ip), &name, attempt, Instant::now())
+                self.brake.record(address_key(ip), &name, attempt, Instant::now())
             }
             ToHub::Expire => {
                 self.store.check_partials();

@@ -243,22 +243,18 @@ impl Db {
 
     /// Bytes of the files `sender` has stored.
     pub(crate) fn bytes_stored_by(&self, sender: &str) -> rusqlite::Result<u64> {
-        let total: i64 = self.conn.query_row(
-            "SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?1",
-            [sender],
-            |r| r.get(0),
-        )?;
-        Ok(total.max(0) as u64)
+        self.number("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?1", sender)
     }
 
     /// Bytes of the files sent from `addr` (by any name).
     pub(crate) fn bytes_stored_from(&self, addr: &str) -> rusqlite::Result<u64> {
-        let total: i64 = self.conn.query_row(
-            "SELECT COALESCE(SUM(size), 0) FROM files WHERE sender_addr = ?1",
-            [addr],
-            |r| r.get(0),
-        )?;
-        Ok(total.max(0) as u64)
+        self.number("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender_addr = ?1", addr)
+    }
+
+    /// A query that answers one non-negative integer (a count or a sum) for one key.
+    pub(super) fn number(&self, sql: &str, key: &str) -> rusqlite::Result<u64> {
+        let n: i64 = self.conn.prepare_cached(sql)?.query_row([key], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
     }
 
     /// `name` has file `file_id`. Returns true when nobody waits for it any more and its row was

@@ -19,19 +19,12 @@ impl Db {
 
     /// How many files wait for `name`.
     pub(crate) fn files_waiting(&self, name: &str) -> rusqlite::Result<u64> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM file_recipients WHERE recipient = ?1",
-            [name],
-            |r| r.get(0),
-        )?;
-        Ok(n.max(0) as u64)
+        self.number("SELECT COUNT(*) FROM file_recipients WHERE recipient = ?1", name)
     }
 
     /// How many messages wait for `name`.
     pub(crate) fn pending_count(&self, name: &str) -> rusqlite::Result<u64> {
-        let n: i64 =
-            self.conn.query_row("SELECT COUNT(*) FROM pending WHERE recipient = ?1", [name], |r| r.get(0))?;
-        Ok(n.max(0) as u64)
+        self.number("SELECT COUNT(*) FROM pending WHERE recipient = ?1", name)
     }
 
     /// Up to `limit` messages waiting for `name` with ids above `after` and sent at or after
