@@ -670,3 +670,30 @@ fn encode(frame: &Frame) -> Bytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_cut_into_pages_that_always_fit_a_frame() {
+        let sizes =
+            |pages: &[(Vec<u32>, bool)]| pages.iter().map(|(p, more)| (p.len(), *more)).collect::<Vec<_>>();
+        assert_eq!(sizes(&paged(Vec::new(), 3)), vec![(0, false)], "an empty list is one empty page");
+        assert_eq!(sizes(&paged((0..3).collect(), 3)), vec![(3, false)]);
+        assert_eq!(sizes(&paged((0..7).collect(), 3)), vec![(3, true), (3, true), (1, false)]);
+        // The largest page of the longest names and of the largest file entries fits a frame.
+        let names = vec!["名".repeat(crate::rules::MAX_NAME_CHARS); NAMES_PER_FRAME];
+        let online = Frame::Online { room: "r".repeat(crate::rules::MAX_NAME_CHARS), names, more: true };
+        assert!(frame::encode_to_vec(&online).is_ok());
+        let info = FileInfo {
+            file_id: u64::MAX,
+            from: "名".repeat(crate::rules::MAX_NAME_CHARS),
+            name: "n".repeat(crate::filename::MAX_NAME_BYTES),
+            size: u64::MAX,
+            sha256: [0xff; 32],
+        };
+        let list = Frame::FileList { files: vec![info; FILES_PER_FRAME], more: true };
+        assert!(frame::encode_to_vec(&list).is_ok());
+    }
+}
