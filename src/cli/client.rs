@@ -72,6 +72,12 @@ pub struct ConnArgs {
     /// The relay's access password, if it has one.
     #[arg(long, global = true, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
+    /// Seconds without a word from the relay before the link counts as dead and the client
+    /// reconnects. A Ping goes out after a third of it without sending anything, so an idle link
+    /// is never silent that long while it works (see docs/PROTOCOL.md, "Heartbeat").
+    #[arg(long, global = true, env = "RELAYCHAT_IDLE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub idle_timeout: u64,
 }
 
 /// One-shot commands for scripts: connect, do one thing, exit.
@@ -125,6 +131,8 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         None => String::new(),
     };
     config.access = cli.conn.access_password.clone().unwrap_or_default();
+    config.idle_timeout = std::time::Duration::from_secs(cli.conn.idle_timeout);
+    config.ping_every = config.idle_timeout / 3;
     // This machine's token for this relay: the name stays ours without a password (see
     // client/identity.rs).
     config.token = crate::client::identity::token_or_guest(&server);
