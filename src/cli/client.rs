@@ -160,7 +160,8 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
                 ),
             ))?;
             let keyboard = spawn_stdin_reader()?;
-            let link = Link { dialer, client, catch_up: CatchUp::default() };
+            let downloads = ui.downloads.clone();
+            let link = Link { dialer, client, catch_up: CatchUp::default(), receiving: false, downloads };
             chat_loop(link, keyboard, &mut ui)
         }
     }
@@ -216,30 +217,6 @@ impl Ui {
     }
 }
 
-/// Transfers started from this terminal that have not finished yet.
-#[derive(Default)]
-struct Pending {
-    uploads: usize,
-    receiving: bool,
-}
-
-impl Pending {
-    fn is_idle(&self) -> bool {
-        self.uploads == 0 && !self.receiving
-    }
-
-    /// Counts finished transfers down.
-    fn note(&mut self, event: &Event) {
-        match event {
-            Event::Uploaded { .. } | Event::TransferFailed { direction: Direction::Up, .. } => {
-                self.uploads = self.uploads.saturating_sub(1)
-            }
-            Event::ReceiveFinished { .. } => self.receiving = false,
-            _ => {}
-        }
-    }
-}
-
 /// Where and as whom to connect, to connect again after the link was lost.
 struct Dialer {
     server: String,
@@ -288,7 +265,12 @@ impl Dialer {
 struct Link {
     dialer: Dialer,
     client: Client,
+    /// Messages without a receipt and files without a verdict, sent again after a reconnect.
     catch_up: CatchUp,
+    /// A `/receive` is going on (asked again after a reconnect).
+    receiving: bool,
+    /// Where `/receive` puts files.
+    downloads: PathBuf,
 }
 
 impl Link {
@@ -297,14 +279,27 @@ impl Link {
         self.catch_up.send(&self.client, to, text)
     }
 
-    /// Reconnects (see [`Dialer::reconnect`]), then resends what lacks a receipt. The old client
-    /// is closed first.
+    /// Reconnects (see [`Dialer::reconnect`]), then carries on with what the lost connection
+    /// left unfinished: messages without a receipt, files being sent (the relay resumes them)
+    /// and a `/receive` (a half-downloaded file resumes from its `.part`).
     fn reconnect(&mut self, why: &Disconnect, ui: &mut Ui) -> anyhow::Result<()> {
         let client = self.dialer.reconnect(why, ui)?;
         let old = std::mem::replace(&mut self.client, client);
         drop(old);
         self.catch_up.resend(&self.client)?;
+        let uploads = self.catch_up.uploads_pending();
+        if uploads > 0 {
+            ui.out(&notice_line(now_ms(), &format!("resuming {uploads} upload(s)")))?;
+        }
+        if self.receiving {
+            self.client.receive_all(&self.downloads)?;
+        }
         Ok(())
+    }
+
+    /// Nothing started from this terminal is still going on.
+    fn is_idle(&self) -> bool {
+        self.catch_up.uploads_pending() == 0 && !self.receiving
     }
 }
 
@@ -317,7 +312,6 @@ fn reconnect_for() -> std::time::Duration {
 
 /// The interactive loop: keyboard lines out, events in.
 fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui) -> anyhow::Result<Exit> {
-    let mut pending = Pending::default();
     let mut keyboard = keyboard;
     let mut stdin_done = false;
     loop {
@@ -325,7 +319,7 @@ fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
         select! {
             recv(keyboard) -> line => match line {
                 Ok(Ok(line)) => {
-                    match handle_line(&mut link, &line, ui, &mut pending)? {
+                    match handle_line(&mut link, &line, ui)? {
                         Step::Continue => {}
                         Step::Quit => break,
                         Step::Leave => {
@@ -337,7 +331,7 @@ fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
                 Ok(Err(e)) => ui.err(&format!("error: cannot read this input line: {e}")),
                 Err(_) => {
                     // EOF: finish what was started, then leave.
-                    if pending.is_idle() {
+                    if link.is_idle() {
                         break;
                     }
                     stdin_done = true;
@@ -346,15 +340,16 @@ fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
             },
             recv(events) -> event => match event {
                 Ok(Event::Disconnected(why)) => {
-                    pending = Pending::default(); // transfers in flight have ended with the link
                     link.reconnect(&why, ui)?;
                 }
                 Ok(event) => {
                     if link.catch_up.fresh(&event) {
                         ui.show(&event)?;
                     }
-                    pending.note(&event);
-                    if stdin_done && pending.is_idle() {
+                    if let Event::ReceiveFinished { .. } = event {
+                        link.receiving = false;
+                    }
+                    if stdin_done && link.is_idle() {
                         break;
                     }
                 }
@@ -373,7 +368,7 @@ enum Step {
     Leave,
 }
 
-fn handle_line(link: &mut Link, line: &str, ui: &mut Ui, pending: &mut Pending) -> anyhow::Result<Step> {
+fn handle_line(link: &mut Link, line: &str, ui: &mut Ui) -> anyhow::Result<Step> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
     let result = match command {
@@ -395,10 +390,10 @@ fn handle_line(link: &mut Link, line: &str, ui: &mut Ui, pending: &mut Pending) 
             Ok(())
         }
         "/send" => {
-            send_command(&link.client, rest, ui, pending);
+            send_command(link, rest, ui);
             Ok(())
         }
-        "/receive" => link.client.receive_all(&ui.downloads).map(|()| pending.receiving = true),
+        "/receive" => link.client.receive_all(&ui.downloads).map(|()| link.receiving = true),
         _ if line.starts_with("//") => link.send("", &line[1..]),
         _ if line.starts_with('/') => {
             ui.err(&format!("error: unknown command {} (try /help)", visible(command)));
@@ -419,7 +414,7 @@ fn handle_line(link: &mut Link, line: &str, ui: &mut Ui, pending: &mut Pending) 
 }
 
 /// `/send [--to NAME] PATH...`, with shell-style quoting for paths with spaces.
-fn send_command(client: &Client, args: &str, ui: &mut Ui, pending: &mut Pending) {
+fn send_command(link: &mut Link, args: &str, ui: &mut Ui) {
     let words = match shell_words::split(args) {
         Ok(words) => words,
         Err(e) => return ui.err(&format!("error: /send: {e} (check your quotes)")),
@@ -432,9 +427,8 @@ fn send_command(client: &Client, args: &str, ui: &mut Ui, pending: &mut Pending)
         return ui.err("error: usage: /send [--to NAME] PATH...");
     }
     for path in paths {
-        match client.send_file(path.as_ref(), to) {
-            Ok(()) => pending.uploads += 1,
-            Err(e) => ui.err(&format!("error: {}", visible(&e.to_string()))),
+        if let Err(e) = link.catch_up.send_file(&link.client, path.as_ref(), to) {
+            ui.err(&format!("error: {}", visible(&e.to_string())));
         }
     }
 }

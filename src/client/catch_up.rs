@@ -8,12 +8,17 @@
 //! - The highest message id shown is remembered, so the history the relay replays on rejoining
 //!   is not shown a second time. Our own messages are never echoed back, so their receipts count
 //!   as shown too.
+//! - Files being sent are kept until their verdict ([`Event::Uploaded`] or a failure) arrives;
+//!   after a reconnect they are queued again, and the relay resumes each where it stopped. (The
+//!   upload thread sends files one after another, so verdicts come in the order files were
+//!   queued.)
 //!
 //! Receipts only arrive with [`super::ClientConfig::receipts`] set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 
-use super::{Client, ClientError, Event, Mark};
+use super::{Client, ClientError, Direction, Event, Mark};
 
 /// Unconfirmed messages and the last message shown.
 #[derive(Debug)]
@@ -22,11 +27,18 @@ pub struct CatchUp {
     unconfirmed: BTreeMap<u64, (String, String)>,
     next_id: u64,
     last_seen: u64,
+    /// Files queued for upload without a verdict yet, oldest first: (path, recipient).
+    uploading: VecDeque<(PathBuf, Option<String>)>,
 }
 
 impl Default for CatchUp {
     fn default() -> Self {
-        CatchUp { unconfirmed: BTreeMap::new(), next_id: first_message_id(), last_seen: 0 }
+        CatchUp {
+            unconfirmed: BTreeMap::new(),
+            next_id: first_message_id(),
+            last_seen: 0,
+            uploading: VecDeque::new(),
+        }
     }
 }
 
@@ -45,10 +57,26 @@ impl CatchUp {
         Ok(())
     }
 
-    /// After a reconnect: sends again everything that has no receipt, under the same ids.
+    /// Queues a file for upload and keeps it until its verdict comes.
+    pub fn send_file(&mut self, client: &Client, path: &Path, to: Option<&str>) -> Result<(), ClientError> {
+        client.send_file(path, to)?;
+        self.uploading.push_back((path.to_owned(), to.map(str::to_owned)));
+        Ok(())
+    }
+
+    /// Files queued and not yet stored or refused.
+    pub fn uploads_pending(&self) -> usize {
+        self.uploading.len()
+    }
+
+    /// After a reconnect: sends again every message that has no receipt, under the same ids,
+    /// and queues again every file that had no verdict (the relay resumes it).
     pub fn resend(&self, client: &Client) -> Result<(), ClientError> {
         for (id, (to, text)) in &self.unconfirmed {
             client.send_with_id(*id, to, text)?;
+        }
+        for (path, to) in &self.uploading {
+            client.send_file(path, to.as_deref())?;
         }
         Ok(())
     }
@@ -66,6 +94,10 @@ impl CatchUp {
                 self.unconfirmed.remove(client_id);
                 self.last_seen = self.last_seen.max(*message_id);
                 false
+            }
+            Event::Uploaded { .. } | Event::TransferFailed { direction: Direction::Up, .. } => {
+                self.uploading.pop_front();
+                true
             }
             _ => true,
         }
@@ -89,5 +121,21 @@ mod tests {
         assert!(!c.fresh(&chat(8, Mark::History)), "older than our own receipted message");
         assert!(c.fresh(&chat(10, Mark::History)));
         assert!(c.fresh(&chat(3, Mark::Offline)), "offline messages are never skipped");
+    }
+
+    #[test]
+    fn upload_verdicts_are_counted_off_in_order() {
+        let mut c = CatchUp::default();
+        c.uploading.push_back(("a".into(), None));
+        c.uploading.push_back(("b".into(), Some("bob".into())));
+        assert_eq!(c.uploads_pending(), 2);
+        let failed = Event::TransferFailed { direction: Direction::Up, name: "a".into(), reason: "x".into() };
+        assert!(c.fresh(&failed), "a failure is shown");
+        assert_eq!(c.uploading.front().map(|(p, _)| p.clone()), Some(PathBuf::from("b")));
+        let down = Event::TransferFailed { direction: Direction::Down, name: "z".into(), reason: "x".into() };
+        c.fresh(&down);
+        assert_eq!(c.uploads_pending(), 1, "a download's failure is not an upload's verdict");
+        assert!(c.fresh(&Event::Uploaded { name: "b".into(), size: 1 }));
+        assert_eq!(c.uploads_pending(), 0);
     }
 }

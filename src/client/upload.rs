@@ -55,7 +55,8 @@ pub(crate) struct Uploader {
 enum Stop {
     /// Tell the person.
     Failed(String),
-    /// The client is closing or the connection is gone: nothing more to say.
+    /// The client is closing or the connection is gone: nothing more to say here (the reader
+    /// reports a lost connection).
     Quiet,
 }
 
@@ -174,9 +175,9 @@ impl Uploader {
             match self.replies.recv_timeout(Duration::from_millis(50)) {
                 Ok(reply) => return Ok(reply),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Stop::Failed("the connection ended; send again to resume".into()))
-                }
+                // The link is gone: the reader reports that (Disconnected), and whoever
+                // reconnects queues the file again (see `CatchUp`); the relay resumes it.
+                Err(RecvTimeoutError::Disconnected) => return Err(Stop::Quiet),
             }
         }
     }

@@ -173,7 +173,7 @@ impl Looper {
     fn carry_out(&mut self, client: &Client, command: Command) {
         let result = match command {
             Command::Text(text) => self.catch_up.send(client, "", &text),
-            Command::SendFile(path) => client.send_file(&path, None),
+            Command::SendFile(path) => self.catch_up.send_file(client, &path, None),
             Command::Receive(dir) => client.receive_all(&dir),
             Command::Quit => Ok(()),
         };
