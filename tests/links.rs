@@ -1,0 +1,508 @@
+//! Links that vanish, and clients that crash: the real `server` and `client` binaries on a private
+//! network where a test can make packets stop (see `tests/common/netns.rs` for how).
+//!
+//! TCP notices a peer that closes; it does not notice a peer that *vanishes*. These tests make
+//! one vanish and check that the heartbeat (docs/PROTOCOL.md, "Heartbeat") notices instead, and
+//! that the people involved get back in: after a lost link, after a crash, from a second machine.
+//!
+//! | test | what happens | what must follow |
+//! | --- | --- | --- |
+//! | `a_vanished_client_…` | alice's packets stop (her port is cut) | the relay frees her name within its idle timeout; she gets back in |
+//! | `a_vanished_relay_…` | the relay's packets stop (its port is cut) | the client notices within its idle timeout, and rejoins when the link is back |
+//! | `twenty_crash_restart_…` | alice's client is killed (SIGKILL) and restarted, 20 times | every restart gets in: the same machine takes its name over |
+//! | `takeover_with_a_password` | alice logs in from a second machine with her password | the second is in, the first is told "logged in elsewhere" and stays out |
+//! | `takeover_as_a_guest` | a guest's machine logs in again | it takes over; another machine is refused |
+//! | `a_one_shot_send_…` | the relay is killed (SIGKILL) in the middle of `client send` | the send reconnects and finishes; the file arrives intact |
+//!
+//! Each test runs in network and PID namespaces of its own, so it needs root (as in CI); elsewhere
+//! it prints a `SKIP` line and passes. Detection times are printed as `figure: …` lines:
+//!
+//! ```sh
+//! CARGO_TARGET_DIR=target cargo test --test links -- --nocapture
+//! ```
+//!
+//! Every wait has a time limit, and every loop a count, so a regression fails instead of hanging.
+
+mod common;
+
+use std::path::Path;
+use std::process::ExitStatus;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::netns::{self, Cut};
+use common::proc::Proc;
+use common::{files_under, random_file, TempDir, WAIT};
+use crossbeam_channel::Receiver;
+use sha2::{Digest, Sha256};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+
+/// The idle timeout of the tests that wait for one, in seconds: the smallest the client accepts.
+/// A client pings after a third of it without sending (1 s), so a working link is never silent
+/// for 3 s in either direction, while a cut one is noticed quickly.
+const IDLE: u64 = 3;
+
+/// The client flag that goes with [`IDLE`]. Where the relay's own idle timeout is [`IDLE`], every
+/// client needs it too: a client pinging only every 20 s (the default) would be cut as idle.
+const CLIENT_IDLE: [&str; 2] = ["--idle-timeout", "3"];
+
+/// The earliest a vanished peer may be noticed: the last frame before the cut can be up to one
+/// ping interval (1 s) old, so the timeout runs out 2 to 3 s after the cut. Noticing sooner means
+/// something crossed the cut (a FIN or a RST), and the test would not be testing the heartbeat.
+const EARLIEST: Duration = Duration::from_millis(1500);
+
+/// How late after its timeout a vanished peer may be noticed: a busy machine (two cores, shared
+/// with builds) delays threads and processes by a second or two.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// Lets a terminal client keep trying after a lost link (`Proc::spawn` sets 0: exit at once).
+const RECONNECT: (&str, &str) = ("RELAYCHAT_RECONNECT_FOR", "60");
+
+// =============================================================================================
+// The tests
+// =============================================================================================
+
+/// Alice's link vanishes: the relay hears nothing more from her, and only its idle timeout can
+/// tell. It must free her name, so that alice, back on a new connection, gets it again.
+#[test]
+fn a_vanished_client_is_freed_and_its_name_taken_back() {
+    netns::isolated(|| {
+        let relay = Relay::start(&["--idle-timeout", &format!("{IDLE}s")]);
+        let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &CLIENT_IDLE, &[]);
+        let alice_home = TempDir::new("alice-home");
+        let alice = joined(&relay, "alice", &alice_home.path, &CLIENT_IDLE, &[]);
+        expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
+
+        let cut = Cut::port(netns::source_port(alice.child.id(), relay.port));
+        let cut_at = Instant::now();
+        let noticed = expect_within(&bob.stdout, "bob", "* alice left lobby", cut_at, secs(IDLE) + SLACK);
+        println!("figure: relay noticed a vanished client after {:.1} s", noticed.as_secs_f64());
+        assert!(
+            noticed >= EARLIEST,
+            "alice left after {noticed:?}: too soon for a timeout; did the cut leak?"
+        );
+
+        // The old process ends (a laptop that never comes back); whatever it sends on its way out
+        // is swallowed by the cut, which stays in place: nothing but the timeout freed the name.
+        drop(alice);
+        let mut alice = joined(&relay, "alice", &alice_home.path, &CLIENT_IDLE, &[]);
+        expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
+        alice.type_line("back on a new link");
+        expect_within(&bob.stdout, "bob", "] alice: back on a new link", Instant::now(), WAIT);
+        // Bob's link was never touched: he would have exited on a lost link (no reconnecting).
+        assert_running(&mut bob, "bob");
+        cut.restore();
+    });
+}
+
+/// The relay's link vanishes for everyone. A client must notice within its own idle timeout
+/// (TCP alone would not, on an idle link), keep trying, and be back when the link is.
+#[test]
+fn a_vanished_relay_is_noticed_and_rejoined() {
+    netns::isolated(|| {
+        let relay = Relay::start(&["--idle-timeout", &format!("{IDLE}s")]);
+        let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &CLIENT_IDLE, &[RECONNECT]);
+        let mut alice = joined(&relay, "alice", &TempDir::new("alice-home").path, &CLIENT_IDLE, &[RECONNECT]);
+        expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
+
+        let cut = Cut::port(relay.port);
+        let cut_at = Instant::now();
+        let noticed = expect_within(&alice.stdout, "alice", "* connection lost", cut_at, secs(IDLE) + SLACK);
+        println!("figure: client noticed a vanished relay after {:.1} s", noticed.as_secs_f64());
+        assert!(
+            noticed >= EARLIEST,
+            "alice gave up after {noticed:?}: too soon for a timeout; did the cut leak?"
+        );
+
+        // The cut stays until the relay, too, has given up both connections (its log says so), so
+        // the rejoin finds the names free. A rejoin while the relay still holds the old
+        // connection is a takeover, which the takeover tests cover.
+        for _ in 0..2 {
+            expect_within(
+                &relay.proc.stderr,
+                "relay",
+                "silent past the idle timeout",
+                cut_at,
+                secs(IDLE) + SLACK,
+            );
+        }
+        cut.restore();
+        let back_at = Instant::now();
+        // A reconnect attempt may be waiting out its 5 s connect timeout when the link returns;
+        // its SYN is retried within a few seconds, so 15 s is generous.
+        let rejoined = expect_within(&alice.stdout, "alice", "* reconnected", back_at, secs(15));
+        println!("figure: client rejoined {:.1} s after the link came back", rejoined.as_secs_f64());
+        expect_within(&bob.stdout, "bob", "* reconnected", back_at, secs(15));
+
+        alice.type_line("did you miss me");
+        expect_within(&bob.stdout, "bob", "] alice: did you miss me", Instant::now(), WAIT);
+        assert_running(&mut alice, "alice");
+        assert_running(&mut bob, "bob");
+    });
+}
+
+/// A client killed outright leaves no goodbye, and its restart may reach the relay before the
+/// relay has seen the old connection end. The restart comes from the same machine (the same
+/// identity), so it must take its name over every time: 20 crashes in a row.
+///
+/// On loopback the kernel's FIN for a killed process usually beats the restart to the relay,
+/// which would let the test pass without any takeover. So the last ten crashes are *hard* ones,
+/// power cuts: the link is cut first, the relay never hears the close, and the old connection
+/// is still there, for its whole 60 s idle timeout, when the restart says hello. The cut is
+/// lifted once the restart is in, so the old connection's late FIN arrives too, and must not
+/// throw the new one out. (Soft crashes first: a hard one left unresolved would hold the name
+/// for the rest of the test.)
+#[test]
+fn twenty_crash_restart_cycles_all_get_back_in() {
+    netns::isolated(|| {
+        const CYCLES: usize = 20;
+        let relay = Relay::start(&[]);
+        let home = TempDir::new("alice-home");
+        let mut alice = joined(&relay, "alice", &home.path, &[], &[]);
+        let mut refused = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for cycle in 1..=CYCLES {
+            // (A restart that was turned away has no connection left to cut, nor to crash.)
+            let alive = alice.child.try_wait().expect("poll alice").is_none();
+            let kind = match (alive, cycle > CYCLES / 2) {
+                (false, _) => "after a restart that was turned away",
+                (true, false) => "soft crash",
+                (true, true) => "hard crash",
+            };
+            let cut =
+                (kind == "hard crash").then(|| Cut::port(netns::source_port(alice.child.id(), relay.port)));
+            // SIGKILL; a restart that was turned away has exited already, which `kill` ignores.
+            let _ = alice.child.kill();
+            alice.child.wait().expect("reap alice");
+            alice = client(&relay, "alice", &home.path, &[], &[]);
+            match connected_or_exit(&mut alice, &relay.addr, "alice", WAIT) {
+                Ok(took) => slowest = slowest.max(took),
+                Err(why) => refused.push(format!("restart {cycle} ({kind}): {why}")),
+            }
+            drop(cut);
+        }
+        // The last restart survives the late FINs of the hard crashes before it.
+        thread::sleep(Duration::from_millis(500));
+        let still_in = refused.is_empty().then(|| alice.child.try_wait().expect("poll alice").is_none());
+        println!(
+            "figure: {CYCLES} crash-restarts (the last half hard), {} turned away, slowest rejoin {} ms",
+            refused.len(),
+            slowest.as_millis()
+        );
+        assert!(
+            refused.is_empty(),
+            "{} of {CYCLES} restarts did not get in:\n{}",
+            refused.len(),
+            refused.join("\n")
+        );
+        assert_eq!(still_in, Some(true), "the last alice was thrown out after getting in");
+    });
+}
+
+/// Alice logs in from a second machine with her password while the first is still connected
+/// (a laptop left on at home). The second takes over at once; the first is told why and exits
+/// instead of reconnecting, which would throw the second out again, and so on forever.
+#[test]
+fn takeover_with_a_password() {
+    netns::isolated(|| {
+        let relay = Relay::start(&[]);
+        let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[]);
+        let password = ["--password", "alice's password"];
+        // Both alices would reconnect after a lost link: the first must leave because it was told
+        // to, not because it gave up.
+        let mut first = joined(&relay, "alice", &TempDir::new("alice-home").path, &password, &[RECONNECT]);
+        expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
+
+        let second_home = TempDir::new("alice-laptop");
+        let mut second = joined(&relay, "alice", &second_home.path, &password, &[RECONNECT]);
+        let told =
+            expect_within(&first.stderr, "the first alice", "logged in elsewhere", Instant::now(), WAIT);
+        let status = exits_within(&mut first, secs(5)).expect("the first alice exits after the takeover");
+        assert!(!status.success(), "the first alice exited 0 after being taken over ({status})");
+        println!("figure: the old client was told of the takeover after {:.2} s", told.as_secs_f64());
+
+        // For a while nothing more happens: the first stays out (it never reconnected), the
+        // second stays in, and bob saw alice leave and come back at most once.
+        let bob_saw = lines_for(&bob.stdout, secs(3));
+        assert_running(&mut second, "the second alice");
+        let first_out: Vec<String> = first.stdout.try_iter().collect();
+        assert!(
+            !first_out.iter().any(|l| l.contains("reconnecting")),
+            "the first alice tried to reconnect: {first_out:?}"
+        );
+        let count = |needle: &str| bob_saw.iter().filter(|l| l.contains(needle)).count();
+        assert!(count("* alice left") <= 1 && count("* alice joined") <= 1, "alice flapped: {bob_saw:#?}");
+
+        second.type_line("it's me, on my laptop");
+        expect_within(&bob.stdout, "bob", "] alice: it's me, on my laptop", Instant::now(), WAIT);
+        assert_running(&mut bob, "bob");
+    });
+}
+
+/// A guest (no account: this relay creates none) is known only by its machine's token. The same
+/// machine takes its name over like an account holder would; any other machine is refused.
+#[test]
+fn takeover_as_a_guest() {
+    netns::isolated(|| {
+        let relay = Relay::start(&["--accounts-per-hour", "0"]);
+        let home = TempDir::new("guest-home");
+        let mut first = joined(&relay, "alice", &home.path, &[], &[RECONNECT]);
+
+        let mut second = joined(&relay, "alice", &home.path, &[], &[RECONNECT]);
+        expect_within(&first.stderr, "the first alice", "logged in elsewhere", Instant::now(), WAIT);
+        let status = exits_within(&mut first, secs(5)).expect("the first alice exits after the takeover");
+        assert!(!status.success(), "the first alice exited 0 after being taken over ({status})");
+
+        let mut stranger = client(&relay, "alice", &TempDir::new("another-machine").path, &[], &[]);
+        let why = connected_or_exit(&mut stranger, &relay.addr, "alice", WAIT)
+            .expect_err("a guest's name must be refused to another machine");
+        assert!(why.contains("taken"), "the other machine was refused, but not as name taken: {why}");
+        assert_running(&mut second, "the second alice");
+        assert!(
+            !second.stdout.try_iter().any(|l| l.contains("connection lost")),
+            "the refused stranger disturbed the guest it was refused for"
+        );
+    });
+}
+
+/// `client send` from a script: the relay dies (SIGKILL) in the middle of the upload and comes
+/// back on the same port and data dir. The send must reconnect and finish on its own, exit 0,
+/// and bob must get exactly the bytes that were sent.
+#[test]
+fn a_one_shot_send_survives_a_relay_restart() {
+    netns::isolated(|| {
+        let data = TempDir::new("relay-data");
+        let mut relay = Relay::start_in(&data.path, "127.0.0.1:0", &[]);
+        bob_claims_his_name(&relay);
+        let files = TempDir::new("to-send");
+        let path = random_file(&files.path, "photos.tar", 2 * 1024 * 1024, 7);
+        let sent_sha = sha256(&path);
+
+        let mut send = Proc::spawn(
+            CLIENT,
+            &["send", path.to_str().unwrap(), "--to", "bob", "--server", &relay.addr, "--name", "alice"],
+            &[("RELAYCHAT_TEST_CHUNK_DELAY_MS", "50"), ("RELAYCHAT_RECONNECT_FOR", "30")],
+        );
+        drop(send.stdin.take());
+        let part = wait_for_part(&data.path.join("tmp"), 256 * 1024);
+        assert!(send.child.try_wait().unwrap().is_none(), "the send ended before the relay could be killed");
+        relay.proc.child.kill().expect("SIGKILL the relay");
+        relay.proc.child.wait().expect("reap the relay");
+        println!("the relay was killed with {part} bytes of the upload on its disk");
+
+        let relay = Relay::start_in(&data.path, &relay.addr, &[]);
+        let back_at = Instant::now();
+        let status = exits_within(&mut send, secs(40)).expect("the send finishes after the restart");
+        let (out, err): (Vec<String>, Vec<String>) =
+            (send.stdout.try_iter().collect(), send.stderr.try_iter().collect());
+        assert!(status.success(), "the send failed after the restart ({status}): {out:?} {err:?}");
+        println!(
+            "figure: the send finished {:.1} s after the relay came back",
+            back_at.elapsed().as_secs_f64()
+        );
+
+        let downloads = TempDir::new("bob-downloads");
+        let mut receive = Proc::spawn(
+            CLIENT,
+            &[
+                "receive",
+                "--server",
+                &relay.addr,
+                "--name",
+                "bob",
+                "--downloads",
+                downloads.path.to_str().unwrap(),
+            ],
+            &[BOB_PASSWORD],
+        );
+        drop(receive.stdin.take());
+        let status = exits_within(&mut receive, WAIT).expect("the receive finishes");
+        assert!(
+            status.success(),
+            "bob's receive failed: {:?}",
+            receive.stderr.try_iter().collect::<Vec<_>>()
+        );
+        let got = files_under(&downloads.path);
+        assert_eq!(got.len(), 1, "bob should get exactly one file: {got:?}");
+        assert!(sha256(&got[0]) == sent_sha, "bob's copy differs from the file sent");
+    });
+}
+
+// =============================================================================================
+// The relay
+// =============================================================================================
+
+/// A `server` binary with a data dir, killed on drop (by [`Proc`]).
+struct Relay {
+    proc: Proc,
+    /// `127.0.0.1:PORT`, as clients are given it.
+    addr: String,
+    port: u16,
+    /// Its own data dir, if it was not given one.
+    _data: Option<TempDir>,
+}
+
+impl Relay {
+    /// A relay on a free port with a fresh data dir and `flags`.
+    fn start(flags: &[&str]) -> Relay {
+        let data = TempDir::new("relay");
+        let relay = Relay::start_in(&data.path, "127.0.0.1:0", flags);
+        Relay { _data: Some(data), ..relay }
+    }
+
+    /// A relay on `bind` (a fixed port, to come back where clients expect it) and `data_dir`.
+    fn start_in(data_dir: &Path, bind: &str, flags: &[&str]) -> Relay {
+        let dir = data_dir.to_str().expect("a UTF-8 temp path");
+        let mut args = vec!["--bind", bind, "--data-dir", dir];
+        args.extend_from_slice(flags);
+        // The tests read its `info` log (the listening line, idle closes), whatever RUST_LOG says.
+        let proc = Proc::spawn(SERVER, &args, &[("RUST_LOG", "info")]);
+        let line = proc.expect(&proc.stderr, "relay listening on ");
+        let addr = line.rsplit(' ').next().expect("an address at the end").to_owned();
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the address");
+        Relay { proc, addr, port, _data: None }
+    }
+}
+
+// =============================================================================================
+// Clients
+// =============================================================================================
+
+/// Bob's password: files wait on the relay only for names someone owns.
+const BOB_PASSWORD: (&str, &str) = ("RELAYCHAT_PASSWORD", "bob's password");
+
+/// A terminal client of `relay` as `name` on the machine whose identity lives in `home`, with
+/// extra `args` and `envs`; not waited for.
+fn client(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut all = vec!["--server", relay.addr.as_str(), "--name", name];
+    all.extend_from_slice(args);
+    let home = home.to_str().expect("a UTF-8 temp path");
+    let mut env = vec![("RELAYCHAT_CONFIG_DIR", home)];
+    env.extend_from_slice(envs);
+    Proc::spawn(CLIENT, &all, &env)
+}
+
+/// [`client`], once it has printed that it is connected (the test fails if it does not).
+fn joined(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut proc = client(relay, name, home, args, envs);
+    if let Err(why) = connected_or_exit(&mut proc, &relay.addr, name, WAIT) {
+        panic!("{name} did not get in: {why}");
+    }
+    proc
+}
+
+/// Bob visits once with his password, which makes "bob" an account that files can wait for.
+fn bob_claims_his_name(relay: &Relay) {
+    let mut bob = client(relay, "bob", &TempDir::new("bob-home").path, &[], &[BOB_PASSWORD]);
+    if let Err(why) = connected_or_exit(&mut bob, &relay.addr, "bob", WAIT) {
+        panic!("bob could not claim his name: {why}");
+    }
+    drop(bob.stdin.take()); // end of input: the client quits
+    let status = exits_within(&mut bob, WAIT).expect("bob quits at the end of his input");
+    assert!(status.success(), "bob's first visit ended with {status}");
+}
+
+/// Waits for `proc`'s "connected" line: how long it took, or (if it exited or timed out) why,
+/// with what it printed.
+fn connected_or_exit(proc: &mut Proc, addr: &str, name: &str, within: Duration) -> Result<Duration, String> {
+    let needle = format!("* connected to {addr} as {name} in ");
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < within {
+        if let Ok(line) = proc.stdout.recv_timeout(Duration::from_millis(50)) {
+            if line.contains(&needle) {
+                return Ok(start.elapsed());
+            }
+            seen.push(line);
+        } else if let Some(status) = proc.child.try_wait().expect("poll the client") {
+            thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
+            seen.extend(proc.stdout.try_iter());
+            let err: Vec<String> = proc.stderr.try_iter().collect();
+            return Err(format!("exited ({status}); stderr {err:?}, stdout {seen:?}"));
+        }
+    }
+    Err(format!("no connected line within {within:?}; stdout {seen:?}"))
+}
+
+// =============================================================================================
+// Waiting, with limits
+// =============================================================================================
+
+/// Waits for a line containing `needle` on `lines` (from `who`) until `limit` after `since`;
+/// returns the time from `since` to the line. Fails the test, with the lines seen, otherwise.
+fn expect_within(
+    lines: &Receiver<String>,
+    who: &str,
+    needle: &str,
+    since: Instant,
+    limit: Duration,
+) -> Duration {
+    let deadline = since + limit;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_deadline(deadline) {
+        if line.contains(needle) {
+            return since.elapsed();
+        }
+        seen.push(line);
+    }
+    panic!("{who}: no {needle:?} within {limit:?}; saw {seen:#?}");
+}
+
+/// Every line that arrives on `lines` during `period`.
+fn lines_for(lines: &Receiver<String>, period: Duration) -> Vec<String> {
+    let deadline = Instant::now() + period;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_deadline(deadline) {
+        seen.push(line);
+    }
+    seen
+}
+
+/// The exit status, if `proc` exits within `within`.
+fn exits_within(proc: &mut Proc, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = proc.child.try_wait().expect("poll the process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_running(proc: &mut Proc, who: &str) {
+    if let Some(status) = proc.child.try_wait().expect("poll the process") {
+        let err: Vec<String> = proc.stderr.try_iter().collect();
+        panic!("{who} exited ({status}) but should still be connected; stderr {err:?}");
+    }
+}
+
+/// Waits until an upload's `.part` file under `dir` holds at least `min` bytes; its size then.
+fn wait_for_part(dir: &Path, min: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let size = files_under(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "part"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .max();
+        if let Some(size) = size.filter(|&n| n >= min) {
+            return size;
+        }
+        assert!(Instant::now() < deadline, "no upload of {min} bytes appeared under {}", dir.display());
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn sha256(path: &Path) -> [u8; 32] {
+    Sha256::digest(std::fs::read(path).expect("read a file to hash")).into()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
