@@ -199,6 +199,14 @@ pub enum Disconnect {
     Failed(String),
 }
 
+impl Disconnect {
+    /// False when reconnecting would be wrong: the name was taken over by a login elsewhere, and
+    /// coming back would take it from that login in turn, in a loop.
+    pub fn may_reconnect(&self) -> bool {
+        !matches!(self, Disconnect::ServerError { code: ErrorCode::LoggedInElsewhere, .. })
+    }
+}
+
 impl fmt::Display for Disconnect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::proc::Proc;
-use common::WAIT;
+use common::{TempDir, WAIT};
 use relaychat::client::{Client, ClientConfig};
 
 /// `[HH:MM:SS] ` at the start of a line.
@@ -74,14 +74,51 @@ fn multi_line_messages_are_indented_and_own_lines_not_echoed() {
 }
 
 #[test]
-fn a_taken_name_exits_non_zero_with_one_error_line() {
+fn someone_elses_name_exits_non_zero_with_one_error_line() {
     let (_server, addr) = Proc::server();
     let _alice = Proc::client(&addr, "alice", &[]);
-    let mut second = Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", &addr, "--name", "alice"], &[]);
+    // Another machine (its own identity secret) asking for alice's machine-bound name.
+    let elsewhere = TempDir::new("other-machine");
+    let dir = elsewhere.path.to_str().unwrap();
+    let mut second = Proc::spawn(
+        env!("CARGO_BIN_EXE_client"),
+        &["--server", &addr, "--name", "alice"],
+        &[("RELAYCHAT_CONFIG_DIR", dir), ("XDG_CONFIG_HOME", dir)],
+    );
     let status = second.wait();
     assert!(!status.success());
     let err = second.expect(&second.stderr, "error: ");
-    assert!(err.contains("already taken"), "{err}");
+    assert!(err.contains("bound to another machine"), "{err}");
+}
+
+#[test]
+fn a_login_elsewhere_ends_the_old_client_without_a_fight() {
+    let (_server, addr) = Proc::server();
+    // The old client would reconnect for 30 s after a lost link; a takeover must not count.
+    let mut first = Proc::spawn(
+        env!("CARGO_BIN_EXE_client"),
+        &["--server", &addr, "--name", "alice", "--password", "s3cret"],
+        &[("RELAYCHAT_RECONNECT_FOR", "30")],
+    );
+    first.expect(&first.stdout, "connected to");
+    // The same person on another machine: the password takes the name over.
+    let elsewhere = TempDir::new("other-machine");
+    let dir = elsewhere.path.to_str().unwrap();
+    let mut second = Proc::spawn(
+        env!("CARGO_BIN_EXE_client"),
+        &["--server", &addr, "--name", "alice", "--password", "s3cret"],
+        &[("RELAYCHAT_CONFIG_DIR", dir), ("XDG_CONFIG_HOME", dir)],
+    );
+    second.expect(&second.stdout, "connected to");
+    // The old client says why and exits non-zero, even though it may reconnect for 30 s.
+    let err = first.expect(&first.stderr, "error: ");
+    assert!(err.contains("logged in elsewhere"), "{err}");
+    assert!(!first.wait().success());
+    // And the new one keeps the name: nothing came to take it back.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(second.child.try_wait().unwrap().is_none(), "the new client was pushed out");
+    let lost: Vec<String> = second.stdout.try_iter().filter(|l| l.contains("connection lost")).collect();
+    assert!(lost.is_empty(), "{lost:?}");
 }
 
 #[test]

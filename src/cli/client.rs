@@ -28,7 +28,7 @@ use crossbeam_channel::{bounded, select, Receiver};
 use super::progress::Bars;
 use super::show::{line, Line};
 use super::Exit;
-use crate::client::{CatchUp, Client, ClientConfig, ClientError, Direction, Event};
+use crate::client::{CatchUp, Client, ClientConfig, ClientError, Direction, Disconnect, Event};
 use crate::display::{notice_line, now_ms, visible};
 use crate::rules::DEFAULT_ROOM;
 
@@ -145,16 +145,17 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         .map(std::time::Duration::from_millis);
     let client = Client::connect_tcp(&server, &config).map_err(connect_error)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
+    let dialer = Dialer { server, config };
     match cli.command {
-        Some(Command::Send { paths, to }) => send_once(client, &paths, to.as_deref(), &mut ui),
-        Some(Command::Receive) => receive_once(client, &mut ui),
+        Some(Command::Send { paths, to }) => send_once(&dialer, client, &paths, to.as_deref(), &mut ui),
+        Some(Command::Receive) => receive_once(&dialer, client, &mut ui),
         None => {
             ui.out(&notice_line(
                 now_ms(),
-                &format!("connected to {} as {} in {}", visible(&server), client.name(), client.room()),
+                &format!("connected to {} as {} in {}", visible(&dialer.server), client.name(), client.room()),
             ))?;
             let keyboard = spawn_stdin_reader()?;
-            let link = Link { server, config, client, catch_up: CatchUp::default() };
+            let link = Link { dialer, client, catch_up: CatchUp::default() };
             chat_loop(link, keyboard, &mut ui)
         }
     }
@@ -234,26 +235,27 @@ impl Pending {
     }
 }
 
-/// The interactive client's connection, with where and as whom to reconnect and what it needs to
-/// catch up afterwards (see [`CatchUp`]).
-struct Link {
+/// Where and as whom to connect, to connect again after the link was lost.
+struct Dialer {
     server: String,
     config: ClientConfig,
-    client: Client,
-    catch_up: CatchUp,
 }
 
-impl Link {
-    /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
-    fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
-        self.catch_up.send(&self.client, to, text)
-    }
-
-    /// Tries to reconnect for up to `reconnect_for()`, with backoff; then resends what lacks a
-    /// receipt. The old client is closed first.
-    fn reconnect(&mut self, why: &str, ui: &mut Ui) -> anyhow::Result<()> {
+impl Dialer {
+    /// Tries to connect again for up to `reconnect_for()`, with backoff (250 ms, doubling to
+    /// 5 s), after the connection was lost for `why`. The interactive client and the one-shot
+    /// commands share this one policy.
+    ///
+    /// A connection the relay closed with an error is not retried: the error says why, and
+    /// trying again would be refused again, or (LoggedInElsewhere) take the name back from the
+    /// user's other login, which would take it back in turn, in a loop. A refusal while
+    /// reconnecting (a wrong password) ends the attempts too.
+    fn reconnect(&self, why: &Disconnect, ui: &mut Ui) -> anyhow::Result<Client> {
+        if matches!(why, Disconnect::ServerError { .. }) {
+            anyhow::bail!("{why}");
+        }
         let give_up = std::time::Instant::now() + reconnect_for();
-        ui.out(&notice_line(now_ms(), &format!("connection lost ({}); reconnecting", visible(why))))?;
+        ui.out(&notice_line(now_ms(), &format!("connection lost ({}); reconnecting", visible(&why.to_string()))))?;
         let mut pause = std::time::Duration::from_millis(250);
         let client = loop {
             match Client::connect_tcp(&self.server, &self.config) {
@@ -268,9 +270,31 @@ impl Link {
                 }
             }
         };
+        ui.out(&notice_line(now_ms(), "reconnected"))?;
+        Ok(client)
+    }
+}
+
+/// The interactive client's connection, with where and as whom to reconnect and what it needs to
+/// catch up afterwards (see [`CatchUp`]).
+struct Link {
+    dialer: Dialer,
+    client: Client,
+    catch_up: CatchUp,
+}
+
+impl Link {
+    /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
+    fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
+        self.catch_up.send(&self.client, to, text)
+    }
+
+    /// Reconnects (see [`Dialer::reconnect`]), then resends what lacks a receipt. The old client
+    /// is closed first.
+    fn reconnect(&mut self, why: &Disconnect, ui: &mut Ui) -> anyhow::Result<()> {
+        let client = self.dialer.reconnect(why, ui)?;
         let old = std::mem::replace(&mut self.client, client);
         drop(old);
-        ui.out(&notice_line(now_ms(), "reconnected"))?;
         self.catch_up.resend(&self.client)?;
         Ok(())
     }
@@ -314,11 +338,8 @@ fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui
             },
             recv(events) -> event => match event {
                 Ok(Event::Disconnected(why)) => {
-                    if let crate::client::Disconnect::ServerError { .. } = why {
-                        anyhow::bail!("{why}");
-                    }
                     pending = Pending::default(); // transfers in flight have ended with the link
-                    link.reconnect(&why.to_string(), ui)?;
+                    link.reconnect(&why, ui)?;
                 }
                 Ok(event) => {
                     if link.catch_up.fresh(&event) {
@@ -411,50 +432,129 @@ fn send_command(client: &Client, args: &str, ui: &mut Ui, pending: &mut Pending)
 }
 
 /// `client send PATH... [--to NAME]`: upload, wait for every verdict, exit.
-fn send_once(client: Client, paths: &[PathBuf], to: Option<&str>, ui: &mut Ui) -> anyhow::Result<Exit> {
-    let mut pending = Pending::default();
-    let mut failed = 0;
-    for path in paths {
-        match client.send_file(path, to) {
-            Ok(()) => pending.uploads += 1,
-            Err(e) => {
-                ui.err(&format!("error: {}", visible(&e.to_string())));
-                failed += 1;
+///
+/// A lost connection is not the end: the command reconnects (the same policy as the interactive
+/// client, [`Dialer::reconnect`]) and sends again every file the relay has not yet stored. The
+/// relay resumes each where it stopped (uploads are keyed by path, size and modification time;
+/// see `client/upload.rs`). A failure reported just before the link went down is therefore not
+/// final and not shown; only the verdicts of the connection that sees every file through count.
+fn send_once(
+    dialer: &Dialer,
+    client: Client,
+    paths: &[PathBuf],
+    to: Option<&str>,
+    ui: &mut Ui,
+) -> anyhow::Result<Exit> {
+    let mut client = client;
+    let mut left: Vec<&PathBuf> = paths.iter().collect();
+    let mut refused = 0; // files that cannot be sent at all (not found, a directory, ...)
+    loop {
+        // The upload thread sends files one after another, so verdicts come in queue order.
+        let mut queued = Vec::new();
+        for path in left {
+            match client.send_file(path, to) {
+                Ok(()) => queued.push(path),
+                Err(ClientError::Disconnected) => queued.push(path), // the event will say why
+                Err(e) => {
+                    ui.err(&format!("error: {}", visible(&e.to_string())));
+                    refused += 1;
+                }
+            }
+        }
+        let mut failures = Vec::new();
+        let mut verdicts = 0;
+        let lost = loop {
+            if verdicts == queued.len() {
+                break None;
+            }
+            let event = match client.events().recv() {
+                Ok(event) => event,
+                Err(_) => break Some(Disconnect::Closed),
+            };
+            match &event {
+                Event::Disconnected(why) => break Some(why.clone()),
+                Event::Uploaded { .. } => verdicts += 1,
+                Event::TransferFailed { direction: Direction::Up, .. } => {
+                    verdicts += 1;
+                    failures.push((queued[verdicts - 1], event));
+                    continue; // shown once the connection has lasted to the end
+                }
+                Event::Progress { .. } => {}
+                _ => continue, // chat and notices are not this command's business
+            }
+            ui.show(&event)?;
+        };
+        match lost {
+            None => {
+                for (_, failure) in &failures {
+                    ui.show(failure)?;
+                }
+                client.close();
+                let ok = failures.is_empty() && refused == 0;
+                return Ok(if ok { Exit::Success } else { Exit::Error });
+            }
+            Some(why) => {
+                // Everything without an `Uploaded` is sent again: the rest of this round, and
+                // the ones whose failure may have been the link going down.
+                let mut again: Vec<&PathBuf> = queued[verdicts..].to_vec();
+                again.extend(failures.iter().map(|(path, _)| *path));
+                left = again;
+                client = dialer.reconnect(&why, ui)?;
             }
         }
     }
-    while !pending.is_idle() {
-        let event = client.events().recv().context("the connection ended")?;
-        match &event {
-            Event::Disconnected(why) => anyhow::bail!("{why}"),
-            Event::TransferFailed { .. } => failed += 1,
-            Event::Uploaded { .. } | Event::Progress { .. } => {}
-            _ => continue, // chat and notices are not this command's business
-        }
-        ui.show(&event)?;
-        pending.note(&event);
-    }
-    client.close();
-    Ok(if failed == 0 { Exit::Success } else { Exit::Error })
 }
 
 /// `client receive`: download everything waiting, exit.
-fn receive_once(client: Client, ui: &mut Ui) -> anyhow::Result<Exit> {
-    client.receive_all(&ui.downloads)?;
+///
+/// Like `send`, it rides out a lost connection: it reconnects and asks again for what is still
+/// waiting. Files already downloaded were verified and marked received, so they are not offered
+/// again, and a half-downloaded file resumes from its `.part` file.
+fn receive_once(dialer: &Dialer, client: Client, ui: &mut Ui) -> anyhow::Result<Exit> {
+    let mut client = client;
+    let mut received = 0;
     loop {
-        let event = client.events().recv().context("the connection ended")?;
-        match &event {
-            Event::Disconnected(why) => anyhow::bail!("{why}"),
-            Event::ReceiveFinished { failed, .. } => {
-                let failed = *failed;
-                ui.show(&event)?;
-                client.close();
-                return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
-            }
-            Event::Downloaded { .. } | Event::TransferFailed { .. } | Event::Progress { .. } => {
-                ui.show(&event)?
-            }
-            _ => {}
+        let mut failures = Vec::new();
+        let lost = match client.receive_all(&ui.downloads) {
+            Err(ClientError::Disconnected) => wait_for_disconnect(&client),
+            Err(e) => return Err(e.into()),
+            Ok(()) => loop {
+                let event = match client.events().recv() {
+                    Ok(event) => event,
+                    Err(_) => break Disconnect::Closed,
+                };
+                match &event {
+                    Event::Disconnected(why) => break why.clone(),
+                    Event::ReceiveFinished { failed, .. } => {
+                        let failed = *failed;
+                        for failure in &failures {
+                            ui.show(failure)?;
+                        }
+                        ui.show(&Event::ReceiveFinished { received, failed })?;
+                        client.close();
+                        return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
+                    }
+                    Event::Downloaded { .. } => {
+                        received += 1;
+                        ui.show(&event)?
+                    }
+                    Event::TransferFailed { .. } => failures.push(event),
+                    Event::Progress { .. } => ui.show(&event)?,
+                    _ => {}
+                }
+            },
+        };
+        client = dialer.reconnect(&lost, ui)?;
+    }
+}
+
+/// The reason a client's connection ended, once it has.
+fn wait_for_disconnect(client: &Client) -> Disconnect {
+    loop {
+        match client.events().recv() {
+            Ok(Event::Disconnected(why)) => return why,
+            Ok(_) => {}
+            Err(_) => return Disconnect::Closed,
         }
     }
 }

@@ -62,6 +62,10 @@ pub enum ErrorCode {
     NotStored,
     /// A field is longer than the protocol allows (an upload key, a file name).
     FieldTooLong,
+    /// The same account (or guest, by its resume token) logged in on another connection, which
+    /// took the name over. The client must not reconnect by itself: the two would take the name
+    /// from each other in a loop.
+    LoggedInElsewhere,
     /// A code this build does not know.
     Other(u8),
 }
@@ -111,6 +115,7 @@ impl ErrorCode {
             ErrorCode::TooManyUploads => 26,
             ErrorCode::NotStored => 27,
             ErrorCode::FieldTooLong => 28,
+            ErrorCode::LoggedInElsewhere => 29,
             ErrorCode::Other(b) => b,
         }
     }
@@ -145,6 +150,7 @@ impl ErrorCode {
             26 => ErrorCode::TooManyUploads,
             27 => ErrorCode::NotStored,
             28 => ErrorCode::FieldTooLong,
+            29 => ErrorCode::LoggedInElsewhere,
             other => ErrorCode::Other(other),
         }
     }

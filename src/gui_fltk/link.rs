@@ -84,6 +84,9 @@ impl Link {
 enum Ended {
     Quit,
     Lost(String),
+    /// The relay ended the session in a way that reconnecting would only repeat: the name was
+    /// taken over by a login elsewhere.
+    Over(String),
 }
 
 struct Looper {
@@ -119,24 +122,27 @@ impl Looper {
                     match self.pump(&client) {
                         Ended::Quit => return client.close(),
                         Ended::Lost(why) => why,
+                        Ended::Over(why) => return self.stop(why),
                     }
                 }
-                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => {
-                    self.tell(LinkEvent::Refused(e.to_string()));
-                    // Wait for the window to close; retrying would be refused again.
-                    while let Ok(command) = self.commands.recv() {
-                        if let Command::Quit = command {
-                            return;
-                        }
-                    }
-                    return;
-                }
+                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => return self.stop(e.to_string()),
                 Err(e) => e.to_string(),
             };
             if !self.tell(LinkEvent::Reconnecting { why, retry_in: backoff }) || !self.wait(backoff) {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Shows why the link stopped for good, and waits for the window to close: retrying would
+    /// be refused again (or take the name back from the user's other login).
+    fn stop(&self, why: String) {
+        self.tell(LinkEvent::Refused(why));
+        while let Ok(command) = self.commands.recv() {
+            if let Command::Quit = command {
+                return;
+            }
         }
     }
 
@@ -149,6 +155,7 @@ impl Looper {
                     Ok(command) => self.carry_out(client, command),
                 },
                 recv(client.events()) -> event => match event {
+                    Ok(Event::Disconnected(why)) if !why.may_reconnect() => return Ended::Over(describe(&why)),
                     Ok(Event::Disconnected(why)) => return Ended::Lost(describe(&why)),
                     Ok(event) => {
                         if self.catch_up.fresh(&event) && !self.tell(LinkEvent::Net(event)) {

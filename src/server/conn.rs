@@ -85,6 +85,9 @@ pub(crate) struct Joiner {
     pub room: String,
     /// True for an account holder, false for a guest.
     pub account: bool,
+    /// SHA-256 of the hello's identity token, if it had one: a guest's resume secret (see
+    /// "Taking a name back" in docs/PROTOCOL.md).
+    pub token: Option<login::TokenHash>,
 }
 
 /// Waits for a valid hello. On success returns the name and room; on failure tells the client
@@ -111,7 +114,10 @@ fn hello_phase<S: Stream>(
                     login::authenticate(&hello, &door)
                 });
             match checked {
-                Ok(account) => return Some(Joiner { name, room, account }),
+                Ok(account) => {
+                    let token = (!token.is_empty()).then(|| login::token_hash(&token));
+                    return Some(Joiner { name, room, account, token });
+                }
                 Err(refusal) => refusal,
             }
         }
@@ -201,8 +207,8 @@ fn joined_phase<S: Stream>(
             return None;
         }
     };
-    let Joiner { name, room, account } = joiner;
-    if to_hub.send(ToHub::Hello { id, name, room, account, to_client }).is_ok() {
+    let Joiner { name, room, account, token } = joiner;
+    if to_hub.send(ToHub::Hello { id, name, room, account, token, to_client }).is_ok() {
         let settings =
             DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
         Session::new(id, addr, to_hub.clone(), to_writer, settings, info.throttle.clone()).run(&mut reader);

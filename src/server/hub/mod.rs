@@ -30,7 +30,7 @@ use meter::Meter;
 pub(crate) use meter::Outgoing;
 
 use super::accept::address_key;
-use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant};
+use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant, TokenHash};
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
 use super::ServerConfig;
 use crate::frame::{self, ErrorCode, FileInfo, Frame};
@@ -47,9 +47,18 @@ pub(crate) type ConnId = u64;
 pub(crate) enum ToHub {
     /// A TCP connection was accepted. `closer` lets the hub cut it at shutdown or when it is too slow.
     Connected { id: ConnId, addr: SocketAddr, closer: Closer },
-    /// A valid hello arrived (version and name rules already checked by the connection thread).
-    /// `to_client` is the sending half of the new writer thread's queue.
-    Hello { id: ConnId, name: String, room: String, account: bool, to_client: Sender<Outgoing> },
+    /// A valid hello arrived (version, name rules and credentials already checked by the
+    /// connection thread). `account`: it proved it owns the account; `token`: SHA-256 of its
+    /// identity token, a guest's resume secret. `to_client` is the sending half of the new
+    /// writer thread's queue.
+    Hello {
+        id: ConnId,
+        name: String,
+        room: String,
+        account: bool,
+        token: Option<TokenHash>,
+        to_client: Sender<Outgoing>,
+    },
     /// Chat text from a joined client (already checked against the text rules), for its room
     /// (`to` empty) or one user. A non-zero `client_id` asks for a `Sent` receipt.
     Say { id: ConnId, client_id: u64, to: String, text: String },
@@ -115,6 +124,9 @@ struct Peer {
     room: String,
     /// An account holder (a member of rooms, gets offline messages), not a guest.
     account: bool,
+    /// SHA-256 of the identity token it joined with: a guest's resume secret (see
+    /// [`Hub::may_take_over`]).
+    token: Option<TokenHash>,
     to_client: Sender<Outgoing>,
     /// Frames waiting because `to_client` was full.
     backlog: VecDeque<Outgoing>,
@@ -128,6 +140,14 @@ struct Peer {
     /// [`GUEST_RECEIPTS`]), so a resend within the session is recognised without storing a
     /// guest's ids (see `chat.rs`, `is_resend`).
     receipts: VecDeque<(u64, u64)>,
+}
+
+/// What a hello brings to [`Hub::join`].
+struct Joining {
+    name: String,
+    room: String,
+    account: bool,
+    token: Option<TokenHash>,
 }
 
 /// How many of its receipts a guest's session remembers.
@@ -260,8 +280,8 @@ impl Hub {
             ToHub::Connected { id, addr, closer } => {
                 self.conns.insert(id, Conn { addr, closer, peer: None });
             }
-            ToHub::Hello { id, name, room, account, to_client } => {
-                self.join(id, name, room, account, to_client)
+            ToHub::Hello { id, name, room, account, token, to_client } => {
+                self.join(id, Joining { name, room, account, token }, to_client)
             }
             ToHub::Say { id, client_id, to, text } => self.say(id, client_id, to, text),
             ToHub::Seen { id, message_id } => {
@@ -434,11 +454,16 @@ impl Hub {
         }
     }
 
-    fn join(&mut self, id: ConnId, name: String, room: String, account: bool, to_client: Sender<Outgoing>) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+    fn join(&mut self, id: ConnId, joining: Joining, to_client: Sender<Outgoing>) {
+        let Joining { name, room, account, token } = joining;
+        let Some(addr) = self.conns.get(&id).map(|c| c.addr) else {
             return;
         };
-        let addr = conn.addr;
+        if let Some(&old) = self.names.get(&name) {
+            if self.may_take_over(old, account, token) {
+                self.take_over(old, addr);
+            }
+        }
         if self.names.contains_key(&name) {
             log::info!("{addr}: refused: name {name:?} is taken");
             let message = format!("the name {name:?} is already taken; choose another with --name");
@@ -449,10 +474,14 @@ impl Hub {
             let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
             return;
         }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.peer = Some(Peer {
             name: name.clone(),
             room: room.clone(),
             account,
+            token,
             to_client,
             backlog: VecDeque::new(),
             meter: Meter::new(self.queued_total.clone()),
@@ -471,6 +500,36 @@ impl Hub {
         }
         self.tell_expired(id, &name);
         self.catch_up(id, &name, &room, account);
+    }
+
+    /// Whether a hello for a name that is online may take it over from connection `old`. The
+    /// person must prove they are the one holding it: an account holder by the account's
+    /// password or machine token (checked in `login.rs` before the hello got here), a guest by
+    /// the same identity token it joined with (its resume secret: only the same machine and OS
+    /// account has it). A guest never takes an account holder's name, nor the other way round.
+    ///
+    /// This is what gives a user their name back at once after a crash, a dead Wi-Fi or a
+    /// client killed with `kill -9`: the relay may not have noticed yet that the old connection
+    /// is gone (a vanished link takes up to `--idle-timeout` to notice), and the new login must
+    /// not lose a race against that.
+    fn may_take_over(&self, old: ConnId, account: bool, token: Option<TokenHash>) -> bool {
+        let Some(peer) = self.peer(old) else { return false };
+        match (peer.account, account) {
+            (true, true) => true,
+            (false, false) => token.is_some() && peer.token == token,
+            _ => false,
+        }
+    }
+
+    /// Ends connection `old`'s session because its name was taken over from `by`. The old client
+    /// hears why (LoggedInElsewhere, which its client must not answer by reconnecting, or the
+    /// two would take the name from each other in a loop), and its uploads are released at once
+    /// so the new connection can resume them.
+    fn take_over(&mut self, old: ConnId, by: SocketAddr) {
+        let message = format!("you logged in elsewhere (from {}); this connection is closed", by.ip());
+        self.send_to(old, &Frame::Error { code: ErrorCode::LoggedInElsewhere, message });
+        self.store.release(old);
+        self.depart(old, &format!("logged in elsewhere, from {by}"), true);
     }
 
     fn who(&mut self, id: ConnId) {
@@ -494,6 +553,12 @@ impl Hub {
     /// Removes a joined client from its room and tells the room. Dropping the peer drops the
     /// queue's sender, which is how the writer thread learns to finish and close the socket.
     fn leave(&mut self, id: ConnId, why: &str) {
+        self.depart(id, why, false)
+    }
+
+    /// [`Hub::leave`], and `taken_over` says the same person carries on under the same name on
+    /// another connection: then a guest's files and uploads stay for the new session.
+    fn depart(&mut self, id: ConnId, why: &str, taken_over: bool) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -501,7 +566,7 @@ impl Hub {
         log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
         self.names.remove(&peer.name);
         self.catching_up.remove(&id);
-        if !peer.account {
+        if !peer.account && !taken_over {
             // Nothing waits for a guest after its session: the name is nobody's.
             self.store.drop_guest(&peer.name);
         }
