@@ -8,8 +8,8 @@
 //! | test | what happens | what must follow |
 //! | --- | --- | --- |
 //! | `a_vanished_client_…` | alice's packets stop (her port is cut) | the relay frees her name within its idle timeout; she gets back in |
-//! | `a_vanished_relay_…` | the relay's packets stop (its port is cut) | the client notices within its idle timeout, and rejoins when the link is back |
-//! | `twenty_crash_restart_…` | alice's client is killed (SIGKILL) and restarted, 20 times | every restart gets in: the same machine takes its name over |
+//! | `a_vanished_relay_…` | the relay's packets stop for a few seconds (its port is cut) | the client notices within its idle timeout and rejoins when the link is back; a client with the default timeout rides it out |
+//! | `twenty_crash_restart_…` | alice's client is killed (SIGKILL) and restarted, 20 times, the last ten with her link cut first | every restart gets in: the same machine takes its name over |
 //! | `takeover_with_a_password` | alice logs in from a second machine with her password | the second is in, the first is told "logged in elsewhere" and stays out |
 //! | `takeover_as_a_guest` | a guest's machine logs in again | it takes over; another machine is refused |
 //! | `a_one_shot_send_…` | the relay is killed (SIGKILL) in the middle of `client send` | the send reconnects and finishes; the file arrives intact |
@@ -18,7 +18,7 @@
 //! it prints a `SKIP` line and passes. Detection times are printed as `figure: …` lines:
 //!
 //! ```sh
-//! CARGO_TARGET_DIR=target cargo test --test links -- --nocapture
+//! cargo test --test links -- --nocapture
 //! ```
 //!
 //! Every wait has a time limit, and every loop a count, so a regression fails instead of hanging.
@@ -77,8 +77,20 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
 
         let cut = Cut::port(netns::source_port(alice.child.id(), relay.port));
         let cut_at = Instant::now();
-        let noticed = expect_within(&bob.stdout, "bob", "* alice left lobby", cut_at, secs(IDLE) + SLACK);
-        println!("figure: relay noticed a vanished client after {:.1} s", noticed.as_secs_f64());
+        // The relay's log says when it gave up on her; bob's screen, when that reached the room.
+        let noticed = expect_within(
+            &relay.proc.stderr,
+            "relay",
+            "silent past the idle timeout",
+            cut_at,
+            secs(IDLE) + SLACK,
+        );
+        let told = expect_within(&bob.stdout, "bob", "* alice left lobby", cut_at, secs(IDLE) + SLACK);
+        println!(
+            "figure: relay noticed a vanished client after {:.1} s (bob saw her leave after {:.1} s)",
+            noticed.as_secs_f64(),
+            told.as_secs_f64()
+        );
         assert!(
             noticed >= EARLIEST,
             "alice left after {noticed:?}: too soon for a timeout; did the cut leak?"
@@ -97,13 +109,16 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
     });
 }
 
-/// The relay's link vanishes for everyone. A client must notice within its own idle timeout
-/// (TCP alone would not, on an idle link), keep trying, and be back when the link is.
+/// The relay's link vanishes for everyone, for a few seconds. Alice's client, with a short idle
+/// timeout, must notice (TCP alone would not, on an idle link), keep trying, and be back when the
+/// link is. The relay keeps its default 60 s idle timeout, so it still holds her old connection
+/// when she is back: her rejoin takes it over. Bob keeps the default 60 s too, and the outage is
+/// shorter than that: his TCP connection simply rides it out.
 #[test]
 fn a_vanished_relay_is_noticed_and_rejoined() {
     netns::isolated(|| {
-        let relay = Relay::start(&["--idle-timeout", &format!("{IDLE}s")]);
-        let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &CLIENT_IDLE, &[RECONNECT]);
+        let relay = Relay::start(&[]);
+        let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[RECONNECT]);
         let mut alice = joined(&relay, "alice", &TempDir::new("alice-home").path, &CLIENT_IDLE, &[RECONNECT]);
         expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
 
@@ -116,28 +131,20 @@ fn a_vanished_relay_is_noticed_and_rejoined() {
             "alice gave up after {noticed:?}: too soon for a timeout; did the cut leak?"
         );
 
-        // The cut stays until the relay, too, has given up both connections (its log says so), so
-        // the rejoin finds the names free. A rejoin while the relay still holds the old
-        // connection is a takeover, which the takeover tests cover.
-        for _ in 0..2 {
-            expect_within(
-                &relay.proc.stderr,
-                "relay",
-                "silent past the idle timeout",
-                cut_at,
-                secs(IDLE) + SLACK,
-            );
-        }
         cut.restore();
         let back_at = Instant::now();
         // A reconnect attempt may be waiting out its 5 s connect timeout when the link returns;
         // its SYN is retried within a few seconds, so 15 s is generous.
         let rejoined = expect_within(&alice.stdout, "alice", "* reconnected", back_at, secs(15));
         println!("figure: client rejoined {:.1} s after the link came back", rejoined.as_secs_f64());
-        expect_within(&bob.stdout, "bob", "* reconnected", back_at, secs(15));
 
         alice.type_line("did you miss me");
-        expect_within(&bob.stdout, "bob", "] alice: did you miss me", Instant::now(), WAIT);
+        let bob_saw = lines_until(&bob.stdout, "] alice: did you miss me", WAIT)
+            .unwrap_or_else(|seen| panic!("bob never got alice's line after the outage; saw {seen:#?}"));
+        assert!(
+            !bob_saw.iter().any(|l| l.contains("connection lost")),
+            "bob's idle link should have ridden out a {noticed:?} outage: {bob_saw:#?}"
+        );
         assert_running(&mut alice, "alice");
         assert_running(&mut bob, "bob");
     });
@@ -216,12 +223,16 @@ fn takeover_with_a_password() {
         expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
 
         let second_home = TempDir::new("alice-laptop");
+        let second_started = Instant::now();
         let mut second = joined(&relay, "alice", &second_home.path, &password, &[RECONNECT]);
         let told =
-            expect_within(&first.stderr, "the first alice", "logged in elsewhere", Instant::now(), WAIT);
+            expect_within(&first.stderr, "the first alice", "logged in elsewhere", second_started, WAIT);
         let status = exits_within(&mut first, secs(5)).expect("the first alice exits after the takeover");
         assert!(!status.success(), "the first alice exited 0 after being taken over ({status})");
-        println!("figure: the old client was told of the takeover after {:.2} s", told.as_secs_f64());
+        println!(
+            "figure: a password takeover reached the old client {:.2} s after the new one started",
+            told.as_secs_f64()
+        );
 
         // For a while nothing more happens: the first stays out (it never reconnected), the
         // second stays in, and bob saw alice leave and come back at most once.
@@ -448,6 +459,21 @@ fn expect_within(
         seen.push(line);
     }
     panic!("{who}: no {needle:?} within {limit:?}; saw {seen:#?}");
+}
+
+/// Every line on `lines` up to and including the first one containing `needle`, or (after
+/// `within`) the lines seen instead.
+fn lines_until(lines: &Receiver<String>, needle: &str, within: Duration) -> Result<Vec<String>, Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_deadline(deadline) {
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return Ok(seen);
+        }
+    }
+    Err(seen)
 }
 
 /// Every line that arrives on `lines` during `period`.

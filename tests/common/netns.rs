@@ -169,12 +169,14 @@ fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 // Inside: the namespace's loopback and its tools
 // ---------------------------------------------------------------------------------------------
 
-/// Refuses to touch a network that is not a fresh namespace's (only `lo`: the cuts below must
-/// never reach a real interface), then brings `lo` up and builds the cutting tools.
+/// Refuses to touch a network that is not a fresh namespace's, then brings `lo` up and builds the
+/// cutting tools. Fresh means: `lo` is the only interface and is still down (as the kernel makes
+/// it), so the cuts can never reach a real interface or a loopback someone else uses.
 fn prepare_inside() {
     let links = output("ip -o link show");
     let names: Vec<&str> = links.lines().filter_map(|l| l.split(':').nth(1)).map(str::trim).collect();
-    assert_eq!(names, ["lo"], "{INSIDE} is set but this is not a fresh network namespace: {links}");
+    let fresh = names == ["lo"] && links.contains("<LOOPBACK>") && links.contains("state DOWN");
+    assert!(fresh, "{INSIDE} is set but this is not a fresh network namespace: {links}");
     for command in LINK_SETUP {
         run(command);
     }
