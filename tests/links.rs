@@ -13,6 +13,7 @@
 //! | `takeover_with_a_password` | alice logs in from a second machine with her password | the second is in, the first is told "logged in elsewhere" and stays out |
 //! | `takeover_as_a_guest` | a guest's machine logs in again | it takes over; another machine is refused |
 //! | `a_one_shot_send_…` | the relay is killed (SIGKILL) in the middle of `client send` | the send reconnects and finishes; the file arrives intact |
+//! | `a_long_transfer_on_a_slow_link_…` | a 12 MiB file goes up and down a 16 Mbit/s link, with a 3 s idle timeout | neither side takes the busy link for dead |
 //!
 //! Each test runs in network and PID namespaces of its own, so it needs root (as in CI); elsewhere
 //! it prints a `SKIP` line and passes. Detection times are printed as `figure: …` lines:
@@ -306,38 +307,76 @@ fn a_one_shot_send_survives_a_relay_restart() {
         let relay = Relay::start_in(&data.path, &relay.addr, &[]);
         let back_at = Instant::now();
         let status = exits_within(&mut send, secs(40)).expect("the send finishes after the restart");
+        thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
         let (out, err): (Vec<String>, Vec<String>) =
             (send.stdout.try_iter().collect(), send.stderr.try_iter().collect());
-        assert!(status.success(), "the send failed after the restart ({status}): {out:?} {err:?}");
+        assert!(status.success(), "the send failed after the restart ({status}): {out:#?} {err:#?}");
+        // It finished because it got back in, not because it had finished before the kill.
+        assert!(out.iter().any(|l| l.contains("* reconnected")), "the send never reconnected: {out:#?}");
         println!(
             "figure: the send finished {:.1} s after the relay came back",
             back_at.elapsed().as_secs_f64()
         );
 
         let downloads = TempDir::new("bob-downloads");
-        let mut receive = Proc::spawn(
-            CLIENT,
-            &[
-                "receive",
-                "--server",
-                &relay.addr,
-                "--name",
-                "bob",
-                "--downloads",
-                downloads.path.to_str().unwrap(),
-            ],
+        let dir = downloads.path.to_str().unwrap();
+        one_shot(
+            &["receive", "--server", &relay.addr, "--name", "bob", "--downloads", dir],
             &[BOB_PASSWORD],
-        );
-        drop(receive.stdin.take());
-        let status = exits_within(&mut receive, WAIT).expect("the receive finishes");
-        assert!(
-            status.success(),
-            "bob's receive failed: {:?}",
-            receive.stderr.try_iter().collect::<Vec<_>>()
+            WAIT,
         );
         let got = files_under(&downloads.path);
         assert_eq!(got.len(), 1, "bob should get exactly one file: {got:?}");
         assert!(sha256(&got[0]) == sent_sha, "bob's copy differs from the file sent");
+    });
+}
+
+/// On a slow link a file takes longer to send than the idle timeout, and the link is alive all
+/// along: it must not be taken for dead. While uploading, the client writes chunks (so it sends no
+/// Pings, and gets no Pongs), and the relay must still give it a sign of life; while downloading,
+/// the chunks are that sign. Both one-shot commands use a 3 s idle timeout on a 16 Mbit/s link
+/// and a 12 MiB file (over 6 s each way), and must finish without ever losing the connection.
+#[test]
+fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
+    netns::isolated(|| {
+        netns::slow_link();
+        let relay = Relay::start(&["--idle-timeout", &format!("{IDLE}s")]);
+        bob_claims_his_name(&relay);
+        let files = TempDir::new("to-send");
+        let path = random_file(&files.path, "holiday.mp4", 12 * 1024 * 1024, 11);
+
+        let started = Instant::now();
+        let args =
+            ["send", path.to_str().unwrap(), "--to", "bob", "--server", &relay.addr, "--name", "alice"];
+        let (out, err) = one_shot(&[&args[..], &CLIENT_IDLE[..]].concat(), &[], secs(60));
+        let took = started.elapsed();
+        println!("figure: 12 MiB went up a 16 Mbit/s link in {:.1} s", took.as_secs_f64());
+        assert!(
+            !out.iter().any(|l| l.contains("connection lost")),
+            "the upload lost its (working) connection: {out:#?} {err:#?}"
+        );
+        assert!(took > secs(IDLE), "the upload took {took:?}: the link was not slow enough to test anything");
+
+        let downloads = TempDir::new("bob-downloads");
+        let started = Instant::now();
+        let args = [
+            "receive",
+            "--server",
+            &relay.addr,
+            "--name",
+            "bob",
+            "--downloads",
+            downloads.path.to_str().unwrap(),
+        ];
+        let (out, err) = one_shot(&[&args[..], &CLIENT_IDLE[..]].concat(), &[BOB_PASSWORD], secs(60));
+        println!("figure: and came down in {:.1} s", started.elapsed().as_secs_f64());
+        assert!(
+            !out.iter().any(|l| l.contains("connection lost")),
+            "the download lost its (working) connection: {out:#?} {err:#?}"
+        );
+        let got = files_under(&downloads.path);
+        assert_eq!(got.len(), 1, "bob should get exactly one file: {got:?}");
+        assert!(sha256(&got[0]) == sha256(&path), "bob's copy differs from the file sent");
     });
 }
 
@@ -413,6 +452,25 @@ fn bob_claims_his_name(relay: &Relay) {
     drop(bob.stdin.take()); // end of input: the client quits
     let status = exits_within(&mut bob, WAIT).expect("bob quits at the end of his input");
     assert!(status.success(), "bob's first visit ended with {status}");
+}
+
+/// Runs a one-shot client command (`send`, `receive`) with `envs` to its end, which must be a
+/// success within `within`; returns its stdout and stderr lines. It may reconnect (for up to 30 s)
+/// as a script's command would; whether it had to is in its output.
+fn one_shot(args: &[&str], envs: &[(&str, &str)], within: Duration) -> (Vec<String>, Vec<String>) {
+    let mut env = vec![("RELAYCHAT_RECONNECT_FOR", "30")];
+    env.extend_from_slice(envs);
+    let mut proc = Proc::spawn(CLIENT, args, &env);
+    drop(proc.stdin.take());
+    let status = exits_within(&mut proc, within);
+    thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
+    let (out, err): (Vec<String>, Vec<String>) =
+        (proc.stdout.try_iter().collect(), proc.stderr.try_iter().collect());
+    match status {
+        Some(status) if status.success() => (out, err),
+        Some(status) => panic!("client {} failed ({status}): {out:#?} {err:#?}", args[0]),
+        None => panic!("client {} did not finish within {within:?}: {out:#?} {err:#?}", args[0]),
+    }
 }
 
 /// Waits for `proc`'s "connected" line: how long it took, or (if it exited or timed out) why,

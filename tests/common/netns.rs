@@ -21,8 +21,9 @@
 //! The tools on `lo`: an `htb` root whose default class `1:10` passes everything, and a class
 //! `1:20` whose only queue is a `blackhole` (every packet put there is dropped, and the sender's
 //! TCP is told it went out). A [`Cut`] adds `u32` filters that send one TCP port's packets, both
-//! directions, to `1:20`; dropping the `Cut` deletes them and the link comes back. (`netem`, the
-//! usual tool for this, is not available on every kernel; a blackhole is.)
+//! directions, to `1:20`; dropping the `Cut` deletes them and the link comes back. [`slow_link`]
+//! lowers the rate of `1:10`. (`netem`, the usual tool for both, is not available on every kernel;
+//! `htb` and a blackhole are.)
 //!
 //! The child also gets a temp dir of its own (`TMPDIR`): every process in a fresh PID namespace is
 //! pid 1, and the shared helpers name their temp dirs after the pid.
@@ -193,6 +194,14 @@ fn output(command: &str) -> String {
     let out = Command::new(words[0]).args(&words[1..]).output().unwrap_or_else(|e| panic!("{command}: {e}"));
     assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes the namespace's loopback a slow link: 16 Mbit/s (a common home uplink) for everything
+/// that is not cut, with an Ethernet-sized MTU so the rate is applied packet by packet rather than
+/// in 64 KiB lumps. Each direction of a connection crosses `lo` once, so each gets 16 Mbit/s.
+pub fn slow_link() {
+    run("ip link set lo mtu 1500");
+    run("tc class change dev lo parent 1: classid 1:10 htb rate 16mbit ceil 16mbit quantum 60000");
 }
 
 /// One TCP port's traffic, both directions, sent into the blackhole until dropped (or
