@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, PROTOCOL_VERSION};
-use crate::outbox::{self, Heartbeat};
+use crate::outbox::{self, Heartbeat, Pacing};
 use crate::rules::{self, RuleError};
 use crate::wire::{write_frame, Closer, FrameReader, Stream};
 
@@ -100,6 +100,8 @@ pub struct ClientConfig {
     /// Give the connection up as dead after this long without a byte from the relay (its Pongs
     /// keep an idle connection talking). Default [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// How the writer keeps chat from waiting behind an upload (see [`crate::outbox::Pacing`]).
+    pub pacing: Pacing,
 }
 
 /// How often an idle client says "still here" (a Ping). Every 20 s: well under the relay's
@@ -127,6 +129,7 @@ impl ClientConfig {
             chunk_delay: None,
             ping_every: PING_EVERY,
             idle_timeout: IDLE_TIMEOUT,
+            pacing: Pacing::DEFAULT,
         }
     }
 }
@@ -298,8 +301,8 @@ impl Client {
     pub fn connect_tcp(server: &str, config: &ClientConfig) -> Result<Client, ClientError> {
         rules::check_name(&config.name)?;
         rules::check_room(&config.room)?;
-        let stream =
-            dial(server).map_err(|source| ClientError::Connect { server: server.to_owned(), source })?;
+        let stream = dial(server, config.pacing.unsent)
+            .map_err(|source| ClientError::Connect { server: server.to_owned(), source })?;
         Client::connect(stream, config)
     }
 
@@ -324,10 +327,15 @@ impl Client {
         let cancel = Arc::new(AtomicBool::new(false));
 
         let ping = encode_to_vec(&Frame::Ping).map_err(|e| ClientError::Handshake(e.to_string()))?;
-        let heartbeat = Heartbeat { every: config.ping_every, frame: ping };
+        let options = outbox::Options {
+            // No polling on the client: it sends at human pace, and one thread fewer spins.
+            spin: Duration::ZERO,
+            heartbeat: Some(Heartbeat { every: config.ping_every, frame: ping }),
+            piece: config.pacing.piece,
+        };
         let mut threads = Vec::new();
         threads.push(
-            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, heartbeat))
+            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options))
                 .map_err(hs)?,
         );
         let uploads = upload::Uploader {
@@ -541,12 +549,13 @@ fn handshake<S: Stream>(
 }
 
 /// Resolves `server` and tries each address in turn, like a browser would.
-fn dial(server: &str) -> io::Result<TcpStream> {
+fn dial(server: &str, unsent: u32) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
     for addr in server.to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
+                crate::wire::limit_unsent(&stream, unsent)?;
                 return Ok(stream);
             }
             Err(e) => last = e,
@@ -564,14 +573,12 @@ fn write_loop<S: Stream>(
     stream: S,
     from_app: Receiver<Vec<u8>>,
     from_bulk: Receiver<Vec<u8>>,
-    heartbeat: Heartbeat,
+    options: outbox::Options,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    // No polling on the client: it sends at human pace, and one thread fewer spins.
     let result =
-        outbox::pump_with_heartbeat(&mut out, &from_app, from_bulk, Duration::ZERO, Some(&heartbeat))
-            .and_then(|()| out.get_ref().shutdown_write());
+        outbox::pump(&mut out, &from_app, from_bulk, &options).and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         // The reader will see the broken socket too; cut it so it notices at once.
         log::debug!("client writer ended: {e}");

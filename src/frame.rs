@@ -31,7 +31,7 @@ use std::fmt;
 mod chunk;
 mod code;
 
-pub use chunk::{chunk_frame, CHUNK_HEADER, MAX_CHUNK_DATA};
+pub use chunk::{chunk_frame, chunk_header, chunk_parts, CHUNK_HEADER, MAX_CHUNK_DATA};
 pub use code::ErrorCode;
 
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.

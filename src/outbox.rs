@@ -9,16 +9,34 @@
 //! The bulk queue is short (a few chunks), which is also what keeps memory flat during a transfer:
 //! whoever produces chunks blocks until the socket has taken the previous ones.
 //!
+//! ## Chat never waits behind file data ([`Pacing`])
+//!
+//! Looking at the urgent queue first is not enough on a slow link. Two more places hold file
+//! bytes in front of a chat line:
+//!
+//! - **The chunk being written.** A 256 KiB chunk takes 130 ms on a 16 Mbit/s link. So a chunk is
+//!   written as several smaller chunk frames ([`Pacing::piece`], 64 KiB), and the urgent queue is
+//!   looked at between them. Chunks carry no offset (the receiver appends them in order), so
+//!   nobody can tell one 256 KiB chunk from four 64 KiB ones, and no copy is made: each piece
+//!   goes out as its own 17-byte header plus a slice of the original buffer, in one `writev`.
+//! - **The kernel's send buffer.** Linux grows a socket's send buffer to megabytes, and every byte
+//!   in it is in front of the next chat line: on a 16 Mbit/s link, 1 MiB is half a second. The
+//!   socket option `TCP_NOTSENT_LOWAT` ([`Pacing::unsent`], 128 KiB) makes a write wait while
+//!   more than that is still unsent, so file data waits *here*, where chat can overtake it.
+//!   128 KiB is still several milliseconds of a fast link, enough to keep it busy while this
+//!   thread wakes up (the kernel's own advice for the option).
+//!
 //! The loop ends when the urgent queue's senders are all gone and it is empty (the relay's hub
 //! says "finish up" by dropping its sender), or when an *empty* buffer arrives on it (the client
 //! says it that way, because its reader thread holds a sender too). No frame is ever empty: it has
 //! at least its 4-byte length. A bulk queue whose senders are gone is simply ignored from then on.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::time::Duration;
 
 use crossbeam_channel::{never, Receiver, Select, TryRecvError};
 
+use crate::frame;
 use crate::spin;
 
 /// One thing to write.
@@ -33,16 +51,39 @@ enum Polled<U> {
     Finished,
 }
 
-/// Writes from both queues until the urgent queue is closed and drained. Flushes `out` whenever
-/// both queues are momentarily empty (so a burst becomes few system calls, and a lone frame
-/// still leaves at once) and before returning.
-pub fn pump<W: Write, U: AsRef<[u8]>>(
-    out: &mut W,
-    urgent: &Receiver<U>,
-    bulk: Receiver<Vec<u8>>,
-    spin: Duration,
-) -> io::Result<()> {
-    pump_with_heartbeat(out, urgent, bulk, spin, None)
+/// How a writer paces file data so that chat overtakes it (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// `TCP_NOTSENT_LOWAT`: bytes written but not yet sent that the kernel may hold for the
+    /// socket before a write waits. 0 leaves the kernel's default (no limit).
+    pub unsent: u32,
+    /// File chunks go out as chunk frames of at most this many data bytes, with urgent frames
+    /// between them. 0 writes each chunk whole.
+    pub piece: usize,
+}
+
+impl Pacing {
+    /// What the relay and the client use unless told otherwise.
+    pub const DEFAULT: Pacing = Pacing { unsent: 128 * 1024, piece: 64 * 1024 };
+    /// No pacing: whole chunks into an unlimited send buffer (how it was before; for comparison).
+    pub const OFF: Pacing = Pacing { unsent: 0, piece: 0 };
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing::DEFAULT
+    }
+}
+
+/// How a writer thread writes: see [`pump`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Poll the queues for this long before sleeping on them (see [`crate::spin`]); zero never polls.
+    pub spin: Duration,
+    /// Something to say after a quiet spell; `None` stays quiet.
+    pub heartbeat: Option<Heartbeat>,
+    /// Chunks larger than this go out in pieces ([`Pacing::piece`]; 0: whole).
+    pub piece: usize,
 }
 
 /// What a writer says when it has had nothing to say for a while: `frame` (an encoded Ping)
@@ -54,13 +95,14 @@ pub struct Heartbeat {
     pub frame: Vec<u8>,
 }
 
-/// [`pump`], and a heartbeat frame whenever nothing was written for `heartbeat.every`.
-pub fn pump_with_heartbeat<W: Write, U: AsRef<[u8]>>(
+/// Writes from both queues until the urgent queue is closed and drained. Flushes `out` whenever
+/// both queues are momentarily empty (so a burst becomes few system calls, and a lone frame
+/// still leaves at once) and before returning.
+pub fn pump<W: Write, U: AsRef<[u8]>>(
     out: &mut W,
     urgent: &Receiver<U>,
     bulk: Receiver<Vec<u8>>,
-    spin: Duration,
-    heartbeat: Option<&Heartbeat>,
+    options: &Options,
 ) -> io::Result<()> {
     let mut bulk = bulk;
     loop {
@@ -69,7 +111,7 @@ pub fn pump_with_heartbeat<W: Write, U: AsRef<[u8]>>(
             Polled::Finished => break,
             Polled::Empty => {
                 out.flush()?;
-                match wait(urgent, &mut bulk, spin, heartbeat) {
+                match wait(urgent, &mut bulk, options.spin, options.heartbeat.as_ref()) {
                     Some(item) => item,
                     None => break,
                 }
@@ -77,10 +119,68 @@ pub fn pump_with_heartbeat<W: Write, U: AsRef<[u8]>>(
         };
         match item {
             Item::Urgent(bytes) => out.write_all(bytes.as_ref())?,
-            Item::Bulk(bytes) => out.write_all(&bytes)?,
+            Item::Bulk(bytes) => {
+                if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece)? {
+                    break;
+                }
+            }
         }
     }
     out.flush()
+}
+
+/// What the urgent queue said while a chunk was going out in pieces.
+enum Between {
+    Nothing,
+    /// It closed (or sent the empty "finish" buffer): stop after the piece just written.
+    Finish,
+}
+
+/// Writes one bulk frame. A file chunk with more than `piece` data bytes goes out as several
+/// chunk frames, and urgent frames queued meanwhile are written between them.
+fn write_bulk<W: Write, U: AsRef<[u8]>>(
+    out: &mut W,
+    bytes: &[u8],
+    urgent: &Receiver<U>,
+    piece: usize,
+) -> io::Result<Between> {
+    let parts = frame::chunk_parts(bytes).filter(|(_, _, data)| piece > 0 && data.len() > piece);
+    let Some((kind, id, data)) = parts else {
+        out.write_all(bytes)?;
+        return Ok(Between::Nothing);
+    };
+    let mut pieces = data.chunks(piece).peekable();
+    while let Some(data) = pieces.next() {
+        let header = frame::chunk_header(kind, id, data.len()).map_err(io::Error::other)?;
+        write_all_vectored(out, &mut [IoSlice::new(&header), IoSlice::new(data)])?;
+        if pieces.peek().is_none() {
+            break;
+        }
+        // The point of the pieces: whatever chat is waiting goes now, not after the chunk.
+        loop {
+            match urgent.try_recv() {
+                Ok(bytes) if bytes.as_ref().is_empty() => return Ok(Between::Finish),
+                Ok(bytes) => out.write_all(bytes.as_ref())?,
+                Err(TryRecvError::Disconnected) => return Ok(Between::Finish),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+    }
+    Ok(Between::Nothing)
+}
+
+/// `write_all` for several buffers at once: one `writev` system call when the socket takes it
+/// all, which is what lets a piece's header and data leave without being copied together.
+fn write_all_vectored<W: Write>(out: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// One look at both queues, urgent first.
@@ -155,7 +255,7 @@ mod tests {
         let beat = Heartbeat { every: Duration::from_millis(50), frame: b"P".to_vec() };
         let writer = std::thread::spawn(move || {
             let mut out = Vec::new();
-            pump_with_heartbeat(&mut out, &urgent, bulk, Duration::ZERO, Some(&beat)).unwrap();
+            pump(&mut out, &urgent, bulk, &Options { heartbeat: Some(beat), ..Options::default() }).unwrap();
             out
         });
         for _ in 0..10 {
@@ -182,7 +282,7 @@ mod tests {
         drop(to_urgent);
         drop(to_bulk);
         let mut out = Vec::new();
-        pump(&mut out, &urgent, bulk, Duration::ZERO).unwrap();
+        pump(&mut out, &urgent, bulk, &Options::default()).unwrap();
         // The urgent queue closing ends the loop: bulk frames still queued are not written.
         assert_eq!(out, b"U");
     }
@@ -195,7 +295,7 @@ mod tests {
         to_urgent.send(Vec::new()).unwrap();
         to_urgent.send(b"never".to_vec()).unwrap();
         let mut out = Vec::new();
-        pump(&mut out, &urgent, bulk, Duration::ZERO).unwrap();
+        pump(&mut out, &urgent, bulk, &Options::default()).unwrap();
         assert_eq!(out, b"last");
     }
 
@@ -205,7 +305,8 @@ mod tests {
         let (to_bulk, bulk) = bounded::<Vec<u8>>(8);
         let writer = std::thread::spawn(move || {
             let mut out = Vec::new();
-            pump(&mut out, &urgent, bulk, Duration::from_micros(50)).unwrap();
+            pump(&mut out, &urgent, bulk, &Options { spin: Duration::from_micros(50), ..Options::default() })
+                .unwrap();
             out
         });
         to_bulk.send(b"1".to_vec()).unwrap();
@@ -215,5 +316,54 @@ mod tests {
         to_urgent.send(b"3".to_vec()).unwrap();
         drop(to_urgent);
         assert_eq!(writer.join().unwrap(), b"123");
+    }
+
+    /// A writer that, during its first write, queues `inject` on the urgent queue: chat arriving
+    /// while a chunk is on its way out.
+    struct ChatArrives {
+        out: Vec<u8>,
+        inject: Option<(crossbeam_channel::Sender<Vec<u8>>, Vec<u8>)>,
+    }
+
+    impl Write for ChatArrives {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some((urgent, chat)) = self.inject.take() {
+                urgent.send(chat).unwrap();
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn chat_goes_between_the_pieces_of_a_chunk() {
+        use crate::frame::{decode, encode_to_vec, Frame};
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let chunk = encode_to_vec(&Frame::DownloadChunk { file_id: 5, data: data.clone() }).unwrap();
+        let chat = encode_to_vec(&Frame::say("hi")).unwrap();
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
+        let (to_bulk, bulk) = bounded::<Vec<u8>>(8);
+        to_bulk.send(chunk).unwrap();
+        drop(to_bulk);
+        let mut out = ChatArrives { out: Vec::new(), inject: Some((to_urgent.clone(), chat)) };
+        let options = Options { piece: 100, ..Options::default() };
+        let writer = std::thread::spawn(move || {
+            pump(&mut out, &urgent, bulk, &options).unwrap();
+            out.out
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(to_urgent);
+        let bytes = writer.join().unwrap();
+        let mut frames = Vec::new();
+        let mut rest = &bytes[..];
+        while let Some((frame, used)) = decode(rest).unwrap() {
+            frames.push(frame);
+            rest = &rest[used..];
+        }
+        let piece =
+            |range: std::ops::Range<usize>| Frame::DownloadChunk { file_id: 5, data: data[range].to_vec() };
+        assert_eq!(frames, vec![piece(0..100), Frame::say("hi"), piece(100..200), piece(200..300)]);
     }
 }

@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
+pub use crate::outbox::Pacing;
 use hub::{Hub, ToHub};
 
 /// The port the seed project used, kept as the default.
@@ -111,6 +112,9 @@ pub struct ServerConfig {
     /// How long the hub and the writers poll their queue before sleeping (see [`crate::spin`]).
     /// Default 100 µs; zero turns polling off.
     pub spin: Duration,
+    /// How writers keep chat from waiting behind file data: the socket's unsent-bytes limit and
+    /// the size of the pieces chunks are written in (see [`crate::outbox::Pacing`]).
+    pub pacing: Pacing,
     /// Where files wait for their recipients (see `server/store.rs`). Default `./relay-data`.
     pub data_dir: PathBuf,
     /// File size, quota and free-space limits.
@@ -171,6 +175,7 @@ impl Default for ServerConfig {
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             spin: Duration::from_micros(100),
+            pacing: Pacing::DEFAULT,
             data_dir: PathBuf::from("relay-data"),
             limits: StoreLimits::default(),
             chunk_size: DEFAULT_CHUNK,

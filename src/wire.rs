@@ -220,6 +220,20 @@ impl<S: Stream> FrameReader<S> {
     }
 }
 
+/// Limits how many bytes the kernel keeps written-but-unsent for this socket
+/// (`TCP_NOTSENT_LOWAT`): a write then waits until the unsent bytes fall below `bytes`, so file
+/// data queues in the writer, where chat can overtake it, rather than in the kernel, where it
+/// cannot (see `crate::outbox`, "Chat never waits behind file data"). `0` leaves the kernel's
+/// default. On systems without the option this does nothing, and chat just waits a little longer.
+pub fn limit_unsent(stream: &std::net::TcpStream, bytes: u32) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if bytes > 0 {
+        return socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes);
+    }
+    let _ = (stream, bytes);
+    Ok(())
+}
+
 /// Reads the next `len` bytes of `source` (a file, in practice) into a new buffer laid out for
 /// [`frame::chunk_frame`]: header space, then the data, read straight in with no zero-filling and
 /// no extra copy.

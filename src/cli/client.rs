@@ -152,7 +152,12 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         None => {
             ui.out(&notice_line(
                 now_ms(),
-                &format!("connected to {} as {} in {}", visible(&dialer.server), client.name(), client.room()),
+                &format!(
+                    "connected to {} as {} in {}",
+                    visible(&dialer.server),
+                    client.name(),
+                    client.room()
+                ),
             ))?;
             let keyboard = spawn_stdin_reader()?;
             let link = Link { dialer, client, catch_up: CatchUp::default() };
@@ -255,7 +260,10 @@ impl Dialer {
             anyhow::bail!("{why}");
         }
         let give_up = std::time::Instant::now() + reconnect_for();
-        ui.out(&notice_line(now_ms(), &format!("connection lost ({}); reconnecting", visible(&why.to_string()))))?;
+        ui.out(&notice_line(
+            now_ms(),
+            &format!("connection lost ({}); reconnecting", visible(&why.to_string())),
+        ))?;
         let mut pause = std::time::Duration::from_millis(250);
         let client = loop {
             match Client::connect_tcp(&self.server, &self.config) {

@@ -19,13 +19,38 @@ pub const MAX_CHUNK_DATA: usize = MAX_FRAME_LEN - (CHUNK_HEADER - LEN_PREFIX);
 /// `encode(&Frame::UploadChunk { .. })` (or `DownloadChunk` with [`DOWNLOAD_CHUNK`]), without a copy.
 pub fn chunk_frame(buf: &mut [u8], kind: u8, id: u64) -> Result<(), FrameError> {
     let data_len = buf.len().checked_sub(CHUNK_HEADER).ok_or(FrameError::Truncated { kind })?;
+    buf[..CHUNK_HEADER].copy_from_slice(&chunk_header(kind, id, data_len)?);
+    Ok(())
+}
+
+/// The parts of an encoded chunk frame (`UploadChunk` or `DownloadChunk`): its kind, its
+/// transfer id and its data. `None` when `bytes` is not exactly one well-formed chunk frame.
+///
+/// A writer uses this to send one big chunk as several smaller ones, with chat in between (see
+/// `crate::outbox`): chunks carry no offset, so the receiver cannot tell the difference.
+pub fn chunk_parts(bytes: &[u8]) -> Option<(u8, u64, &[u8])> {
+    let header = bytes.get(..CHUNK_HEADER)?;
+    let kind = header[4];
+    if kind != super::UPLOAD_CHUNK && kind != super::DOWNLOAD_CHUNK {
+        return None;
+    }
+    let frame_len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
+    let data_len = u32::from_be_bytes(header[13..17].try_into().ok()?) as usize;
+    let id = u64::from_be_bytes(header[5..13].try_into().ok()?);
+    let whole = bytes.len() == LEN_PREFIX + frame_len && bytes.len() == CHUNK_HEADER + data_len;
+    whole.then(|| (kind, id, &bytes[CHUNK_HEADER..]))
+}
+
+/// The header of a chunk frame of `kind` for transfer `id` carrying `data_len` bytes (at most
+/// [`MAX_CHUNK_DATA`]): the bytes to write just before the data.
+pub fn chunk_header(kind: u8, id: u64, data_len: usize) -> Result<[u8; CHUNK_HEADER], FrameError> {
     if data_len > MAX_CHUNK_DATA {
         return Err(FrameError::TooLarge { len: data_len + CHUNK_HEADER - LEN_PREFIX, max: MAX_FRAME_LEN });
     }
-    let n = (buf.len() - LEN_PREFIX) as u32; // <= MAX_FRAME_LEN, checked above
-    buf[..4].copy_from_slice(&n.to_be_bytes());
-    buf[4] = kind;
-    buf[5..13].copy_from_slice(&id.to_be_bytes());
-    buf[13..17].copy_from_slice(&(data_len as u32).to_be_bytes());
-    Ok(())
+    let mut header = [0u8; CHUNK_HEADER];
+    header[..4].copy_from_slice(&((CHUNK_HEADER - LEN_PREFIX + data_len) as u32).to_be_bytes());
+    header[4] = kind;
+    header[5..13].copy_from_slice(&id.to_be_bytes());
+    header[13..17].copy_from_slice(&(data_len as u32).to_be_bytes());
+    Ok(header)
 }

@@ -152,6 +152,36 @@ fn chunk_frame_matches_the_general_encoder() {
 }
 
 #[test]
+fn a_chunk_cut_into_pieces_decodes_as_the_same_bytes() {
+    let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let whole = encode_to_vec(&Frame::DownloadChunk { file_id: 7, data: data.clone() }).unwrap();
+    let (kind, id, parts) = chunk_parts(&whole).unwrap();
+    assert_eq!((kind, id, parts), (DOWNLOAD_CHUNK, 7, &data[..]));
+    // Three pieces, each its own frame: the data joins up to the original.
+    let mut stream = Vec::new();
+    for piece in parts.chunks(400) {
+        stream.extend_from_slice(&chunk_header(kind, id, piece.len()).unwrap());
+        stream.extend_from_slice(piece);
+    }
+    let (mut joined, mut rest) = (Vec::new(), &stream[..]);
+    while let Some((frame, used)) = decode(rest).unwrap() {
+        match frame {
+            Frame::DownloadChunk { file_id: 7, data } => joined.extend(data),
+            other => panic!("{other:?}"),
+        }
+        rest = &rest[used..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(joined, data);
+    // Anything but one whole chunk frame is not taken apart.
+    assert_eq!(chunk_parts(&whole[..whole.len() - 1]), None, "cut short");
+    assert_eq!(chunk_parts(&encode_to_vec(&Frame::say("hi")).unwrap()), None, "not a chunk");
+    let mut two = whole.clone();
+    two.extend_from_slice(&whole);
+    assert_eq!(chunk_parts(&two), None, "two frames");
+}
+
+#[test]
 fn largest_allowed_frame_is_accepted_and_one_more_byte_is_not() {
     // kind (1) + client id (8) + empty `to` (4) + text length (4) + text = MAX_FRAME_LEN
     let text = "x".repeat(MAX_FRAME_LEN - 17);

@@ -125,7 +125,9 @@ impl Looper {
                         Ended::Over(why) => return self.stop(why),
                     }
                 }
-                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => return self.stop(e.to_string()),
+                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => {
+                    return self.stop(e.to_string())
+                }
                 Err(e) => e.to_string(),
             };
             if !self.tell(LinkEvent::Reconnecting { why, retry_in: backoff }) || !self.wait(backoff) {

@@ -355,6 +355,10 @@ fn start_connection(
     if let Err(e) = stream.set_nodelay(true) {
         log::warn!("{addr}: cannot set TCP_NODELAY: {e}");
     }
+    // File data must not pile up in the kernel in front of chat (see `crate::outbox`).
+    if let Err(e) = crate::wire::limit_unsent(&stream, config.pacing.unsent) {
+        log::warn!("{addr}: cannot set TCP_NOTSENT_LOWAT: {e}");
+    }
     let to_hub = to_hub.clone();
     let pool = pool.clone();
     let config = config.clone();

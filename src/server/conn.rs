@@ -196,10 +196,11 @@ fn joined_phase<S: Stream>(
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
     // when the client has closed its side (see `write_loop`).
     let (_reader_alive, reader_gone) = bounded::<()>(0);
-    let (linger, spin) = (config.linger, config.spin);
+    let linger = config.linger;
+    let options = outbox::Options { spin: config.spin, heartbeat: None, piece: config.pacing.piece };
     let writer = thread::Builder::new()
         .name(format!("conn-{id}-writer"))
-        .spawn(move || write_loop(writer_stream, from_hub, from_conn, reader_gone, linger, spin));
+        .spawn(move || write_loop(writer_stream, from_hub, from_conn, reader_gone, linger, options));
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -239,12 +240,12 @@ fn write_loop<S: Stream>(
     from_conn: Receiver<Vec<u8>>,
     reader_gone: Receiver<()>,
     linger: Duration,
-    spin: Duration,
+    options: outbox::Options,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     let result =
-        outbox::pump(&mut out, &from_hub, from_conn, spin).and_then(|()| out.get_ref().shutdown_write());
+        outbox::pump(&mut out, &from_hub, from_conn, &options).and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         log::debug!("writer ended: {e}");
     } else {
