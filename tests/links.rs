@@ -14,6 +14,7 @@
 //! | `takeover_as_a_guest` | a guest's machine logs in again | it takes over; another machine is refused |
 //! | `a_one_shot_send_…` | the relay is killed (SIGKILL) in the middle of `client send` | the send reconnects and finishes; the file arrives intact |
 //! | `a_long_transfer_on_a_slow_link_…` | a 12 MiB file goes up and down a 16 Mbit/s link, with a 3 s idle timeout | neither side takes the busy link for dead |
+//! | `an_interactive_send_on_a_slow_link_…` | the same upload with the interactive `/send` | it arrives, without a false "connection lost" |
 //!
 //! Each test runs in network and PID namespaces of its own, so it needs root (as in CI); elsewhere
 //! it prints a `SKIP` line and passes. Detection times are printed as `figure: …` lines:
@@ -58,15 +59,17 @@ const EARLIEST: Duration = Duration::from_millis(1500);
 /// with builds) delays threads and processes by a second or two.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// Lets a terminal client keep trying after a lost link (`Proc::spawn` sets 0: exit at once).
+/// Lets a terminal client keep trying for 60 s after a lost link. (`Proc::spawn` sets 0, which
+/// makes one immediate attempt and then gives up.)
 const RECONNECT: (&str, &str) = ("RELAYCHAT_RECONNECT_FOR", "60");
 
 // =============================================================================================
 // The tests
 // =============================================================================================
 
-/// Alice's link vanishes: the relay hears nothing more from her, and only its idle timeout can
-/// tell. It must free her name, so that alice, back on a new connection, gets it again.
+/// Alice's laptop lid closes: her client stops running and her link goes silent, without a FIN.
+/// Only the relay's idle timeout can tell. It must free her name, so that alice, back on a new
+/// connection, gets it again.
 #[test]
 fn a_vanished_client_is_freed_and_its_name_taken_back() {
     netns::isolated(|| {
@@ -74,10 +77,16 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
         let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &CLIENT_IDLE, &[]);
         let alice_home = TempDir::new("alice-home");
         let alice = joined(&relay, "alice", &alice_home.path, &CLIENT_IDLE, &[]);
-        expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
+        let mut bob_saw = lines_until(&bob.stdout, "* alice joined lobby", WAIT)
+            .unwrap_or_else(|seen| panic!("bob never saw alice join; saw {seen:#?}"));
 
         let cut = Cut::port(netns::source_port(alice.child.id(), relay.port));
         let cut_at = Instant::now();
+        // Frozen, her client cannot notice the dead link and reconnect (which would take her old
+        // connection over, and the relay's timeout would go untested).
+        // SAFETY: kill(2) on our own child's pid; SIGSTOP has no handler to run.
+        unsafe { libc::kill(alice.child.id() as libc::pid_t, libc::SIGSTOP) };
+
         // The relay's log says when it gave up on her; bob's screen, when that reached the room.
         let noticed = expect_within(
             &relay.proc.stderr,
@@ -86,7 +95,11 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
             cut_at,
             secs(IDLE) + SLACK,
         );
-        let told = expect_within(&bob.stdout, "bob", "* alice left lobby", cut_at, secs(IDLE) + SLACK);
+        bob_saw.extend(
+            lines_until(&bob.stdout, "* alice left lobby", secs(IDLE) + SLACK)
+                .unwrap_or_else(|seen| panic!("bob never saw alice leave; saw {seen:#?}")),
+        );
+        let told = cut_at.elapsed();
         println!(
             "figure: relay noticed a vanished client after {:.1} s (bob saw her leave after {:.1} s)",
             noticed.as_secs_f64(),
@@ -97,14 +110,19 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
             "alice left after {noticed:?}: too soon for a timeout; did the cut leak?"
         );
 
-        // The old process ends (a laptop that never comes back); whatever it sends on its way out
-        // is swallowed by the cut, which stays in place: nothing but the timeout freed the name.
+        // Her old process is gone for good (Proc's drop kills it); the cut stays in place, so
+        // nothing but the timeout can have freed the name.
         drop(alice);
         let mut alice = joined(&relay, "alice", &alice_home.path, &CLIENT_IDLE, &[]);
-        expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
         alice.type_line("back on a new link");
-        expect_within(&bob.stdout, "bob", "] alice: back on a new link", Instant::now(), WAIT);
-        // Bob's link was never touched: he would have exited on a lost link (no reconnecting).
+        for needle in ["* alice joined lobby", "] alice: back on a new link"] {
+            bob_saw.extend(
+                lines_until(&bob.stdout, needle, WAIT)
+                    .unwrap_or_else(|seen| panic!("bob never saw {needle:?}; saw {seen:#?}")),
+            );
+        }
+        // Bob's link was never touched, so it never broke.
+        assert!(!bob_saw.iter().any(|l| l.contains("connection lost")), "bob lost his link: {bob_saw:#?}");
         assert_running(&mut bob, "bob");
         cut.restore();
     });
@@ -377,6 +395,36 @@ fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
         let got = files_under(&downloads.path);
         assert_eq!(got.len(), 1, "bob should get exactly one file: {got:?}");
         assert!(sha256(&got[0]) == sha256(&path), "bob's copy differs from the file sent");
+    });
+}
+
+/// The same for the interactive client's `/send`, with bob online: the file must reach him and
+/// alice's busy link must never be taken for dead. (An interactive client drops the transfers in
+/// flight when it reconnects, so here a false alarm loses the file instead of resuming it.)
+#[test]
+fn an_interactive_send_on_a_slow_link_arrives() {
+    netns::isolated(|| {
+        netns::slow_link();
+        let relay = Relay::start(&[]);
+        let bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[]);
+        let mut alice = joined(&relay, "alice", &TempDir::new("alice-home").path, &CLIENT_IDLE, &[RECONNECT]);
+        let files = TempDir::new("to-send");
+        let path = random_file(&files.path, "holiday.mp4", 12 * 1024 * 1024, 13);
+
+        let started = Instant::now();
+        alice.type_line(&format!("/send --to bob {}", path.display()));
+        // Over 6 s of transfer at 16 Mbit/s; 25 s leaves room for a busy machine.
+        let alice_saw = lines_until(&alice.stdout, "* sent holiday.mp4", secs(25))
+            .unwrap_or_else(|seen| panic!("alice's upload never finished; she saw {seen:#?}"));
+        println!(
+            "figure: an interactive /send of 12 MiB took {:.1} s at 16 Mbit/s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            !alice_saw.iter().any(|l| l.contains("connection lost")),
+            "alice's busy link was taken for dead: {alice_saw:#?}"
+        );
+        expect_within(&bob.stdout, "bob", "[Newfile] alice: holiday.mp4", Instant::now(), WAIT);
     });
 }
 
