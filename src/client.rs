@@ -95,7 +95,7 @@ pub struct ClientConfig {
     /// transfer in the middle.
     #[doc(hidden)]
     pub chunk_delay: Option<Duration>,
-    /// Send a Ping after this long without sending anything. Default [`PING_EVERY`].
+    /// Send a Ping this often (the relay answers each with a Pong). Default [`PING_EVERY`].
     pub ping_every: Duration,
     /// Give the connection up as dead after this long without a byte from the relay (its Pongs
     /// keep an idle connection talking). Default [`IDLE_TIMEOUT`].

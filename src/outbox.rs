@@ -32,7 +32,7 @@
 //! at least its 4-byte length. A bulk queue whose senders are gone is simply ignored from then on.
 
 use std::io::{self, IoSlice, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, Receiver, Select, TryRecvError};
 
@@ -86,9 +86,11 @@ pub struct Options {
     pub piece: usize,
 }
 
-/// What a writer says when it has had nothing to say for a while: `frame` (an encoded Ping)
-/// after `every` without writing anything. This is how a client keeps an idle connection from
-/// looking dead to the relay, and to the NATs on the way (see docs/PROTOCOL.md, "Heartbeat").
+/// What a writer says on a schedule: `frame` (an encoded Ping) every `every`, busy or not. The
+/// relay answers each Ping with a Pong, so each side hears the other at least that often: while
+/// idle (which keeps NATs on the way from forgetting the connection), and while the client is
+/// busy *sending* a file, when the relay would otherwise say nothing until the upload is done
+/// (see docs/PROTOCOL.md, "Heartbeat").
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
     pub every: Duration,
@@ -105,28 +107,53 @@ pub fn pump<W: Write, U: AsRef<[u8]>>(
     options: &Options,
 ) -> io::Result<()> {
     let mut bulk = bulk;
+    let mut beat = Beat::new(options.heartbeat.as_ref());
     loop {
+        beat.write_if_due(out)?;
         let item = match poll(urgent, &mut bulk) {
             Polled::Item(item) => item,
             Polled::Finished => break,
             Polled::Empty => {
                 out.flush()?;
-                match wait(urgent, &mut bulk, options.spin, options.heartbeat.as_ref()) {
-                    Some(item) => item,
-                    None => break,
+                match wait(urgent, &mut bulk, options.spin, beat.due) {
+                    Waited::Item(item) => item,
+                    Waited::BeatDue => continue, // written at the top of the loop
+                    Waited::Finished => break,
                 }
             }
         };
         match item {
             Item::Urgent(bytes) => out.write_all(bytes.as_ref())?,
             Item::Bulk(bytes) => {
-                if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece)? {
+                if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece, &mut beat)? {
                     break;
                 }
             }
         }
     }
     out.flush()
+}
+
+/// When the next heartbeat is due, if the writer has one.
+struct Beat<'a> {
+    heartbeat: Option<&'a Heartbeat>,
+    due: Option<Instant>,
+}
+
+impl<'a> Beat<'a> {
+    fn new(heartbeat: Option<&'a Heartbeat>) -> Beat<'a> {
+        Beat { heartbeat, due: heartbeat.map(|beat| Instant::now() + beat.every) }
+    }
+
+    fn write_if_due<W: Write>(&mut self, out: &mut W) -> io::Result<()> {
+        if let (Some(beat), Some(due)) = (self.heartbeat, self.due) {
+            if Instant::now() >= due {
+                out.write_all(&beat.frame)?;
+                self.due = Some(Instant::now() + beat.every);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the urgent queue said while a chunk was going out in pieces.
@@ -143,6 +170,7 @@ fn write_bulk<W: Write, U: AsRef<[u8]>>(
     bytes: &[u8],
     urgent: &Receiver<U>,
     piece: usize,
+    beat: &mut Beat<'_>,
 ) -> io::Result<Between> {
     let parts = frame::chunk_parts(bytes).filter(|(_, _, data)| piece > 0 && data.len() > piece);
     let Some((kind, id, data)) = parts else {
@@ -156,7 +184,10 @@ fn write_bulk<W: Write, U: AsRef<[u8]>>(
         if pieces.peek().is_none() {
             break;
         }
-        // The point of the pieces: whatever chat is waiting goes now, not after the chunk.
+        // The point of the pieces: whatever chat is waiting goes now, not after the chunk. (So
+        // does a heartbeat that fell due: on a very slow link one chunk can take longer than
+        // the heartbeat's period.)
+        beat.write_if_due(out)?;
         loop {
             match urgent.try_recv() {
                 Ok(bytes) if bytes.as_ref().is_empty() => return Ok(Between::Finish),
@@ -201,17 +232,26 @@ fn poll<U: AsRef<[u8]>>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> P
     }
 }
 
-/// Waits for the next item: polls for `spin` (see [`crate::spin`]), then sleeps on both queues.
-/// `None` means the urgent queue is closed and empty.
+/// What [`wait`] came back with.
+enum Waited<U> {
+    Item(Item<U>),
+    /// Time for the heartbeat.
+    BeatDue,
+    /// The urgent queue is closed and empty.
+    Finished,
+}
+
+/// Waits for the next item: polls for `spin` (see [`crate::spin`]), then sleeps on both queues
+/// until one has something or `beat_due` comes.
 fn wait<U: AsRef<[u8]>>(
     urgent: &Receiver<U>,
     bulk: &mut Receiver<Vec<u8>>,
     spin: Duration,
-    heartbeat: Option<&Heartbeat>,
-) -> Option<Item<U>> {
+    beat_due: Option<Instant>,
+) -> Waited<U> {
     let polled = spin::poll_for(spin, || match poll(urgent, bulk) {
-        Polled::Item(item) => Some(Some(item)),
-        Polled::Finished => Some(None),
+        Polled::Item(item) => Some(Waited::Item(item)),
+        Polled::Finished => Some(Waited::Finished),
         Polled::Empty => None,
     });
     if let Some(result) = polled {
@@ -225,19 +265,19 @@ fn wait<U: AsRef<[u8]>>(
         let mut ready = Select::new();
         ready.recv(urgent);
         ready.recv(bulk);
-        match heartbeat {
+        match beat_due {
             None => {
                 ready.ready();
             }
-            Some(beat) => {
-                if ready.ready_timeout(beat.every).is_err() {
-                    return Some(Item::Bulk(beat.frame.clone())); // quiet for too long: say so
+            Some(due) => {
+                if ready.ready_deadline(due).is_err() {
+                    return Waited::BeatDue;
                 }
             }
         }
         match poll(urgent, bulk) {
-            Polled::Item(item) => return Some(item),
-            Polled::Finished => return None,
+            Polled::Item(item) => return Waited::Item(item),
+            Polled::Finished => return Waited::Finished,
             Polled::Empty => {} // a closed bulk queue was swapped for `never()`; wait again
         }
     }
@@ -249,7 +289,7 @@ mod tests {
     use crossbeam_channel::bounded;
 
     #[test]
-    fn a_quiet_writer_sends_its_heartbeat_and_a_busy_one_does_not() {
+    fn a_writer_beats_on_schedule_busy_or_quiet() {
         let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
         let (_to_bulk, bulk) = bounded::<Vec<u8>>(8);
         let beat = Heartbeat { every: Duration::from_millis(50), frame: b"P".to_vec() };
@@ -258,17 +298,18 @@ mod tests {
             pump(&mut out, &urgent, bulk, &Options { heartbeat: Some(beat), ..Options::default() }).unwrap();
             out
         });
-        for _ in 0..10 {
+        for _ in 0..15 {
             to_urgent.send(b"x".to_vec()).unwrap();
             std::thread::sleep(Duration::from_millis(10)); // busier than the heartbeat
         }
-        std::thread::sleep(Duration::from_millis(130)); // quiet: two or so heartbeats
+        std::thread::sleep(Duration::from_millis(150)); // then quiet
         drop(to_urgent);
-        let out = writer.join().unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("xxxxxxxxxx"), "no heartbeat while busy: {text}");
-        let beats = text.matches('P').count();
-        assert!((1..=3).contains(&beats), "heartbeats while quiet: {text}");
+        let text = String::from_utf8(writer.join().unwrap()).unwrap();
+        let busy = text[..text.rfind('x').unwrap()].matches('P').count();
+        let quiet = text[text.rfind('x').unwrap()..].matches('P').count();
+        // About 150 ms busy and 150 ms quiet at one beat per 50 ms: about 3 of each.
+        assert!((1..=4).contains(&busy), "beats while busy (a client sending a file): {text}");
+        assert!((1..=4).contains(&quiet), "beats while quiet: {text}");
     }
 
     #[test]

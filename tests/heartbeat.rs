@@ -77,3 +77,34 @@ fn a_client_notices_a_relay_that_went_silent() {
     drop(alice);
     fake.join().unwrap();
 }
+
+#[test]
+fn a_long_upload_is_not_taken_for_a_dead_relay() {
+    // While a client uploads, the relay has nothing to say until the upload is done. The client
+    // must still hear from it (the Pongs to the Pings its busy writer keeps sending), or an
+    // upload longer than the idle timeout would be cut as a dead link. Found in a namespace test
+    // on a 16 Mbit/s link (tests/links.rs); here the upload is slowed by a delay per chunk.
+    let server = TestServer::start_with(quick_idle());
+    let dir = TempDir::new("long-upload");
+    let path = random_file(&dir.path, "long.bin", 16 * 64 * 1024, 3);
+    let mut config = ClientConfig::new("alice", "lobby");
+    config.ping_every = Duration::from_millis(200);
+    config.idle_timeout = Duration::from_millis(800);
+    config.chunk_size = 64 * 1024;
+    config.chunk_delay = Some(Duration::from_millis(150)); // 16 chunks: about 2.4 s, 3 idle timeouts
+    let alice = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
+    let mut bob_config = ClientConfig::new("bob", "lobby");
+    bob_config.ping_every = Duration::from_millis(200); // bob idles through it all
+    let bob = Client::connect_tcp(&server.addr.to_string(), &bob_config).unwrap();
+    let started = Instant::now();
+    alice.send_file(&path, Some("bob")).unwrap();
+    let outcome = wait_for(&alice, "the upload's end", |e| match e {
+        Event::Uploaded { .. } => Some(Ok(())),
+        Event::TransferFailed { reason, .. } => Some(Err(reason.clone())),
+        Event::Disconnected(why) => Some(Err(format!("{why}"))),
+        _ => None,
+    });
+    assert_eq!(outcome, Ok(()));
+    assert!(started.elapsed() > Duration::from_secs(2), "the upload was meant to outlast the idle timeout");
+    drop(bob);
+}

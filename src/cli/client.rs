@@ -73,8 +73,8 @@ pub struct ConnArgs {
     #[arg(long, global = true, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
     /// Seconds without a word from the relay before the link counts as dead and the client
-    /// reconnects. A Ping goes out after a third of it without sending anything, so an idle link
-    /// is never silent that long while it works (see docs/PROTOCOL.md, "Heartbeat").
+    /// reconnects. A Ping goes out every third of it and the relay answers, so a working link
+    /// is never silent that long, idle or busy (see docs/PROTOCOL.md, "Heartbeat").
     #[arg(long, global = true, env = "RELAYCHAT_IDLE_TIMEOUT", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub idle_timeout: u64,
