@@ -15,6 +15,7 @@
 //! | `a_one_shot_send_…` | the relay is killed (SIGKILL) in the middle of `client send` | the send reconnects and finishes; the file arrives intact |
 //! | `a_long_transfer_on_a_slow_link_…` | a 12 MiB file goes up and down a 16 Mbit/s link, with a 3 s idle timeout | neither side takes the busy link for dead |
 //! | `an_interactive_send_on_a_slow_link_…` | the same upload with the interactive `/send` | it arrives, without a false "connection lost" |
+//! | `an_interactive_send_cut_off_mid_file_…` | the relay's port is cut in the middle of an interactive `/send` | the client rejoins; the file still arrives, or alice is told it failed |
 //!
 //! Each test runs in network and PID namespaces of its own, so it needs root (as in CI); elsewhere
 //! it prints a `SKIP` line and passes. Detection times are printed as `figure: …` lines:
@@ -425,6 +426,54 @@ fn an_interactive_send_on_a_slow_link_arrives() {
             "alice's busy link was taken for dead: {alice_saw:#?}"
         );
         expect_within(&bob.stdout, "bob", "[Newfile] alice: holiday.mp4", Instant::now(), WAIT);
+    });
+}
+
+/// Alice's link vanishes in the middle of an interactive `/send`. Her client reconnects, and the
+/// file must not be lost in silence: either it still reaches bob (the upload resumed) or alice is
+/// told that it failed, so she can send it again.
+#[test]
+fn an_interactive_send_cut_off_mid_file_is_finished_or_reported() {
+    netns::isolated(|| {
+        let data = TempDir::new("relay-data");
+        let relay = Relay::start_in(&data.path, "127.0.0.1:0", &[]);
+        let bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[]);
+        let slow = ("RELAYCHAT_TEST_CHUNK_DELAY_MS", "300");
+        let mut alice =
+            joined(&relay, "alice", &TempDir::new("alice-home").path, &CLIENT_IDLE, &[RECONNECT, slow]);
+        let files = TempDir::new("to-send");
+        let path = random_file(&files.path, "thesis.pdf", 4 * 1024 * 1024, 17);
+
+        alice.type_line(&format!("/send --to bob {}", path.display()));
+        wait_for_part(&data.path.join("tmp"), 256 * 1024);
+        let cut = Cut::port(relay.port);
+        expect_within(&alice.stdout, "alice", "* connection lost", Instant::now(), secs(IDLE) + SLACK);
+        cut.restore();
+        expect_within(&alice.stdout, "alice", "* reconnected", Instant::now(), secs(15));
+
+        // Whichever comes first: bob is told of the file, or alice of its failure.
+        let deadline = Instant::now() + secs(30);
+        let (mut bob_saw, mut alice_said) = (Vec::new(), Vec::new());
+        let outcome = loop {
+            crossbeam_channel::select! {
+                recv(bob.stdout) -> line => {
+                    let line = line.expect("bob's output is open");
+                    let arrived = line.contains("[Newfile] alice: thesis.pdf");
+                    bob_saw.push(line);
+                    if arrived { break "arrived"; }
+                }
+                recv(alice.stderr) -> line => {
+                    let line = line.expect("alice's output is open");
+                    let failed = line.contains("upload of thesis.pdf failed");
+                    alice_said.push(line);
+                    if failed { break "reported"; }
+                }
+                default(deadline.saturating_duration_since(Instant::now())) => {
+                    panic!("the file was lost in silence: bob saw {bob_saw:#?}, alice's errors {alice_said:#?}")
+                }
+            }
+        };
+        println!("figure: an interactive /send cut off mid-file was {outcome}");
     });
 }
 
