@@ -27,23 +27,24 @@
 //! Every wait has a time limit, and every loop a count, so a regression fails instead of hanging.
 
 mod common;
+// The relay, the clients and waiting on their output. (A test crate's root looks for modules
+// beside it, in `tests/`, where cargo would take each file for a test of its own.)
+#[path = "links/drive.rs"]
+mod drive;
 
-use std::path::Path;
-use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::netns::{self, Cut};
 use common::proc::Proc;
 use common::{files_under, random_file, TempDir, WAIT};
-use crossbeam_channel::Receiver;
-use sha2::{Digest, Sha256};
-
-const SERVER: &str = env!("CARGO_BIN_EXE_server");
-const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+use drive::{
+    assert_running, bob_claims_his_name, client, connected_or_exit, exits_within, expect_within, joined,
+    lines_for, lines_until, one_shot, secs, sha256, wait_for_part, Relay, BOB_PASSWORD, CLIENT,
+};
 
 /// The idle timeout of the tests that wait for one, in seconds: the smallest the client accepts.
-/// A client pings after a third of it without sending (1 s), so a working link is never silent
+/// A client pings every third of it (1 s) and the relay answers, so a working link is never silent
 /// for 3 s in either direction, while a cut one is noticed quickly.
 const IDLE: u64 = 3;
 
@@ -351,10 +352,11 @@ fn a_one_shot_send_survives_a_relay_restart() {
 }
 
 /// On a slow link a file takes longer to send than the idle timeout, and the link is alive all
-/// along: it must not be taken for dead. While uploading, the client writes chunks (so it sends no
-/// Pings, and gets no Pongs), and the relay must still give it a sign of life; while downloading,
-/// the chunks are that sign. Both one-shot commands use a 3 s idle timeout on a 16 Mbit/s link
-/// and a 12 MiB file (over 6 s each way), and must finish without ever losing the connection.
+/// along: it must not be taken for dead. While a client uploads, the relay has nothing to say
+/// until the upload is done, so the client must keep pinging while busy to hear a Pong; while it
+/// downloads, the chunks themselves are the sign of life. Both one-shot commands use a 3 s idle
+/// timeout on a 16 Mbit/s link and a 12 MiB file (over 6 s each way), and must finish without
+/// ever losing the connection.
 #[test]
 fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
     netns::isolated(|| {
@@ -400,8 +402,8 @@ fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
 }
 
 /// The same for the interactive client's `/send`, with bob online: the file must reach him and
-/// alice's busy link must never be taken for dead. (An interactive client drops the transfers in
-/// flight when it reconnects, so here a false alarm loses the file instead of resuming it.)
+/// alice's busy link must never be taken for dead. (An interactive client does not resume the
+/// transfers in flight when it reconnects, so here a false alarm would lose the file.)
 #[test]
 fn an_interactive_send_on_a_slow_link_arrives() {
     netns::isolated(|| {
@@ -475,215 +477,4 @@ fn an_interactive_send_cut_off_mid_file_is_finished_or_reported() {
         };
         println!("figure: an interactive /send cut off mid-file was {outcome}");
     });
-}
-
-// =============================================================================================
-// The relay
-// =============================================================================================
-
-/// A `server` binary with a data dir, killed on drop (by [`Proc`]).
-struct Relay {
-    proc: Proc,
-    /// `127.0.0.1:PORT`, as clients are given it.
-    addr: String,
-    port: u16,
-    /// Its own data dir, if it was not given one.
-    _data: Option<TempDir>,
-}
-
-impl Relay {
-    /// A relay on a free port with a fresh data dir and `flags`.
-    fn start(flags: &[&str]) -> Relay {
-        let data = TempDir::new("relay");
-        let relay = Relay::start_in(&data.path, "127.0.0.1:0", flags);
-        Relay { _data: Some(data), ..relay }
-    }
-
-    /// A relay on `bind` (a fixed port, to come back where clients expect it) and `data_dir`.
-    fn start_in(data_dir: &Path, bind: &str, flags: &[&str]) -> Relay {
-        let dir = data_dir.to_str().expect("a UTF-8 temp path");
-        let mut args = vec!["--bind", bind, "--data-dir", dir];
-        args.extend_from_slice(flags);
-        // The tests read its `info` log (the listening line, idle closes), whatever RUST_LOG says.
-        let proc = Proc::spawn(SERVER, &args, &[("RUST_LOG", "info")]);
-        let line = proc.expect(&proc.stderr, "relay listening on ");
-        let addr = line.rsplit(' ').next().expect("an address at the end").to_owned();
-        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the address");
-        Relay { proc, addr, port, _data: None }
-    }
-}
-
-// =============================================================================================
-// Clients
-// =============================================================================================
-
-/// Bob's password: files wait on the relay only for names someone owns.
-const BOB_PASSWORD: (&str, &str) = ("RELAYCHAT_PASSWORD", "bob's password");
-
-/// A terminal client of `relay` as `name` on the machine whose identity lives in `home`, with
-/// extra `args` and `envs`; not waited for.
-fn client(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let mut all = vec!["--server", relay.addr.as_str(), "--name", name];
-    all.extend_from_slice(args);
-    let home = home.to_str().expect("a UTF-8 temp path");
-    let mut env = vec![("RELAYCHAT_CONFIG_DIR", home)];
-    env.extend_from_slice(envs);
-    Proc::spawn(CLIENT, &all, &env)
-}
-
-/// [`client`], once it has printed that it is connected (the test fails if it does not).
-fn joined(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let mut proc = client(relay, name, home, args, envs);
-    if let Err(why) = connected_or_exit(&mut proc, &relay.addr, name, WAIT) {
-        panic!("{name} did not get in: {why}");
-    }
-    proc
-}
-
-/// Bob visits once with his password, which makes "bob" an account that files can wait for.
-fn bob_claims_his_name(relay: &Relay) {
-    let mut bob = client(relay, "bob", &TempDir::new("bob-home").path, &[], &[BOB_PASSWORD]);
-    if let Err(why) = connected_or_exit(&mut bob, &relay.addr, "bob", WAIT) {
-        panic!("bob could not claim his name: {why}");
-    }
-    drop(bob.stdin.take()); // end of input: the client quits
-    let status = exits_within(&mut bob, WAIT).expect("bob quits at the end of his input");
-    assert!(status.success(), "bob's first visit ended with {status}");
-}
-
-/// Runs a one-shot client command (`send`, `receive`) with `envs` to its end, which must be a
-/// success within `within`; returns its stdout and stderr lines. It may reconnect (for up to 30 s)
-/// as a script's command would; whether it had to is in its output.
-fn one_shot(args: &[&str], envs: &[(&str, &str)], within: Duration) -> (Vec<String>, Vec<String>) {
-    let mut env = vec![("RELAYCHAT_RECONNECT_FOR", "30")];
-    env.extend_from_slice(envs);
-    let mut proc = Proc::spawn(CLIENT, args, &env);
-    drop(proc.stdin.take());
-    let status = exits_within(&mut proc, within);
-    thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
-    let (out, err): (Vec<String>, Vec<String>) =
-        (proc.stdout.try_iter().collect(), proc.stderr.try_iter().collect());
-    match status {
-        Some(status) if status.success() => (out, err),
-        Some(status) => panic!("client {} failed ({status}): {out:#?} {err:#?}", args[0]),
-        None => panic!("client {} did not finish within {within:?}: {out:#?} {err:#?}", args[0]),
-    }
-}
-
-/// Waits for `proc`'s "connected" line: how long it took, or (if it exited or timed out) why,
-/// with what it printed.
-fn connected_or_exit(proc: &mut Proc, addr: &str, name: &str, within: Duration) -> Result<Duration, String> {
-    let needle = format!("* connected to {addr} as {name} in ");
-    let start = Instant::now();
-    let mut seen = Vec::new();
-    while start.elapsed() < within {
-        if let Ok(line) = proc.stdout.recv_timeout(Duration::from_millis(50)) {
-            if line.contains(&needle) {
-                return Ok(start.elapsed());
-            }
-            seen.push(line);
-        } else if let Some(status) = proc.child.try_wait().expect("poll the client") {
-            thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
-            seen.extend(proc.stdout.try_iter());
-            let err: Vec<String> = proc.stderr.try_iter().collect();
-            return Err(format!("exited ({status}); stderr {err:?}, stdout {seen:?}"));
-        }
-    }
-    Err(format!("no connected line within {within:?}; stdout {seen:?}"))
-}
-
-// =============================================================================================
-// Waiting, with limits
-// =============================================================================================
-
-/// Waits for a line containing `needle` on `lines` (from `who`) until `limit` after `since`;
-/// returns the time from `since` to the line. Fails the test, with the lines seen, otherwise.
-fn expect_within(
-    lines: &Receiver<String>,
-    who: &str,
-    needle: &str,
-    since: Instant,
-    limit: Duration,
-) -> Duration {
-    let deadline = since + limit;
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_deadline(deadline) {
-        if line.contains(needle) {
-            return since.elapsed();
-        }
-        seen.push(line);
-    }
-    panic!("{who}: no {needle:?} within {limit:?}; saw {seen:#?}");
-}
-
-/// Every line on `lines` up to and including the first one containing `needle`, or (after
-/// `within`) the lines seen instead.
-fn lines_until(lines: &Receiver<String>, needle: &str, within: Duration) -> Result<Vec<String>, Vec<String>> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_deadline(deadline) {
-        let found = line.contains(needle);
-        seen.push(line);
-        if found {
-            return Ok(seen);
-        }
-    }
-    Err(seen)
-}
-
-/// Every line that arrives on `lines` during `period`.
-fn lines_for(lines: &Receiver<String>, period: Duration) -> Vec<String> {
-    let deadline = Instant::now() + period;
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_deadline(deadline) {
-        seen.push(line);
-    }
-    seen
-}
-
-/// The exit status, if `proc` exits within `within`.
-fn exits_within(proc: &mut Proc, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = proc.child.try_wait().expect("poll the process") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_running(proc: &mut Proc, who: &str) {
-    if let Some(status) = proc.child.try_wait().expect("poll the process") {
-        let err: Vec<String> = proc.stderr.try_iter().collect();
-        panic!("{who} exited ({status}) but should still be connected; stderr {err:?}");
-    }
-}
-
-/// Waits until an upload's `.part` file under `dir` holds at least `min` bytes; its size then.
-fn wait_for_part(dir: &Path, min: u64) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let size = files_under(dir)
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "part"))
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .max();
-        if let Some(size) = size.filter(|&n| n >= min) {
-            return size;
-        }
-        assert!(Instant::now() < deadline, "no upload of {min} bytes appeared under {}", dir.display());
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn sha256(path: &Path) -> [u8; 32] {
-    Sha256::digest(std::fs::read(path).expect("read a file to hash")).into()
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }

@@ -12,7 +12,8 @@
 //!    if the child failed. Where that is impossible (not root, no `unshare`/`ip`/`tc`/`ss`) it
 //!    prints one `SKIP` line and passes.
 //! 2. In the child, [`isolated`] sees the variable, checks that it really is in a fresh namespace
-//!    (only `lo`), brings `lo` up, and builds the cutting tools (below); then it runs the test.
+//!    (only `lo`, still down), brings `lo` up, and builds the cutting tools (below); then it runs
+//!    the test.
 //! 3. When the child's first process exits, the kernel kills everything left in its PID namespace,
 //!    so no relay or client can outlive its test, even after a panic or a timeout. (Only the PID
 //!    namespace needs the private `/proc` of `--mount-proc`: `ss -p` then shows the same pids that
@@ -67,7 +68,8 @@ pub fn isolated(body: impl FnOnce()) {
         return;
     }
     if let Some(why) = unavailable() {
-        println!("SKIP links::{test}: needs root and unshare -n (not available here: {why})");
+        let krate = env!("CARGO_CRATE_NAME");
+        println!("SKIP {krate}::{test}: needs root and unshare -n (not available here: {why})");
         return;
     }
     run_child(&test);
