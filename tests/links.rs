@@ -471,7 +471,7 @@ fn an_interactive_send_cut_off_mid_file_is_finished_or_reported() {
                     if failed { break "reported"; }
                 }
                 default(deadline.saturating_duration_since(Instant::now())) => {
-                    panic!("the file was lost in silence: bob saw {bob_saw:#?}, alice's errors {alice_said:#?}")
+                    panic!("the file was lost in silence: bob saw {bob_saw:#?}, alice said {alice_said:#?}")
                 }
             }
         };

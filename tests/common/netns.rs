@@ -220,9 +220,8 @@ impl Cut {
         static NEXT_PRIO: AtomicU32 = AtomicU32::new(1);
         let prio = NEXT_PRIO.fetch_add(1, Ordering::Relaxed);
         for side in ["sport", "dport"] {
-            run(&format!(
-                "tc filter add dev lo parent 1: protocol ip prio {prio} u32 match ip {side} {port} 0xffff flowid 1:20"
-            ));
+            let filter = format!("prio {prio} u32 match ip {side} {port} 0xffff flowid 1:20");
+            run(&format!("tc filter add dev lo parent 1: protocol ip {filter}"));
         }
         Cut { port, prio }
     }
