@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod netns;
 pub mod proc;
 
 use std::io::{Read, Write};
