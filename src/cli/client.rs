@@ -304,7 +304,7 @@ impl Link {
 }
 
 /// How long the terminal client keeps trying to reconnect: `RELAYCHAT_RECONNECT_FOR` seconds,
-/// default 60. Zero gives up at once (the client then exits non-zero, as before).
+/// default 60. Zero tries once, at once, and then gives up (the client exits non-zero).
 fn reconnect_for() -> std::time::Duration {
     let secs = std::env::var("RELAYCHAT_RECONNECT_FOR").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     std::time::Duration::from_secs(secs)

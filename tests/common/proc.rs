@@ -28,7 +28,8 @@ impl Proc {
         // A client built with the `gui` feature opens a window when it sees a display; these tests
         // drive the terminal contract, so they hide the display.
         cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
-        // A terminal client whose relay goes away exits at once unless a test asks it to retry.
+        // A terminal client whose relay goes away tries once more at once, then exits, unless a
+        // test asks it to keep trying.
         cmd.env("RELAYCHAT_RECONNECT_FOR", "0");
         // Clients keep an identity secret in their config dir: never the real home's. Every
         // client of one test process shares one (they play "this machine"); a test that wants a
