@@ -32,7 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{rss_kib, start_relay};
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, Event};
 use relaychat::server::{Server, ServerConfig};
 
 const MIB: u64 = 1 << 20;
@@ -288,7 +288,7 @@ fn library_relay(
 }
 
 fn join(addr: &str, name: &str, chunk: usize) -> Client {
-    let mut config = ClientConfig::new(name, "bench");
+    let mut config = common::bench_config(name, "bench");
     config.chunk_size = chunk;
     Client::connect_tcp(addr, &config).unwrap()
 }

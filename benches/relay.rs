@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{rss_kib, start_relay};
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, Event};
 use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::wire::FrameReader;
 
@@ -56,7 +56,8 @@ fn main() {
     let (dir_a, dir_b) = (data.join("a"), data.join("b"));
     // The per-connection rate limit is off: a burst through the relay measures the relay, not the
     // limit (which slows one sender to --msg-rate messages per second on purpose).
-    let unlimited = ["--msg-rate", "0", "--request-rate", "0", "--connect-rate", "0"];
+    // Raw-frame clients speak plaintext; the library clients use TLS.
+    let unlimited = ["--msg-rate", "0", "--request-rate", "0", "--connect-rate", "0", "--allow-plaintext"];
     let (relay, addr) = start_relay(&[&["--data-dir", dir_a.to_str().unwrap()][..], &unlimited].concat());
     let (still, still_addr) =
         start_relay(&[&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());
@@ -198,7 +199,7 @@ fn library_latency(addr: &str, sizes: &Sizes) -> Vec<u64> {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let room = format!("benchlib{n}");
     let join = |name: &str| {
-        let config = ClientConfig::new(name, room.as_str());
+        let config = common::bench_config(name, room.as_str());
         let client = Client::connect_tcp(addr, &config).unwrap();
         assert!(matches!(client.events().recv().unwrap(), Event::Online { .. }));
         client

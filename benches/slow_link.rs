@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, ClientConfig, Event, FirstContact, Security, Trust};
 use relaychat::outbox::Pacing;
 use relaychat::server::{Server, ServerConfig, ShutdownHandle, StoreLimits};
 
@@ -177,6 +177,8 @@ fn relay(dir: &Path, pacing: Pacing) -> (String, ShutdownHandle, thread::JoinHan
 
 fn join(addr: &str, name: &str, pacing: Pacing) -> Client {
     let mut config = ClientConfig::new(name, "bench");
+    // TLS (the default path), trusting the loopback relay's key without pinning it.
+    config.security = Security::Tls(Trust { first_contact: FirstContact::Accept, ..Trust::default() });
     config.pacing = pacing;
     let client = Client::connect_tcp(addr, &config).unwrap();
     next(&client, |e| matches!(e, Event::Online { .. }));

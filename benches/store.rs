@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{rss_kib, start_relay};
-use relaychat::client::{Client, ClientConfig, Event, Mark};
+use relaychat::client::{Client, Event, Mark};
 
 struct Figures {
     durable_per_sec: f64,
@@ -83,7 +83,7 @@ fn measure(dir: &Path, per_client: usize) -> Figures {
 }
 
 fn join(addr: &str, name: &str, room: &str, password: &str) -> Client {
-    let mut config = ClientConfig::new(name, room);
+    let mut config = common::bench_config(name, room);
     config.receipts = true;
     config.password = password.into();
     let client = Client::connect_tcp(addr, &config).expect("joins");

@@ -3,10 +3,12 @@
 //! No threads, no library client: just a `TcpStream` and the frame codec, so every step of the
 //! protocol is visible. Say hello, wait for the welcome, send one line, say goodbye.
 //!
-//! Start a relay in one terminal and run this in another:
+//! The lesson speaks frames in the clear, so the relay must allow plaintext (relays speak only TLS
+//! unless told otherwise; lesson 4 shows why). Start a relay in one terminal and run this in
+//! another:
 //!
 //! ```text
-//! cargo run --release --bin server
+//! cargo run --release --bin server -- --allow-plaintext
 //! cargo run --example 03_minimal_client -- 127.0.0.1:21567 alice "hello from lesson 3"
 //! ```
 //!

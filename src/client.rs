@@ -32,9 +32,11 @@ mod catch_up;
 mod download;
 pub mod identity;
 mod reader;
+pub mod trust;
 mod upload;
 
 pub use catch_up::CatchUp;
+pub use trust::{FirstContact, Trust, TrustError, Verdict};
 
 use std::fmt;
 use std::io::{self, BufWriter};
@@ -50,6 +52,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, PROTOCOL_VERSION};
 use crate::outbox::{self, Heartbeat, Pacing};
 use crate::rules::{self, RuleError};
+use crate::tls::TlsStream;
 use crate::wire::{write_frame, Closer, FrameReader, Stream};
 
 pub use crate::server::DEFAULT_CHUNK;
@@ -102,6 +105,26 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// How the writer keeps chat from waiting behind an upload (see [`crate::outbox::Pacing`]).
     pub pacing: Pacing,
+    /// TLS and whom to trust (the default: TLS, trusting only what a CA vouches for; see
+    /// `client/trust.rs`), or plaintext.
+    pub security: Security,
+}
+
+/// Whether the connection is encrypted.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// TLS 1.3, trusting the relay as [`Trust`] says.
+    Tls(Trust),
+    /// No encryption: the password and every message cross the network as they are. For the
+    /// lesson on reading frames in Wireshark, and only with a relay that allows it
+    /// (`--allow-plaintext`).
+    Plaintext,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security::Tls(Trust::default())
+    }
 }
 
 /// How often an idle client says "still here" (a Ping). Every 20 s: well under the relay's
@@ -130,6 +153,7 @@ impl ClientConfig {
             ping_every: PING_EVERY,
             idle_timeout: IDLE_TIMEOUT,
             pacing: Pacing::DEFAULT,
+            security: Security::default(),
         }
     }
 }
@@ -240,6 +264,10 @@ pub enum ClientError {
     Busy,
     /// The connection is already closed.
     Disconnected,
+    /// The relay's certificate is not trusted (unknown, changed, or not the expected one).
+    Trust(TrustError),
+    /// The TLS handshake failed for another reason.
+    Tls(String),
 }
 
 impl fmt::Display for ClientError {
@@ -254,6 +282,8 @@ impl fmt::Display for ClientError {
             ClientError::BadPath { path, reason } => write!(f, "cannot send {}: {reason}", path.display()),
             ClientError::Busy => write!(f, "a receive is already in progress"),
             ClientError::Disconnected => write!(f, "not connected"),
+            ClientError::Trust(e) => write!(f, "{e}"),
+            ClientError::Tls(why) => write!(f, "TLS handshake failed: {why}"),
         }
     }
 }
@@ -263,6 +293,7 @@ impl std::error::Error for ClientError {
         match self {
             ClientError::Rule(e) => Some(e),
             ClientError::Connect { source, .. } => Some(source),
+            ClientError::Trust(e) => Some(e),
             _ => None,
         }
     }
@@ -294,16 +325,45 @@ pub struct Client {
     events: Receiver<Event>,
     threads: Vec<JoinHandle<()>>,
     closer: Closer,
+    /// Why the relay's certificate was trusted (`None` over plaintext).
+    verdict: Option<Verdict>,
 }
 
 impl Client {
     /// Connects over TCP to `server` (`HOST:PORT`) and joins.
+    ///
+    /// With [`Security::Tls`] (the default) the TLS handshake comes first, and the relay's
+    /// certificate is checked inside it (`client/trust.rs`): nothing of ours, the password
+    /// included, is sent to a relay that is not trusted.
     pub fn connect_tcp(server: &str, config: &ClientConfig) -> Result<Client, ClientError> {
         rules::check_name(&config.name)?;
         rules::check_room(&config.room)?;
         let stream = dial(server, config.pacing.unsent)
             .map_err(|source| ClientError::Connect { server: server.to_owned(), source })?;
-        Client::connect(stream, config)
+        let trust = match &config.security {
+            Security::Plaintext => return Client::connect(stream, config),
+            Security::Tls(trust) => trust,
+        };
+        let (tls_config, pinning) = trust::tls_config(server, trust).map_err(ClientError::Trust)?;
+        let name = trust::server_name(server)
+            .ok_or_else(|| ClientError::Tls(format!("{server:?} is not a host name and port")))?;
+        let session =
+            rustls::ClientConnection::new(tls_config, name).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let stream = match TlsStream::handshake(stream, session, Instant::now() + HANDSHAKE_TIMEOUT) {
+            Ok(stream) => stream,
+            Err(e) => {
+                return Err(match pinning.outcome() {
+                    Some(Err(refused)) => ClientError::Trust(refused),
+                    _ => ClientError::Tls(format!(
+                        "{e} (is {server} a relaychat relay with TLS? One that speaks only plaintext needs \
+                         --plaintext)"
+                    )),
+                })
+            }
+        };
+        let mut client = Client::connect(stream, config)?;
+        client.verdict = pinning.outcome().and_then(Result::ok);
+        Ok(client)
     }
 
     /// Joins over an already connected stream: sends the hello, waits for the welcome, then starts
@@ -373,7 +433,14 @@ impl Client {
             events,
             threads,
             closer,
+            verdict: None,
         })
+    }
+
+    /// Why the relay's certificate was trusted: by a CA, by its pin, or on first contact (a
+    /// front end tells the person so). `None` over plaintext.
+    pub fn verdict(&self) -> Option<&Verdict> {
+        self.verdict.as_ref()
     }
 
     /// Our name, as registered.

@@ -46,4 +46,5 @@ pub mod server;
 pub mod sha;
 pub mod sink;
 pub mod spin;
+pub mod tls;
 pub mod wire;

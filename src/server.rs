@@ -30,6 +30,7 @@ mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub;
+pub mod keys;
 mod login;
 mod memory;
 mod session;
@@ -117,6 +118,12 @@ pub struct ServerConfig {
     pub pacing: Pacing,
     /// Where files wait for their recipients (see `server/store.rs`). Default `./relay-data`.
     pub data_dir: PathBuf,
+    /// The relay's TLS certificate chain and key as PEM files (`--tls-cert`, `--tls-key`).
+    /// `None`: the key pair the relay made for itself in `data_dir/tls` (see `server/keys.rs`).
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Also serve clients that speak plaintext (`--allow-plaintext`). Off by default: then a
+    /// plaintext hello gets a `TlsRequired` error.
+    pub allow_plaintext: bool,
     /// File size, quota and free-space limits.
     pub limits: StoreLimits,
     /// Data bytes per download chunk frame. Default [`DEFAULT_CHUNK`].
@@ -177,6 +184,8 @@ impl Default for ServerConfig {
             spin: Duration::from_micros(100),
             pacing: Pacing::DEFAULT,
             data_dir: PathBuf::from("relay-data"),
+            tls_files: None,
+            allow_plaintext: false,
             limits: StoreLimits::default(),
             chunk_size: DEFAULT_CHUNK,
             corrupt_download_chunk: None,
@@ -199,10 +208,23 @@ impl Default for ServerConfig {
 pub struct Server {
     listener: TcpListener,
     config: ServerConfig,
+    /// The TLS side of every connection (`server/keys.rs`).
+    tls: Arc<rustls::ServerConfig>,
+    /// `SHA256:…` of the relay's certificate.
+    fingerprint: String,
     /// `config.max_connections`, or the cap derived from the open-file limit.
     max_connections: usize,
     store: store::Store,
     stop: Arc<AtomicBool>,
+}
+
+/// The relay's keys: the PEM files the operator gave, or the pair kept in the data dir (made on
+/// first start).
+pub fn relay_keys(config: &ServerConfig) -> Result<keys::RelayKeys, keys::KeyError> {
+    match &config.tls_files {
+        Some((cert, key)) => keys::from_pem_files(cert, key),
+        None => keys::load_or_create(&config.data_dir),
+    }
 }
 
 /// Asks a running [`Server`] to shut down. Cheap to clone; usable from any thread (the signal
@@ -237,8 +259,24 @@ impl Server {
             io::Error::new(e.kind(), format!("cannot use the data dir {}: {e}", config.data_dir.display()))
         })?;
         store.keep_for(config.retention);
+        let keys = relay_keys(&config).map_err(|e| io::Error::other(e.to_string()))?;
+        let tls = keys::server_config(&keys).map_err(|e| io::Error::other(e.to_string()))?;
         let listener = TcpListener::bind(config.bind)?;
-        Ok(Server { listener, config, max_connections, store, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Server {
+            listener,
+            config,
+            tls,
+            fingerprint: keys.fingerprint,
+            max_connections,
+            store,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// `SHA256:…` of the relay's TLS certificate: what clients pin, and what an operator gives
+    /// people to compare on first contact.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The address actually bound.
@@ -285,6 +323,7 @@ impl Server {
             self.config.hash_threads,
             self.config.hash_queue
         );
+        log::info!("relay fingerprint: {}", self.fingerprint);
         log::info!("relay listening on {addr}");
         let (pool, hash_threads) = login::HashPool::start(self.config.hash_threads, self.config.hash_queue)?;
         let (to_hub, from_conns) = bounded(HUB_QUEUE);
@@ -298,6 +337,7 @@ impl Server {
             &to_hub,
             &pool,
             &self.config,
+            &self.tls,
             self.max_connections,
         );
         drop(self.listener); // step 1 done: nobody can connect any more

@@ -46,6 +46,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::client_config;
 use common::{SmallDisk, TempDir};
 use relay_proc::{free_bytes, hello, lo, Answer, Got, Latency, LatencyReport, Raw, Relay, RelaySpec, Tally};
 use relaychat::client::{Client, ClientConfig, Event};
@@ -220,7 +221,7 @@ fn assert_file_round_trip(relay: &Relay, class: &str, tag: &str, size: usize) {
     let addr = relay.addr.to_string();
     let room = format!("v{tag}");
     let join = |name: String| {
-        Client::connect_tcp(&addr, &ClientConfig::new(name.clone(), room.clone()))
+        Client::connect_tcp(&addr, &client_config(&name, &room))
             .unwrap_or_else(|e| panic!("{class}: the victim {name} cannot join: {e}{}", relay.context()))
     };
     let (sender_name, receiver_name) = (format!("alice{tag}"), format!("carol{tag}"));
@@ -742,7 +743,7 @@ fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
     check!(refused.contains(&CODE_RECIPIENT_FULL), "{class}: refusals carried {refused:?}");
 
     // rita's Receive gets sam's file.
-    let config = ClientConfig { password: "rita-pw".into(), ..ClientConfig::new("rita", "lobby") };
+    let config = ClientConfig { password: "rita-pw".into(), ..client_config("rita", "lobby") };
     let rita = Client::connect_tcp(&relay.addr.to_string(), &config)
         .unwrap_or_else(|e| panic!("{class}: rita cannot log in: {e}{}", relay.context()));
     let dst = TempDir::new("abuse-rita");

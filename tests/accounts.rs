@@ -4,14 +4,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::client_config;
 use common::proc::Proc;
 use common::{TempDir, TestServer};
-use relaychat::client::{Client, ClientConfig, ClientError};
+use relaychat::client::{Client, ClientError};
 use relaychat::frame::ErrorCode;
 use relaychat::server::ServerConfig;
 
 fn login(server: &TestServer, name: &str, password: &str, access: &str) -> Result<Client, ClientError> {
-    let mut config = ClientConfig::new(name, "lobby");
+    let mut config = client_config(name, "lobby");
     config.password = password.into();
     config.access = access.into();
     Client::connect_tcp(&server.addr.to_string(), &config)
@@ -102,11 +103,10 @@ fn repeated_wrong_passwords_from_one_address_are_slowed_down() {
 fn the_binaries_take_passwords_from_flags_and_the_environment() {
     let data = TempDir::new("acct-bin");
     let dir = data.path.to_str().unwrap().to_owned();
-    let server = Proc::spawn(
-        env!("CARGO_BIN_EXE_server"),
-        &["--bind", "127.0.0.1:0", "--data-dir", &dir],
-        &[("RELAYCHAT_ACCESS_PASSWORD", "door")],
-    );
+    let keys = common::tls_flags();
+    let mut args = vec!["--bind", "127.0.0.1:0", "--data-dir", &dir];
+    args.extend(keys.iter().map(String::as_str));
+    let server = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[("RELAYCHAT_ACCESS_PASSWORD", "door")]);
     let line = server.expect(&server.stderr, "relay listening on ");
     let addr = line.rsplit(' ').next().unwrap().to_owned();
     let client = env!("CARGO_BIN_EXE_client");

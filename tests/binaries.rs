@@ -5,9 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::client_config;
 use common::proc::Proc;
 use common::{TempDir, WAIT};
-use relaychat::client::{Client, ClientConfig};
+use relaychat::client::Client;
 
 /// `[HH:MM:SS] ` at the start of a line.
 fn has_clock(line: &str) -> bool {
@@ -55,7 +56,7 @@ fn two_terminal_clients_chat_through_the_real_relay() {
 fn multi_line_messages_are_indented_and_own_lines_not_echoed() {
     let (_server, addr) = Proc::server();
     let mut alice = Proc::client(&addr, "alice", &[]);
-    let lib = Client::connect_tcp(&addr, &ClientConfig::new("lib", "lobby")).unwrap();
+    let lib = Client::connect_tcp(&addr, &client_config("lib", "lobby")).unwrap();
     alice.expect(&alice.stdout, "* lib joined lobby");
     lib.send_text("first\nsecond\u{1b}[2J").unwrap();
     alice.expect(&alice.stdout, "lib: first");
@@ -179,7 +180,7 @@ fn the_terminal_client_reconnects_after_the_relay_restarts() {
         &[("RELAYCHAT_RECONNECT_FOR", "20")],
     );
     alice.expect(&alice.stdout, "* connected to");
-    let bob = Client::connect_tcp(&addr, &ClientConfig::new("bob", "lobby")).unwrap();
+    let bob = Client::connect_tcp(&addr, &client_config("bob", "lobby")).unwrap();
     alice.expect(&alice.stdout, "* bob joined lobby");
     bob.send_text("before the restart").unwrap();
     alice.expect(&alice.stdout, "bob: before the restart");
@@ -188,12 +189,15 @@ fn the_terminal_client_reconnects_after_the_relay_restarts() {
     server.wait();
     drop(bob);
     let dir = data.path.to_str().unwrap().to_owned();
-    let restarted = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", &addr, "--data-dir", &dir], &[]);
+    let keys = common::tls_flags();
+    let mut args = vec!["--bind", addr.as_str(), "--data-dir", &dir];
+    args.extend(keys.iter().map(String::as_str));
+    let restarted = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
     restarted.expect(&restarted.stderr, "relay listening on");
     alice.expect(&alice.stdout, "* connection lost");
     alice.expect(&alice.stdout, "* reconnected");
 
-    let bob = Client::connect_tcp(&addr, &ClientConfig::new("bob", "lobby")).unwrap();
+    let bob = Client::connect_tcp(&addr, &client_config("bob", "lobby")).unwrap();
     // Everything alice shows between the reconnect and bob's return: no repeat of the history.
     let mut between = Vec::new();
     loop {

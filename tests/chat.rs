@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
+use common::client_config;
 use common::{assert_no_event, next_chat, next_event, TestServer};
-use relaychat::client::{Client, ClientConfig, ClientError, Event};
+use relaychat::client::{Client, ClientError, Event};
 use relaychat::frame::ErrorCode;
 use relaychat::server::ServerConfig;
 
@@ -75,7 +76,7 @@ fn rooms_are_isolated() {
 fn a_duplicate_name_is_refused_with_a_clear_error_even_in_another_room() {
     let server = TestServer::start();
     let _alice = server.client("alice", "lobby");
-    let config = ClientConfig::new("alice", "elsewhere");
+    let config = client_config("alice", "elsewhere");
     match Client::connect_tcp(&server.addr.to_string(), &config) {
         Err(ClientError::Refused { code: ErrorCode::NameTaken, message }) => {
             assert!(message.contains("already taken"), "{message}")
@@ -85,7 +86,7 @@ fn a_duplicate_name_is_refused_with_a_clear_error_even_in_another_room() {
     }
     // Once alice leaves, the name is free again.
     _alice.close();
-    let again = ClientConfig::new("alice", "lobby");
+    let again = client_config("alice", "lobby");
     let mut tries = 0;
     while Client::connect_tcp(&server.addr.to_string(), &again).is_err() {
         tries += 1;
@@ -96,7 +97,7 @@ fn a_duplicate_name_is_refused_with_a_clear_error_even_in_another_room() {
 
 #[test]
 fn the_client_checks_names_before_sending_anything() {
-    let config = ClientConfig::new("bad name", "lobby");
+    let config = client_config("bad name", "lobby");
     // Port 9 on loopback: nothing listens, but the rule check must fail first.
     assert!(matches!(Client::connect_tcp("127.0.0.1:9", &config), Err(ClientError::Rule(_))));
 }
@@ -104,7 +105,7 @@ fn the_client_checks_names_before_sending_anything() {
 #[test]
 fn an_unreachable_relay_is_a_connect_error() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = ClientConfig::new("alice", "lobby");
+    let config = client_config("alice", "lobby");
     assert!(matches!(Client::connect_tcp(&free.to_string(), &config), Err(ClientError::Connect { .. })));
 }
 

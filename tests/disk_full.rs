@@ -9,8 +9,9 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
+use common::client_config;
 use common::{random_file, wait_for, SmallDisk, TempDir, TestServer};
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, Event};
 use relaychat::server::{ServerConfig, StoreLimits};
 
 #[test]
@@ -24,7 +25,7 @@ fn a_disk_that_fills_mid_upload_fails_that_upload_only() {
     let limits = StoreLimits { min_free: 0, ..StoreLimits::default() };
     let server = TestServer::start_in(ServerConfig { limits, ..ServerConfig::default() }, data);
     let bob = server.client("bob", "lobby");
-    let mut config = ClientConfig::new("alice", "lobby");
+    let mut config = client_config("alice", "lobby");
     config.chunk_delay = Some(Duration::from_millis(30)); // slow enough to fill the disk meanwhile
     let alice = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
 

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::client_config;
 use common::proc::Proc;
 use common::{random_file, TempDir};
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, Event};
 
 const CLIENTS: usize = 20;
 const UPLOADERS: usize = 3;
@@ -57,6 +58,9 @@ fn start_relay(addr: &str, data: &str) -> Proc {
             "--accounts-per-hour",
             "100",
         ];
+        let keys = common::tls_flags();
+        let mut args = args.to_vec();
+        args.extend(keys.iter().map(String::as_str));
         let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
         // Its log ends in "relay listening on" once it serves, or the process ends (port busy).
         while let Ok(line) = relay.stderr.recv_timeout(Duration::from_secs(10)) {
@@ -70,7 +74,7 @@ fn start_relay(addr: &str, data: &str) -> Proc {
 }
 
 fn connect(addr: &str, name: &str) -> Option<Client> {
-    let mut config = ClientConfig::new(name, "crash");
+    let mut config = client_config(name, "crash");
     config.receipts = true;
     // A machine-bound name, as the terminal client and the window have: the relay recognises a
     // resend after a restart only for a name someone owns (a guest's name is nobody's).
@@ -176,7 +180,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing_acknowledged() {
         let mut relay = start_relay(&addr, &data_dir);
         if round == 0 {
             // Files wait only for names someone owns: "archive" claims its name once.
-            let mut config = ClientConfig::new("archive", "vault");
+            let mut config = client_config("archive", "vault");
             config.password = "archive's password".into();
             Client::connect_tcp(&addr, &config).expect("archive claims its name").close();
         }

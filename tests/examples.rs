@@ -47,3 +47,11 @@ fn lesson_03_minimal_client_reaches_a_real_relay() {
     let _joined = common::next_event(&bob);
     assert_eq!(next_chat(&bob), ("lesson3".into(), "hi from the lesson".into()));
 }
+
+#[test]
+fn lesson_04_shows_the_line_in_plaintext_and_not_with_tls() {
+    let out = run("04_watch_the_wire", &["--demo"]);
+    let (plain, tls) = out.split_once("--- TLS").expect("both captures are printed");
+    assert!(plain.contains("is READABLE in the capture"), "{out}");
+    assert!(tls.contains("is not in the capture"), "{out}");
+}

@@ -6,10 +6,11 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
+use common::client_config;
 use common::{
     eventually, files_under, random_file, receive_into, wait_for, wait_uploaded, TempDir, TestServer,
 };
-use relaychat::client::{Client, ClientConfig, ClientError, Event, DEFAULT_CHUNK};
+use relaychat::client::{Client, ClientError, Event, DEFAULT_CHUNK};
 use relaychat::frame::{ErrorCode, Frame};
 use relaychat::server::{ServerConfig, StoreLimits};
 use sha2::{Digest, Sha256};
@@ -269,7 +270,7 @@ fn hostile_names_never_escape_and_are_shown_clean() {
 fn a_corrupted_upload_is_detected_and_discarded() {
     let server = TestServer::start();
     let _bob = server.client("bob", "lobby");
-    let mut config = ClientConfig::new("alice", "lobby");
+    let mut config = client_config("alice", "lobby");
     config.corrupt_upload_chunk = Some(1);
     let alice = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
     let src = TempDir::new("src");
@@ -355,7 +356,7 @@ fn limits_refuse_before_storing_and_everyone_carries_on() {
 fn chat_overtakes_a_download_in_progress() {
     let server = TestServer::start();
     let alice = server.client("alice", "lobby");
-    let mut config = ClientConfig::new("bob", "lobby");
+    let mut config = client_config("bob", "lobby");
     config.chunk_delay = Some(Duration::from_millis(5)); // ~40 chunks: a download of ~0.2 s at least
     let bob = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
     let src = TempDir::new("src");

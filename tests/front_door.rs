@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::client_config;
 use common::proc::Proc;
 use common::{eventually, next_event, Raw, TempDir, TestServer, WAIT};
 use relaychat::client::{Client, ClientConfig, ClientError, Event};
@@ -26,7 +27,7 @@ fn hello(name: &str, password: &str, token: &str) -> Frame {
 }
 
 fn config(name: &str, password: &str, token: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(name, "lobby");
+    let mut config = client_config(name, "lobby");
     config.password = password.into();
     config.token = token.into();
     config
@@ -192,7 +193,12 @@ fn a_flood_of_password_hellos_holds_bounded_memory_and_guests_still_get_in() {
         "0",
         "--password-rate",
         "0",
+        // The flood speaks raw frames.
+        "--allow-plaintext",
     ];
+    let keys = common::tls_flags();
+    let mut args = args.to_vec();
+    args.extend(keys.iter().map(String::as_str));
     let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
     let line = relay.expect(&relay.stderr, "relay listening on ");
     let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();

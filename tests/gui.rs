@@ -14,9 +14,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::client_config;
 use common::proc::Proc;
 use common::{random_file, TempDir, TestServer};
-use relaychat::client::ClientConfig;
 use relaychat::gui_fltk::window::{Action, STYLE_MINE, STYLE_THEIRS};
 use relaychat::gui_fltk::{display_available, App, GuiOptions};
 use sha2::{Digest, Sha256};
@@ -64,7 +64,7 @@ fn window_against_a_terminal_client() {
     let addr = server.addr.to_string();
     let screenshot = std::env::var("RELAYCHAT_SCREENSHOT").ok();
     let downloads = TempDir::new("gui-dl");
-    let mut config = ClientConfig::new("alice", "lobby");
+    let mut config = client_config("alice", "lobby");
     if screenshot.is_some() {
         // Slow the window's uploads down so the picture catches a transfer in progress.
         config.chunk_delay = Some(Duration::from_millis(40));

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, ClientConfig, Event, Security};
 use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::server::ServerConfig;
 
@@ -35,7 +35,7 @@ fn a_silent_connection_is_closed_and_its_name_freed() {
 #[test]
 fn an_idle_client_that_pings_stays_connected() {
     let server = TestServer::start_with(quick_idle());
-    let mut config = ClientConfig::new("alice", "lobby");
+    let mut config = client_config("alice", "lobby");
     config.ping_every = Duration::from_millis(200);
     let alice = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
     thread::sleep(Duration::from_secs(3)); // nearly four idle timeouts, saying nothing but Ping
@@ -63,6 +63,7 @@ fn a_client_notices_a_relay_that_went_silent() {
         thread::sleep(Duration::from_secs(5)); // reads nothing, answers no Ping
     });
     let mut config = ClientConfig::new("alice", "lobby");
+    config.security = Security::Plaintext; // the fake relay speaks no TLS
     config.ping_every = Duration::from_millis(200);
     config.idle_timeout = Duration::from_millis(800);
     let alice = Client::connect_tcp(&addr.to_string(), &config).unwrap();
@@ -87,13 +88,13 @@ fn a_long_upload_is_not_taken_for_a_dead_relay() {
     let server = TestServer::start_with(quick_idle());
     let dir = TempDir::new("long-upload");
     let path = random_file(&dir.path, "long.bin", 16 * 64 * 1024, 3);
-    let mut config = ClientConfig::new("alice", "lobby");
+    let mut config = client_config("alice", "lobby");
     config.ping_every = Duration::from_millis(200);
     config.idle_timeout = Duration::from_millis(800);
     config.chunk_size = 64 * 1024;
     config.chunk_delay = Some(Duration::from_millis(150)); // 16 chunks: about 2.4 s, 3 idle timeouts
     let alice = Client::connect_tcp(&server.addr.to_string(), &config).unwrap();
-    let mut bob_config = ClientConfig::new("bob", "lobby");
+    let mut bob_config = client_config("bob", "lobby");
     bob_config.ping_every = Duration::from_millis(200); // bob idles through it all
     let bob = Client::connect_tcp(&server.addr.to_string(), &bob_config).unwrap();
     let started = Instant::now();

@@ -5,15 +5,16 @@ mod common;
 
 use std::time::Duration;
 
+use common::client_config;
 use common::{assert_no_event, next_event, wait_for, Raw, TestServer};
-use relaychat::client::{Client, ClientConfig, Event, Mark};
+use relaychat::client::{Client, Event, Mark};
 use relaychat::display::now_ms;
 use relaychat::frame::Frame;
 use relaychat::server::ServerConfig;
 
 /// An account holder (password `pw-NAME`) in `room`, with the online list taken.
 fn member(server: &TestServer, name: &str, room: &str) -> Client {
-    let mut config = ClientConfig::new(name, room);
+    let mut config = client_config(name, room);
     config.password = format!("pw-{name}");
     let client = Client::connect_tcp(&server.addr.to_string(), &config).expect("connects");
     assert!(matches!(next_event(&client), Event::Online { .. }));

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use relaychat::client::{Client, ClientConfig, ClientError, Disconnect, Event};
+use relaychat::client::{Client, ClientError, Disconnect, Event};
 use relaychat::frame::{ErrorCode, Frame};
 use relaychat::server::ServerConfig;
 
@@ -17,7 +17,7 @@ const TOKEN_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a
 const TOKEN_B: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 
 fn connect(server: &TestServer, name: &str, password: &str, token: &str) -> Result<Client, ClientError> {
-    let mut config = ClientConfig::new(name, "lobby");
+    let mut config = client_config(name, "lobby");
     config.password = password.into();
     config.token = token.into();
     let client = Client::connect_tcp(&server.addr.to_string(), &config)?;

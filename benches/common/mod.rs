@@ -6,8 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 
-/// The relay process; killed on drop, so a failing benchmark never leaves it running.
-pub struct Relay(pub Child);
+/// The relay process and its TLS fingerprint (from its log); killed on drop, so a failing
+/// benchmark never leaves it running.
+pub struct Relay(pub Child, pub String);
 
 impl Drop for Relay {
     fn drop(&mut self) {
@@ -30,10 +31,13 @@ pub fn start_relay(args: &[&str]) -> (Relay, String) {
         .spawn()
         .expect("start the server binary");
     let stderr = child.stderr.take().expect("piped stderr");
-    let relay = Relay(child);
+    let mut relay = Relay(child, String::new());
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
         let line = lines.next().expect("server printed its address").expect("readable log");
+        if let Some(at) = line.find("relay fingerprint: ") {
+            relay.1 = line[at + "relay fingerprint: ".len()..].trim().to_owned();
+        }
         if let Some(at) = line.find("relay listening on ") {
             break line[at + "relay listening on ".len()..].trim().to_owned();
         }
@@ -46,6 +50,25 @@ pub fn start_relay(args: &[&str]) -> (Relay, String) {
         }
     });
     (relay, addr)
+}
+
+/// A library client's configuration for a benchmark's relay: TLS (the default path, and what is
+/// measured), trusting whatever key the loopback relay shows (nothing is pinned or kept: there is
+/// nobody in the middle of a benchmark).
+pub fn bench_config(name: &str, room: &str) -> relaychat::client::ClientConfig {
+    use relaychat::client::{FirstContact, Security, Trust};
+    let trust = Trust { first_contact: FirstContact::Accept, ..Trust::default() };
+    relaychat::client::ClientConfig {
+        security: Security::Tls(trust),
+        ..relaychat::client::ClientConfig::new(name, room)
+    }
+}
+
+/// `config` over TLS, trusting the relay whose fingerprint is `fingerprint`.
+pub fn pinned(config: relaychat::client::ClientConfig, fingerprint: &str) -> relaychat::client::ClientConfig {
+    use relaychat::client::{Security, Trust};
+    let trust = Trust { fingerprint: Some(fingerprint.to_owned()), ..Trust::default() };
+    relaychat::client::ClientConfig { security: Security::Tls(trust), ..config }
 }
 
 /// A field of /proc/PID/status in KiB: `VmRSS` (now) or `VmHWM` (peak).

@@ -17,18 +17,23 @@
 //! from the [`Client`]. Sending goes through the client's queues, so a slow network never stops us
 //! from reading the keyboard, and a flood of incoming messages never stops us typing.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::thread;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use crossbeam_channel::{bounded, select, Receiver};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::progress::Bars;
 use super::show::{line, Line};
 use super::Exit;
-use crate::client::{CatchUp, Client, ClientConfig, ClientError, Direction, Disconnect, Event};
+use crate::client::{
+    CatchUp, Client, ClientConfig, ClientError, Direction, Disconnect, Event, FirstContact, Security, Trust,
+    TrustError, Verdict,
+};
 use crate::display::{notice_line, now_ms, visible};
 use crate::rules::DEFAULT_ROOM;
 
@@ -78,6 +83,17 @@ pub struct ConnArgs {
     #[arg(long, global = true, env = "RELAYCHAT_IDLE_TIMEOUT", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub idle_timeout: u64,
+    /// The relay's key fingerprint (SHA256:…, from its operator: `server --fingerprint`). On first
+    /// contact it must match; without it a terminal asks, and a script trusts with a notice.
+    #[arg(long, global = true, env = "RELAYCHAT_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Also trust certificates signed by this CA (PEM), for a private deployment.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// No TLS: the password and every message cross the network readable by anyone on the way.
+    /// For the lesson on watching frames in Wireshark, with a relay run with --allow-plaintext.
+    #[arg(long, global = true)]
+    pub plaintext: bool,
 }
 
 /// One-shot commands for scripts: connect, do one thing, exit.
@@ -114,9 +130,17 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     };
     #[cfg(feature = "gui")]
     if cli.command.is_none() && !cli.conn.cli && crate::gui_fltk::display_available() {
+        let security = security(&cli.conn, true)?;
         let ConnArgs { server, name, room, password, access_password, .. } = cli.conn;
-        let launch =
-            crate::gui_fltk::Launch { server, name, password, access: access_password, room, downloads };
+        let launch = crate::gui_fltk::Launch {
+            server,
+            name,
+            password,
+            access: access_password,
+            room,
+            downloads,
+            security,
+        };
         return crate::gui_fltk::run(launch);
     }
     let name = match cli.conn.name.clone() {
@@ -138,12 +162,14 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     config.token = crate::client::identity::token_or_guest(&server);
     // Receipts let the interactive client resend what the relay had not stored when it went away.
     config.receipts = true;
+    // Ask on first contact only where someone can answer: the interactive client in a terminal.
+    config.security = security(&cli.conn, cli.command.is_none() && io::stdin().is_terminal())?;
     // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
     config.chunk_delay = std::env::var("RELAYCHAT_TEST_CHUNK_DELAY_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(std::time::Duration::from_millis);
-    let client = Client::connect_tcp(&server, &config).map_err(connect_error)?;
+    let client = first_connect(&server, &config)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
     let dialer = Dialer { server, config };
     match cli.command {
@@ -165,6 +191,62 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
             chat_loop(link, keyboard, &mut ui)
         }
     }
+}
+
+/// TLS and whom to trust, from the flags (see `client/trust.rs`), or plaintext with a warning.
+/// `can_ask`: someone may be asked on first contact (the window always can; the terminal client
+/// when stdin is a terminal).
+fn security(conn: &ConnArgs, can_ask: bool) -> anyhow::Result<Security> {
+    if conn.plaintext {
+        eprintln!("warning: --plaintext: your password and messages cross the network unencrypted");
+        return Ok(Security::Plaintext);
+    }
+    let extra_roots = match &conn.tls_ca {
+        None => Vec::new(),
+        Some(path) => CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", path.display()))?,
+    };
+    let known_relays = crate::client::identity::Identity::default_dir().map(|dir| dir.join("known_relays"));
+    let first_contact = if can_ask { FirstContact::Refuse } else { FirstContact::Accept };
+    Ok(Security::Tls(Trust {
+        known_relays,
+        fingerprint: conn.fingerprint.clone(),
+        extra_roots,
+        first_contact,
+    }))
+}
+
+/// The first connection. On first contact with a relay in a terminal, shows its fingerprint and
+/// asks whether to trust it (SSH's question); a script's first contact is trusted with a notice.
+fn first_connect(server: &str, config: &ClientConfig) -> anyhow::Result<Client> {
+    let client = match Client::connect_tcp(server, config) {
+        Err(ClientError::Trust(TrustError::Unknown { server: relay, fingerprint })) => {
+            let Security::Tls(Trust { known_relays: Some(file), .. }) = &config.security else {
+                anyhow::bail!("{}", TrustError::Unknown { server: relay, fingerprint });
+            };
+            eprintln!("The relay at {relay} is new to this machine. Its key's fingerprint is");
+            eprintln!("    {fingerprint}");
+            eprint!("Does it match the one the relay's operator gave you (server --fingerprint)? [y/N] ");
+            let mut answer = String::new();
+            io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
+                anyhow::bail!("not trusted: nothing was sent to {relay}");
+            }
+            crate::client::trust::remember(file, &relay, &fingerprint)?;
+            eprintln!("trusted; saved in {}", file.display());
+            Client::connect_tcp(server, config).map_err(connect_error)?
+        }
+        other => other.map_err(connect_error)?,
+    };
+    if let Some(Verdict::FirstContact { fingerprint }) = client.verdict() {
+        let saved = match &config.security {
+            Security::Tls(Trust { known_relays: Some(file), .. }) => format!("; saved in {}", file.display()),
+            _ => String::new(),
+        };
+        eprintln!("notice: first contact with the relay at {server}: trusting its key {fingerprint}{saved}");
+    }
+    Ok(client)
 }
 
 fn connect_error(e: ClientError) -> anyhow::Error {
@@ -245,7 +327,9 @@ impl Dialer {
         let client = loop {
             match Client::connect_tcp(&self.server, &self.config) {
                 Ok(client) => break client,
-                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => return Err(e.into()),
+                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_) | ClientError::Trust(_))) => {
+                    return Err(e.into())
+                }
                 Err(e) if std::time::Instant::now() + pause > give_up => {
                     anyhow::bail!("{why}; could not reconnect: {e}")
                 }

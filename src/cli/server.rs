@@ -109,6 +109,21 @@ pub struct ServerCli {
     /// Require this password from everyone who connects.
     #[arg(long, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
+    /// Print the relay's TLS fingerprint (SHA256:…) and exit: give it to your users, so they can
+    /// check it on first contact. Makes the key first if the data dir has none.
+    #[arg(long)]
+    pub fingerprint: bool,
+    /// The relay's TLS certificate chain (PEM), e.g. from Let's Encrypt, instead of the key pair
+    /// it makes for itself in its data dir. Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also serve clients that speak plaintext (--plaintext). Everything they send, passwords
+    /// included, can be read by anyone on the way: for lessons and local tests only.
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 /// A size that fits a `u32` (a rate per second).
@@ -150,8 +165,20 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         history: cli.history,
         max_connections: cli.max_connections,
         max_per_address: cli.max_per_address.max(1),
+        tls_files: cli.tls_cert.zip(cli.tls_key),
+        allow_plaintext: cli.allow_plaintext,
         ..ServerConfig::default()
     };
+    if cli.fingerprint {
+        let keys = crate::server::relay_keys(&config).context("cannot load the relay's TLS key")?;
+        println!("{}", keys.fingerprint);
+        return Ok(Exit::Success);
+    }
+    if config.allow_plaintext {
+        log::warn!(
+            "--allow-plaintext: clients may connect without TLS; what they send can be read on the way"
+        );
+    }
     let server = Server::bind(config).with_context(|| format!("cannot start the relay on {}", cli.bind))?;
     let shutdown = server.shutdown_handle()?;
 

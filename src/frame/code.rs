@@ -66,6 +66,9 @@ pub enum ErrorCode {
     /// took the name over. The client must not reconnect by itself: the two would take the name
     /// from each other in a loop.
     LoggedInElsewhere,
+    /// The relay speaks only TLS and the peer spoke plaintext (sent in plaintext, so that any
+    /// client can read why).
+    TlsRequired,
     /// A code this build does not know.
     Other(u8),
 }
@@ -116,6 +119,7 @@ impl ErrorCode {
             ErrorCode::NotStored => 27,
             ErrorCode::FieldTooLong => 28,
             ErrorCode::LoggedInElsewhere => 29,
+            ErrorCode::TlsRequired => 30,
             ErrorCode::Other(b) => b,
         }
     }
@@ -151,6 +155,7 @@ impl ErrorCode {
             27 => ErrorCode::NotStored,
             28 => ErrorCode::FieldTooLong,
             29 => ErrorCode::LoggedInElsewhere,
+            30 => ErrorCode::TlsRequired,
             other => ErrorCode::Other(other),
         }
     }

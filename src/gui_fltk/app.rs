@@ -182,6 +182,18 @@ impl App {
                 self.log_notice(&format!("error: {why}"));
             }
             LinkEvent::Problem(why) => self.log_notice(&format!("error: {why}")),
+            LinkEvent::FirstContact { server, fingerprint, answer } => {
+                let question = format!(
+                    "The relay at {server} is new to this computer.\n\nIts key's fingerprint is\n{fingerprint}\n\n\
+                     Does it match the one the relay's operator gave you (server --fingerprint)?\n\
+                     Nothing is sent to the relay until you trust it."
+                );
+                let trusted = fltk::dialog::choice2_default(&question, "Don't trust", "Trust", "") == Some(1);
+                if trusted {
+                    self.log_notice(&format!("trusted the relay's key {fingerprint}"));
+                }
+                let _ = answer.send(trusted);
+            }
         }
     }
 

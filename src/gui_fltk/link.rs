@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 
-use crate::client::{CatchUp, Client, ClientConfig, ClientError, Disconnect, Event};
+use crate::client::{
+    CatchUp, Client, ClientConfig, ClientError, Disconnect, Event, Security, Trust, TrustError,
+};
 
 /// What the GUI asks for.
 #[derive(Debug)]
@@ -37,8 +39,11 @@ pub enum LinkEvent {
     Net(Event),
     /// The connection is down; the next attempt is in `retry_in`.
     Reconnecting { why: String, retry_in: Duration },
-    /// The relay refused us (name taken, bad name...): no point retrying.
+    /// The relay refused us (name taken, bad name, a changed TLS key...): no point retrying.
     Refused(String),
+    /// First contact with a relay whose key no CA vouches for: ask the person whether
+    /// `fingerprint` is the relay's, and send the answer back (see `client/trust.rs`).
+    FirstContact { server: String, fingerprint: String, answer: Sender<bool> },
     /// A command could not be carried out (for example: not connected right now).
     Problem(String),
 }
@@ -125,7 +130,14 @@ impl Looper {
                         Ended::Over(why) => return self.stop(why),
                     }
                 }
-                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_))) => {
+                Err(ClientError::Trust(TrustError::Unknown { server, fingerprint })) => {
+                    match self.ask_trust(server, fingerprint) {
+                        Some(true) => continue, // trusted now: connect again at once
+                        Some(false) => return self.stop("not trusted: nothing was sent to the relay".into()),
+                        None => return, // the window closed meanwhile
+                    }
+                }
+                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_) | ClientError::Trust(_))) => {
                     return self.stop(e.to_string())
                 }
                 Err(e) => e.to_string(),
@@ -135,6 +147,47 @@ impl Looper {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Asks the window whether to trust a relay seen for the first time. On yes, pins it in
+    /// `known_relays` (or, without one, for this session). `None` when the window closed.
+    fn ask_trust(&mut self, server: String, fingerprint: String) -> Option<bool> {
+        let (answer, reply) = bounded(1);
+        let question =
+            LinkEvent::FirstContact { server: server.clone(), fingerprint: fingerprint.clone(), answer };
+        if !self.tell(question) {
+            return None;
+        }
+        let yes = loop {
+            select! {
+                recv(reply) -> yes => break yes.unwrap_or(false),
+                recv(self.commands) -> command => match command {
+                    Ok(Command::Quit) | Err(_) => return None,
+                    Ok(_) => {
+                        let wait = "not connected yet: answer the question about the relay's key first";
+                        self.tell(LinkEvent::Problem(wait.into()));
+                    }
+                },
+            }
+        };
+        if yes {
+            if let Security::Tls(trust) = &mut self.config.security {
+                let saved = match &trust.known_relays {
+                    Some(file) => {
+                        crate::client::trust::remember(file, &server, &fingerprint).map_err(|e| e.to_string())
+                    }
+                    None => Err("no config dir to keep it in".to_string()),
+                };
+                if let Err(why) = saved {
+                    // Trusted for this session at least.
+                    *trust = Trust { fingerprint: Some(fingerprint), ..trust.clone() };
+                    self.tell(LinkEvent::Problem(format!(
+                        "the relay's key is trusted for now but not saved: {why}"
+                    )));
+                }
+            }
+        }
+        Some(yes)
     }
 
     /// Shows why the link stopped for good, and waits for the window to close: retrying would

@@ -32,7 +32,7 @@ pub fn display_available() -> bool {
 }
 
 /// What the command line gave the window; anything missing is asked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Launch {
     pub server: Option<String>,
     pub name: Option<String>,
@@ -40,6 +40,8 @@ pub struct Launch {
     pub access: Option<String>,
     pub room: String,
     pub downloads: PathBuf,
+    /// TLS and whom to trust (first contact is asked in a dialog), or plaintext.
+    pub security: crate::client::Security,
 }
 
 /// Opens the window and runs until it is closed. If the relay or the name is missing, the connect
@@ -56,6 +58,7 @@ pub fn run(launch: Launch) -> anyhow::Result<Exit> {
     config.password = password;
     config.access = launch.access.unwrap_or_default();
     config.token = crate::client::identity::token_or_guest(&server);
+    config.security = launch.security;
     let options = GuiOptions { server, config, downloads: launch.downloads };
     App::new(options)?.run();
     Ok(Exit::Success)

@@ -278,6 +278,7 @@ pub(crate) fn accept_loop(
     to_hub: &Sender<ToHub>,
     pool: &HashPool,
     config: &ServerConfig,
+    tls: &Arc<rustls::ServerConfig>,
     max_connections: usize,
 ) -> Vec<JoinHandle<()>> {
     let mut admissions = Admissions::with_rates(
@@ -320,7 +321,7 @@ pub(crate) fn accept_loop(
         };
         let departure = admissions.departure(next_id);
         let info = conn::ConnInfo { id: next_id, addr, throttle };
-        if let Some(handle) = start_connection(stream, info, to_hub, pool, config, departure) {
+        if let Some(handle) = start_connection(stream, info, to_hub, pool, config, tls, departure) {
             admissions.admit(next_id, key, handle);
         }
     }
@@ -347,6 +348,7 @@ fn start_connection(
     to_hub: &Sender<ToHub>,
     pool: &HashPool,
     config: &ServerConfig,
+    tls: &Arc<rustls::ServerConfig>,
     departure: Departure,
 ) -> Option<JoinHandle<()>> {
     let (id, addr) = (info.id, info.addr);
@@ -362,9 +364,10 @@ fn start_connection(
     let to_hub = to_hub.clone();
     let pool = pool.clone();
     let config = config.clone();
+    let tls = tls.clone();
     let spawned = thread::Builder::new().name(format!("conn-{id}")).spawn(move || {
         let _departure = departure; // dropped last: tells the accept thread this slot is free
-        conn::serve(stream, info, to_hub, pool, config)
+        conn::serve_tcp(stream, info, to_hub, pool, config, tls)
     });
     match spawned {
         Ok(handle) => Some(handle),

@@ -14,10 +14,12 @@
 //!    writer. The writer ends when the hub drops its queue sender (after `Closed`, a goodbye, a
 //!    protocol error, a slow-client disconnect or shutdown).
 //!
-//! Everything here is generic over [`Stream`], so TLS can be slotted in later.
+//! Everything after the first byte is generic over [`Stream`]: the same code serves TLS
+//! ([`TlsStream`]) and plaintext ([`TcpStream`]) connections ([`serve_tcp`]).
 
 use std::io::BufWriter;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,7 @@ use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
 use crate::outbox;
 use crate::rules;
+use crate::tls::{TlsStream, TLS_HANDSHAKE_BYTE};
 use crate::wire::{write_frame, FrameReader, Stream};
 
 /// Frames in a connection's bulk queue (file chunks of up to 256 KiB, and upload answers).
@@ -45,7 +48,98 @@ pub(crate) struct ConnInfo {
     pub throttle: SharedThrottle,
 }
 
-/// Serves one connection to its end. Runs on the connection's own thread.
+/// Serves one TCP connection to its end. Runs on the connection's own thread.
+///
+/// TLS or plaintext is told apart by the first byte, on the same port: a TLS ClientHello starts
+/// with 0x16 (a handshake record), a relaychat frame with 0 (the top byte of its length, which is
+/// at most 1 MiB). The TLS handshake runs here, within the hello's deadline, before anything else
+/// is read; then the connection goes on exactly like a plaintext one, over a [`TlsStream`].
+/// Plaintext is served only with `--allow-plaintext`; without it the peer gets one plaintext
+/// error frame saying so (which any relaychat client can read) and the connection closes.
+pub(crate) fn serve_tcp(
+    stream: TcpStream,
+    info: ConnInfo,
+    to_hub: Sender<ToHub>,
+    pool: HashPool,
+    config: ServerConfig,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let deadline = Instant::now() + config.hello_timeout;
+    if !announce(&stream, &info, &to_hub) {
+        return;
+    }
+    let addr = info.addr;
+    match first_byte(&stream, deadline) {
+        Ok(Some(TLS_HANDSHAKE_BYTE)) => {
+            let session = match rustls::ServerConnection::new(tls) {
+                Ok(session) => session,
+                Err(e) => {
+                    log::error!("{addr}: cannot start a TLS session: {e}");
+                    let _ = to_hub.send(ToHub::Closed { id: info.id });
+                    return;
+                }
+            };
+            match TlsStream::handshake(stream, session, deadline) {
+                Ok(stream) => serve_announced(stream, &info, deadline, &to_hub, &pool, &config),
+                Err(e) => {
+                    log::info!("{addr}: TLS handshake failed: {e}");
+                    let _ = to_hub.send(ToHub::Closed { id: info.id });
+                }
+            }
+        }
+        Ok(Some(_)) if config.allow_plaintext => {
+            serve_announced(stream, &info, deadline, &to_hub, &pool, &config)
+        }
+        Ok(Some(_)) => {
+            log::info!("{addr}: refused: plaintext (this relay needs TLS)");
+            let message =
+                "this relay speaks only TLS: use a client with TLS (the default), or ask the relay's \
+                           operator for --allow-plaintext";
+            refuse(stream, ErrorCode::TlsRequired, message, &config);
+            let _ = to_hub.send(ToHub::Closed { id: info.id });
+        }
+        Ok(None) => {
+            log::info!("{addr}: closed before saying anything");
+            let _ = to_hub.send(ToHub::Closed { id: info.id });
+        }
+        Err(e) => {
+            log::info!("{addr}: nothing received in time: {e}");
+            let why = format!("no hello within {} s", config.hello_timeout.as_secs_f64());
+            refuse(stream, ErrorCode::HelloTimeout, &why, &config);
+            let _ = to_hub.send(ToHub::Closed { id: info.id });
+        }
+    }
+}
+
+/// The first byte the peer sent, left in the socket (peeked). `None`: it closed first.
+fn first_byte(stream: &TcpStream, deadline: Instant) -> std::io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the hello's deadline passed"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.peek(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes one plaintext error frame and closes, without waiting long for a peer that does not
+/// read.
+fn refuse(mut stream: TcpStream, code: ErrorCode, message: &str, config: &ServerConfig) {
+    let _ = stream.set_write_timeout(Some(config.linger));
+    let _ = write_frame(&mut stream, &Frame::Error { code, message: message.to_owned() });
+    let _ = std::io::Write::flush(&mut stream);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Serves one connection over any [`Stream`] (plaintext; the fuzzing harness uses it with an
+/// in-memory stream). Runs on the connection's own thread.
 pub(crate) fn serve<S: Stream>(
     stream: S,
     info: ConnInfo,
@@ -55,19 +149,36 @@ pub(crate) fn serve<S: Stream>(
 ) {
     // The hello's deadline starts with the connection, before anything else is done for it.
     let deadline = Instant::now() + config.hello_timeout;
+    if announce(&stream, &info, &to_hub) {
+        serve_announced(stream, &info, deadline, &to_hub, &pool, &config);
+    }
+}
+
+/// Tells the hub about the connection, with the kill switch it uses at shutdown. False when the
+/// hub is gone (the server is shutting down) or the stream cannot make a kill switch.
+fn announce<S: Stream>(stream: &S, info: &ConnInfo, to_hub: &Sender<ToHub>) -> bool {
     let closer = match stream.closer() {
         Ok(closer) => closer,
         Err(e) => {
             log::warn!("{}: cannot set up connection: {e}", info.addr);
-            return;
+            return false;
         }
     };
-    if to_hub.send(ToHub::Connected { id: info.id, addr: info.addr, closer }).is_err() {
-        return; // the hub is gone: the server is shutting down
-    }
+    to_hub.send(ToHub::Connected { id: info.id, addr: info.addr, closer }).is_ok()
+}
+
+/// The hello, then the joined phase, then the end: the life of a connection the hub knows about.
+fn serve_announced<S: Stream>(
+    stream: S,
+    info: &ConnInfo,
+    deadline: Instant,
+    to_hub: &Sender<ToHub>,
+    pool: &HashPool,
+    config: &ServerConfig,
+) {
     let mut reader = FrameReader::new(stream);
-    let writer = match hello_phase(&mut reader, &info, deadline, &to_hub, &pool, &config) {
-        Some(joiner) => joined_phase(reader, &info, joiner, &to_hub, &config),
+    let writer = match hello_phase(&mut reader, info, deadline, to_hub, pool, config) {
+        Some(joiner) => joined_phase(reader, info, joiner, to_hub, config),
         None => None,
     };
     // The hub forgets us and drops our queue's sender; only then can the writer finish.

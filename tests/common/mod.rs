@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use relaychat::client::{Client, ClientConfig, Event};
+use relaychat::client::{Client, ClientConfig, Event, Security, Trust};
 use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::server::{Server, ServerConfig, ShutdownHandle};
 use relaychat::wire::{FrameReader, ReadError};
@@ -52,8 +52,16 @@ impl TestServer {
         TestServer::launch(ServerConfig { bind: addr, ..ServerConfig::default() }, data_dir)
     }
 
+    /// Every test relay uses this process's shared TLS keys ([`test_keys`]) and also speaks
+    /// plaintext, for the tests that talk raw frames to it.
     fn launch(config: ServerConfig, data_dir: TempDir) -> TestServer {
-        let config = ServerConfig { data_dir: data_dir.path.clone(), ..config };
+        let keys = test_keys();
+        let config = ServerConfig {
+            data_dir: data_dir.path.clone(),
+            tls_files: config.tls_files.or_else(|| Some((keys.cert.clone(), keys.key.clone()))),
+            allow_plaintext: true,
+            ..config
+        };
         let server = Server::bind(config).expect("bind a loopback port");
         let addr = server.local_addr().unwrap();
         let handle = server.shutdown_handle().unwrap();
@@ -79,7 +87,7 @@ impl TestServer {
 
     /// A library client in `room`.
     pub fn client(&self, name: &str, room: &str) -> Client {
-        let config = ClientConfig::new(name, room);
+        let config = client_config(name, room);
         let client = Client::connect_tcp(&self.addr.to_string(), &config).expect("client connects");
         // Joining is followed by the list of who is online; take it so tests start clean.
         match next_event(&client) {
@@ -91,7 +99,7 @@ impl TestServer {
     /// A library client logged in to account `name` (claimed with `password` on first use), with
     /// the online list taken.
     pub fn account(&self, name: &str, password: &str, room: &str) -> Client {
-        let mut config = ClientConfig::new(name, room);
+        let mut config = client_config(name, room);
         config.password = password.into();
         let client = Client::connect_tcp(&self.addr.to_string(), &config).expect("account logs in");
         match next_event(&client) {
@@ -116,6 +124,54 @@ impl Drop for TestServer {
             self.stop();
         }
     }
+}
+
+/// The TLS certificate and key that every relay of this test process uses, and its fingerprint.
+///
+/// One pair for all, made once: the terminal clients of a test process share a config dir (one
+/// "machine"), where they pin relays by `HOST:PORT`, and two relays the OS happened to give the
+/// same port must not look like a relay whose key changed. (Tests of a changed key make their
+/// own.)
+pub struct TestKeys {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub fingerprint: String,
+}
+
+pub fn test_keys() -> &'static TestKeys {
+    static KEYS: std::sync::OnceLock<TestKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("relaychat-test-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["relaychat".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        TestKeys { cert, key, fingerprint: relaychat::tls::fingerprint(made.cert.der()) }
+    })
+}
+
+/// The relay flags that give a relay binary the shared test keys.
+pub fn tls_flags() -> Vec<String> {
+    let keys = test_keys();
+    vec![
+        "--tls-cert".into(),
+        keys.cert.display().to_string(),
+        "--tls-key".into(),
+        keys.key.display().to_string(),
+    ]
+}
+
+/// A library client's configuration for a test relay: TLS, trusting the shared test key.
+pub fn client_config(name: &str, room: &str) -> ClientConfig {
+    trusting(ClientConfig::new(name, room))
+}
+
+/// `config` with TLS that trusts the shared test key (and nothing else).
+pub fn trusting(config: ClientConfig) -> ClientConfig {
+    let trust = Trust { fingerprint: Some(test_keys().fingerprint.clone()), ..Trust::default() };
+    ClientConfig { security: Security::Tls(trust), ..config }
 }
 
 /// A directory under the system temp dir, removed on drop.

@@ -45,11 +45,15 @@ impl Proc {
         Proc { child, data_dir: None, stdin, stdout, stderr }
     }
 
+    /// The relay binary on a free loopback port, with the shared test keys (see
+    /// [`super::test_keys`]), TLS only.
     pub fn server() -> (Proc, String) {
         let data_dir = TempDir::new("bin");
         let dir = data_dir.path.to_string_lossy().into_owned();
-        let mut server =
-            Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", "127.0.0.1:0", "--data-dir", &dir], &[]);
+        let mut args = vec!["--bind".to_string(), "127.0.0.1:0".into(), "--data-dir".into(), dir];
+        args.extend(super::tls_flags());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
         server.data_dir = Some(data_dir);
         let line = server.expect(&server.stderr, "relay listening on ");
         let addr = line.rsplit(' ').next().unwrap().to_owned();

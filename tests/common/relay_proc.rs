@@ -169,6 +169,9 @@ impl Relay {
         let known = known_flags();
         let mut args: Vec<String> =
             vec!["--bind".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.path.display().to_string()];
+        // The attacks speak raw frames, in plaintext; bystanders use TLS with the shared test key.
+        args.extend(crate::common::tls_flags());
+        args.push("--allow-plaintext".into());
         let mut missing_flags = Vec::new();
         for (name, value) in &spec.flags {
             if known.iter().any(|k| k == name) {

@@ -1,0 +1,241 @@
+//! TLS under the frames: one TLS session shared by a connection's reader and writer threads.
+//!
+//! A connection has a reader thread and a writer thread on one socket (see `wire.rs`). With TLS
+//! they share one session (a [`rustls::Connection`]): the reader decrypts with it, the writer
+//! encrypts with it. The session needs a lock, and one careless lock deadlocks: a writer that
+//! blocks on a full socket *while holding the lock* stops the reader from decrypting, so the
+//! reader stops reading the socket; if the peer does the same, both send buffers fill and
+//! nobody ever reads again. The rule that prevents it:
+//!
+//! **No thread ever blocks on the socket while holding the session's lock.**
+//!
+//! - The reader reads raw bytes from the socket with the lock *released*, then takes the lock
+//!   only to hand them to rustls and take the plaintext out (memory work, microseconds).
+//! - The writer takes the lock to encrypt and to take the finished TLS records out into a buffer
+//!   of its own, releases it, and only then writes that buffer to the socket, blocking as long
+//!   as the network needs.
+//! - Only the writer ever takes records out of the session, so they reach the socket in the
+//!   order rustls made them. (Records rustls makes while reading, such as a KeyUpdate answer, go
+//!   out with the writer's next write.)
+//!
+//! The handshake happens before the threads start, on one thread, so it needs no lock at all.
+//! `tests/tls.rs` checks the design with both sides writing megabytes at once.
+//!
+//! The crypto provider is *ring*: it builds with the C compiler that Rust's own linker already
+//! needs, with no CMake, NASM or system library, so `cargo run --release --bin server` still
+//! works on a fresh machine. Only TLS 1.3 is offered.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+use crate::wire::{Closer, Stream};
+
+/// The first byte of every TLS record that starts a handshake. A relaychat frame starts with its
+/// length (big-endian, at most 1 MiB), so its first byte is always 0: the relay tells the two
+/// apart by one byte (see `server/conn.rs`).
+pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// How much raw TLS the reader takes from the socket at once.
+const RAW_READ: usize = 64 * 1024;
+
+/// The crypto provider both ends use: ring (see the module docs for why).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The only protocol version offered.
+pub static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// A certificate's fingerprint as people compare it: `SHA256:` and 64 hex digits of the SHA-256
+/// of the certificate (DER), as SSH shows a host key.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = Sha256::digest(cert.as_ref());
+    format!("SHA256:{}", crate::sha::hex(&digest))
+}
+
+/// A TCP connection carrying TLS, with the session shared between clones (see the module docs).
+pub struct TlsStream {
+    tcp: TcpStream,
+    session: Arc<Mutex<rustls::Connection>>,
+    /// Raw bytes read from the socket and not yet given to rustls: `raw[start..end]`.
+    raw: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The writer's buffer of finished records, reused between writes.
+    out: Vec<u8>,
+}
+
+impl TlsStream {
+    /// Runs the handshake of `session` over `tcp` until it is done or `deadline` passes, then
+    /// wraps both. A failed handshake sends nothing more: in particular a client that refuses
+    /// the relay's certificate sends no alert and no application data (see `client/trust.rs`).
+    pub fn handshake(
+        mut tcp: TcpStream,
+        session: impl Into<rustls::Connection>,
+        deadline: Instant,
+    ) -> io::Result<TlsStream> {
+        let mut session = session.into();
+        let mut raw = vec![0u8; RAW_READ];
+        loop {
+            while session.wants_write() {
+                session.write_tls(&mut tcp)?;
+            }
+            if !session.is_handshaking() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake took too long"));
+            }
+            tcp.set_read_timeout(Some(left))?;
+            let n = tcp.read(&mut raw)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+            }
+            let mut data = &raw[..n];
+            while !data.is_empty() {
+                session.read_tls(&mut data)?;
+                session.process_new_packets().map_err(tls_error)?;
+            }
+        }
+        tcp.flush()?;
+        Ok(TlsStream::from_parts(tcp, Arc::new(Mutex::new(session))))
+    }
+
+    fn from_parts(tcp: TcpStream, session: Arc<Mutex<rustls::Connection>>) -> TlsStream {
+        TlsStream { tcp, session, raw: Vec::new(), start: 0, end: 0, out: Vec::new() }
+    }
+
+    /// The certificate the peer presented (the relay's, seen from a client).
+    pub fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        let session = self.lock();
+        session.peer_certificates().and_then(|certs| certs.first()).map(|c| c.clone().into_owned())
+    }
+
+    /// The session, for memory work only: never held across a socket call.
+    fn lock(&self) -> MutexGuard<'_, rustls::Connection> {
+        lock(&self.session)
+    }
+
+    /// Takes every finished record out of the session into `self.out` (under the lock), then
+    /// writes them to the socket (without it).
+    fn send_records(
+        &mut self,
+        encrypt: impl FnOnce(&mut rustls::Connection) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.out.clear();
+        let result = {
+            let mut session = lock(&self.session);
+            let result = encrypt(&mut session);
+            while session.wants_write() {
+                session.write_tls(&mut self.out)?;
+            }
+            result
+        };
+        self.tcp.write_all(&self.out)?;
+        result
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.raw.is_empty() {
+            self.raw = vec![0u8; RAW_READ];
+        }
+        loop {
+            {
+                let mut session = lock(&self.session);
+                // Plaintext waiting? `Ok(0)` is a clean close (the peer's close_notify).
+                match session.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                // Raw bytes waiting? Give rustls what it takes, and decrypt.
+                if self.start < self.end {
+                    let mut data = &self.raw[self.start..self.end];
+                    let before = data.len();
+                    session.read_tls(&mut data)?;
+                    let used = before - data.len();
+                    self.start += used;
+                    session.process_new_packets().map_err(tls_error)?;
+                    continue;
+                }
+            }
+            // Nothing to decrypt: wait for the network, with the lock released.
+            let n = self.tcp.read(&mut self.raw)?;
+            (self.start, self.end) = (0, n);
+            if n == 0 {
+                // EOF: rustls decides whether it was clean (close_notify came first) or not.
+                let mut session = lock(&self.session);
+                session.read_tls(&mut io::empty())?;
+                session.process_new_packets().map_err(tls_error)?;
+                return match session.reader().read(buf) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send_records(|session| session.writer().write(buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.send_records(|session| session.writer().write_vectored(bufs))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_records(|session| session.writer().flush().map(|()| 0))?;
+        self.tcp.flush()
+    }
+}
+
+impl Stream for TlsStream {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        Ok(TlsStream::from_parts(self.tcp.try_clone()?, self.session.clone()))
+    }
+    fn closer(&self) -> io::Result<Closer> {
+        self.tcp.closer()
+    }
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp.set_write_timeout(timeout)
+    }
+    /// Says close_notify (TLS's "I will send no more"), then half-closes the socket.
+    fn shutdown_write(&self) -> io::Result<()> {
+        let mut records = Vec::new();
+        {
+            let mut session = self.lock();
+            session.send_close_notify();
+            while session.wants_write() {
+                session.write_tls(&mut records)?;
+            }
+        }
+        (&self.tcp).write_all(&records)?;
+        self.tcp.shutdown_write()
+    }
+}
+
+/// Locks a session. A panic while it was held cannot leave rustls half-updated in a way that
+/// matters here: the connection is over either way, and the next call reports its error.
+fn lock(session: &Mutex<rustls::Connection>) -> MutexGuard<'_, rustls::Connection> {
+    session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A TLS failure as an I/O error, so it travels the same paths as a broken socket.
+pub fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
