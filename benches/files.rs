@@ -49,6 +49,9 @@ fn main() {
     let settle = Duration::from_secs(if quick { 0 } else { 10 });
     let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, settle, sweep));
     let _ = fs::remove_dir_all(&work);
+    let _ = fs::remove_dir_all(
+        std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id())),
+    );
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -246,9 +249,14 @@ fn timed_client(args: &[&str]) -> Timed {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
         .args(args)
-        // The clients' identity file goes to a scratch dir, never into the real home. It is what
-        // keeps benchbob's name (no password: an argon2 hash would add ~19 MiB to the relay's peak).
-        .env("RELAYCHAT_CONFIG_DIR", std::env::temp_dir().join("relaychat-bench-config"))
+        // The clients' identity file goes to a scratch dir of this run, never into the real home.
+        // It is what keeps benchbob's name (no password: an argon2 hash would add ~19 MiB to the
+        // relay's peak). The relay's key is pinned there too, on first contact; a dir of this run
+        // only, so a later run's new relay on a reused port is not taken for a changed key.
+        .env(
+            "RELAYCHAT_CONFIG_DIR",
+            std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id())),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
