@@ -100,7 +100,9 @@ impl TlsStream {
             }
             let mut data = &raw[..n];
             while !data.is_empty() {
-                session.read_tls(&mut data)?;
+                if session.read_tls(&mut data)? == 0 {
+                    return Err(stalled());
+                }
                 session.process_new_packets().map_err(tls_error)?;
             }
         }
@@ -163,6 +165,10 @@ impl Read for TlsStream {
                     let before = data.len();
                     session.read_tls(&mut data)?;
                     let used = before - data.len();
+                    if used == 0 {
+                        // rustls took nothing and has no plaintext for us: it never will.
+                        return Err(stalled());
+                    }
                     self.start += used;
                     session.process_new_packets().map_err(tls_error)?;
                     continue;
@@ -233,6 +239,11 @@ impl Stream for TlsStream {
 /// matters here: the connection is over either way, and the next call reports its error.
 fn lock(session: &Mutex<rustls::Connection>) -> MutexGuard<'_, rustls::Connection> {
     session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// rustls would take no more bytes and gave no plaintext: looping on would spin forever.
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "the TLS layer accepted no more data")
 }
 
 /// A TLS failure as an I/O error, so it travels the same paths as a broken socket.
