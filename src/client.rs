@@ -320,8 +320,6 @@ pub struct Client {
     receiving: Arc<AtomicBool>,
     /// Set when closing: transfers stop at the next chunk.
     cancel: Arc<AtomicBool>,
-    /// The next message's client id.
-    next_message: std::sync::atomic::AtomicU64,
     events: Receiver<Event>,
     threads: Vec<JoinHandle<()>>,
     closer: Closer,
@@ -429,7 +427,6 @@ impl Client {
             to_reader,
             receiving,
             cancel,
-            next_message: std::sync::atomic::AtomicU64::new(catch_up::first_message_id()),
             events,
             threads,
             closer,
@@ -470,8 +467,8 @@ impl Client {
     }
 
     fn say(&self, to: String, text: &str) -> Result<(), ClientError> {
-        // Ids are unique per sender across restarts: start from the clock, then count.
-        let client_id = self.next_message.fetch_add(1, Ordering::Relaxed);
+        // One id source for the whole process (see `catch_up::next_message_id`).
+        let client_id = catch_up::next_message_id();
         self.send_with_id(client_id, &to, text).map(|_| ())
     }
 

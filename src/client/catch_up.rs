@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Client, ClientError, Direction, Event, Mark};
 
@@ -25,7 +26,6 @@ use super::{Client, ClientError, Direction, Event, Mark};
 pub struct CatchUp {
     /// By client id: (recipient, text), recipient empty for the room.
     unconfirmed: BTreeMap<u64, (String, String)>,
-    next_id: u64,
     last_seen: u64,
     /// Files queued for upload without a verdict yet, oldest first: (path, recipient).
     uploading: VecDeque<(PathBuf, Option<String>)>,
@@ -33,26 +33,25 @@ pub struct CatchUp {
 
 impl Default for CatchUp {
     fn default() -> Self {
-        CatchUp {
-            unconfirmed: BTreeMap::new(),
-            next_id: first_message_id(),
-            last_seen: 0,
-            uploading: VecDeque::new(),
-        }
+        CatchUp { unconfirmed: BTreeMap::new(), last_seen: 0, uploading: VecDeque::new() }
     }
 }
 
-/// The first client id of a session. Ids must not repeat for one sender across restarts of the
-/// client, so they start from the clock (in thousandths of a millisecond) and count up.
-pub(crate) fn first_message_id() -> u64 {
-    crate::display::now_ms().saturating_mul(1000).max(1)
+/// The next message id of this process. Ids must not repeat for one sender, or the relay drops
+/// the second message as a resend of the first, so there is exactly one source: every
+/// [`Client`] and every [`CatchUp`] of the process draws from it. It starts from the clock (in
+/// thousandths of a millisecond), so ids keep growing across restarts of the client too.
+pub(crate) fn next_message_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = crate::display::now_ms().saturating_mul(1000).max(1);
+    let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
 impl CatchUp {
     /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
     pub fn send(&mut self, client: &Client, to: &str, text: &str) -> Result<(), ClientError> {
-        let id = client.send_with_id(self.next_id, to, text)?;
-        self.next_id += 1;
+        let id = client.send_with_id(next_message_id(), to, text)?;
         self.unconfirmed.insert(id, (to.to_owned(), text.to_owned()));
         Ok(())
     }
@@ -137,5 +136,20 @@ mod tests {
         assert_eq!(c.uploads_pending(), 1, "a download's failure is not an upload's verdict");
         assert!(c.fresh(&Event::Uploaded { name: "b".into(), size: 1 }));
         assert_eq!(c.uploads_pending(), 0);
+    }
+
+    #[test]
+    fn message_ids_come_from_one_source() {
+        // `Client::send_text` and `CatchUp::send` both draw from it: they can never hand out the
+        // same id, which the relay would take for a resend and drop.
+        let ids: Vec<u64> = (0..1000).map(|_| next_message_id()).collect();
+        assert!(ids.windows(2).all(|w| w[1] > w[0]), "strictly increasing");
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..1000).map(|_| next_message_id()).collect::<Vec<_>>()))
+            .collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4000, "no id handed out twice, even across threads");
     }
 }
