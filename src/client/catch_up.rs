@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{Client, ClientError, Direction, Event, Mark};
 
 /// Unconfirmed messages and the last message shown.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CatchUp {
     /// By client id: (recipient, text), recipient empty for the room.
     unconfirmed: BTreeMap<u64, (String, String)>,
@@ -31,11 +31,6 @@ pub struct CatchUp {
     uploading: VecDeque<(PathBuf, Option<String>)>,
 }
 
-impl Default for CatchUp {
-    fn default() -> Self {
-        CatchUp { unconfirmed: BTreeMap::new(), last_seen: 0, uploading: VecDeque::new() }
-    }
-}
 
 /// The next message id of this process. Ids must not repeat for one sender, or the relay drops
 /// the second message as a resend of the first, so there is exactly one source: every
