@@ -1,5 +1,4 @@
-//! The client library: one connection to the relay, used by the terminal client (and later the
-//! window).
+//! The client library: one connection to the relay, used by the terminal client and the window.
 //!
 //! ## Threads
 //!

@@ -1,4 +1,4 @@
-//! Turning untrusted text into safe, readable lines for a terminal (and later the window).
+//! Turning untrusted text into safe, readable lines for a terminal and the window.
 //!
 //! Everything a client prints came from other people, through the network. A name or a message
 //! could carry `ESC [ 2 J` (clear the screen), a carriage return that overwrites the line, or a

@@ -1,6 +1,6 @@
 //! # relaychat
 //!
-//! A chat relay over plain TCP, written with `std::net` and `std::thread` only: no async runtime.
+//! A chat relay over TCP and TLS, written with `std::net` and `std::thread` only: no async runtime.
 //! Two people behind NATs both dial out to a relay; the relay passes their messages along. It is
 //! a grown-up port of a student project, "501密聊", and a lesson in sockets and threads.
 //!
@@ -9,7 +9,9 @@
 //! 1. [`frame`]: the wire format. Pure functions from frames to bytes and back; no sockets. Start
 //!    here: everything else moves these frames around.
 //! 2. [`wire`]: the thin I/O loop around `frame` (read whole frames from any `Read`, write them to
-//!    any `Write`), and the small [`wire::Stream`] trait that lets TLS slot in later.
+//!    any `Write`), and the small [`wire::Stream`] trait that lets the same code run over TLS.
+//!    [`tls`] is that TLS stream: one session shared by a reader and a writer thread, and the
+//!    rule that keeps them from deadlocking.
 //! 3. [`rules`]: what a valid name, room and message look like; shared by both ends.
 //! 4. [`outbox`]: the loop inside every writer thread: two queues into one socket, chat first.
 //! 5. [`server`]: the relay. An accept thread, a reader and a writer thread per connection, and one
@@ -21,7 +23,8 @@
 //!    for whom). The README's "Limits" table lists them all.
 //! 6. [`client`]: the client library. Handshake, then a writer, a reader and an upload thread,
 //!    reporting everything as [`client::Event`]s. `client/identity.rs` keeps this machine's
-//!    secret, from which each relay gets its own token.
+//!    secret, from which each relay gets its own token; `client/trust.rs` decides whether to trust
+//!    a relay's TLS key (a CA, or the pin kept from first contact, as SSH does).
 //! 7. Helpers for files: [`filename`] (names from the network made safe), [`sha`] (hashing while
 //!    streaming, and on resume), [`sink`] (writing a received file on its own thread).
 //! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).

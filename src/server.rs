@@ -19,7 +19,7 @@
 //! - Two **hash threads** (`server/login.rs`) compute every argon2 password hash, from a short
 //!   bounded queue: a flood of password logins waits there or is told "busy", and never holds
 //!   more than two hashes' worth of memory.
-//! - The **hub thread** (`server/hub.rs`) owns all shared state: who is online, which room they are in, and
+//! - The **hub thread** (`server/hub/`) owns all shared state: who is online, which room they are in, and
 //!   the sending half of each writer's queue. Nobody else touches that state, so there is no
 //!   `Mutex` and events are handled in one well-defined order.
 //!
@@ -116,7 +116,7 @@ pub struct ServerConfig {
     /// How writers keep chat from waiting behind file data: the socket's unsent-bytes limit and
     /// the size of the pieces chunks are written in (see [`crate::outbox::Pacing`]).
     pub pacing: Pacing,
-    /// Where files wait for their recipients (see `server/store.rs`). Default `./relay-data`.
+    /// Where files wait for their recipients (see `server/store/`). Default `./relay-data`.
     pub data_dir: PathBuf,
     /// The relay's TLS certificate chain and key as PEM files (`--tls-cert`, `--tls-key`).
     /// `None`: the key pair the relay made for itself in `data_dir/tls` (see `server/keys.rs`).

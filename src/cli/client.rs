@@ -2,9 +2,9 @@
 //!
 //! Its stdin/stdout behaviour is a contract that scripts and this project's tests rely on:
 //!
-//! - **stdin**, one line at a time: plain text goes to the room; `/who`, `/help`, `/quit`,
-//!   `/send [--to NAME] PATH…` and `/receive` are commands; a line starting with `//` sends the text
-//!   after the first `/`. At EOF, queued messages and transfers are finished, a goodbye is said,
+//! - **stdin**, one line at a time: plain text goes to the room; `/msg NAME text`, `/who`,
+//!   `/send [--to NAME] PATH…`, `/receive`, `/leave`, `/help` and `/quit` are commands; a line
+//!   starting with `//` sends the text after the first `/`. At EOF, queued messages and transfers are finished, a goodbye is said,
 //!   and the client exits 0.
 //! - **stdout**, one event per line, flushed per line: `[HH:MM:SS] bob: hello`,
 //!   `[HH:MM:SS] * bob joined lobby`, `[HH:MM:SS] [Newfile] bob: a.pdf (1.2 MiB)`, … (see

@@ -31,7 +31,6 @@ pub struct CatchUp {
     uploading: VecDeque<(PathBuf, Option<String>)>,
 }
 
-
 /// The next message id of this process. Ids must not repeat for one sender, or the relay drops
 /// the second message as a resend of the first, so there is exactly one source: every
 /// [`Client`] and every [`CatchUp`] of the process draws from it. It starts from the clock (in

@@ -300,7 +300,7 @@ fn joined_phase<S: Stream>(
         }
     };
     // Bounded: this queue is the buffer between the hub (fast) and this client's network (maybe
-    // slow). The hub never blocks on it; see hub.rs for what happens when it is full.
+    // slow). The hub never blocks on it; see `hub/mod.rs` for what happens when it is full.
     let (to_client, from_hub) = bounded::<Outgoing>(config.client_queue);
     // Bounded and short: file chunks wait here, so a download holds at most this many in memory.
     let (to_writer, from_conn) = bounded::<Vec<u8>>(BULK_QUEUE);
