@@ -54,7 +54,7 @@ use crate::rules::{self, RuleError};
 use crate::tls::TlsStream;
 use crate::wire::{write_frame, Closer, FrameReader, Stream};
 
-pub use crate::server::DEFAULT_CHUNK;
+pub use crate::frame::{DEFAULT_CHUNK, DEFAULT_PORT};
 
 /// Frames the send queue holds before `send_text` blocks.
 pub const SEND_QUEUE: usize = 256;

@@ -43,10 +43,19 @@ pub fn clock(unix_ms: u64) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+/// `1.2 MiB`-style sizes for people.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `[12:00:01] bob: hello`, with each later line of a multi-line message indented by two spaces.
@@ -93,8 +102,17 @@ mod tests {
 
     #[test]
     fn clock_has_the_contract_shape() {
-        let c = clock(now_ms());
+        let c = clock(crate::clock::now_ms());
         assert_eq!(c.len(), 10, "{c}");
         assert!(c.starts_with('[') && c.ends_with(']') && &c[3..4] == ":" && &c[6..7] == ":");
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(1_258_291), "1.2 MiB");
+        assert_eq!(human_size(4 << 30), "4.0 GiB");
     }
 }

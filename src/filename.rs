@@ -73,21 +73,6 @@ fn truncate_keeping_extension(name: &str, max: usize) -> String {
     format!("{}{}", &name[..stem_end], ext)
 }
 
-/// `1.2 MiB`-style sizes for people.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,14 +126,5 @@ mod tests {
             assert_eq!(clean(&once), once);
             assert!(!once.contains(['/', '\\', '\0']) && !once.is_empty() && once != "..");
         }
-    }
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1024), "1.0 KiB");
-        assert_eq!(human_size(1_258_291), "1.2 MiB");
-        assert_eq!(human_size(4 << 30), "4.0 GiB");
     }
 }

@@ -37,6 +37,17 @@ pub use code::ErrorCode;
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
 pub const PROTOCOL_VERSION: u16 = 4;
 
+/// The relay's port unless told otherwise: the seed project's, kept.
+pub const DEFAULT_PORT: u16 = 21567;
+
+/// Default data bytes per chunk the reference ends read from a file: 256 KiB. Large enough that
+/// per-chunk costs (a system call, a channel hand-off, a header) vanish next to the copy itself.
+/// (Writers send it as pieces of at most 64 KiB, so chat never waits long behind one: see
+/// `crate::outbox`.) Chosen by measuring 64, 128 and 256 KiB with `cargo bench --bench files --
+/// --sweep`; see the README. Both ends use it, so it lives here, beside the protocol, and a
+/// client-only build needs nothing from `server`.
+pub const DEFAULT_CHUNK: usize = 256 * 1024;
+
 /// The largest allowed `N` (kind byte + payload): 1 MiB.
 ///
 /// A peer that announces more is broken or hostile; the decoder says [`FrameError::TooLarge`] without

@@ -27,7 +27,8 @@
 //!    a relay's TLS key (a CA, or the pin kept from first contact, as SSH does).
 //! 7. Helpers for files: [`filename`] (names from the network made safe), [`sha`] (hashing while
 //!    streaming, and on resume), [`sink`] (writing a received file on its own thread).
-//! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed).
+//! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed);
+//!    [`clock`]: the one clock both ends stamp messages with.
 //! 9. [`spin`]: a channel wait that polls briefly before sleeping; why that halves latency here.
 //! 10. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
 //! 11. `gui_fltk` (cargo feature `gui`): the FLTK window, on top of the same client library.
@@ -38,6 +39,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod display;
 pub mod filename;
 pub mod frame;

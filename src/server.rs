@@ -38,9 +38,9 @@ mod store;
 mod throttle;
 mod transfer;
 
+pub use crate::frame::{DEFAULT_CHUNK, DEFAULT_PORT};
 pub use memory::tune_allocator;
 pub use store::StoreLimits;
-pub use transfer::DEFAULT_CHUNK;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -54,9 +54,6 @@ use crossbeam_channel::{bounded, Sender};
 
 pub use crate::outbox::Pacing;
 use hub::{Hub, ToHub};
-
-/// The port the seed project used, kept as the default.
-pub const DEFAULT_PORT: u16 = 21567;
 
 /// Tunables of the relay. [`ServerConfig::default`] gives the documented values.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::client_config;
 use common::{assert_no_event, next_event, wait_for, Raw, TestServer};
 use relaychat::client::{Client, Event, Mark};
-use relaychat::display::now_ms;
+use relaychat::clock::now_ms;
 use relaychat::frame::Frame;
 use relaychat::server::ServerConfig;
 

@@ -34,7 +34,8 @@ use crate::client::{
     CatchUp, Client, ClientConfig, ClientError, Direction, Disconnect, Event, FirstContact, Security, Trust,
     TrustError, Verdict,
 };
-use crate::display::{notice_line, now_ms, visible};
+use crate::clock::now_ms;
+use crate::display::{notice_line, visible};
 use crate::rules::DEFAULT_ROOM;
 
 /// relaychat client: chat with everyone in a room on a relaychat relay, and pass files through it.

@@ -1,8 +1,10 @@
 //! How the terminal client prints each [`Event`]: the line contract of `src/cli/client.rs`.
 
 use crate::client::{Direction, Event, Mark};
-use crate::display::{chat_line, notice_line, now_ms, visible};
-use crate::filename::{self, human_size};
+use crate::clock::now_ms;
+use crate::display::human_size;
+use crate::display::{chat_line, notice_line, visible};
+use crate::filename;
 
 /// Where a line goes.
 #[derive(Debug, PartialEq, Eq)]

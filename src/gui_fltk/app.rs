@@ -13,8 +13,10 @@ use fltk::prelude::*;
 use super::link::{Command, Link, LinkEvent};
 use super::window::{Action, Widgets, STYLE_MINE, STYLE_NOTICE, STYLE_THEIRS, STYLE_TIME};
 use crate::client::{ClientConfig, Direction, Event};
-use crate::display::{clock, now_ms, visible};
-use crate::filename::{self, human_size};
+use crate::clock::now_ms;
+use crate::display::human_size;
+use crate::display::{clock, visible};
+use crate::filename;
 use crate::frame::FileInfo;
 
 /// What the window needs to start.

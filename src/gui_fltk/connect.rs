@@ -18,7 +18,7 @@ pub fn ask(server: Option<String>, name: Option<String>) -> Option<(String, Stri
     let _app = fltk::app::App::default();
     let remembered = load();
     let server =
-        server.or(remembered.0).unwrap_or_else(|| format!("127.0.0.1:{}", crate::server::DEFAULT_PORT));
+        server.or(remembered.0).unwrap_or_else(|| format!("127.0.0.1:{}", crate::frame::DEFAULT_PORT));
     let name = name.or(remembered.1).or_else(|| std::env::var("USER").ok()).unwrap_or_default();
 
     let mut win = Window::new(200, 200, 420, 230, "relaychat: connect");

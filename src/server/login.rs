@@ -448,7 +448,7 @@ fn look_alike(store: &Store, online: &HashMap<String, ConnId>, name: &str) -> Re
 
 /// Whether `ip` may create another account now.
 fn may_create(store: &Store, ip: IpAddr, config: &ServerConfig) -> Result<bool, ()> {
-    let since = crate::display::now_ms().saturating_sub(ACCOUNT_WINDOW.as_millis() as u64);
+    let since = crate::clock::now_ms().saturating_sub(ACCOUNT_WINDOW.as_millis() as u64);
     Ok(store.accounts_created_since(&origin(ip), since)? < config.accounts_per_address_per_hour)
 }
 

@@ -17,12 +17,6 @@ use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEA
 use crate::sha;
 use crate::sink::Sink;
 
-/// Default data bytes per chunk frame: 256 KiB. Large enough that per-frame costs (a system call,
-/// a channel hand-off, a header) vanish next to the copy itself; small enough that a chat frame
-/// never waits long behind one (see `crate::outbox`). Chosen by measuring 64, 128 and 256 KiB with
-/// `cargo bench --bench relay`; see the README.
-pub const DEFAULT_CHUNK: usize = 256 * 1024;
-
 /// An upload being received on this connection. The bytes go to disk through a [`Sink`] (a
 /// thread of its own); the hash is computed here as they arrive.
 struct Inbound {

@@ -43,7 +43,7 @@
 use std::time::{Duration, Instant};
 
 use super::{offline_stranger, ConnId, Hub};
-use crate::display::now_ms;
+use crate::clock::now_ms;
 use crate::frame::{ErrorCode, Frame, MARK_HISTORY, MARK_LIVE, MARK_OFFLINE};
 use crate::rules;
 use crate::server::store::{NewMessage, StoredMessage};

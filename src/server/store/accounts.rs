@@ -15,7 +15,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::db::Db;
 use super::Store;
-use crate::display::now_ms;
+use crate::clock::now_ms;
 use crate::server::login::{skeleton, Grant, TokenHash};
 
 /// Identity tokens one account keeps (one per machine it is used from). Binding another drops

@@ -39,7 +39,7 @@ pub(super) fn import(files_dir: &Path, db: &mut Db) -> io::Result<()> {
             name: &meta.name,
             size: meta.size,
             sha256: meta.sha256,
-            created_ms: crate::display::now_ms(),
+            created_ms: crate::clock::now_ms(),
             recipients: &meta.recipients,
             guests: &BTreeSet::new(),
             sender_addr: None,

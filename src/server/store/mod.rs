@@ -38,7 +38,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::display::now_ms;
+use crate::clock::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
 use db::{Db, InsertError, NewFile};
@@ -253,7 +253,7 @@ impl Store {
                 ErrorCode::QuotaExceeded,
                 format!(
                     "with this file you would have more than your quota of {} on the relay",
-                    crate::filename::human_size(self.limits.quota)
+                    crate::display::human_size(self.limits.quota)
                 ),
             ));
         }

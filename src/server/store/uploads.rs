@@ -131,8 +131,8 @@ impl Store {
                 ErrorCode::QuotaExceeded,
                 format!(
                     "you already have {} on the relay; with this file you would be over your quota of {}",
-                    crate::filename::human_size(used),
-                    crate::filename::human_size(self.limits.quota)
+                    crate::display::human_size(used),
+                    crate::display::human_size(self.limits.quota)
                 ),
             ));
         }
