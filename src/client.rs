@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, PROTOCOL_VERSION};
-use crate::outbox::{self, Heartbeat, Pacing};
+use crate::outbox::{self, Heartbeat, Pacing, Urgent};
 use crate::rules::{self, RuleError};
 use crate::tls::TlsStream;
 use crate::wire::{write_frame, Closer, FrameReader, Stream};
@@ -310,7 +310,7 @@ pub struct Client {
     name: String,
     room: String,
     /// The send queue. `close` sends the empty "finish" buffer on it (see [`crate::outbox`]).
-    to_writer: Sender<Vec<u8>>,
+    to_writer: Sender<Urgent>,
     /// Files to upload; `None` once closing.
     to_uploader: Option<Sender<upload::Job>>,
     /// Receive requests for the reader.
@@ -536,7 +536,7 @@ impl Client {
 
     fn queue(&self, frame: &Frame) -> Result<(), ClientError> {
         let bytes = encode_to_vec(frame).map_err(|e| ClientError::Handshake(e.to_string()))?;
-        self.to_writer.send(bytes).map_err(|_| ClientError::Disconnected)
+        self.to_writer.send(Urgent::Frame(bytes)).map_err(|_| ClientError::Disconnected)
     }
 
     /// Leaves cleanly: transfers in progress stop (they can be resumed later), everything already
@@ -553,7 +553,7 @@ impl Client {
         self.cancel.store(true, Ordering::SeqCst);
         self.to_uploader.take();
         let _ = self.queue(&Frame::Goodbye);
-        let _ = self.to_writer.send(Vec::new());
+        let _ = self.to_writer.send(Urgent::Finish);
         drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         while !self.threads.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
@@ -569,7 +569,7 @@ impl Drop for Client {
         self.cancel.store(true, Ordering::SeqCst);
         self.closer.close();
         self.to_uploader.take();
-        let _ = self.to_writer.try_send(Vec::new());
+        let _ = self.to_writer.try_send(Urgent::Finish);
         drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
         for handle in self.threads.drain(..) {
             let _ = handle.join();
@@ -634,7 +634,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle
 /// The writer thread: the send queue and the bulk queue into the socket, urgent first.
 fn write_loop<S: Stream>(
     stream: S,
-    from_app: Receiver<Vec<u8>>,
+    from_app: Receiver<Urgent>,
     from_bulk: Receiver<Vec<u8>>,
     options: outbox::Options,
 ) {

@@ -27,9 +27,9 @@
 //!   thread wakes up (the kernel's own advice for the option).
 //!
 //! The loop ends when the urgent queue's senders are all gone and it is empty (the relay's hub
-//! says "finish up" by dropping its sender), or when an *empty* buffer arrives on it (the client
-//! says it that way, because its reader thread holds a sender too). No frame is ever empty: it has
-//! at least its 4-byte length. A bulk queue whose senders are gone is simply ignored from then on.
+//! says "finish up" by dropping its sender), or when [`Urgent::Finish`] arrives on it (the client
+//! says it that way, because its reader thread holds a sender too, so its queue never closes by
+//! itself). A bulk queue whose senders are gone is simply ignored from then on.
 
 use std::io::{self, IoSlice, Write};
 use std::time::{Duration, Instant};
@@ -49,6 +49,36 @@ enum Polled<U> {
     Item(Item<U>),
     Empty,
     Finished,
+}
+
+/// What an urgent queue carries: frames to write and, for a queue that cannot simply be closed,
+/// the order to finish.
+pub trait UrgentItem {
+    /// The bytes to write, or `None` for "finish: that was all".
+    fn frame(&self) -> Option<&[u8]>;
+}
+
+/// The client's urgent queue: a frame, or the order to finish (see the module docs).
+#[derive(Debug)]
+pub enum Urgent {
+    Frame(Vec<u8>),
+    Finish,
+}
+
+impl UrgentItem for Urgent {
+    fn frame(&self) -> Option<&[u8]> {
+        match self {
+            Urgent::Frame(bytes) => Some(bytes),
+            Urgent::Finish => None,
+        }
+    }
+}
+
+/// Plain byte buffers are always frames (a queue of them ends by being closed).
+impl UrgentItem for Vec<u8> {
+    fn frame(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 /// How a writer paces file data so that chat overtakes it (see the module docs).
@@ -100,7 +130,7 @@ pub struct Heartbeat {
 /// Writes from both queues until the urgent queue is closed and drained. Flushes `out` whenever
 /// both queues are momentarily empty (so a burst becomes few system calls, and a lone frame
 /// still leaves at once) and before returning.
-pub fn pump<W: Write, U: AsRef<[u8]>>(
+pub fn pump<W: Write, U: UrgentItem>(
     out: &mut W,
     urgent: &Receiver<U>,
     bulk: Receiver<Vec<u8>>,
@@ -123,7 +153,10 @@ pub fn pump<W: Write, U: AsRef<[u8]>>(
             }
         };
         match item {
-            Item::Urgent(bytes) => out.write_all(bytes.as_ref())?,
+            Item::Urgent(item) => match item.frame() {
+                Some(bytes) => out.write_all(bytes)?,
+                None => break, // `poll` never hands out a Finish; kept total for the type's sake
+            },
             Item::Bulk(bytes) => {
                 if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece, &mut beat)? {
                     break;
@@ -165,7 +198,7 @@ enum Between {
 
 /// Writes one bulk frame. A file chunk with more than `piece` data bytes goes out as several
 /// chunk frames, and urgent frames queued meanwhile are written between them.
-fn write_bulk<W: Write, U: AsRef<[u8]>>(
+fn write_bulk<W: Write, U: UrgentItem>(
     out: &mut W,
     bytes: &[u8],
     urgent: &Receiver<U>,
@@ -190,8 +223,10 @@ fn write_bulk<W: Write, U: AsRef<[u8]>>(
         beat.write_if_due(out)?;
         loop {
             match urgent.try_recv() {
-                Ok(bytes) if bytes.as_ref().is_empty() => return Ok(Between::Finish),
-                Ok(bytes) => out.write_all(bytes.as_ref())?,
+                Ok(item) => match item.frame() {
+                    Some(bytes) => out.write_all(bytes)?,
+                    None => return Ok(Between::Finish),
+                },
                 Err(TryRecvError::Disconnected) => return Ok(Between::Finish),
                 Err(TryRecvError::Empty) => break,
             }
@@ -215,10 +250,10 @@ fn write_all_vectored<W: Write>(out: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io
 }
 
 /// One look at both queues, urgent first.
-fn poll<U: AsRef<[u8]>>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Polled<U> {
+fn poll<U: UrgentItem>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Polled<U> {
     match urgent.try_recv() {
-        Ok(bytes) if bytes.as_ref().is_empty() => return Polled::Finished,
-        Ok(bytes) => return Polled::Item(Item::Urgent(bytes)),
+        Ok(item) if item.frame().is_none() => return Polled::Finished,
+        Ok(item) => return Polled::Item(Item::Urgent(item)),
         Err(TryRecvError::Disconnected) => return Polled::Finished,
         Err(TryRecvError::Empty) => {}
     }
@@ -243,7 +278,7 @@ enum Waited<U> {
 
 /// Waits for the next item: polls for `spin` (see [`crate::spin`]), then sleeps on both queues
 /// until one has something or `beat_due` comes.
-fn wait<U: AsRef<[u8]>>(
+fn wait<U: UrgentItem>(
     urgent: &Receiver<U>,
     bulk: &mut Receiver<Vec<u8>>,
     spin: Duration,
@@ -329,12 +364,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_buffer_finishes_even_with_senders_alive() {
-        let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
+    fn finish_ends_the_loop_even_with_senders_alive() {
+        let (to_urgent, urgent) = bounded::<Urgent>(8);
         let (_to_bulk, bulk) = bounded::<Vec<u8>>(8);
-        to_urgent.send(b"last".to_vec()).unwrap();
-        to_urgent.send(Vec::new()).unwrap();
-        to_urgent.send(b"never".to_vec()).unwrap();
+        to_urgent.send(Urgent::Frame(b"last".to_vec())).unwrap();
+        to_urgent.send(Urgent::Finish).unwrap();
+        to_urgent.send(Urgent::Frame(b"never".to_vec())).unwrap();
         let mut out = Vec::new();
         pump(&mut out, &urgent, bulk, &Options::default()).unwrap();
         assert_eq!(out, b"last");

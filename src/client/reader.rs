@@ -11,6 +11,7 @@ use super::download::{Receiving, Step};
 use super::upload::Reply;
 use super::{Direction, Disconnect, Event, Mark};
 use crate::frame::{encode_to_vec, Frame, MARK_HISTORY, MARK_OFFLINE};
+use crate::outbox::Urgent;
 use crate::wire::{FrameReader, ReadError, Stream};
 
 /// Requests from the [`super::Client`] to the reader.
@@ -23,7 +24,7 @@ pub(crate) struct Reader<S> {
     pub frames: FrameReader<S>,
     pub events: Sender<Event>,
     /// The send queue, for download requests and receipts.
-    pub to_writer: Sender<Vec<u8>>,
+    pub to_writer: Sender<Urgent>,
     pub upload_replies: Sender<Reply>,
     pub commands: Receiver<Command>,
     pub receiving: Arc<AtomicBool>,
@@ -192,7 +193,7 @@ impl<S: Stream> Reader<S> {
 
     fn send(&self, frame: &Frame) {
         if let Ok(bytes) = encode_to_vec(frame) {
-            let _ = self.to_writer.send(bytes);
+            let _ = self.to_writer.send(Urgent::Frame(bytes));
         }
     }
 }

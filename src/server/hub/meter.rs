@@ -61,9 +61,10 @@ impl Outgoing {
     }
 }
 
-impl AsRef<[u8]> for Outgoing {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
+/// The hub's queue is always frames: it says "finish" by being closed.
+impl crate::outbox::UrgentItem for Outgoing {
+    fn frame(&self) -> Option<&[u8]> {
+        Some(&self.bytes)
     }
 }
 
