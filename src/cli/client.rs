@@ -695,48 +695,11 @@ fn ask_password(name: &str) -> Option<String> {
     }
     eprint!("password for {} (Enter: none, the name is kept for this machine): ", visible(name));
     let _ = io::stderr().flush();
-    let echo = EchoOff::new();
-    let mut line = String::new();
-    let read = io::stdin().read_line(&mut line);
-    drop(echo);
-    eprintln!();
-    read.ok()?;
+    // rpassword reads from the terminal with echo off, on Unix and Windows alike.
+    let line = rpassword::read_password();
+    eprintln!(); // the Enter that ended the password was not echoed either
+    let line = line.ok()?;
     Some(line.trim_end_matches(['\n', '\r']).to_owned())
-}
-
-/// Turns terminal echo off until dropped (Unix only; elsewhere a no-op).
-struct EchoOff {
-    #[cfg(unix)]
-    saved: Option<libc::termios>,
-}
-
-impl EchoOff {
-    fn new() -> EchoOff {
-        #[cfg(unix)]
-        {
-            // SAFETY: plain termios calls on stdin with a struct the first call fills in.
-            let mut term: libc::termios = unsafe { std::mem::zeroed() };
-            if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut term) } != 0 {
-                return EchoOff { saved: None };
-            }
-            let saved = term;
-            term.c_lflag &= !libc::ECHO;
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &term) };
-            EchoOff { saved: Some(saved) }
-        }
-        #[cfg(not(unix))]
-        EchoOff {}
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        if let Some(saved) = self.saved {
-            // SAFETY: restores the settings read in `new`.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
-        }
-    }
 }
 
 /// The OS user name, as the default chat name.

@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -194,7 +193,7 @@ fn display_name(job: &Job) -> String {
 fn transfer_key(job: &Job, meta: &std::fs::Metadata) -> String {
     let mut h = Sha256::new();
     let path = std::fs::canonicalize(&job.path).unwrap_or_else(|_| job.path.clone());
-    h.update(path.as_os_str().as_bytes());
+    h.update(path.as_os_str().as_encoded_bytes());
     h.update(meta.len().to_be_bytes());
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
     h.update(mtime.as_nanos().to_be_bytes());

@@ -129,7 +129,7 @@ fn not_active(upload_id: u64) -> Refusal {
 
 /// Turns a disk error into what the client is told. A full disk gets its own code.
 pub(crate) fn storage_refusal(e: &io::Error) -> Refusal {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
+    if e.kind() == io::ErrorKind::StorageFull {
         (ErrorCode::DiskFull, "the relay's disk is full".into())
     } else {
         (ErrorCode::Storage, format!("the relay cannot write the file: {e}"))

@@ -475,17 +475,10 @@ fn refusal(e: rusqlite::Error) -> Refusal {
     (ErrorCode::Storage, format!("the relay's database failed: {e}"))
 }
 
-/// Bytes available to an unprivileged user on the file system holding `path`.
+/// Bytes available to an unprivileged user on the file system holding `path` (statvfs on Unix,
+/// GetDiskFreeSpaceEx on Windows, through fs4).
 fn free_space(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` is a plain struct the call fills.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    fs4::available_space(path)
 }
 
 #[cfg(test)]
