@@ -34,8 +34,10 @@
 //! 11. `gui_fltk` (cargo feature `gui`): the FLTK window, on top of the same client library.
 //!
 //! `docs/PROTOCOL.md` specifies the bytes; `docs/ARCHITECTURE.md` draws every thread and channel.
-//! `examples/` holds numbered lessons, from a frame round trip to the seed's original two-thread
-//! relay.
+//! `examples/` holds numbered lessons that climb to this design, one idea each: the seed's
+//! two-thread relay, framing, a minimal client, a hub with N clients, clean shutdown, the client
+//! that stops reading, what a capture sees with and without TLS, and the TLS threads' lock rule.
+//! Read them in order before this tour.
 
 pub mod cli;
 pub mod client;

@@ -23,16 +23,16 @@ fn run(name: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn lesson_01_round_trips_frames() {
-    let out = run("01_frame_round_trip", &[]);
+fn lesson_02_round_trips_frames() {
+    let out = run("02_frame_round_trip", &[]);
     assert!(out.contains("decoded"), "{out}");
     assert!(out.contains("none was an error"), "{out}");
     assert!(out.contains("refused a 4294967295-byte frame"), "{out}");
 }
 
 #[test]
-fn lesson_02_seed_relay_demo_forwards_a_line() {
-    let out = run("02_seed_relay", &["--demo"]);
+fn lesson_01_seed_relay_demo_forwards_a_line() {
+    let out = run("01_seed_relay", &["--demo"]);
     assert!(out.contains("user 2 heard: hello from user 1, 你好"), "{out}");
     assert!(out.contains("both directions finished"), "{out}");
 }
@@ -49,9 +49,39 @@ fn lesson_03_minimal_client_reaches_a_real_relay() {
 }
 
 #[test]
-fn lesson_04_shows_the_line_in_plaintext_and_not_with_tls() {
-    let out = run("04_watch_the_wire", &["--demo"]);
+fn lesson_07_shows_the_line_in_plaintext_and_not_with_tls() {
+    let out = run("07_watch_the_wire", &["--demo"]);
     let (plain, tls) = out.split_once("--- TLS").expect("both captures are printed");
     assert!(plain.contains("is READABLE in the capture"), "{out}");
     assert!(tls.contains("is not in the capture"), "{out}");
+}
+
+#[test]
+fn lesson_04_hub_passes_every_line_to_everyone_else() {
+    let out = run("04_hub", &["--demo"]);
+    for (listener, speaker) in [("alice", "bob"), ("alice", "carol"), ("bob", "alice"), ("carol", "bob")] {
+        assert!(out.contains(&format!("{listener} heard {speaker}: hello from {speaker}")), "{out}");
+    }
+    assert!(out.contains("all threads joined"), "{out}");
+}
+
+#[test]
+fn lesson_05_shutdown_cuts_only_the_stubborn_client_and_joins_everything() {
+    let out = run("05_clean_shutdown", &["--demo"]);
+    assert!(out.contains("1 connection(s) cut"), "{out}");
+    assert!(out.contains("step 5: every thread joined"), "{out}");
+}
+
+#[test]
+fn lesson_06_cuts_the_frozen_client_and_the_healthy_one_never_waits() {
+    let out = run("06_slow_consumer", &["--demo"]);
+    assert!(out.contains("hub: frozen made no progress"), "{out}");
+    assert!(!out.contains("hub: healthy"), "the healthy client was cut: {out}");
+}
+
+#[test]
+fn lesson_08_shows_the_deadlock_and_the_rule_that_avoids_it() {
+    let out = run("08_tls_threads", &["--demo"]);
+    assert!(out.contains("lock held across the write: DEADLOCK"), "{out}");
+    assert!(out.contains("lock only to encrypt: moved 32 MiB"), "{out}");
 }

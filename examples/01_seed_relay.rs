@@ -1,4 +1,4 @@
-//! # Lesson 2: the seed's relay, in its pure form
+//! # Lesson 1: the seed's relay, in its pure form
 //!
 //! The original "501 chat" server accepted exactly two connections and started one thread per
 //! direction: each thread reads from one socket and writes to the other. That is the whole idea of
@@ -13,13 +13,13 @@
 //! Run it as a relay, then connect two terminals with `nc 127.0.0.1 21568`:
 //!
 //! ```text
-//! cargo run --example 02_seed_relay -- 21568
+//! cargo run --example 01_seed_relay -- 21568
 //! ```
 //!
 //! Or let it demonstrate itself with two built-in clients on a free port:
 //!
 //! ```text
-//! cargo run --example 02_seed_relay -- --demo
+//! cargo run --example 01_seed_relay -- --demo
 //! ```
 
 use std::io::{self, BufRead, BufReader, Write};

@@ -1,4 +1,4 @@
-//! # Lesson 4: what a packet capture sees, without TLS and with it
+//! # Lesson 7: what a packet capture sees, without TLS and with it
 //!
 //! The seed's author wrote that without encryption "a single packet capture shows what we are
 //! chatting about". This lesson makes the capture itself: it starts a relay, puts a tiny
@@ -7,7 +7,7 @@
 //! proxy saw.
 //!
 //! ```text
-//! cargo run --example 04_watch_the_wire -- --demo
+//! cargo run --example 07_watch_the_wire -- --demo
 //! ```
 //!
 //! In plaintext the frame is right there: its length, its kind, the name and the text, byte for
@@ -28,7 +28,7 @@ const LINE: &str = "meet me at the usual place";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::args().nth(1).as_deref() != Some("--demo") {
-        eprintln!("usage: 04_watch_the_wire --demo   (starts its own relay on 127.0.0.1)");
+        eprintln!("usage: 07_watch_the_wire --demo   (starts its own relay on 127.0.0.1)");
         return Ok(());
     }
     // 1. A relay on a free loopback port, with a data dir of its own. It makes its TLS key on

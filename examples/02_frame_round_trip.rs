@@ -1,13 +1,15 @@
-//! # Lesson 1: a frame round trip, with no sockets at all
+//! # Lesson 2: a frame round trip, with no sockets at all
 //!
-//! TCP delivers a stream of bytes, not messages. This lesson shows how relaychat draws message
+//! Lesson 1's relay copied bytes as they came: fine for a pipe, useless as soon as a program must
+//! know where one message ends and the next begins (a command, a file name, a file). TCP
+//! delivers a stream of bytes, not messages. This lesson shows how relaychat draws message
 //! boundaries on that stream: a 4-byte length, a kind byte, then the payload. Because the codec in
 //! `src/frame.rs` works on plain byte slices, we can watch it work without any network.
 //!
 //! Run it:
 //!
 //! ```text
-//! cargo run --example 01_frame_round_trip
+//! cargo run --example 02_frame_round_trip
 //! ```
 //!
 //! Things to notice:
