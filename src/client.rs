@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, PROTOCOL_VERSION};
+use crate::frame::{encode_to_vec, ErrorCode, FileInfo, Frame, FrameError, PROTOCOL_VERSION};
 use crate::outbox::{self, Heartbeat, Pacing, Urgent};
 use crate::rules::{self, RuleError};
 use crate::tls::TlsStream;
@@ -267,6 +267,8 @@ pub enum ClientError {
     Trust(TrustError),
     /// The TLS handshake failed for another reason.
     Tls(String),
+    /// A frame could not be encoded (a field past the protocol's limits): nothing was sent.
+    Encode(FrameError),
 }
 
 impl fmt::Display for ClientError {
@@ -283,6 +285,7 @@ impl fmt::Display for ClientError {
             ClientError::Disconnected => write!(f, "not connected"),
             ClientError::Trust(e) => write!(f, "{e}"),
             ClientError::Tls(why) => write!(f, "TLS handshake failed: {why}"),
+            ClientError::Encode(e) => write!(f, "cannot send: {e}"),
         }
     }
 }
@@ -293,6 +296,7 @@ impl std::error::Error for ClientError {
             ClientError::Rule(e) => Some(e),
             ClientError::Connect { source, .. } => Some(source),
             ClientError::Trust(e) => Some(e),
+            ClientError::Encode(e) => Some(e),
             _ => None,
         }
     }
@@ -383,7 +387,7 @@ impl Client {
         let receiving = Arc::new(AtomicBool::new(false));
         let cancel = Arc::new(AtomicBool::new(false));
 
-        let ping = encode_to_vec(&Frame::Ping).map_err(|e| ClientError::Handshake(e.to_string()))?;
+        let ping = encode_to_vec(&Frame::Ping).map_err(ClientError::Encode)?;
         let options = outbox::Options {
             // No polling on the client: it sends at human pace, and one thread fewer spins.
             spin: Duration::ZERO,
@@ -535,7 +539,7 @@ impl Client {
     }
 
     fn queue(&self, frame: &Frame) -> Result<(), ClientError> {
-        let bytes = encode_to_vec(frame).map_err(|e| ClientError::Handshake(e.to_string()))?;
+        let bytes = encode_to_vec(frame).map_err(ClientError::Encode)?;
         self.to_writer.send(Urgent::Frame(bytes)).map_err(|_| ClientError::Disconnected)
     }
 

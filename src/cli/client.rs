@@ -488,7 +488,7 @@ fn handle_line(link: &mut Link, line: &str, ui: &mut Ui) -> anyhow::Result<Step>
     };
     match result {
         Ok(()) => Ok(Step::Continue),
-        Err(e @ (ClientError::Rule(_) | ClientError::Busy)) => {
+        Err(e @ (ClientError::Rule(_) | ClientError::Busy | ClientError::Encode(_))) => {
             ui.err(&format!("error: not sent: {e}"));
             Ok(Step::Continue)
         }

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use super::accept::address_key;
 use super::hub::brake::Brake;
 use super::hub::{ConnId, ToHub};
-use super::store::Store;
+use super::store::{DbFailed, Store};
 use super::ServerConfig;
 use crate::frame::ErrorCode;
 
@@ -383,7 +383,7 @@ pub(crate) fn answer(
     query: AccountQuery,
 ) -> AccountAnswer {
     let standing = match store.account(&query.name) {
-        Err(()) => Standing::Unknown,
+        Err(DbFailed) => Standing::Unknown,
         Ok(Some(account)) => Standing::Owned {
             token_ok: query.token.is_some_and(|t| account.tokens.iter().any(|stored| same_hash(stored, &t))),
             password_hash: account.password_hash,
@@ -412,7 +412,7 @@ pub(crate) fn record(
     if !grant.new {
         return match store.bind_credentials(&grant) {
             Ok(()) => ClaimOutcome::Done,
-            Err(()) => ClaimOutcome::Failed,
+            Err(DbFailed) => ClaimOutcome::Failed,
         };
     }
     let checks = (
@@ -428,7 +428,7 @@ pub(crate) fn record(
             match store.create_account(&grant, &skeleton(&grant.name), &origin(grant.ip)) {
                 Ok(true) => ClaimOutcome::Done,
                 Ok(false) => ClaimOutcome::Taken,
-                Err(()) => ClaimOutcome::Failed,
+                Err(DbFailed) => ClaimOutcome::Failed,
             }
         }
         _ => ClaimOutcome::Failed,
@@ -436,7 +436,11 @@ pub(crate) fn record(
 }
 
 /// An account or online name, other than `name` itself, that looks like it.
-fn look_alike(store: &Store, online: &HashMap<String, ConnId>, name: &str) -> Result<Option<String>, ()> {
+fn look_alike(
+    store: &Store,
+    online: &HashMap<String, ConnId>,
+    name: &str,
+) -> Result<Option<String>, DbFailed> {
     let skeleton = skeleton(name);
     if let Some(account) = store.look_alike(name, &skeleton)? {
         return Ok(Some(account));
@@ -447,7 +451,7 @@ fn look_alike(store: &Store, online: &HashMap<String, ConnId>, name: &str) -> Re
 }
 
 /// Whether `ip` may create another account now.
-fn may_create(store: &Store, ip: IpAddr, config: &ServerConfig) -> Result<bool, ()> {
+fn may_create(store: &Store, ip: IpAddr, config: &ServerConfig) -> Result<bool, DbFailed> {
     let since = crate::clock::now_ms().saturating_sub(ACCOUNT_WINDOW.as_millis() as u64);
     Ok(store.accounts_created_since(&origin(ip), since)? < config.accounts_per_address_per_hour)
 }

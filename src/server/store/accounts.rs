@@ -14,6 +14,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::db::Db;
+use super::DbFailed;
 use super::Store;
 use crate::clock::now_ms;
 use crate::server::login::{skeleton, Grant, TokenHash};
@@ -34,36 +35,48 @@ pub(crate) struct AccountRecord {
 impl Store {
     /// The account `name`, if the name is claimed. A database failure is logged and reported as
     /// an error, so a login is refused rather than let through as a guest.
-    pub(crate) fn account(&self, name: &str) -> Result<Option<AccountRecord>, ()> {
-        self.db.account(name).map_err(|e| log::error!("store: cannot read account {name:?}: {e}"))
+    pub(crate) fn account(&self, name: &str) -> Result<Option<AccountRecord>, DbFailed> {
+        self.db.account(name).map_err(|e| {
+            log::error!("store: cannot read account {name:?}: {e}");
+            DbFailed
+        })
     }
 
     /// The name of an account other than `name` whose skeleton is `skeleton`, if there is one.
-    pub(crate) fn look_alike(&self, name: &str, skeleton: &str) -> Result<Option<String>, ()> {
-        self.db
-            .look_alike(name, skeleton)
-            .map_err(|e| log::error!("store: cannot look for names like {name:?}: {e}"))
+    pub(crate) fn look_alike(&self, name: &str, skeleton: &str) -> Result<Option<String>, DbFailed> {
+        self.db.look_alike(name, skeleton).map_err(|e| {
+            log::error!("store: cannot look for names like {name:?}: {e}");
+            DbFailed
+        })
     }
 
     /// How many accounts were created from `origin` since `since_ms`.
-    pub(crate) fn accounts_created_since(&self, origin: &str, since_ms: u64) -> Result<usize, ()> {
-        self.db
-            .accounts_created_since(origin, since_ms)
-            .map_err(|e| log::error!("store: cannot count the accounts from {origin}: {e}"))
+    pub(crate) fn accounts_created_since(&self, origin: &str, since_ms: u64) -> Result<usize, DbFailed> {
+        self.db.accounts_created_since(origin, since_ms).map_err(|e| {
+            log::error!("store: cannot count the accounts from {origin}: {e}");
+            DbFailed
+        })
     }
 
     /// Creates the account `grant` describes. False if the name is taken.
-    pub(crate) fn create_account(&mut self, grant: &Grant, skeleton: &str, origin: &str) -> Result<bool, ()> {
-        self.db
-            .create_account(grant, skeleton, origin, now_ms())
-            .map_err(|e| log::error!("store: cannot create account {:?}: {e}", grant.name))
+    pub(crate) fn create_account(
+        &mut self,
+        grant: &Grant,
+        skeleton: &str,
+        origin: &str,
+    ) -> Result<bool, DbFailed> {
+        self.db.create_account(grant, skeleton, origin, now_ms()).map_err(|e| {
+            log::error!("store: cannot create account {:?}: {e}", grant.name);
+            DbFailed
+        })
     }
 
     /// Adds a first password and/or binds a token to an existing account.
-    pub(crate) fn bind_credentials(&mut self, grant: &Grant) -> Result<(), ()> {
-        self.db
-            .bind_credentials(grant, now_ms())
-            .map_err(|e| log::error!("store: cannot update account {:?}: {e}", grant.name))
+    pub(crate) fn bind_credentials(&mut self, grant: &Grant) -> Result<(), DbFailed> {
+        self.db.bind_credentials(grant, now_ms()).map_err(|e| {
+            log::error!("store: cannot update account {:?}: {e}", grant.name);
+            DbFailed
+        })
     }
 }
 

@@ -460,6 +460,12 @@ impl Store {
 
 /// A database read whose failure should not stop the relay: the error is logged and the caller
 /// carries on with an empty answer (no files, no messages, no members).
+/// The database failed. The error was logged where it happened; callers only need to know that
+/// it failed (and must not treat it as "nothing found": a login is refused, not let in as a
+/// guest). A named type rather than `()`, so the signature says what the error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DbFailed;
+
 fn logged<T: Default>(what: impl std::fmt::Display, result: rusqlite::Result<T>) -> T {
     result.unwrap_or_else(|e| {
         log::error!("store: {what}: {e}");
