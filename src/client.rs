@@ -157,6 +157,12 @@ impl ClientConfig {
     }
 }
 
+/// The name to use when none is given: the OS user name. One function for the terminal client
+/// and the window, so both pick the same one.
+pub fn default_name() -> Option<String> {
+    ["USER", "USERNAME", "LOGNAME"].iter().find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+}
+
 /// How a chat message reaches us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {

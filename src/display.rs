@@ -76,6 +76,24 @@ pub fn notice_line(unix_ms: u64, notice: &str) -> String {
     format!("{} * {}", clock(unix_ms), notice)
 }
 
+/// ` (to you, offline)`-style tags after a sender's name; nothing for a live room message.
+pub fn tags(to: &str, mark: crate::client::Mark) -> String {
+    let mut tags = Vec::new();
+    if !to.is_empty() {
+        tags.push("to you");
+    }
+    match mark {
+        crate::client::Mark::Live => {}
+        crate::client::Mark::Offline => tags.push("offline"),
+        crate::client::Mark::History => tags.push("history"),
+    }
+    if tags.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tags.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,11 +142,11 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
             downloads,
             security,
         };
-        return crate::gui_fltk::run(launch);
+        return crate::gui_fltk::run(launch).map(|()| Exit::Success);
     }
     let name = match cli.conn.name.clone() {
         Some(name) => name,
-        None => os_user_name().context("no --name given and the OS user name is unknown")?,
+        None => crate::client::default_name().context("no --name given and the OS user name is unknown")?,
     };
     let server = cli.conn.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let mut config = ClientConfig::new(name.clone(), cli.conn.room.clone());
@@ -700,11 +700,6 @@ fn ask_password(name: &str) -> Option<String> {
     eprintln!(); // the Enter that ended the password was not echoed either
     let line = line.ok()?;
     Some(line.trim_end_matches(['\n', '\r']).to_owned())
-}
-
-/// The OS user name, as the default chat name.
-fn os_user_name() -> Option<String> {
-    ["USER", "USERNAME", "LOGNAME"].iter().find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
 }
 
 /// `~/Downloads/relaychat` (or the OS's download folder), else `relaychat` under the home dir.

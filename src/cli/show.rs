@@ -1,9 +1,9 @@
 //! How the terminal client prints each [`Event`]: the line contract of `src/cli/client.rs`.
 
-use crate::client::{Direction, Event, Mark};
+use crate::client::{Direction, Event};
 use crate::clock::now_ms;
 use crate::display::human_size;
-use crate::display::{chat_line, notice_line, visible};
+use crate::display::{chat_line, notice_line, tags, visible};
 use crate::filename;
 
 /// Where a line goes.
@@ -67,27 +67,10 @@ pub fn line(event: &Event) -> Line {
     }
 }
 
-/// ` (to you, offline)`-style tags after a sender's name; nothing for a live room message.
-pub fn tags(to: &str, mark: Mark) -> String {
-    let mut tags = Vec::new();
-    if !to.is_empty() {
-        tags.push("to you");
-    }
-    match mark {
-        Mark::Live => {}
-        Mark::Offline => tags.push("offline"),
-        Mark::History => tags.push("history"),
-    }
-    if tags.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", tags.join(", "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Mark;
     use crate::frame::FileInfo;
 
     fn out(event: Event) -> String {

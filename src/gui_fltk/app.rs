@@ -202,7 +202,7 @@ impl App {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Chat { from, to, sent_at_ms, mark, text, .. } => {
-                let label = format!("{from}{}", crate::cli::show::tags(&to, mark));
+                let label = format!("{from}{}", crate::display::tags(&to, mark));
                 let mine = from == self.me;
                 self.log_chat(sent_at_ms, &label, &text, mine)
             }

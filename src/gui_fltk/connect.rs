@@ -19,7 +19,7 @@ pub fn ask(server: Option<String>, name: Option<String>) -> Option<(String, Stri
     let remembered = load();
     let server =
         server.or(remembered.0).unwrap_or_else(|| format!("127.0.0.1:{}", crate::frame::DEFAULT_PORT));
-    let name = name.or(remembered.1).or_else(|| std::env::var("USER").ok()).unwrap_or_default();
+    let name = name.or(remembered.1).or_else(crate::client::default_name).unwrap_or_default();
 
     let mut win = Window::new(200, 200, 420, 230, "relaychat: connect");
     Frame::new(10, 15, 90, 30, "Relay").set_align(fltk::enums::Align::Right | fltk::enums::Align::Inside);

@@ -18,7 +18,6 @@ pub mod window;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::cli::Exit;
 use crate::client::ClientConfig;
 
 pub use app::{App, GuiOptions};
@@ -46,12 +45,12 @@ pub struct Launch {
 
 /// Opens the window and runs until it is closed. If the relay or the name is missing, the connect
 /// dialog asks for them (and for a password).
-pub fn run(launch: Launch) -> anyhow::Result<Exit> {
+pub fn run(launch: Launch) -> anyhow::Result<()> {
     let (server, name, password) = match (launch.server, launch.name) {
         (Some(server), Some(name)) => (server, name, launch.password.unwrap_or_default()),
         (server, name) => match connect::ask(server, name) {
             Some(answer) => answer,
-            None => return Ok(Exit::Success), // the person cancelled
+            None => return Ok(()), // the person cancelled
         },
     };
     let mut config = ClientConfig::new(name, launch.room);
@@ -61,7 +60,7 @@ pub fn run(launch: Launch) -> anyhow::Result<Exit> {
     config.security = launch.security;
     let options = GuiOptions { server, config, downloads: launch.downloads };
     App::new(options)?.run();
-    Ok(Exit::Success)
+    Ok(())
 }
 
 /// Asks for a file with the platform's own dialog (native-dialog runs zenity, kdialog or yad on
