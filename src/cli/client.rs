@@ -95,6 +95,9 @@ pub struct ConnArgs {
     /// For the lesson on watching frames in Wireshark, with a relay run with --allow-plaintext.
     #[arg(long, global = true)]
     pub plaintext: bool,
+    /// Test hook: wait this long after each upload chunk, so tests can interrupt a transfer.
+    #[arg(long, global = true, hide = true, env = "RELAYCHAT_TEST_CHUNK_DELAY_MS")]
+    pub test_chunk_delay_ms: Option<u64>,
 }
 
 /// One-shot commands for scripts: connect, do one thing, exit.
@@ -144,32 +147,20 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         };
         return crate::gui_fltk::run(launch).map(|()| Exit::Success);
     }
-    let name = match cli.conn.name.clone() {
-        Some(name) => name,
-        None => crate::client::default_name().context("no --name given and the OS user name is unknown")?,
+    let password = match cli.conn.password.clone() {
+        Some(password) => Some(password),
+        None if cli.command.is_none() => {
+            let name = cli.conn.name.clone().or_else(crate::client::default_name).unwrap_or_default();
+            ask_password(&name)
+        }
+        None => None,
     };
-    let server = cli.conn.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-    let mut config = ClientConfig::new(name.clone(), cli.conn.room.clone());
-    config.password = match cli.conn.password.clone() {
-        Some(password) => password,
-        None if cli.command.is_none() => ask_password(&name).unwrap_or_default(),
-        None => String::new(),
-    };
-    config.access = cli.conn.access_password.clone().unwrap_or_default();
-    config.idle_timeout = std::time::Duration::from_secs(cli.conn.idle_timeout);
-    config.ping_every = config.idle_timeout / 3;
-    // This machine's token for this relay: the name stays ours without a password (see
-    // client/identity.rs).
-    config.token = crate::client::identity::token_or_guest(&server);
-    // Receipts let the interactive client resend what the relay had not stored when it went away.
-    config.receipts = true;
     // Ask on first contact only where someone can answer: the interactive client in a terminal.
-    config.security = security(&cli.conn, cli.command.is_none() && io::stdin().is_terminal())?;
-    // Hidden test hook (tests/file_binaries.rs): slow transfers down so they can be interrupted.
-    config.chunk_delay = std::env::var("RELAYCHAT_TEST_CHUNK_DELAY_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map(std::time::Duration::from_millis);
+    let can_ask = cli.command.is_none() && io::stdin().is_terminal();
+    let (server, mut config) = client_config(&cli, password, can_ask)?;
+    // This machine's token for this relay: the name stays ours without a password (see
+    // client/identity.rs). Kept out of `client_config`: it reads (or makes) the identity file.
+    config.token = crate::client::identity::token_or_guest(&server);
     let client = first_connect(&server, &config)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
     let dialer = Dialer { server, config };
@@ -192,6 +183,32 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
             chat_loop(link, keyboard, &mut ui)
         }
     }
+}
+
+/// The command line turned into where to connect and the client's configuration: everything
+/// but the questions (the password prompt, `can_ask`) and the identity file is decided here, so
+/// it can be tested without a terminal, a config dir or a relay.
+fn client_config(
+    cli: &ClientCli,
+    password: Option<String>,
+    can_ask: bool,
+) -> anyhow::Result<(String, ClientConfig)> {
+    let name = match cli.conn.name.clone() {
+        Some(name) => name,
+        None => crate::client::default_name().context("no --name given and the OS user name is unknown")?,
+    };
+    let server = cli.conn.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let mut config = ClientConfig::new(name, cli.conn.room.clone());
+    config.password = password.unwrap_or_default();
+    config.access = cli.conn.access_password.clone().unwrap_or_default();
+    config.idle_timeout = std::time::Duration::from_secs(cli.conn.idle_timeout);
+    config.ping_every = config.idle_timeout / 3;
+    // Receipts let the interactive client resend what the relay had not stored when it went away.
+    config.receipts = true;
+    config.security = security(&cli.conn, can_ask)?;
+    // Test hook (tests/file_binaries.rs, tests/links.rs): slow uploads down so they can be cut.
+    config.chunk_delay = cli.conn.test_chunk_delay_ms.map(std::time::Duration::from_millis);
+    Ok((server, config))
 }
 
 /// TLS and whom to trust, from the flags (see `client/trust.rs`), or plaintext with a warning.
@@ -742,5 +759,46 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(ClientCli::try_parse_from(["client", "send"]).is_err(), "send needs a path");
+    }
+
+    #[test]
+    fn the_command_line_becomes_a_config() {
+        let cli = ClientCli::parse_from([
+            "client",
+            "--server",
+            "relay.example:9",
+            "--name",
+            "alice",
+            "--room",
+            "den",
+            "--idle-timeout",
+            "30",
+            "--plaintext",
+            "send",
+            "a.txt",
+        ]);
+        let (server, config) = client_config(&cli, Some("pw".into()), false).unwrap();
+        assert_eq!(server, "relay.example:9");
+        assert_eq!(
+            (config.name.as_str(), config.room.as_str(), config.password.as_str()),
+            ("alice", "den", "pw")
+        );
+        assert_eq!(config.idle_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(config.ping_every, std::time::Duration::from_secs(10), "a ping every third of it");
+        assert!(matches!(config.security, Security::Plaintext));
+        assert!(config.receipts);
+        // Without --plaintext: TLS, and a script accepts a first contact while a terminal asks.
+        let cli = ClientCli::parse_from(["client", "--name", "bob", "--fingerprint", "SHA256:ab"]);
+        let (server, config) = client_config(&cli, None, false).unwrap();
+        assert_eq!(server, DEFAULT_SERVER);
+        match config.security {
+            Security::Tls(trust) => {
+                assert_eq!(trust.fingerprint.as_deref(), Some("SHA256:ab"));
+                assert_eq!(trust.first_contact, FirstContact::Accept);
+            }
+            Security::Plaintext => panic!("TLS is the default"),
+        }
+        let (_, asked) = client_config(&cli, None, true).unwrap();
+        assert!(matches!(asked.security, Security::Tls(Trust { first_contact: FirstContact::Refuse, .. })));
     }
 }
