@@ -82,6 +82,10 @@ impl TlsStream {
     ) -> io::Result<TlsStream> {
         let mut session = session.into();
         let mut raw = vec![0u8; RAW_READ];
+        // Bytes read but not yet given to rustls: `raw[start..end]`. The peer may send
+        // application data right behind its last handshake message, in the same read; rustls
+        // takes only what it can hold, and the rest waits here for the first `read`.
+        let (mut start, mut end) = (0, 0);
         loop {
             while session.wants_write() {
                 session.write_tls(&mut tcp)?;
@@ -89,25 +93,35 @@ impl TlsStream {
             if !session.is_handshaking() {
                 break;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake took too long"));
-            }
-            tcp.set_read_timeout(Some(left))?;
-            let n = tcp.read(&mut raw)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
-            }
-            let mut data = &raw[..n];
-            while !data.is_empty() {
-                if session.read_tls(&mut data)? == 0 {
-                    return Err(stalled());
+            if start == end {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake took too long"));
                 }
-                session.process_new_packets().map_err(tls_error)?;
+                tcp.set_read_timeout(Some(left))?;
+                let n = tcp.read(&mut raw)?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+                }
+                if let Some(refusal) = plaintext_refusal(&raw[..n]) {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionRefused, refusal));
+                }
+                (start, end) = (0, n);
             }
+            let mut data = &raw[start..end];
+            let before = data.len();
+            session.read_tls(&mut data)?;
+            let used = before - data.len();
+            if used == 0 {
+                return Err(stalled());
+            }
+            start += used;
+            session.process_new_packets().map_err(tls_error)?;
         }
         tcp.flush()?;
-        Ok(TlsStream::from_parts(tcp, Arc::new(Mutex::new(session))))
+        let mut stream = TlsStream::from_parts(tcp, Arc::new(Mutex::new(session)));
+        (stream.raw, stream.start, stream.end) = (raw, start, end);
+        Ok(stream)
     }
 
     fn from_parts(tcp: TcpStream, session: Arc<Mutex<rustls::Connection>>) -> TlsStream {
@@ -239,6 +253,34 @@ impl Stream for TlsStream {
 /// matters here: the connection is over either way, and the next call reports its error.
 fn lock(session: &Mutex<rustls::Connection>) -> MutexGuard<'_, rustls::Connection> {
     session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A relay that turns a connection away before any TLS (the connection caps in
+/// `server/accept.rs` answer at once, without a thread or a handshake) sends one plaintext
+/// `Error` frame. A TLS record starts with its content type (0x14–0x17); a frame starts with the
+/// top byte of its length, 0. Found in place of a ServerHello, the frame is the real reason.
+#[derive(Debug)]
+pub struct PlaintextRefusal {
+    pub code: crate::frame::ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for PlaintextRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for PlaintextRefusal {}
+
+fn plaintext_refusal(bytes: &[u8]) -> Option<PlaintextRefusal> {
+    if bytes.first().is_none_or(|&b| (0x14..=0x17).contains(&b)) {
+        return None;
+    }
+    match crate::frame::decode(bytes) {
+        Ok(Some((crate::frame::Frame::Error { code, message }, _))) => Some(PlaintextRefusal { code, message }),
+        _ => None,
+    }
 }
 
 /// rustls would take no more bytes and gave no plaintext: looping on would spin forever.

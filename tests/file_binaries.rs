@@ -14,9 +14,6 @@ use sha2::{Digest, Sha256};
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 
-fn sha(path: &Path) -> [u8; 32] {
-    Sha256::digest(fs::read(path).unwrap()).into()
-}
 
 /// Runs a one-shot client command to the end; returns (success, stdout lines, stderr lines).
 fn one_shot(args: &[&str], envs: &[(&str, &str)]) -> (bool, Vec<String>, Vec<String>) {
@@ -93,8 +90,8 @@ fn one_shot_send_and_receive_meet_through_to() {
     assert!(ok, "{err:?}");
     assert!(out.iter().any(|l| l.ends_with("[Download] File download complete: my report.pdf")), "{out:?}");
     assert!(out.iter().any(|l| l.ends_with("[Download] File download complete: 照片.jpg")), "{out:?}");
-    assert_eq!(sha(&dl.path.join("my report.pdf")), sha(&a));
-    assert_eq!(sha(&dl.path.join("照片.jpg")), sha(&b));
+    assert_eq!(common::sha256(&dl.path.join("my report.pdf")), common::sha256(&a));
+    assert_eq!(common::sha256(&dl.path.join("照片.jpg")), common::sha256(&b));
 
     let (ok, out, _) =
         one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dl_str], &[BOB]);
@@ -136,7 +133,7 @@ fn interactive_send_and_receive_with_quoted_paths() {
     bob.type_line("/receive");
     bob.expect(&bob.stdout, "[Download] File download complete: a file with spaces.txt");
     bob.expect(&bob.stdout, "* received 1 file(s)");
-    assert_eq!(sha(&dl.path.join("a file with spaces.txt")), sha(&file));
+    assert_eq!(common::sha256(&dl.path.join("a file with spaces.txt")), common::sha256(&file));
 
     alice.type_line(&format!("/send {}", src.path.display()));
     alice.expect(&alice.stderr, "is a directory");
@@ -180,7 +177,7 @@ fn an_upload_resumes_after_the_client_is_killed() {
         &[BOB],
     );
     assert!(ok, "{err:?}");
-    assert_eq!(sha(&dl.path.join("big.bin")), sha(&file));
+    assert_eq!(common::sha256(&dl.path.join("big.bin")), common::sha256(&file));
 }
 
 /// Kill the receiver mid-download; receiving again continues from its `.part` file.
@@ -206,6 +203,6 @@ fn a_download_resumes_after_the_client_is_killed() {
     assert!(ok, "{err:?}");
     assert!(out.iter().any(|l| l.ends_with("File download complete: big.bin")), "{out:?}");
     server.expect(&server.stderr, "resuming download");
-    assert_eq!(sha(&dl.path.join("big.bin")), sha(&file));
+    assert_eq!(common::sha256(&dl.path.join("big.bin")), common::sha256(&file));
     assert_eq!(files_under(&dl.path), vec![dl.path.join("big.bin")], "no part or sidecar left");
 }

@@ -15,9 +15,6 @@ use relaychat::frame::{ErrorCode, Frame};
 use relaychat::server::{ServerConfig, StoreLimits};
 use sha2::{Digest, Sha256};
 
-fn sha(path: &std::path::Path) -> [u8; 32] {
-    Sha256::digest(fs::read(path).unwrap()).into()
-}
 
 /// File bytes on the relay (stored or in progress), not counting its database.
 fn relay_bytes(server: &TestServer) -> Vec<std::path::PathBuf> {
@@ -50,7 +47,7 @@ fn every_size_arrives_intact() {
             (info.name.as_str(), info.size, info.from.as_str()),
             (format!("f{i}.bin").as_str(), size as u64, "alice")
         );
-        assert_eq!(info.sha256, sha(&path), "the relay reports the sender's hash");
+        assert_eq!(info.sha256, common::sha256(&path), "the relay reports the sender's hash");
     }
     let downloads = TempDir::new("dl");
     let (paths, failures) = receive_into(&bob, &downloads.path);
@@ -58,7 +55,7 @@ fn every_size_arrives_intact() {
     assert_eq!(paths.len(), sizes.len(), "several files in one receive");
     for (i, path) in paths.iter().enumerate() {
         assert_eq!(path, &downloads.path.join(format!("f{i}.bin")));
-        assert_eq!(sha(path), sha(&src.path.join(format!("f{i}.bin"))), "f{i}.bin");
+        assert_eq!(common::sha256(path), common::sha256(&src.path.join(format!("f{i}.bin"))), "f{i}.bin");
     }
     eventually("deleted from the relay once received", || relay_bytes(&server).is_empty());
     let leftovers: Vec<_> = files_under(&downloads.path).into_iter().filter(|p| !paths.contains(p)).collect();
@@ -81,7 +78,7 @@ fn two_recipients_each_get_it_and_it_stays_until_both_have() {
     let bob_dl = TempDir::new("bob");
     let (paths, _) = receive_into(&bob, &bob_dl.path);
     assert_eq!(paths, vec![bob_dl.path.join("报告 2024.pdf")]);
-    assert_eq!(sha(&paths[0]), sha(&path));
+    assert_eq!(common::sha256(&paths[0]), common::sha256(&path));
     let stored = |ext: &str| {
         files_under(&server.data_dir.path.join("files"))
             .iter()
@@ -91,7 +88,7 @@ fn two_recipients_each_get_it_and_it_stays_until_both_have() {
 
     let carol_dl = TempDir::new("carol");
     let (paths, _) = receive_into(&carol, &carol_dl.path);
-    assert_eq!(sha(&paths[0]), sha(&path));
+    assert_eq!(common::sha256(&paths[0]), common::sha256(&path));
     eventually("deleted after the last recipient", || {
         files_under(&server.data_dir.path.join("files")).is_empty()
     });
@@ -115,7 +112,7 @@ fn to_an_offline_user_waits_for_their_next_login() {
     assert_eq!(wait_new_file(&dave).name, "for-dave.txt", "announced at login");
     let dl = TempDir::new("dave");
     let (paths, _) = receive_into(&dave, &dl.path);
-    assert_eq!(sha(&paths[0]), sha(&path));
+    assert_eq!(common::sha256(&paths[0]), common::sha256(&path));
 }
 
 fn next_chat_skipping_files(client: &Client) -> String {
@@ -306,7 +303,7 @@ fn a_corrupted_download_is_detected_discarded_and_can_be_fetched_again() {
     let bob = server.account("bob", "pw", "lobby");
     let (paths, failures) = receive_into(&bob, &dl.path);
     assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(sha(&paths[0]), sha(&path));
+    assert_eq!(common::sha256(&paths[0]), common::sha256(&path));
 }
 
 #[test]
@@ -374,7 +371,7 @@ fn chat_overtakes_a_download_in_progress() {
     });
     assert_eq!(first, "chat: during the download");
     wait_for(&bob, "the download", |e| matches!(e, Event::Downloaded { .. }).then_some(()));
-    assert_eq!(sha(&dl.path.join("movie.bin")), sha(&path));
+    assert_eq!(common::sha256(&dl.path.join("movie.bin")), common::sha256(&path));
 }
 
 #[test]

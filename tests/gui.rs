@@ -55,9 +55,6 @@ fn style_of(app: &App, needle: &str) -> Option<char> {
     app.log_styles().as_bytes().get(at).map(|&b| b as char)
 }
 
-fn sha(path: &Path) -> [u8; 32] {
-    Sha256::digest(std::fs::read(path).unwrap()).into()
-}
 
 fn window_against_a_terminal_client() {
     let server = TestServer::start();
@@ -111,7 +108,7 @@ fn window_against_a_terminal_client() {
     until(&mut app, "[Download]", |a| {
         a.info_text().contains("[Download] File download complete: report.pdf")
     });
-    assert_eq!(sha(&downloads.path.join("report.pdf")), sha(&report));
+    assert_eq!(common::sha256(&downloads.path.join("report.pdf")), common::sha256(&report));
     until(&mut app, "the waiting list to empty", |a| a.waiting_lines().is_empty());
 
     // 5. A mistake is shown, not fatal: a path that does not exist.

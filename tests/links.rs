@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use common::netns::{self, Cut};
 use common::proc::Proc;
-use common::{files_under, random_file, TempDir, WAIT};
+use common::{files_under, random_file, sha256, TempDir, WAIT};
 use drive::{
     assert_running, bob_claims_his_name, client, connected_or_exit, exits_within, expect_within, joined,
-    lines_for, lines_until, one_shot, secs, sha256, wait_for_part, Relay, BOB_PASSWORD, CLIENT,
+    lines_for, lines_until, one_shot, secs, wait_for_part, Relay, BOB_PASSWORD, CLIENT,
 };
 
 /// The idle timeout of the tests that wait for one, in seconds: the smallest the client accepts.

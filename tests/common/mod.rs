@@ -126,6 +126,12 @@ impl Drop for TestServer {
     }
 }
 
+/// SHA-256 of a file's contents: how the tests compare what was sent with what arrived.
+pub fn sha256(path: &std::path::Path) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).expect("read a file to hash")).into()
+}
+
 /// The TLS certificate and key that every relay of this test process uses, and its fingerprint.
 ///
 /// One pair for all, made once: the terminal clients of a test process share a config dir (one

@@ -7,7 +7,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use sha2::{Digest, Sha256};
 
 use crate::common::proc::Proc;
 use crate::common::{files_under, TempDir, WAIT};
@@ -225,10 +224,6 @@ pub fn wait_for_part(dir: &Path, min: u64) -> u64 {
         assert!(Instant::now() < deadline, "no upload of {min} bytes appeared under {}", dir.display());
         thread::sleep(Duration::from_millis(2));
     }
-}
-
-pub fn sha256(path: &Path) -> [u8; 32] {
-    Sha256::digest(std::fs::read(path).expect("read a file to hash")).into()
 }
 
 pub fn secs(n: u64) -> Duration {
