@@ -24,7 +24,8 @@
 //! | `a_tls_client_that_never_reads_…` | a joined client that never reads while the room floods it, but keeps talking |
 //! | `rst_and_close_notify_in_the_middle_of_an_upload_…` | RST, and close_notify mid-frame, during uploads, six times |
 //! | `a_plaintext_peer_that_keeps_talking_…` | plaintext against a TLS-only relay, writing on after `TlsRequired` |
-//! | `application_data_sent_with_the_clients_finished_…` | a client that sends its first frames (over 16 KiB) with its Finished |
+//! | `application_data_sent_with_the_clients_finished_…` | a client that sends its first frames (over 32 KiB) with its Finished |
+//! | `a_tls_client_turned_away_…` | a TLS client over the per-address cap: does it learn why? |
 //!
 //! Every wait is bounded, and the tests take a lock so that they run one at a time: several of
 //! them measure CPU time and thread counts, which a neighbour's attack would spoil on two cores.
@@ -98,6 +99,7 @@ fn handshakes_that_never_finish_are_closed_by_the_hello_deadline() {
         running.into_iter().map(|(what, handle)| (what, handle.join().expect("attacker thread"))).collect()
     });
     let cpu = cpu_seconds(relay.pid) - cpu_before;
+    println!("tls_hostile: closed after {verdicts:?}; relay CPU {cpu:.2} s");
     for (what, closed_after) in &verdicts {
         match closed_after {
             Some(after) => assert!(
@@ -322,6 +324,15 @@ fn many_half_open_handshakes_from_one_address_stay_bounded() {
         open.push(tcp);
     }
     let opened_in = start.elapsed();
+    // The relay answered them (it did the key exchange and signed): the first reads its
+    // ServerHello, a handshake record.
+    let mut first = [0u8; 1];
+    open[0].set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(
+        matches!(open[0].read(&mut first), Ok(1) if first[0] == 0x16),
+        "no ServerHello for a half-open handshake{}",
+        relay.context()
+    );
     thread::sleep(Duration::from_millis(500));
     let held = relay.thread_count();
     let cpu = cpu_seconds(relay.pid) - cpu_before;
@@ -590,7 +601,7 @@ fn application_data_sent_with_the_clients_finished_is_not_lost() {
     let mut relay = RelaySpec::new().flag("--text-rate", 0).start("tls-pipelined-hello");
     let pipelined = |name: &str| {
         let hello = encode_to_vec(&hello_as(name, "lobby", "", "")).unwrap();
-        let line = Frame::Say { client_id: 7, to: String::new(), text: "z".repeat(20 * 1024) };
+        let line = Frame::Say { client_id: 7, to: String::new(), text: "z".repeat(40 * 1024) };
         [hello, encode_to_vec(&line).unwrap()].concat()
     };
 
@@ -622,6 +633,36 @@ fn application_data_sent_with_the_clients_finished_is_not_lost() {
     );
     assert_no_panic(&relay);
     relay.memory_report(64, Duration::from_secs(5));
+}
+
+/// The per-address cap turns a connection away with a plaintext `Error{RelayFull}` frame, written
+/// by the accept thread before any TLS. A plaintext client reads it and says why (the control); a
+/// TLS client (the default) feeds it to rustls as if it were a TLS record, and its user is told
+/// that the TLS handshake failed and that the relay may speak only plaintext, when it is full.
+#[test]
+fn a_tls_client_turned_away_by_the_per_address_cap_is_told_why() {
+    let _one = one_at_a_time();
+    let relay = RelaySpec::new().flag("--max-per-address", 2).start("tls-turned-away");
+    let holders: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from(Ipv4Addr::LOCALHOST, relay.addr, Duration::from_secs(5)).expect("connect"))
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let server = relay.addr.to_string();
+    let plain = relaychat::client::ClientConfig {
+        security: relaychat::client::Security::Plaintext,
+        ..client_config("late", "lobby")
+    };
+    match Client::connect_tcp(&server, &plain) {
+        Err(relaychat::client::ClientError::Refused { code: ErrorCode::RelayFull, .. }) => {}
+        Err(e) => panic!("plaintext: expected RelayFull, got {e}"),
+        Ok(_) => panic!("plaintext: joined past a cap of 2 with 2 connections held"),
+    }
+    match Client::connect_tcp(&server, &client_config("late", "lobby")) {
+        Err(relaychat::client::ClientError::Refused { code: ErrorCode::RelayFull, .. }) => {}
+        Err(e) => panic!("TLS: expected RelayFull (\"too many connections from your address\"), got: {e}"),
+        Ok(_) => panic!("TLS: joined past a cap of 2 with 2 connections held"),
+    }
+    drop(holders);
 }
 
 // =============================================================================================
