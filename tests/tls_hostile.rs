@@ -2,8 +2,9 @@
 //! session (`src/tls.rs`) pushed where a lock or a lost byte would show.
 //!
 //! Each test plays one attack against a real relay (the `server` binary, through
-//! `tests/common/relay_proc.rs`, so a spinning or leaked thread is seen in `/proc/<pid>` and killed
-//! with the process) and then checks that a bystander is unharmed: two library clients (TLS, from
+//! `tests/common/relay_proc.rs` or `tests/common/proc.rs`, so a spinning or leaked thread is seen
+//! in `/proc/<pid>` and dies with the process; one test turns it round and plays a hostile relay
+//! against the `client` binary) and then checks that a bystander is unharmed: two library clients (TLS, from
 //! 127.0.0.1) join and chat within [`BYSTANDER_LIMIT`]. Where it matters it also checks that the
 //! relay has no panic in its log, that its thread count comes back to what it was before the attack
 //! (every connection thread ended), and how much CPU it burned meanwhile.
@@ -81,7 +82,7 @@ fn handshakes_that_never_finish_are_closed_by_the_hello_deadline() {
     let hello = client_hello();
     let addr = relay.addr;
     let cpu_before = cpu_seconds(relay.pid);
-    let attacks: Vec<(&str, Box<dyn FnOnce() -> Option<Duration> + Send + '_>)> = vec![
+    let attacks: Vec<(&str, Attack<'_>)> = vec![
         ("the handshake byte alone", Box::new(|| stall(addr, &[0x16]))),
         ("half a ClientHello", Box::new(|| stall(addr, &hello[..hello.len() / 2]))),
         ("a ClientHello without its last byte", Box::new(|| stall(addr, &hello[..hello.len() - 1]))),
@@ -427,7 +428,7 @@ fn tls_application_data_that_is_not_a_frame_ends_only_that_connection() {
     };
     assert!(noisy.closed_within(PROMPT), "still open {PROMPT:?} into 4 MiB of random plaintext");
     let _ = writer.join();
-    assert!(start.elapsed() < PROMPT + Duration::from_secs(1));
+    assert!(start.elapsed() < PROMPT + Duration::from_secs(1), "the noise writer was not stopped at once");
 
     // Records that do not decrypt, and a record longer than TLS allows, after joining.
     for (what, record) in [
@@ -451,7 +452,7 @@ fn tls_application_data_that_is_not_a_frame_ends_only_that_connection() {
 }
 
 /// Both directions saturated: mallory (TLS, a 4 KiB receive window) never reads while carol
-/// floods the room with 64 KiB lines, so the relay's writer to mallory blocks on a full socket.
+/// floods the room with 60 KiB lines, so the relay's writer to mallory blocks on a full socket.
 /// Mallory keeps talking. Her lines must still reach bob at once: the relay's reader for her
 /// decrypts with the session the blocked writer shares, so a lock held across the blocked write
 /// would stop them. Then the relay cuts her off as too slow, and frees her threads.
@@ -638,6 +639,8 @@ fn a_plaintext_peer_that_keeps_talking_after_tls_required_is_cut_off() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(threads_of(pid) <= baseline, "{} relay threads (before: {baseline})", threads_of(pid));
+    let log: Vec<String> = relay.stderr.try_iter().collect();
+    assert!(!log.iter().any(|l| l.contains("panicked")), "the relay panicked:\n{}", log.join("\n"));
 }
 
 /// A TLS client may send application data right behind its Finished, in the same segment: here
@@ -722,6 +725,10 @@ fn a_tls_client_turned_away_by_the_per_address_cap_is_told_why() {
 // =============================================================================================
 // Attack helpers
 // =============================================================================================
+
+/// One attack run on a thread of its own: when the relay closed its connection (from the
+/// connection's start), or `None` if it was still open at the deadline plus [`SLACK`].
+type Attack<'a> = Box<dyn FnOnce() -> Option<Duration> + Send + 'a>;
 
 /// Connects from `127.0.0.2`, sends `bytes`, then waits: when did the relay close? (From the
 /// connection's start; `None` if still open at the deadline plus [`SLACK`].)
