@@ -57,7 +57,17 @@ fn main() {
     // The per-connection rate limit is off: a burst through the relay measures the relay, not the
     // limit (which slows one sender to --msg-rate messages per second on purpose).
     // Raw-frame clients speak plaintext; the library clients use TLS.
-    let unlimited = ["--msg-rate", "0", "--request-rate", "0", "--connect-rate", "0", "--allow-plaintext"];
+    let unlimited = [
+        "--msg-rate",
+        "0",
+        "--text-rate",
+        "0",
+        "--request-rate",
+        "0",
+        "--connect-rate",
+        "0",
+        "--allow-plaintext",
+    ];
     let (relay, addr) = start_relay(&[&["--data-dir", dir_a.to_str().unwrap()][..], &unlimited].concat());
     let (still, still_addr) =
         start_relay(&[&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());

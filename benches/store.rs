@@ -68,14 +68,34 @@ fn measure(dir: &Path, per_client: usize) -> Figures {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let data = dir.to_str().unwrap();
-    let (relay, addr) =
-        start_relay(&["--data-dir", data, "--msg-rate", "0", "--request-rate", "0", "--connect-rate", "0"]);
+    let (relay, addr) = start_relay(&[
+        "--data-dir",
+        data,
+        "--msg-rate",
+        "0",
+        "--text-rate",
+        "0",
+        "--request-rate",
+        "0",
+        "--connect-rate",
+        "0",
+    ]);
     let durable_per_sec = durable_rate(&addr, per_client);
     let offline_login_ms = offline_login(&addr);
     drop(relay);
     add_users(&dir.join("relay.db"), 1000);
-    let (relay, _) =
-        start_relay(&["--data-dir", data, "--msg-rate", "0", "--request-rate", "0", "--connect-rate", "0"]);
+    let (relay, _) = start_relay(&[
+        "--data-dir",
+        data,
+        "--msg-rate",
+        "0",
+        "--text-rate",
+        "0",
+        "--request-rate",
+        "0",
+        "--connect-rate",
+        "0",
+    ]);
     thread::sleep(Duration::from_millis(300));
     let rss_1000_users_kib = rss_kib(relay.0.id(), "VmRSS");
     drop(relay);

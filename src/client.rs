@@ -359,8 +359,13 @@ impl Client {
         let stream = match TlsStream::handshake(stream, session, Instant::now() + HANDSHAKE_TIMEOUT) {
             Ok(stream) => stream,
             Err(e) => {
-                if let Some(refusal) = e.get_ref().and_then(|inner| inner.downcast_ref::<crate::tls::PlaintextRefusal>()) {
-                    return Err(ClientError::Refused { code: refusal.code, message: refusal.message.clone() });
+                if let Some(refusal) =
+                    e.get_ref().and_then(|inner| inner.downcast_ref::<crate::tls::PlaintextRefusal>())
+                {
+                    return Err(ClientError::Refused {
+                        code: refusal.code,
+                        message: refusal.message.clone(),
+                    });
                 }
                 return Err(match pinning.outcome() {
                     Some(Err(refused)) => ClientError::Trust(refused),
@@ -368,7 +373,7 @@ impl Client {
                         "{e} (is {server} a relaychat relay with TLS? One that speaks only plaintext needs \
                          --plaintext)"
                     )),
-                })
+                });
             }
         };
         let mut client = Client::connect(stream, config)?;

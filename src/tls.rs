@@ -101,7 +101,10 @@ impl TlsStream {
                 tcp.set_read_timeout(Some(left))?;
                 let n = tcp.read(&mut raw)?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed during the TLS handshake",
+                    ));
                 }
                 if let Some(refusal) = plaintext_refusal(&raw[..n]) {
                     return Err(io::Error::new(io::ErrorKind::ConnectionRefused, refusal));
@@ -278,7 +281,9 @@ fn plaintext_refusal(bytes: &[u8]) -> Option<PlaintextRefusal> {
         return None;
     }
     match crate::frame::decode(bytes) {
-        Ok(Some((crate::frame::Frame::Error { code, message }, _))) => Some(PlaintextRefusal { code, message }),
+        Ok(Some((crate::frame::Frame::Error { code, message }, _))) => {
+            Some(PlaintextRefusal { code, message })
+        }
         _ => None,
     }
 }

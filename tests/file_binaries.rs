@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::proc::Proc;
 use common::{files_under, random_file, TempDir, WAIT};
-use sha2::{Digest, Sha256};
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
-
 
 /// Runs a one-shot client command to the end; returns (success, stdout lines, stderr lines).
 fn one_shot(args: &[&str], envs: &[(&str, &str)]) -> (bool, Vec<String>, Vec<String>) {

@@ -15,7 +15,6 @@ use relaychat::frame::{ErrorCode, Frame};
 use relaychat::server::{ServerConfig, StoreLimits};
 use sha2::{Digest, Sha256};
 
-
 /// File bytes on the relay (stored or in progress), not counting its database.
 fn relay_bytes(server: &TestServer) -> Vec<std::path::PathBuf> {
     let dir = &server.data_dir.path;

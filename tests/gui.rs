@@ -19,7 +19,6 @@ use common::proc::Proc;
 use common::{random_file, TempDir, TestServer};
 use relaychat::gui_fltk::window::{Action, STYLE_MINE, STYLE_THEIRS};
 use relaychat::gui_fltk::{display_available, App, GuiOptions};
-use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -54,7 +53,6 @@ fn style_of(app: &App, needle: &str) -> Option<char> {
     let at = app.log_text().find(needle)?;
     app.log_styles().as_bytes().get(at).map(|&b| b as char)
 }
-
 
 fn window_against_a_terminal_client() {
     let server = TestServer::start();
