@@ -87,6 +87,12 @@ impl TlsStream {
         // takes only what it can hold, and the rest waits here for the first `read`.
         let (mut start, mut end) = (0, 0);
         loop {
+            // Writes are bounded by the same deadline: a peer that never reads cannot hold us.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake took too long"));
+            }
+            tcp.set_write_timeout(Some(left))?;
             while session.wants_write() {
                 session.write_tls(&mut tcp)?;
             }
@@ -122,6 +128,7 @@ impl TlsStream {
             session.process_new_packets().map_err(tls_error)?;
         }
         tcp.flush()?;
+        tcp.set_write_timeout(None)?; // the connection's own code sets the one it wants
         let mut stream = TlsStream::from_parts(tcp, Arc::new(Mutex::new(session)));
         (stream.raw, stream.start, stream.end) = (raw, start, end);
         Ok(stream)
