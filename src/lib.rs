@@ -29,7 +29,8 @@
 //!    streaming, and on resume), [`sink`] (writing a received file on its own thread).
 //! 8. [`display`]: making untrusted text safe to print (escape sequences shown, not executed);
 //!    [`clock`]: the one clock both ends stamp messages with.
-//! 9. [`spin`]: a channel wait that polls briefly before sleeping; why that halves latency here.
+//! 9. Appendix, [`tuning`]: the tricks that change speed or memory but never behaviour (polling
+//!    a channel before sleeping, glibc's allocator settings), each with what it costs.
 //! 10. [`cli`]: the two programs' command lines and main loops; `src/bin/*.rs` just call them.
 //! 11. `gui_fltk` (cargo feature `gui`): the FLTK window, on top of the same client library.
 //!
@@ -52,6 +53,6 @@ pub mod rules;
 pub mod server;
 pub mod sha;
 pub mod sink;
-pub mod spin;
 pub mod tls;
+pub mod tuning;
 pub mod wire;

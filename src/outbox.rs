@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, Receiver, Select, TryRecvError};
 
 use crate::frame;
-use crate::spin;
+use crate::tuning::spin;
 
 /// One thing to write.
 enum Item<U> {
@@ -108,7 +108,7 @@ impl Default for Pacing {
 /// How a writer thread writes: see [`pump`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Poll the queues for this long before sleeping on them (see [`crate::spin`]); zero never polls.
+    /// Poll the queues for this long before sleeping on them (see [`crate::tuning::spin`]); zero never polls.
     pub spin: Duration,
     /// Something to say after a quiet spell; `None` stays quiet.
     pub heartbeat: Option<Heartbeat>,
@@ -276,7 +276,7 @@ enum Waited<U> {
     Finished,
 }
 
-/// Waits for the next item: polls for `spin` (see [`crate::spin`]), then sleeps on both queues
+/// Waits for the next item: polls for `spin` (see [`crate::tuning::spin`]), then sleeps on both queues
 /// until one has something or `beat_due` comes.
 fn wait<U: UrgentItem>(
     urgent: &Receiver<U>,

@@ -32,14 +32,13 @@ pub mod fuzzing;
 mod hub;
 pub mod keys;
 mod login;
-mod memory;
 mod session;
 mod store;
 mod throttle;
 mod transfer;
 
 pub use crate::frame::{DEFAULT_CHUNK, DEFAULT_PORT};
-pub use memory::tune_allocator;
+pub use crate::tuning::memory::tune_allocator;
 pub use store::StoreLimits;
 
 use std::io;
@@ -107,7 +106,8 @@ pub struct ServerConfig {
     pub linger: Duration,
     /// How long shutdown waits for connections to end by themselves before cutting them. Default 2 s.
     pub shutdown_grace: Duration,
-    /// How long the hub and the writers poll their queue before sleeping (see [`crate::spin`]).
+    /// How long the hub and the writers poll their queue before sleeping (see
+    /// [`crate::tuning::spin`]). Default zero: they sleep at once (see [`crate::tuning`] for why).
     /// Default 100 µs; zero turns polling off.
     pub spin: Duration,
     /// How writers keep chat from waiting behind file data: the socket's unsent-bytes limit and
@@ -178,7 +178,7 @@ impl Default for ServerConfig {
             connect_burst: 40,
             linger: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
-            spin: Duration::from_micros(100),
+            spin: Duration::ZERO,
             pacing: Pacing::DEFAULT,
             data_dir: PathBuf::from("relay-data"),
             tls_files: None,
@@ -382,7 +382,7 @@ fn start_janitor(to_hub: &Sender<ToHub>, every: Duration) -> io::Result<(Sender<
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
-            memory::give_back_free_memory();
+            crate::tuning::memory::give_back_free_memory();
             if last_expire.elapsed() >= every {
                 last_expire = Instant::now();
                 if to_hub.send(ToHub::Expire).is_err() {

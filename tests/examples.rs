@@ -85,3 +85,10 @@ fn lesson_08_shows_the_deadlock_and_the_rule_that_avoids_it() {
     assert!(out.contains("lock held across the write: DEADLOCK"), "{out}");
     assert!(out.contains("lock only to encrypt: moved 32 MiB"), "{out}");
 }
+
+#[test]
+fn lesson_09_measures_both_ways_of_waiting() {
+    let out = run("09_spin_or_sleep", &["--demo"]);
+    assert!(out.contains("sleep at once: one hand-off p50"), "{out}");
+    assert!(out.contains("poll 100 µs first: one hand-off p50"), "{out}");
+}

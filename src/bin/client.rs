@@ -2,7 +2,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    relaychat::cli::keep_freed_memory();
+    relaychat::tuning::memory::keep_freed_memory();
     let cli = relaychat::cli::client::ClientCli::parse();
     relaychat::cli::finish(relaychat::cli::client::run(cli))
 }

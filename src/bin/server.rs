@@ -2,7 +2,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    relaychat::server::tune_allocator();
+    relaychat::tuning::memory::tune_allocator();
     let cli = relaychat::cli::server::ServerCli::parse();
     relaychat::cli::finish(relaychat::cli::server::run(cli))
 }

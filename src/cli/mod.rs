@@ -61,23 +61,6 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(seconds).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// Tells the C allocator to keep freed chunk buffers for reuse instead of handing them back to
-/// the kernel. Called first thing by both binaries.
-///
-/// A transfer allocates and frees a 256 KiB buffer per chunk. By default glibc serves such sizes
-/// with `mmap` and returns them (or trims its heap) on free, so the next chunk faults fresh pages
-/// in again. On a virtual machine like this project's, a page the host has not backed yet costs
-/// several times the copy into it: `client receive` of 1 GiB ran at ~470 MB/s, and at ~1 GB/s with
-/// these two settings. Memory stays flat: only a few chunks are ever alive at once.
-pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters; it is called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
-}
-
 /// Runs `main`'s body: prints an error chain once, as `error: …`, and picks the exit status.
 pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {

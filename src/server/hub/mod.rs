@@ -247,7 +247,7 @@ impl Hub {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match crate::spin::recv(&self.events, self.config.spin) {
+                match crate::tuning::spin::recv(&self.events, self.config.spin) {
                     Ok(event) => Some(event),
                     Err(_) => break,
                 }

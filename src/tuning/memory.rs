@@ -1,5 +1,5 @@
-//! Giving freed memory back to the operating system (a tuning corner: nothing here changes what
-//! the relay does, only how much memory it keeps).
+//! glibc's allocator settings: the relay gives freed memory back, the client keeps its chunk
+//! buffers (part of the tuning corner, [`crate::tuning`]: nothing here changes what either does).
 //!
 //! When a slow client is cut or an attacker leaves, the frames queued for them are freed, but the
 //! C allocator (glibc's malloc) keeps freed memory for reuse, so the relay's RSS would stay where
@@ -27,10 +27,27 @@ pub fn tune_allocator() {
 }
 
 /// Returns unused heap memory to the operating system, where the allocator supports it.
-pub(crate) fn give_back_free_memory() {
+pub fn give_back_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe in glibc.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Tells the C allocator to keep freed chunk buffers for reuse instead of handing them back to
+/// the kernel. Called first thing by the client binary (the relay has [`tune_allocator`]).
+///
+/// A transfer allocates and frees a 256 KiB buffer per chunk. By default glibc serves such sizes
+/// with `mmap` and returns them (or trims its heap) on free, so the next chunk faults fresh pages
+/// in again. On a virtual machine like this project's, a page the host has not backed yet costs
+/// several times the copy into it: `client receive` of 1 GiB ran at ~470 MB/s, and at ~1 GB/s with
+/// these two settings. Memory stays flat: only a few chunks are ever alive at once.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; it is called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
