@@ -94,6 +94,76 @@ pub fn tags(to: &str, mark: crate::client::Mark) -> String {
     }
 }
 
+/// What an event says to a person: one wording for the terminal client and the window
+/// (`cli/show.rs` and `gui_fltk/app.rs` only place and style it). Names, text and file names from
+/// the network are already made safe to show ([`visible`], [`crate::filename::clean`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// A chat line: the sender with its tags (" (to you, offline)"), the time it was sent, the
+    /// text (made visible, and possibly several lines).
+    Chat { label: String, sent_at_ms: u64, text: String },
+    /// About the room: who joined, left, is online.
+    Room(String),
+    /// About files, in the seed's words where the seed had some ("[Newfile] …",
+    /// "[Download] File download complete: …", "File sent complete: …").
+    File(String),
+    /// A refusal or a failure, starting with `error: `.
+    Error(String),
+}
+
+/// The words for `event`; `None` for events that are not shown as a line (progress, receipts, the
+/// end of a connection, which each front end reports its own way).
+pub fn describe(event: &crate::client::Event) -> Option<Said> {
+    use crate::client::{Direction, Event};
+    use crate::filename::clean;
+    let said = match event {
+        Event::Chat { from, to, sent_at_ms, mark, text, .. } => Said::Chat {
+            label: format!("{}{}", visible(from), tags(to, *mark)),
+            sent_at_ms: *sent_at_ms,
+            text: text.clone(),
+        },
+        Event::Joined { name, room } => Said::Room(format!("{} joined {}", visible(name), visible(room))),
+        Event::Left { name, room } => Said::Room(format!("{} left {}", visible(name), visible(room))),
+        Event::Online { room, names } => {
+            let names: Vec<String> = names.iter().map(|n| visible(n)).collect();
+            Said::Room(format!("online in {}: {}", visible(room), names.join(", ")))
+        }
+        Event::Warning { message, .. } => Said::Error(format!("error: {}", visible(message))),
+        // The seed's wording, with the sender and the size added.
+        Event::NewFile(info) => Said::File(format!(
+            "[Newfile] {}: {} ({})",
+            visible(&info.from),
+            visible(&clean(&info.name)),
+            human_size(info.size)
+        )),
+        Event::FileExpired { from, name } => Said::File(format!(
+            "{} from {} expired on the relay before you received it",
+            visible(&clean(name)),
+            visible(from)
+        )),
+        Event::Uploaded { name, size } => {
+            Said::File(format!("File sent complete: {} ({})", visible(name), human_size(*size)))
+        }
+        Event::Downloaded { name, .. } => {
+            Said::File(format!("[Download] File download complete: {}", visible(name)))
+        }
+        Event::TransferFailed { direction, name, reason } => {
+            let what = match direction {
+                Direction::Up => "upload",
+                Direction::Down => "download",
+            };
+            Said::Error(format!("error: {what} of {} failed: {}", visible(name), visible(reason)))
+        }
+        Event::ReceiveFinished { received: 0, failed: 0 } => Said::File("no files waiting".into()),
+        Event::ReceiveFinished { received, failed: 0 } => Said::File(format!("received {received} file(s)")),
+        Event::ReceiveFinished { received, failed } => {
+            Said::File(format!("received {received} file(s), {failed} failed"))
+        }
+        Event::Progress { .. } | Event::Sent { .. } | Event::Disconnected(_) => return None,
+    };
+    Some(said)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

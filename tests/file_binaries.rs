@@ -77,8 +77,8 @@ fn one_shot_send_and_receive_meet_through_to() {
     let (ok, out, err) =
         one_shot(&["--server", &addr, "--name", "alice", "send", a_str, b_str, "--to", "bob"], &[]);
     assert!(ok, "{err:?}");
-    assert!(out.iter().any(|l| l.ends_with("* sent my report.pdf (683.6 KiB)")), "{out:?}");
-    assert!(out.iter().any(|l| l.ends_with("* sent 照片.jpg (5 B)")), "{out:?}");
+    assert!(out.iter().any(|l| l.ends_with("] File sent complete: my report.pdf (683.6 KiB)")), "{out:?}");
+    assert!(out.iter().any(|l| l.ends_with("] File sent complete: 照片.jpg (5 B)")), "{out:?}");
 
     let dl = TempDir::new("dl");
     let dl_str = dl.path.to_str().unwrap();
@@ -94,7 +94,7 @@ fn one_shot_send_and_receive_meet_through_to() {
     let (ok, out, _) =
         one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dl_str], &[BOB]);
     assert!(ok);
-    assert!(out.iter().any(|l| l.ends_with("* no files waiting")), "{out:?}");
+    assert!(out.iter().any(|l| l.ends_with("] no files waiting")), "{out:?}");
 }
 
 #[test]
@@ -126,11 +126,11 @@ fn interactive_send_and_receive_with_quoted_paths() {
     alice.expect(&alice.stdout, "* bob joined lobby");
 
     alice.type_line(&format!("/send \"{}\"", file.display()));
-    alice.expect(&alice.stdout, "* sent a file with spaces.txt (1.2 KiB)");
+    alice.expect(&alice.stdout, "] File sent complete: a file with spaces.txt (1.2 KiB)");
     bob.expect(&bob.stdout, "[Newfile] alice: a file with spaces.txt (1.2 KiB)");
     bob.type_line("/receive");
     bob.expect(&bob.stdout, "[Download] File download complete: a file with spaces.txt");
-    bob.expect(&bob.stdout, "* received 1 file(s)");
+    bob.expect(&bob.stdout, "] received 1 file(s)");
     assert_eq!(common::sha256(&dl.path.join("a file with spaces.txt")), common::sha256(&file));
 
     alice.type_line(&format!("/send {}", src.path.display()));
@@ -143,7 +143,7 @@ fn interactive_send_and_receive_with_quoted_paths() {
     alice.type_line(&format!("/send --to bob {}", second.display()));
     drop(alice.stdin.take());
     assert!(alice.wait().success());
-    alice.expect(&alice.stdout, "* sent last.bin");
+    alice.expect(&alice.stdout, "] File sent complete: last.bin");
     bob.expect(&bob.stdout, "[Newfile] alice: last.bin");
 }
 

@@ -417,7 +417,7 @@ fn an_interactive_send_on_a_slow_link_arrives() {
         let started = Instant::now();
         alice.type_line(&format!("/send --to bob {}", path.display()));
         // Over 6 s of transfer at 16 Mbit/s; 25 s leaves room for a busy machine.
-        let alice_saw = lines_until(&alice.stdout, "* sent holiday.mp4", secs(25))
+        let alice_saw = lines_until(&alice.stdout, "File sent complete: holiday.mp4", secs(25))
             .unwrap_or_else(|seen| panic!("alice's upload never finished; she saw {seen:#?}"));
         println!(
             "figure: an interactive /send of 12 MiB took {:.1} s at 16 Mbit/s",

@@ -7,8 +7,9 @@
 //!   starting with `//` sends the text after the first `/`. At EOF, queued messages and transfers are finished, a goodbye is said,
 //!   and the client exits 0.
 //! - **stdout**, one event per line, flushed per line: `[HH:MM:SS] bob: hello`,
-//!   `[HH:MM:SS] * bob joined lobby`, `[HH:MM:SS] [Newfile] bob: a.pdf (1.2 MiB)`, … (see
-//!   `cli/show.rs`). Control characters are shown as escapes.
+//!   `[HH:MM:SS] * bob joined lobby`, `[HH:MM:SS] [Newfile] bob: a.pdf (1.2 MiB)`,
+//!   `[HH:MM:SS] File sent complete: a.pdf (1.2 MiB)`, … in the wording the window uses too
+//!   (`display::describe`; placed by `cli/show.rs`). Control characters are shown as escapes.
 //! - **stderr**: `error: …`, one line each, and progress bars when stderr is a terminal. Exit status
 //!   non-zero when the relay is unreachable, refuses us, goes away, or a one-shot transfer fails.
 //!

@@ -1,10 +1,8 @@
 //! How the terminal client prints each [`Event`]: the line contract of `src/cli/client.rs`.
 
-use crate::client::{Direction, Event};
+use crate::client::Event;
 use crate::clock::now_ms;
-use crate::display::human_size;
-use crate::display::{chat_line, notice_line, tags, visible};
-use crate::filename;
+use crate::display::{chat_line, clock, describe, notice_line, Said};
 
 /// Where a line goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,60 +15,24 @@ pub enum Line {
     None,
 }
 
-/// The line for an event.
+/// The line for an event: the shared wording ([`describe`]) placed as the terminal contract says.
+/// Chat is `[HH:MM:SS] from: text`, room notices `[HH:MM:SS] * …`, file lines `[HH:MM:SS] …`
+/// (the seed's file lines have no star), errors go to stderr.
 pub fn line(event: &Event) -> Line {
     let now = now_ms();
-    let notice = |text: String| Line::Out(notice_line(now, &text));
-    match event {
-        Event::Chat { from, to, sent_at_ms, mark, text, .. } => {
-            Line::Out(chat_line(*sent_at_ms, &format!("{from}{}", tags(to, *mark)), text))
-        }
-        Event::Joined { name, room } => notice(format!("{} joined {}", visible(name), visible(room))),
-        Event::Left { name, room } => notice(format!("{} left {}", visible(name), visible(room))),
-        Event::Online { room, names } => {
-            let names: Vec<String> = names.iter().map(|n| visible(n)).collect();
-            notice(format!("online in {}: {}", visible(room), names.join(", ")))
-        }
-        Event::Warning { message, .. } => Line::Err(format!("error: {}", visible(message))),
-        // The seed's wording, with the sender and the size added.
-        Event::NewFile(info) => Line::Out(format!(
-            "{} [Newfile] {}: {} ({})",
-            crate::display::clock(now),
-            visible(&info.from),
-            visible(&filename::clean(&info.name)),
-            human_size(info.size)
-        )),
-        Event::FileExpired { from, name } => notice(format!(
-            "{} from {} expired on the relay before you received it",
-            visible(&filename::clean(name)),
-            visible(from)
-        )),
-        Event::Uploaded { name, size } => notice(format!("sent {} ({})", visible(name), human_size(*size))),
-        Event::Downloaded { name, .. } => Line::Out(format!(
-            "{} [Download] File download complete: {}",
-            crate::display::clock(now),
-            visible(name)
-        )),
-        Event::TransferFailed { direction, name, reason } => {
-            let what = match direction {
-                Direction::Up => "upload",
-                Direction::Down => "download",
-            };
-            Line::Err(format!("error: {what} of {} failed: {}", visible(name), visible(reason)))
-        }
-        Event::ReceiveFinished { received: 0, failed: 0 } => notice("no files waiting".into()),
-        Event::ReceiveFinished { received, failed: 0 } => notice(format!("received {received} file(s)")),
-        Event::ReceiveFinished { received, failed } => {
-            notice(format!("received {received} file(s), {failed} failed"))
-        }
-        Event::Progress { .. } | Event::Sent { .. } | Event::Disconnected(_) => Line::None,
+    match describe(event) {
+        Some(Said::Chat { label, sent_at_ms, text }) => Line::Out(chat_line(sent_at_ms, &label, &text)),
+        Some(Said::Room(text)) => Line::Out(notice_line(now, &text)),
+        Some(Said::File(text)) => Line::Out(format!("{} {text}", clock(now))),
+        Some(Said::Error(text)) => Line::Err(text),
+        None => Line::None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Mark;
+    use crate::client::{Direction, Mark};
     use crate::frame::FileInfo;
 
     fn out(event: Event) -> String {
@@ -109,7 +71,11 @@ mod tests {
         assert_eq!(out(Event::NewFile(info)), "[Newfile] alice: report.pdf (1.2 MiB)");
         let done = Event::Downloaded { file_id: 1, name: "report (1).pdf".into(), path: "x".into() };
         assert_eq!(out(done), "[Download] File download complete: report (1).pdf");
-        assert_eq!(out(Event::ReceiveFinished { received: 0, failed: 0 }), "* no files waiting");
+        assert_eq!(out(Event::ReceiveFinished { received: 0, failed: 0 }), "no files waiting");
+        assert_eq!(
+            out(Event::Uploaded { name: "a.txt".into(), size: 2048 }),
+            "File sent complete: a.txt (2.0 KiB)"
+        );
         let failed =
             Event::TransferFailed { direction: Direction::Up, name: "a\u{1b}".into(), reason: "no".into() };
         assert_eq!(line(&failed), Line::Err("error: upload of a\\x1b failed: no".into()));

@@ -15,7 +15,7 @@ use super::window::{Action, Widgets, STYLE_MINE, STYLE_NOTICE, STYLE_THEIRS, STY
 use crate::client::{ClientConfig, Direction, Event};
 use crate::clock::now_ms;
 use crate::display::human_size;
-use crate::display::{clock, visible};
+use crate::display::{clock, visible, Said};
 use crate::filename;
 use crate::frame::FileInfo;
 
@@ -200,19 +200,23 @@ impl App {
     }
 
     fn on_event(&mut self, event: Event) {
+        // What the event says comes from the one wording both front ends share; the window only
+        // decides where it goes (chat on the right, files on the left) and keeps its lists.
+        let said = crate::display::describe(&event);
         match event {
-            Event::Chat { from, to, sent_at_ms, mark, text, .. } => {
-                let label = format!("{from}{}", crate::display::tags(&to, mark));
-                let mine = from == self.me;
-                self.log_chat(sent_at_ms, &label, &text, mine)
+            Event::Chat { from, .. } => {
+                if let Some(Said::Chat { label, sent_at_ms, text }) = said {
+                    let mine = from == self.me;
+                    self.log_chat(sent_at_ms, &label, &text, mine)
+                }
             }
-            Event::Joined { name, room } => {
-                self.log_notice(&format!("{} joined {}", visible(&name), visible(&room)));
+            Event::Joined { name, .. } => {
+                self.say_in_chat(said);
                 self.online.1.insert(name);
                 self.show_online();
             }
-            Event::Left { name, room } => {
-                self.log_notice(&format!("{} left {}", visible(&name), visible(&room)));
+            Event::Left { name, .. } => {
+                self.say_in_chat(said);
                 self.online.1.remove(&name);
                 self.show_online();
             }
@@ -220,43 +224,50 @@ impl App {
                 self.online = (room, names.into_iter().collect());
                 self.show_online();
             }
-            Event::Warning { message, .. } => self.log_notice(&format!("error: {}", visible(&message))),
+            Event::Warning { .. } => self.say_in_chat(said),
             Event::NewFile(info) => {
-                self.info_line(&format!(
-                    "[Newfile] {}: {} ({})",
-                    visible(&info.from),
-                    visible(&filename::clean(&info.name)),
-                    human_size(info.size)
-                ));
+                self.say_in_files(said);
                 if !self.waiting.iter().any(|w| w.file_id == info.file_id) {
                     self.waiting.push(info);
                     self.refresh_waiting();
                 }
             }
-            Event::FileExpired { from, name } => self.info_line(&format!(
-                "{} from {} expired before you received it",
-                visible(&filename::clean(&name)),
-                visible(&from)
-            )),
+            Event::FileExpired { .. } => self.say_in_files(said),
             Event::Progress { direction, name, done, total } => self.progress(direction, &name, done, total),
-            Event::Uploaded { name, size } => {
+            Event::Uploaded { .. } => {
                 self.end_progress(Direction::Up);
-                self.info_line(&format!("File sent complete: {} ({})", visible(&name), human_size(size)));
+                self.say_in_files(said);
             }
-            Event::Downloaded { file_id, name, .. } => {
+            Event::Downloaded { file_id, .. } => {
                 self.end_progress(Direction::Down);
-                self.info_line(&format!("[Download] File download complete: {}", visible(&name)));
+                self.say_in_files(said);
                 self.waiting.retain(|w| w.file_id != file_id);
                 self.refresh_waiting();
             }
-            Event::TransferFailed { direction, name, reason } => {
+            Event::TransferFailed { direction, .. } => {
                 self.end_progress(direction);
-                self.info_line(&format!("error: {}: {}", visible(&name), visible(&reason)));
+                self.say_in_files(said);
             }
-            Event::ReceiveFinished { received: 0, failed: 0 } => self.info_line("no files waiting"),
+            Event::ReceiveFinished { received: 0, failed: 0 } => self.say_in_files(said),
             Event::ReceiveFinished { .. } => {}
             Event::Sent { .. } => {}
             Event::Disconnected(_) => {} // the link thread turns this into Reconnecting
+        }
+    }
+
+    /// A room notice or an error, in the chat log.
+    fn say_in_chat(&mut self, said: Option<Said>) {
+        match said {
+            Some(Said::Room(text)) => self.log_notice(&text),
+            Some(Said::Error(text) | Said::File(text)) => self.log_notice(&text),
+            Some(Said::Chat { .. }) | None => {}
+        }
+    }
+
+    /// A file line or a transfer's failure, in the files panel.
+    fn say_in_files(&mut self, said: Option<Said>) {
+        if let Some(Said::File(text) | Said::Error(text) | Said::Room(text)) = said {
+            self.info_line(&text);
         }
     }
 
