@@ -33,7 +33,6 @@ use super::show::{line, Line};
 use super::Exit;
 use crate::client::{
     CatchUp, Client, ClientConfig, ClientError, Direction, Disconnect, Event, FirstContact, Security, Trust,
-    TrustError, Verdict,
 };
 use crate::clock::now_ms;
 use crate::display::{notice_line, visible};
@@ -116,6 +115,12 @@ pub enum Command {
     /// Download every file waiting for you; exits 0 once all are verified and in place.
     Receive,
 }
+
+mod dial;
+mod oneshot;
+
+use dial::{first_connect, Dialer};
+use oneshot::{receive_once, send_once};
 
 const HELP: &str = "commands: /who (who is online), /msg NAME text (to one person, even offline), \
                     /send [--to NAME] PATH... (send files; quote paths with spaces), /receive (download \
@@ -236,45 +241,6 @@ fn security(conn: &ConnArgs, can_ask: bool) -> anyhow::Result<Security> {
     }))
 }
 
-/// The first connection. On first contact with a relay in a terminal, shows its fingerprint and
-/// asks whether to trust it (SSH's question); a script's first contact is trusted with a notice.
-fn first_connect(server: &str, config: &ClientConfig) -> anyhow::Result<Client> {
-    let client = match Client::connect_tcp(server, config) {
-        Err(ClientError::Trust(TrustError::Unknown { server: relay, fingerprint })) => {
-            let Security::Tls(Trust { known_relays: Some(file), .. }) = &config.security else {
-                anyhow::bail!("{}", TrustError::Unknown { server: relay, fingerprint });
-            };
-            eprintln!("The relay at {relay} is new to this machine. Its key's fingerprint is");
-            eprintln!("    {fingerprint}");
-            eprint!("Does it match the one the relay's operator gave you (server --fingerprint)? [y/N] ");
-            let mut answer = String::new();
-            io::stdin().read_line(&mut answer).context("cannot read the answer")?;
-            if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
-                anyhow::bail!("not trusted: nothing was sent to {relay}");
-            }
-            crate::client::trust::remember(file, &relay, &fingerprint)?;
-            eprintln!("trusted; saved in {}", file.display());
-            Client::connect_tcp(server, config).map_err(connect_error)?
-        }
-        other => other.map_err(connect_error)?,
-    };
-    if let Some(Verdict::FirstContact { fingerprint }) = client.verdict() {
-        let saved = match &config.security {
-            Security::Tls(Trust { known_relays: Some(file), .. }) => format!("; saved in {}", file.display()),
-            _ => String::new(),
-        };
-        eprintln!("notice: first contact with the relay at {server}: trusting its key {fingerprint}{saved}");
-    }
-    Ok(client)
-}
-
-fn connect_error(e: ClientError) -> anyhow::Error {
-    match e {
-        ClientError::Rule(rule) => anyhow::anyhow!("{rule}"),
-        other => anyhow::anyhow!(other),
-    }
-}
-
 /// Output: stdout lines, stderr errors, progress bars.
 struct Ui {
     out: io::Stdout,
@@ -315,51 +281,6 @@ impl Ui {
             }
             Line::None => Ok(()),
         }
-    }
-}
-
-/// Where and as whom to connect, to connect again after the link was lost.
-struct Dialer {
-    server: String,
-    config: ClientConfig,
-}
-
-impl Dialer {
-    /// Tries to connect again for up to `reconnect_for()`, with backoff (250 ms, doubling to
-    /// 5 s), after the connection was lost for `why`. The interactive client and the one-shot
-    /// commands share this one policy.
-    ///
-    /// A connection the relay closed with an error is not retried: the error says why, and
-    /// trying again would be refused again, or (LoggedInElsewhere) take the name back from the
-    /// user's other login, which would take it back in turn, in a loop. A refusal while
-    /// reconnecting (a wrong password) ends the attempts too.
-    fn reconnect(&self, why: &Disconnect, ui: &mut Ui) -> anyhow::Result<Client> {
-        if matches!(why, Disconnect::ServerError { .. }) {
-            anyhow::bail!("{why}");
-        }
-        let give_up = std::time::Instant::now() + reconnect_for();
-        ui.out(&notice_line(
-            now_ms(),
-            &format!("connection lost ({}); reconnecting", visible(&why.to_string())),
-        ))?;
-        let mut pause = std::time::Duration::from_millis(250);
-        let client = loop {
-            match Client::connect_tcp(&self.server, &self.config) {
-                Ok(client) => break client,
-                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_) | ClientError::Trust(_))) => {
-                    return Err(e.into())
-                }
-                Err(e) if std::time::Instant::now() + pause > give_up => {
-                    anyhow::bail!("{why}; could not reconnect: {e}")
-                }
-                Err(_) => {
-                    thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
-                }
-            }
-        };
-        ui.out(&notice_line(now_ms(), "reconnected"))?;
-        Ok(client)
     }
 }
 
@@ -404,13 +325,6 @@ impl Link {
     fn is_idle(&self) -> bool {
         self.catch_up.uploads_pending() == 0 && !self.receiving
     }
-}
-
-/// How long the terminal client keeps trying to reconnect: `RELAYCHAT_RECONNECT_FOR` seconds,
-/// default 60. Zero tries once, at once, and then gives up (the client exits non-zero).
-fn reconnect_for() -> std::time::Duration {
-    let secs = std::env::var("RELAYCHAT_RECONNECT_FOR").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    std::time::Duration::from_secs(secs)
 }
 
 /// The interactive loop: keyboard lines out, events in.
@@ -532,134 +446,6 @@ fn send_command(link: &mut Link, args: &str, ui: &mut Ui) {
     for path in paths {
         if let Err(e) = link.catch_up.send_file(&link.client, path.as_ref(), to) {
             ui.err(&format!("error: {}", visible(&e.to_string())));
-        }
-    }
-}
-
-/// `client send PATH... [--to NAME]`: upload, wait for every verdict, exit.
-///
-/// A lost connection is not the end: the command reconnects (the same policy as the interactive
-/// client, [`Dialer::reconnect`]) and sends again every file the relay has not yet stored. The
-/// relay resumes each where it stopped (uploads are keyed by path, size and modification time;
-/// see `client/upload.rs`). A failure reported just before the link went down is therefore not
-/// final and not shown; only the verdicts of the connection that sees every file through count.
-fn send_once(
-    dialer: &Dialer,
-    client: Client,
-    paths: &[PathBuf],
-    to: Option<&str>,
-    ui: &mut Ui,
-) -> anyhow::Result<Exit> {
-    let mut client = client;
-    let mut left: Vec<&PathBuf> = paths.iter().collect();
-    let mut refused = 0; // files that cannot be sent at all (not found, a directory, ...)
-    loop {
-        // The upload thread sends files one after another, so verdicts come in queue order.
-        let mut queued = Vec::new();
-        for path in left {
-            match client.send_file(path, to) {
-                Ok(()) => queued.push(path),
-                Err(ClientError::Disconnected) => queued.push(path), // the event will say why
-                Err(e) => {
-                    ui.err(&format!("error: {}", visible(&e.to_string())));
-                    refused += 1;
-                }
-            }
-        }
-        let mut failures = Vec::new();
-        let mut verdicts = 0;
-        let lost = loop {
-            if verdicts == queued.len() {
-                break None;
-            }
-            let event = match client.events().recv() {
-                Ok(event) => event,
-                Err(_) => break Some(Disconnect::Closed),
-            };
-            match &event {
-                Event::Disconnected(why) => break Some(why.clone()),
-                Event::Uploaded { .. } => verdicts += 1,
-                Event::TransferFailed { direction: Direction::Up, .. } => {
-                    verdicts += 1;
-                    failures.push((queued[verdicts - 1], event));
-                    continue; // shown once the connection has lasted to the end
-                }
-                Event::Progress { .. } => {}
-                _ => continue, // chat and notices are not this command's business
-            }
-            ui.show(&event)?;
-        };
-        match lost {
-            None => {
-                for (_, failure) in &failures {
-                    ui.show(failure)?;
-                }
-                client.close();
-                let ok = failures.is_empty() && refused == 0;
-                return Ok(if ok { Exit::Success } else { Exit::Error });
-            }
-            Some(why) => {
-                // Everything without an `Uploaded` is sent again: the rest of this round, and
-                // the ones whose failure may have been the link going down.
-                let mut again: Vec<&PathBuf> = queued[verdicts..].to_vec();
-                again.extend(failures.iter().map(|(path, _)| *path));
-                left = again;
-                client = dialer.reconnect(&why, ui)?;
-            }
-        }
-    }
-}
-
-/// `client receive`: download everything waiting, exit.
-///
-/// Like `send`, it rides out a lost connection: it reconnects and asks again for what is still
-/// waiting. Files already downloaded were verified and marked received, so they are not offered
-/// again, and a half-downloaded file resumes from its `.part` file.
-fn receive_once(dialer: &Dialer, client: Client, ui: &mut Ui) -> anyhow::Result<Exit> {
-    let mut client = client;
-    let mut received = 0;
-    loop {
-        let mut failures = Vec::new();
-        let lost = match client.receive_all(&ui.downloads) {
-            Err(ClientError::Disconnected) => wait_for_disconnect(&client),
-            Err(e) => return Err(e.into()),
-            Ok(()) => loop {
-                let event = match client.events().recv() {
-                    Ok(event) => event,
-                    Err(_) => break Disconnect::Closed,
-                };
-                match &event {
-                    Event::Disconnected(why) => break why.clone(),
-                    Event::ReceiveFinished { failed, .. } => {
-                        let failed = *failed;
-                        for failure in &failures {
-                            ui.show(failure)?;
-                        }
-                        ui.show(&Event::ReceiveFinished { received, failed })?;
-                        client.close();
-                        return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
-                    }
-                    Event::Downloaded { .. } => {
-                        received += 1;
-                        ui.show(&event)?
-                    }
-                    Event::TransferFailed { .. } => failures.push(event),
-                    Event::Progress { .. } => ui.show(&event)?,
-                    _ => {}
-                }
-            },
-        };
-        client = dialer.reconnect(&lost, ui)?;
-    }
-}
-
-/// The reason a client's connection ended, once it has.
-fn wait_for_disconnect(client: &Client) -> Disconnect {
-    loop {
-        match client.events().recv() {
-            Ok(Event::Disconnected(why)) => return why,
-            Ok(_) => {}
-            Err(_) => return Disconnect::Closed,
         }
     }
 }

@@ -1,0 +1,137 @@
+//! The one-shot commands for scripts: `client send` and `client receive`. Each connects, does
+//! one thing, and exits 0 only when it is done, riding out lost connections on the way.
+
+use super::dial::Dialer;
+use super::Ui;
+use crate::cli::Exit;
+use crate::client::{Client, ClientError, Direction, Disconnect, Event};
+use crate::display::visible;
+use std::path::PathBuf;
+
+/// `client send PATH... [--to NAME]`: upload, wait for every verdict, exit.
+///
+/// A lost connection is not the end: the command reconnects (the same policy as the interactive
+/// client, [`Dialer::reconnect`]) and sends again every file the relay has not yet stored. The
+/// relay resumes each where it stopped (uploads are keyed by path, size and modification time;
+/// see `client/upload.rs`). A failure reported just before the link went down is therefore not
+/// final and not shown; only the verdicts of the connection that sees every file through count.
+pub(super) fn send_once(
+    dialer: &Dialer,
+    client: Client,
+    paths: &[PathBuf],
+    to: Option<&str>,
+    ui: &mut Ui,
+) -> anyhow::Result<Exit> {
+    let mut client = client;
+    let mut left: Vec<&PathBuf> = paths.iter().collect();
+    let mut refused = 0; // files that cannot be sent at all (not found, a directory, ...)
+    loop {
+        // The upload thread sends files one after another, so verdicts come in queue order.
+        let mut queued = Vec::new();
+        for path in left {
+            match client.send_file(path, to) {
+                Ok(()) => queued.push(path),
+                Err(ClientError::Disconnected) => queued.push(path), // the event will say why
+                Err(e) => {
+                    ui.err(&format!("error: {}", visible(&e.to_string())));
+                    refused += 1;
+                }
+            }
+        }
+        let mut failures = Vec::new();
+        let mut verdicts = 0;
+        let lost = loop {
+            if verdicts == queued.len() {
+                break None;
+            }
+            let event = match client.events().recv() {
+                Ok(event) => event,
+                Err(_) => break Some(Disconnect::Closed),
+            };
+            match &event {
+                Event::Disconnected(why) => break Some(why.clone()),
+                Event::Uploaded { .. } => verdicts += 1,
+                Event::TransferFailed { direction: Direction::Up, .. } => {
+                    verdicts += 1;
+                    failures.push((queued[verdicts - 1], event));
+                    continue; // shown once the connection has lasted to the end
+                }
+                Event::Progress { .. } => {}
+                _ => continue, // chat and notices are not this command's business
+            }
+            ui.show(&event)?;
+        };
+        match lost {
+            None => {
+                for (_, failure) in &failures {
+                    ui.show(failure)?;
+                }
+                client.close();
+                let ok = failures.is_empty() && refused == 0;
+                return Ok(if ok { Exit::Success } else { Exit::Error });
+            }
+            Some(why) => {
+                // Everything without an `Uploaded` is sent again: the rest of this round, and
+                // the ones whose failure may have been the link going down.
+                let mut again: Vec<&PathBuf> = queued[verdicts..].to_vec();
+                again.extend(failures.iter().map(|(path, _)| *path));
+                left = again;
+                client = dialer.reconnect(&why, ui)?;
+            }
+        }
+    }
+}
+
+/// `client receive`: download everything waiting, exit.
+///
+/// Like `send`, it rides out a lost connection: it reconnects and asks again for what is still
+/// waiting. Files already downloaded were verified and marked received, so they are not offered
+/// again, and a half-downloaded file resumes from its `.part` file.
+pub(super) fn receive_once(dialer: &Dialer, client: Client, ui: &mut Ui) -> anyhow::Result<Exit> {
+    let mut client = client;
+    let mut received = 0;
+    loop {
+        let mut failures = Vec::new();
+        let lost = match client.receive_all(&ui.downloads) {
+            Err(ClientError::Disconnected) => wait_for_disconnect(&client),
+            Err(e) => return Err(e.into()),
+            Ok(()) => loop {
+                let event = match client.events().recv() {
+                    Ok(event) => event,
+                    Err(_) => break Disconnect::Closed,
+                };
+                match &event {
+                    Event::Disconnected(why) => break why.clone(),
+                    Event::ReceiveFinished { failed, .. } => {
+                        let failed = *failed;
+                        for failure in &failures {
+                            ui.show(failure)?;
+                        }
+                        ui.show(&Event::ReceiveFinished { received, failed })?;
+                        client.close();
+                        return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
+                    }
+                    Event::Downloaded { .. } => {
+                        received += 1;
+                        ui.show(&event)?
+                    }
+                    Event::TransferFailed { .. } => failures.push(event),
+                    Event::Progress { .. } => ui.show(&event)?,
+                    _ => {}
+                }
+            },
+        };
+        client = dialer.reconnect(&lost, ui)?;
+    }
+}
+
+/// The reason a client's connection ended, once it has.
+fn wait_for_disconnect(client: &Client) -> Disconnect {
+    loop {
+        match client.events().recv() {
+            Ok(Event::Disconnected(why)) => return why,
+            Ok(_) => {}
+            Err(_) => return Disconnect::Closed,
+        }
+    }
+}
