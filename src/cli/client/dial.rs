@@ -3,9 +3,9 @@
 //! share.
 
 use std::io;
+use std::thread;
 
 use anyhow::Context as _;
-use std::thread;
 
 use super::Ui;
 use crate::client::{Client, ClientConfig, ClientError, Disconnect, Security, Trust, TrustError, Verdict};

@@ -1,12 +1,13 @@
 //! The one-shot commands for scripts: `client send` and `client receive`. Each connects, does
 //! one thing, and exits 0 only when it is done, riding out lost connections on the way.
 
+use std::path::PathBuf;
+
 use super::dial::Dialer;
 use super::Ui;
 use crate::cli::Exit;
 use crate::client::{Client, ClientError, Direction, Disconnect, Event};
 use crate::display::visible;
-use std::path::PathBuf;
 
 /// `client send PATH... [--to NAME]`: upload, wait for every verdict, exit.
 ///
