@@ -13,6 +13,18 @@
 //! for `stall_limit`, or when the bytes queued and held back for it pass `max_queued_bytes`, or
 //! when it has a backlog while all clients together hold more than `max_queued_total` (see
 //! [`meter`]). The limits are in [`ServerConfig`]; a broadcast is encoded once and shared (`Arc`).
+//!
+//! ## One thread, one idea per file
+//!
+//! The hub is one thread with one owner of all its state (this file: [`Hub`], and `handle`, the
+//! loop's one `match`). What it does with that state is split by idea:
+//!
+//! - `presence.rs`: who is here: joining, taking a name over, leaving, the online list;
+//! - `delivery.rs`: getting frames to clients without blocking: queues, backlogs, cutting the
+//!   stuck;
+//! - `chat.rs`: messages: storing them in batches, receipts, offline delivery a page at a time;
+//! - `files.rs`: who an upload is for, storing it, the lists of waiting and expired files;
+//! - `brake.rs`: failed logins, per address and per account; `meter.rs`: bytes queued.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,21 +32,23 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 pub(crate) mod brake;
 mod chat;
+mod delivery;
+mod files;
 mod meter;
+mod presence;
 
 use meter::Meter;
 pub(crate) use meter::Outgoing;
 
 use super::accept::address_key;
 use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Grant, TokenHash};
-use super::store::{DownloadPlan, Refusal, Store, UploadPlan, UploadRequest};
+use super::store::{DownloadPlan, Refusal, Store, UploadPlan};
 use super::ServerConfig;
-use crate::frame::{self, ErrorCode, FileInfo, Frame};
-use crate::rules;
+use crate::frame::{self, ErrorCode, Frame};
 use crate::wire::Closer;
 
 /// One encoded frame, shared by every client it goes to: a broadcast is encoded once.
@@ -355,356 +369,6 @@ impl Hub {
         }
     }
 
-    /// Sends `name` every "your file expired" notice waiting for it.
-    fn tell_expired(&mut self, id: ConnId, name: &str) {
-        for notice in self.store.notices_for(name) {
-            self.send_to(id, &Frame::FileExpired { from: notice.sender, name: notice.name });
-        }
-    }
-
-    /// Works out the recipients and asks the store for room. `to` names one user: someone online,
-    /// or an account (a file waits on the relay only for a name someone owns). Empty means
-    /// everyone else in the sender's room right now. Guests among the recipients get the file only
-    /// while their session lasts.
-    fn begin_upload(
-        &mut self,
-        id: ConnId,
-        key: &str,
-        name: &str,
-        size: u64,
-        to: &str,
-    ) -> Result<UploadPlan, Refusal> {
-        let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
-        let (sender, room) = (peer.name.clone(), peer.room.clone());
-        let addr = self.conns.get(&id).map_or(IpAddr::from([0, 0, 0, 0]), |c| address_key(c.addr.ip()));
-        let candidates: Vec<String> = if to.is_empty() {
-            let members = self.rooms.get(&room);
-            let others: Vec<String> =
-                members.map(|m| m.keys().filter(|m| **m != sender).cloned().collect()).unwrap_or_default();
-            if others.is_empty() {
-                return Err((
-                    ErrorCode::NoRecipients,
-                    format!("nobody else is in {room}; name a recipient with --to NAME"),
-                ));
-            }
-            others
-        } else {
-            rules::check_name(to)
-                .map_err(|e| (ErrorCode::UnknownRecipient, format!("bad recipient: {e}")))?;
-            if !self.names.contains_key(to) && !self.store.has_account(to) {
-                return Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a file")));
-            }
-            vec![to.to_owned()]
-        };
-        let limit = self.store.limits().files_per_recipient as u64;
-        let (mut recipients, mut guests, mut full) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
-        for who in candidates {
-            if self.store.files_waiting(&who) >= limit {
-                full.push(who);
-                continue;
-            }
-            if self.names.get(&who).and_then(|&c| self.peer(c)).is_some_and(|p| !p.account) {
-                guests.insert(who.clone());
-            }
-            recipients.insert(who);
-        }
-        if recipients.is_empty() {
-            return Err((
-                ErrorCode::RecipientFull,
-                format!(
-                    "{} already {} {limit} files waiting; nothing more can wait until they receive some",
-                    full.join(", "),
-                    if full.len() == 1 { "has" } else { "have" }
-                ),
-            ));
-        }
-        self.store.begin_upload(UploadRequest {
-            conn: id,
-            sender: &sender,
-            key,
-            name,
-            size,
-            recipients,
-            guests,
-            addr,
-        })
-    }
-
-    fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
-        match self.store.commit_upload(id, upload_id, sha256) {
-            Ok(info) => {
-                let recipients: Vec<String> = self.store.recipients(info.file_id);
-                log::info!(
-                    "{} stored {:?} ({} bytes) as file {} for {}",
-                    info.from,
-                    info.name,
-                    info.size,
-                    info.file_id,
-                    recipients.join(", ")
-                );
-                self.send_to(id, &Frame::UploadDone { upload_id, file_id: info.file_id });
-                let announce = Frame::NewFile(info);
-                for name in recipients {
-                    if let Some(&target) = self.names.get(&name) {
-                        self.send_to(target, &announce);
-                    }
-                }
-            }
-            Err((code, message)) => self.send_to(id, &Frame::UploadFailed { upload_id, code, message }),
-        }
-    }
-
-    fn join(&mut self, id: ConnId, joining: Joining, to_client: Sender<Outgoing>) {
-        let Joining { name, room, account, token } = joining;
-        let Some(addr) = self.conns.get(&id).map(|c| c.addr) else {
-            return;
-        };
-        if let Some(&old) = self.names.get(&name) {
-            if self.may_take_over(old, account, token) {
-                self.take_over(old, addr);
-            }
-        }
-        if self.names.contains_key(&name) {
-            log::info!("{addr}: refused: name {name:?} is taken");
-            let message = format!("the name {name:?} is already taken; choose another with --name");
-            // Queue the error and drop the sender right away: the writer writes the error, sees
-            // its queue closed, and ends the connection.
-            let meter = Meter::new(self.queued_total.clone());
-            let error = encode(&Frame::Error { code: ErrorCode::NameTaken, message });
-            let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
-            return;
-        }
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        conn.peer = Some(Peer {
-            name: name.clone(),
-            room: room.clone(),
-            account,
-            token,
-            to_client,
-            backlog: VecDeque::new(),
-            meter: Meter::new(self.queued_total.clone()),
-            last_progress: Instant::now(),
-            catching_up: None,
-            receipts: VecDeque::new(),
-        });
-        self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
-        log::info!("{addr}: {name} joined {room}");
-        self.names.insert(name.clone(), id);
-        self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
-        self.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
-        self.who(id);
-        for info in self.store.waiting_for(&name) {
-            self.send_to(id, &Frame::NewFile(info));
-        }
-        self.tell_expired(id, &name);
-        self.catch_up(id, &name, &room, account);
-    }
-
-    /// Whether a hello for a name that is online may take it over from connection `old`. The
-    /// person must prove they are the one holding it: an account holder by the account's
-    /// password or machine token (checked in `login.rs` before the hello got here), a guest by
-    /// the same identity token it joined with (its resume secret: only the same machine and OS
-    /// account has it). A guest never takes an account holder's name, nor the other way round.
-    ///
-    /// This is what gives a user their name back at once after a crash, a dead Wi-Fi or a
-    /// client killed with `kill -9`: the relay may not have noticed yet that the old connection
-    /// is gone (a vanished link takes up to `--idle-timeout` to notice), and the new login must
-    /// not lose a race against that.
-    fn may_take_over(&self, old: ConnId, account: bool, token: Option<TokenHash>) -> bool {
-        let Some(peer) = self.peer(old) else { return false };
-        match (peer.account, account) {
-            (true, true) => true,
-            (false, false) => token.is_some() && peer.token == token,
-            _ => false,
-        }
-    }
-
-    /// Ends connection `old`'s session because its name was taken over from `by`. The old client
-    /// hears why (LoggedInElsewhere, which its client must not answer by reconnecting, or the
-    /// two would take the name from each other in a loop), and its uploads are released at once
-    /// so the new connection can resume them.
-    fn take_over(&mut self, old: ConnId, by: SocketAddr) {
-        let message = format!("you logged in elsewhere (from {}); this connection is closed", by.ip());
-        self.send_to(old, &Frame::Error { code: ErrorCode::LoggedInElsewhere, message });
-        self.store.release(old);
-        self.depart(old, &format!("logged in elsewhere, from {by}"), true);
-    }
-
-    fn who(&mut self, id: ConnId) {
-        let Some(peer) = self.peer(id) else { return };
-        let room = peer.room.clone();
-        let names: Vec<String> =
-            self.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        let pages = paged(names, NAMES_PER_FRAME);
-        for (names, more) in pages {
-            self.send_to(id, &Frame::Online { room: room.clone(), names, more });
-        }
-    }
-
-    /// The files waiting for a client, in as many `FileList` frames as it takes.
-    fn send_file_list(&mut self, id: ConnId, files: Vec<FileInfo>) {
-        for (files, more) in paged(files, FILES_PER_FRAME) {
-            self.send_to(id, &Frame::FileList { files, more });
-        }
-    }
-
-    /// Removes a joined client from its room and tells the room. Dropping the peer drops the
-    /// queue's sender, which is how the writer thread learns to finish and close the socket.
-    fn leave(&mut self, id: ConnId, why: &str) {
-        self.depart(id, why, false)
-    }
-
-    /// [`Hub::leave`], and `taken_over` says the same person carries on under the same name on
-    /// another connection: then a guest's files and uploads stay for the new session.
-    fn depart(&mut self, id: ConnId, why: &str, taken_over: bool) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let Some(peer) = conn.peer.take() else { return };
-        log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
-        self.names.remove(&peer.name);
-        self.catching_up.remove(&id);
-        if !peer.account && !taken_over {
-            // Nothing waits for a guest after its session: the name is nobody's.
-            self.store.drop_guest(&peer.name);
-        }
-        // What the hub remembers about a name or a room lives only while someone online needs
-        // it (it is read back from the store when needed again): strangers make up names and
-        // rooms, and the hub must not keep one entry for each forever.
-        self.highest_client_id.remove(&peer.name);
-        if let Some(members) = self.rooms.get_mut(&peer.room) {
-            members.remove(&peer.name);
-            if members.is_empty() {
-                self.rooms.remove(&peer.room);
-                self.members.remove(&peer.room);
-            }
-        }
-        self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });
-    }
-
-    /// Sends one frame to everyone in `room` except `skip`.
-    fn broadcast(&mut self, room: &str, skip: Option<ConnId>, frame: &Frame) {
-        let Some(members) = self.rooms.get(room) else {
-            return;
-        };
-        let bytes = encode(frame);
-        let targets: Vec<ConnId> = members.values().copied().filter(|&m| Some(m) != skip).collect();
-        let fanout = targets.len();
-        for target in targets {
-            self.push(target, bytes.clone(), fanout);
-        }
-    }
-
-    fn send_to(&mut self, id: ConnId, frame: &Frame) {
-        self.push(id, encode(frame), 1);
-    }
-
-    /// Queues bytes for one client without ever blocking (see the module docs). `fanout` is how
-    /// many clients share these bytes (for the relay-wide count; see [`meter`]).
-    fn push(&mut self, id: ConnId, bytes: Bytes, fanout: usize) {
-        let (max_client, max_total) = (self.config.max_queued_bytes, self.config.max_queued_total);
-        let Some(peer) = self.peer_mut(id) else {
-            return;
-        };
-        let item = Outgoing::new(bytes, &peer.meter, fanout);
-        let over_total = peer.meter.total_bytes() > max_total;
-        if !peer.backlog.is_empty() {
-            peer.backlog.push_back(item);
-        } else {
-            match peer.to_client.try_send(item) {
-                Ok(()) => {}
-                Err(TrySendError::Full(item)) => {
-                    peer.backlog.push_back(item);
-                    peer.last_progress = Instant::now();
-                    self.backlogged.insert(id);
-                }
-                // The writer has ended (socket error); the connection thread will report `Closed`.
-                Err(TrySendError::Disconnected(_)) => return,
-            }
-        }
-        let Some(peer) = self.peer(id) else { return };
-        let held = peer.meter.client_bytes();
-        if held > max_client {
-            self.too_slow.push((id, format!("{held} bytes queued (the limit is {max_client})")));
-        } else if over_total && !peer.backlog.is_empty() {
-            self.too_slow.push((
-                id,
-                format!("{held} bytes held back while the relay holds too much for slow clients"),
-            ));
-        }
-    }
-
-    fn any_backlog(&self) -> bool {
-        !self.backlogged.is_empty()
-    }
-
-    /// Moves held-back frames into queues that have room, and disconnects clients that stayed
-    /// stuck for too long or hold too much.
-    fn retry_backlogs(&mut self) {
-        let stall_limit = self.config.stall_limit;
-        let conns = &mut self.conns;
-        let too_slow = &mut self.too_slow;
-        self.backlogged.retain(|id| {
-            let Some(peer) = conns.get_mut(id).and_then(|c| c.peer.as_mut()) else {
-                return false; // gone: nothing left to send
-            };
-            while let Some(item) = peer.backlog.pop_front() {
-                match peer.to_client.try_send(item) {
-                    Ok(()) => peer.last_progress = Instant::now(),
-                    Err(TrySendError::Full(item)) | Err(TrySendError::Disconnected(item)) => {
-                        peer.backlog.push_front(item);
-                        break;
-                    }
-                }
-            }
-            if peer.backlog.is_empty() {
-                return false;
-            }
-            let stalled = peer.last_progress.elapsed();
-            if stalled > stall_limit {
-                too_slow.push((*id, format!("no progress for {:.1} s", stalled.as_secs_f64())));
-            }
-            true
-        });
-        self.cut_too_slow();
-    }
-
-    /// Disconnects the clients found too slow during this turn. Their queued frames are dropped
-    /// with their queues, which gives the memory back.
-    fn cut_too_slow(&mut self) {
-        for (id, why) in std::mem::take(&mut self.too_slow) {
-            let Some(conn) = self.conns.get(&id) else { continue };
-            if conn.peer.is_none() {
-                continue; // already cut this turn
-            }
-            self.leave(id, &format!("too slow: {why}"));
-            // Its queue is full, so an error frame could not get through; just cut the socket.
-            if let Some(conn) = self.conns.get(&id) {
-                conn.closer.close();
-            }
-        }
-    }
-
-    /// Shutdown step 2: queue a goodbye for every joined client, then drop every queue sender.
-    fn say_goodbye_to_all(self) -> Vec<Closer> {
-        let bye = encode(&Frame::Goodbye);
-        let mut closers = Vec::with_capacity(self.conns.len());
-        for (_, conn) in self.conns {
-            match conn.peer {
-                // Best effort: a client whose queue is full gets cut at the end of the grace time.
-                Some(peer) => {
-                    let _ = peer.to_client.try_send(Outgoing::new(bye.clone(), &peer.meter, 1));
-                }
-                // Still in the hello phase: nothing to say goodbye to, cut it now.
-                None => conn.closer.close(),
-            }
-            closers.push(conn.closer);
-        }
-        closers
-    }
-
     fn peer(&self, id: ConnId) -> Option<&Peer> {
         self.conns.get(&id)?.peer.as_ref()
     }
@@ -739,6 +403,7 @@ fn encode(frame: &Frame) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FileInfo;
 
     #[test]
     fn lists_are_cut_into_pages_that_always_fit_a_frame() {

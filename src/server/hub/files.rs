@@ -1,0 +1,120 @@
+//! The hub's side of files: who an upload is for, storing it when it is verified, the list of
+//! files waiting for someone, and telling them about expired ones. The bytes themselves move on
+//! the connections' own threads (`server/transfer.rs`).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::{offline_stranger, paged, ConnId, Hub, FILES_PER_FRAME};
+use crate::frame::{ErrorCode, FileInfo, Frame};
+use crate::rules;
+use crate::server::accept::address_key;
+use crate::server::store::{Refusal, UploadPlan, UploadRequest};
+
+impl Hub {
+    /// Sends `name` every "your file expired" notice waiting for it.
+    pub(super) fn tell_expired(&mut self, id: ConnId, name: &str) {
+        for notice in self.store.notices_for(name) {
+            self.send_to(id, &Frame::FileExpired { from: notice.sender, name: notice.name });
+        }
+    }
+
+    /// Works out the recipients and asks the store for room. `to` names one user: someone online,
+    /// or an account (a file waits on the relay only for a name someone owns). Empty means
+    /// everyone else in the sender's room right now. Guests among the recipients get the file only
+    /// while their session lasts.
+    pub(super) fn begin_upload(
+        &mut self,
+        id: ConnId,
+        key: &str,
+        name: &str,
+        size: u64,
+        to: &str,
+    ) -> Result<UploadPlan, Refusal> {
+        let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
+        let (sender, room) = (peer.name.clone(), peer.room.clone());
+        let addr = self.conns.get(&id).map_or(IpAddr::from([0, 0, 0, 0]), |c| address_key(c.addr.ip()));
+        let candidates: Vec<String> = if to.is_empty() {
+            let members = self.rooms.get(&room);
+            let others: Vec<String> =
+                members.map(|m| m.keys().filter(|m| **m != sender).cloned().collect()).unwrap_or_default();
+            if others.is_empty() {
+                return Err((
+                    ErrorCode::NoRecipients,
+                    format!("nobody else is in {room}; name a recipient with --to NAME"),
+                ));
+            }
+            others
+        } else {
+            rules::check_name(to)
+                .map_err(|e| (ErrorCode::UnknownRecipient, format!("bad recipient: {e}")))?;
+            if !self.names.contains_key(to) && !self.store.has_account(to) {
+                return Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a file")));
+            }
+            vec![to.to_owned()]
+        };
+        let limit = self.store.limits().files_per_recipient as u64;
+        let (mut recipients, mut guests, mut full) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+        for who in candidates {
+            if self.store.files_waiting(&who) >= limit {
+                full.push(who);
+                continue;
+            }
+            if self.names.get(&who).and_then(|&c| self.peer(c)).is_some_and(|p| !p.account) {
+                guests.insert(who.clone());
+            }
+            recipients.insert(who);
+        }
+        if recipients.is_empty() {
+            return Err((
+                ErrorCode::RecipientFull,
+                format!(
+                    "{} already {} {limit} files waiting; nothing more can wait until they receive some",
+                    full.join(", "),
+                    if full.len() == 1 { "has" } else { "have" }
+                ),
+            ));
+        }
+        self.store.begin_upload(UploadRequest {
+            conn: id,
+            sender: &sender,
+            key,
+            name,
+            size,
+            recipients,
+            guests,
+            addr,
+        })
+    }
+
+    pub(super) fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
+        match self.store.commit_upload(id, upload_id, sha256) {
+            Ok(info) => {
+                let recipients: Vec<String> = self.store.recipients(info.file_id);
+                log::info!(
+                    "{} stored {:?} ({} bytes) as file {} for {}",
+                    info.from,
+                    info.name,
+                    info.size,
+                    info.file_id,
+                    recipients.join(", ")
+                );
+                self.send_to(id, &Frame::UploadDone { upload_id, file_id: info.file_id });
+                let announce = Frame::NewFile(info);
+                for name in recipients {
+                    if let Some(&target) = self.names.get(&name) {
+                        self.send_to(target, &announce);
+                    }
+                }
+            }
+            Err((code, message)) => self.send_to(id, &Frame::UploadFailed { upload_id, code, message }),
+        }
+    }
+
+    /// The files waiting for a client, in as many `FileList` frames as it takes.
+    pub(super) fn send_file_list(&mut self, id: ConnId, files: Vec<FileInfo>) {
+        for (files, more) in paged(files, FILES_PER_FRAME) {
+            self.send_to(id, &Frame::FileList { files, more });
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Who is here: joining (and taking a name over from a stale connection), leaving, and the
+//! online list. One of the hub's jobs, in a file of its own; the state is the hub's (`mod.rs`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::meter::{Meter, Outgoing};
+use super::{encode, paged, Hub, Joining, Peer, NAMES_PER_FRAME};
+use super::{ConnId, TokenHash};
+use crate::frame::{ErrorCode, Frame};
+
+impl Hub {
+    pub(super) fn join(&mut self, id: ConnId, joining: Joining, to_client: Sender<Outgoing>) {
+        let Joining { name, room, account, token } = joining;
+        let Some(addr) = self.conns.get(&id).map(|c| c.addr) else {
+            return;
+        };
+        if let Some(&old) = self.names.get(&name) {
+            if self.may_take_over(old, account, token) {
+                self.take_over(old, addr);
+            }
+        }
+        if self.names.contains_key(&name) {
+            log::info!("{addr}: refused: name {name:?} is taken");
+            let message = format!("the name {name:?} is already taken; choose another with --name");
+            // Queue the error and drop the sender right away: the writer writes the error, sees
+            // its queue closed, and ends the connection.
+            let meter = Meter::new(self.queued_total.clone());
+            let error = encode(&Frame::Error { code: ErrorCode::NameTaken, message });
+            let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.peer = Some(Peer {
+            name: name.clone(),
+            room: room.clone(),
+            account,
+            token,
+            to_client,
+            backlog: VecDeque::new(),
+            meter: Meter::new(self.queued_total.clone()),
+            last_progress: Instant::now(),
+            catching_up: None,
+            receipts: VecDeque::new(),
+        });
+        self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
+        log::info!("{addr}: {name} joined {room}");
+        self.names.insert(name.clone(), id);
+        self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
+        self.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
+        self.who(id);
+        for info in self.store.waiting_for(&name) {
+            self.send_to(id, &Frame::NewFile(info));
+        }
+        self.tell_expired(id, &name);
+        self.catch_up(id, &name, &room, account);
+    }
+
+    /// Whether a hello for a name that is online may take it over from connection `old`. The
+    /// person must prove they are the one holding it: an account holder by the account's
+    /// password or machine token (checked in `login.rs` before the hello got here), a guest by
+    /// the same identity token it joined with (its resume secret: only the same machine and OS
+    /// account has it). A guest never takes an account holder's name, nor the other way round.
+    ///
+    /// This is what gives a user their name back at once after a crash, a dead Wi-Fi or a
+    /// client killed with `kill -9`: the relay may not have noticed yet that the old connection
+    /// is gone (a vanished link takes up to `--idle-timeout` to notice), and the new login must
+    /// not lose a race against that.
+    pub(super) fn may_take_over(&self, old: ConnId, account: bool, token: Option<TokenHash>) -> bool {
+        let Some(peer) = self.peer(old) else { return false };
+        match (peer.account, account) {
+            (true, true) => true,
+            (false, false) => token.is_some() && peer.token == token,
+            _ => false,
+        }
+    }
+
+    /// Ends connection `old`'s session because its name was taken over from `by`. The old client
+    /// hears why (LoggedInElsewhere, which its client must not answer by reconnecting, or the
+    /// two would take the name from each other in a loop), and its uploads are released at once
+    /// so the new connection can resume them.
+    pub(super) fn take_over(&mut self, old: ConnId, by: SocketAddr) {
+        let message = format!("you logged in elsewhere (from {}); this connection is closed", by.ip());
+        self.send_to(old, &Frame::Error { code: ErrorCode::LoggedInElsewhere, message });
+        self.store.release(old);
+        self.depart(old, &format!("logged in elsewhere, from {by}"), true);
+    }
+
+    pub(super) fn who(&mut self, id: ConnId) {
+        let Some(peer) = self.peer(id) else { return };
+        let room = peer.room.clone();
+        let names: Vec<String> =
+            self.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let pages = paged(names, NAMES_PER_FRAME);
+        for (names, more) in pages {
+            self.send_to(id, &Frame::Online { room: room.clone(), names, more });
+        }
+    }
+
+    /// Removes a joined client from its room and tells the room. Dropping the peer drops the
+    /// queue's sender, which is how the writer thread learns to finish and close the socket.
+    pub(super) fn leave(&mut self, id: ConnId, why: &str) {
+        self.depart(id, why, false)
+    }
+
+    /// [`Hub::leave`], and `taken_over` says the same person carries on under the same name on
+    /// another connection: then a guest's files and uploads stay for the new session.
+    pub(super) fn depart(&mut self, id: ConnId, why: &str, taken_over: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(peer) = conn.peer.take() else { return };
+        log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
+        self.names.remove(&peer.name);
+        self.catching_up.remove(&id);
+        if !peer.account && !taken_over {
+            // Nothing waits for a guest after its session: the name is nobody's.
+            self.store.drop_guest(&peer.name);
+        }
+        // What the hub remembers about a name or a room lives only while someone online needs
+        // it (it is read back from the store when needed again): strangers make up names and
+        // rooms, and the hub must not keep one entry for each forever.
+        self.highest_client_id.remove(&peer.name);
+        if let Some(members) = self.rooms.get_mut(&peer.room) {
+            members.remove(&peer.name);
+            if members.is_empty() {
+                self.rooms.remove(&peer.room);
+                self.members.remove(&peer.room);
+            }
+        }
+        self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });
+    }
+}
