@@ -29,6 +29,7 @@
 mod accounts;
 mod db;
 mod legacy;
+mod messages;
 mod uploads;
 mod waiting;
 
@@ -41,8 +42,9 @@ use std::time::{Duration, Instant};
 use crate::clock::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::hub::ConnId;
+pub(crate) use db::Notice;
 use db::{Db, InsertError, NewFile};
-pub(crate) use db::{NewMessage, Notice, StoredMessage};
+pub(crate) use messages::{NewMessage, StoredMessage};
 use uploads::Partial;
 pub(crate) use uploads::UploadRequest;
 

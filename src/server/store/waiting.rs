@@ -7,7 +7,8 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::db::{stored_message, Db, StoredMessage};
+use super::db::Db;
+use super::messages::{stored_message, StoredMessage};
 
 impl Db {
     /// Whether `name` is an account (claimed with a password or bound to a machine).
