@@ -27,6 +27,7 @@
 //! [`Client::close`] is the orderly way out: it cancels transfers, queues a goodbye, lets the writer
 //! send everything still in the send queue, and joins every thread.
 
+mod backoff;
 mod catch_up;
 mod download;
 mod event;
@@ -35,6 +36,7 @@ mod reader;
 pub mod trust;
 mod upload;
 
+pub use backoff::Backoff;
 pub use catch_up::CatchUp;
 pub use event::{ClientError, Direction, Disconnect, Event, Mark};
 pub use trust::{FirstContact, Trust, TrustError, Verdict};

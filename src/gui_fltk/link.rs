@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 
 use crate::client::{
-    CatchUp, Client, ClientConfig, ClientError, Disconnect, Event, Security, Trust, TrustError,
+    Backoff, CatchUp, Client, ClientConfig, ClientError, Disconnect, Event, Security, Trust, TrustError,
 };
 
 /// What the GUI asks for.
@@ -47,9 +47,6 @@ pub enum LinkEvent {
     /// A command could not be carried out (for example: not connected right now).
     Problem(String),
 }
-
-/// Longest wait between two reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The network thread and the two channels to talk to it.
 pub struct Link {
@@ -112,12 +109,13 @@ impl Looper {
     }
 
     fn run(mut self) {
-        let mut backoff = Duration::from_secs(1);
+        // The same waits as the terminal client's (`client::Backoff`); the window never gives up.
+        let mut backoff = Backoff::default();
         let mut connected_before = false;
         loop {
             let why = match Client::connect_tcp(&self.server, &self.config) {
                 Ok(client) => {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     let (name, room) = (client.name().to_owned(), client.room().to_owned());
                     if !self.tell(LinkEvent::Connected { name, room, again: connected_before }) {
                         return client.close();
@@ -142,10 +140,10 @@ impl Looper {
                 }
                 Err(e) => e.to_string(),
             };
-            if !self.tell(LinkEvent::Reconnecting { why, retry_in: backoff }) || !self.wait(backoff) {
+            let pause = backoff.next_pause();
+            if !self.tell(LinkEvent::Reconnecting { why, retry_in: pause }) || !self.wait(pause) {
                 return;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

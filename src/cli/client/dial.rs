@@ -8,7 +8,9 @@ use std::thread;
 use anyhow::Context as _;
 
 use super::Ui;
-use crate::client::{Client, ClientConfig, ClientError, Disconnect, Security, Trust, TrustError, Verdict};
+use crate::client::{
+    Backoff, Client, ClientConfig, ClientError, Disconnect, Security, Trust, TrustError, Verdict,
+};
 use crate::clock::now_ms;
 use crate::display::{notice_line, visible};
 
@@ -58,9 +60,9 @@ pub(super) struct Dialer {
 }
 
 impl Dialer {
-    /// Tries to connect again for up to `reconnect_for()`, with backoff (250 ms, doubling to
-    /// 5 s), after the connection was lost for `why`. The interactive client and the one-shot
-    /// commands share this one policy.
+    /// Tries to connect again for up to `reconnect_for()`, waiting as the library's
+    /// [`Backoff`] says (250 ms, doubling to 5 s; the window waits the same), after the
+    /// connection was lost for `why`. The interactive client and the one-shot commands share it.
     ///
     /// A connection the relay closed with an error is not retried: the error says why, and
     /// trying again would be refused again, or (LoggedInElsewhere) take the name back from the
@@ -75,19 +77,19 @@ impl Dialer {
             now_ms(),
             &format!("connection lost ({}); reconnecting", visible(&why.to_string())),
         ))?;
-        let mut pause = std::time::Duration::from_millis(250);
+        let mut backoff = Backoff::default();
         let client = loop {
             match Client::connect_tcp(&self.server, &self.config) {
                 Ok(client) => break client,
                 Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_) | ClientError::Trust(_))) => {
                     return Err(e.into())
                 }
-                Err(e) if std::time::Instant::now() + pause > give_up => {
+                Err(e) if std::time::Instant::now() >= give_up => {
                     anyhow::bail!("{why}; could not reconnect: {e}")
                 }
                 Err(_) => {
-                    thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    let pause = backoff.next_pause();
+                    thread::sleep(pause.min(give_up.saturating_duration_since(std::time::Instant::now())));
                 }
             }
         };
