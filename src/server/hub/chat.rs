@@ -85,6 +85,15 @@ pub(crate) struct Queued {
 }
 
 impl Hub {
+    /// The client has the offline messages up to `message_id`: stop keeping them for it.
+    pub(super) fn seen(&mut self, id: ConnId, message_id: u64) {
+        if let Some(peer) = self.peer(id).filter(|p| p.account) {
+            let name = peer.name.clone();
+            self.records.store.mark_seen(&name, message_id);
+            self.records.pending_counts.remove(&name); // recounted when next needed
+        }
+    }
+
     /// A `Say` from a joined client: checks it and queues it for the next commit.
     pub(super) fn say(&mut self, id: ConnId, client_id: u64, to: String, text: String) {
         let Some(peer) = self.peer(id) else { return };
@@ -127,11 +136,11 @@ impl Hub {
             self.send_to(id, &Frame::Error { code: ErrorCode::NotStored, message });
             return;
         }
-        self.last_message_id += 1;
-        queued.id = self.last_message_id;
+        self.records.last_message_id += 1;
+        queued.id = self.records.last_message_id;
         queued.offline = self.offline_recipients(id, &queued.sender, &queued.room, queued.to.as_deref());
         self.deliver_live(&queued);
-        self.batch.push(queued);
+        self.records.batch.push(queued);
     }
 
     /// True when `client_id` from `sender` was already received: a stored one is confirmed again,
@@ -149,23 +158,26 @@ impl Hub {
                 self.send_to(id, &Frame::Sent { client_id, message_id });
                 return true;
             }
-            return self.batch.iter().any(|q| q.from_conn == id && q.client_id == client_id);
+            return self.records.batch.iter().any(|q| q.from_conn == id && q.client_id == client_id);
         }
         // Clients number their messages upwards, so only an id at or below the highest one seen
         // from this sender can be a resend; only then is the database asked.
-        let store = &self.store;
-        let highest =
-            self.highest_client_id.entry(sender.to_owned()).or_insert_with(|| store.max_client_id(sender));
+        let store = &self.records.store;
+        let highest = self
+            .records
+            .highest_client_id
+            .entry(sender.to_owned())
+            .or_insert_with(|| store.max_client_id(sender));
         let maybe_resend = client_id <= *highest;
         *highest = (*highest).max(client_id);
         if !maybe_resend {
             return false;
         }
-        if let Some(message_id) = self.store.message_id_for(sender, client_id) {
+        if let Some(message_id) = self.records.store.message_id_for(sender, client_id) {
             self.send_to(id, &Frame::Sent { client_id, message_id });
             return true;
         }
-        self.batch.iter().any(|q| q.sender == sender && q.client_id == client_id)
+        self.records.batch.iter().any(|q| q.sender == sender && q.client_id == client_id)
     }
 
     /// Whether the disk can take `bytes` more of messages without going below `--min-free`.
@@ -176,11 +188,11 @@ impl Hub {
     /// out or after [`DISK_CHECK_EVERY`] (files and other programs use the disk too).
     fn disk_has_room(&mut self, bytes: usize) -> bool {
         let cost = (bytes as u64 + 256).saturating_mul(STORE_OVERHEAD);
-        let (budget, checked) = self.disk_budget;
+        let (budget, checked) = self.records.disk_budget;
         let fresh = checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY);
-        let budget = if fresh && budget >= cost { budget } else { self.store.writable_bytes() };
+        let budget = if fresh && budget >= cost { budget } else { self.records.store.writable_bytes() };
         let ok = budget >= cost;
-        self.disk_budget = (if ok { budget - cost } else { 0 }, Some(Instant::now()));
+        self.records.disk_budget = (if ok { budget - cost } else { 0 }, Some(Instant::now()));
         ok
     }
 
@@ -189,19 +201,24 @@ impl Hub {
     /// `max_pending_messages` waiting are left out, and the sender is told.
     fn offline_recipients(&mut self, id: ConnId, sender: &str, room: &str, to: Option<&str>) -> Vec<String> {
         let wanted: Vec<String> = match to {
-            Some(to) if self.names.contains_key(to) => Vec::new(),
+            Some(to) if self.routing.names.contains_key(to) => Vec::new(),
             Some(to) => vec![to.to_owned()],
             None => {
-                let names = &self.names;
-                let members = self.members.entry(room.to_owned()).or_insert_with(|| self.store.members(room));
+                let names = &self.routing.names;
+                let members = self
+                    .records
+                    .members
+                    .entry(room.to_owned())
+                    .or_insert_with(|| self.records.store.members(room));
                 members.iter().filter(|m| *m != sender && !names.contains_key(*m)).cloned().collect()
             }
         };
         let limit = self.config.max_pending_messages;
         let (mut keep, mut full) = (Vec::with_capacity(wanted.len()), Vec::new());
         for name in wanted {
-            let store = &self.store;
-            let count = self.pending_counts.entry(name.clone()).or_insert_with(|| store.pending_count(&name));
+            let store = &self.records.store;
+            let count =
+                self.records.pending_counts.entry(name.clone()).or_insert_with(|| store.pending_count(&name));
             if *count >= limit {
                 full.push(name);
             } else {
@@ -225,7 +242,7 @@ impl Hub {
     fn check_recipient(&self, to: &str) -> Result<(), (ErrorCode, String)> {
         rules::check_name(to)
             .map_err(|e| (ErrorCode::UnknownRecipient, format!("not sent: bad recipient: {e}")))?;
-        if self.names.contains_key(to) || self.store.has_account(to) {
+        if self.routing.names.contains_key(to) || self.records.store.has_account(to) {
             Ok(())
         } else {
             Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a message")))
@@ -234,10 +251,10 @@ impl Hub {
 
     /// Stores the queued messages in one transaction, then sends their receipts.
     pub(super) fn flush_messages(&mut self) {
-        if self.batch.is_empty() {
+        if self.records.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::take(&mut self.records.batch);
         let rows: Vec<NewMessage<'_>> = batch
             .iter()
             .map(|q| NewMessage {
@@ -251,7 +268,7 @@ impl Hub {
                 offline: q.offline.clone(),
             })
             .collect();
-        let stored = self.store.store_messages(&rows);
+        let stored = self.records.store.store_messages(&rows);
         drop(rows);
         match stored {
             Ok(stored) => {
@@ -295,7 +312,7 @@ impl Hub {
     /// back out of the waiting counts.
     fn not_stored(&mut self, q: &Queued) {
         for name in &q.offline {
-            if let Some(count) = self.pending_counts.get_mut(name) {
+            if let Some(count) = self.records.pending_counts.get_mut(name) {
                 *count = count.saturating_sub(1);
             }
         }
@@ -317,7 +334,7 @@ impl Hub {
         };
         match &q.to {
             Some(to) => {
-                if let Some(&target) = self.names.get(to) {
+                if let Some(&target) = self.routing.names.get(to) {
                     self.send_to(target, &frame);
                 }
             }
@@ -329,13 +346,14 @@ impl Hub {
     /// first page of it; see [`Hub::continue_catch_ups`]).
     pub(super) fn catch_up(&mut self, id: ConnId, name: &str, room: &str, account: bool) {
         if account {
-            self.store.set_member(room, name, true);
-            self.members
+            self.records.store.set_member(room, name, true);
+            self.records
+                .members
                 .entry(room.to_owned())
-                .or_insert_with(|| self.store.members(room))
+                .or_insert_with(|| self.records.store.members(room))
                 .insert(name.to_owned());
         }
-        let mut history = self.store.history(room, self.config.history, name);
+        let mut history = self.records.store.history(room, self.config.history, name);
         // The most recent messages that fit the byte budget (history is oldest first).
         let mut bytes = 0;
         let keep = history.iter().rev().take_while(|m| {
@@ -358,7 +376,7 @@ impl Hub {
     fn send_pending_page(&mut self, id: ConnId) {
         let Some(peer) = self.peer(id) else { return };
         let (Some(after), name) = (peer.catching_up, peer.name.clone()) else { return };
-        let mut page = self.store.pending_page(&name, after, PAGE);
+        let mut page = self.records.store.pending_page(&name, after, PAGE);
         let done = page.len() < PAGE;
         let mut bytes = 0;
         let fits = page
@@ -380,9 +398,9 @@ impl Hub {
             peer.catching_up = if done { None } else { Some(last) };
         }
         if done {
-            self.catching_up.remove(&id);
+            self.records.catching_up.remove(&id);
         } else {
-            self.catching_up.insert(id);
+            self.records.catching_up.insert(id);
         }
     }
 
@@ -390,6 +408,7 @@ impl Hub {
     /// has been taken by its writer, so a pile of waiting messages never sits in memory at once.
     pub(super) fn continue_catch_ups(&mut self) {
         let ready: Vec<ConnId> = self
+            .records
             .catching_up
             .iter()
             .copied()
@@ -404,8 +423,8 @@ impl Hub {
     pub(super) fn leave_for_good(&mut self, id: ConnId) {
         if let Some(peer) = self.peer(id).filter(|p| p.account) {
             let (room, name) = (peer.room.clone(), peer.name.clone());
-            self.store.set_member(&room, &name, false);
-            if let Some(members) = self.members.get_mut(&room) {
+            self.records.store.set_member(&room, &name, false);
+            if let Some(members) = self.records.members.get_mut(&room) {
                 members.remove(&name);
             }
         }

@@ -14,7 +14,7 @@ use crate::wire::Closer;
 impl Hub {
     /// Sends one frame to everyone in `room` except `skip`.
     pub(super) fn broadcast(&mut self, room: &str, skip: Option<ConnId>, frame: &Frame) {
-        let Some(members) = self.rooms.get(room) else {
+        let Some(members) = self.routing.rooms.get(room) else {
             return;
         };
         let bytes = encode(frame);
@@ -46,7 +46,7 @@ impl Hub {
                 Err(TrySendError::Full(item)) => {
                     peer.backlog.push_back(item);
                     peer.last_progress = Instant::now();
-                    self.backlogged.insert(id);
+                    self.routing.backlogged.insert(id);
                 }
                 // The writer has ended (socket error); the connection thread will report `Closed`.
                 Err(TrySendError::Disconnected(_)) => return,
@@ -55,9 +55,9 @@ impl Hub {
         let Some(peer) = self.peer(id) else { return };
         let held = peer.meter.client_bytes();
         if held > max_client {
-            self.too_slow.push((id, format!("{held} bytes queued (the limit is {max_client})")));
+            self.routing.too_slow.push((id, format!("{held} bytes queued (the limit is {max_client})")));
         } else if over_total && !peer.backlog.is_empty() {
-            self.too_slow.push((
+            self.routing.too_slow.push((
                 id,
                 format!("{held} bytes held back while the relay holds too much for slow clients"),
             ));
@@ -65,16 +65,16 @@ impl Hub {
     }
 
     pub(super) fn any_backlog(&self) -> bool {
-        !self.backlogged.is_empty()
+        !self.routing.backlogged.is_empty()
     }
 
     /// Moves held-back frames into queues that have room, and disconnects clients that stayed
     /// stuck for too long or hold too much.
     pub(super) fn retry_backlogs(&mut self) {
         let stall_limit = self.config.stall_limit;
-        let conns = &mut self.conns;
-        let too_slow = &mut self.too_slow;
-        self.backlogged.retain(|id| {
+        let conns = &mut self.routing.conns;
+        let too_slow = &mut self.routing.too_slow;
+        self.routing.backlogged.retain(|id| {
             let Some(peer) = conns.get_mut(id).and_then(|c| c.peer.as_mut()) else {
                 return false; // gone: nothing left to send
             };
@@ -102,14 +102,14 @@ impl Hub {
     /// Disconnects the clients found too slow during this turn. Their queued frames are dropped
     /// with their queues, which gives the memory back.
     pub(super) fn cut_too_slow(&mut self) {
-        for (id, why) in std::mem::take(&mut self.too_slow) {
-            let Some(conn) = self.conns.get(&id) else { continue };
+        for (id, why) in std::mem::take(&mut self.routing.too_slow) {
+            let Some(conn) = self.routing.conns.get(&id) else { continue };
             if conn.peer.is_none() {
                 continue; // already cut this turn
             }
             self.leave(id, &format!("too slow: {why}"));
             // Its queue is full, so an error frame could not get through; just cut the socket.
-            if let Some(conn) = self.conns.get(&id) {
+            if let Some(conn) = self.routing.conns.get(&id) {
                 conn.closer.close();
             }
         }
@@ -118,8 +118,8 @@ impl Hub {
     /// Shutdown step 2: queue a goodbye for every joined client, then drop every queue sender.
     pub(super) fn say_goodbye_to_all(self) -> Vec<Closer> {
         let bye = encode(&Frame::Goodbye);
-        let mut closers = Vec::with_capacity(self.conns.len());
-        for (_, conn) in self.conns {
+        let mut closers = Vec::with_capacity(self.routing.conns.len());
+        for (_, conn) in self.routing.conns {
             match conn.peer {
                 // Best effort: a client whose queue is full gets cut at the end of the grace time.
                 Some(peer) => {

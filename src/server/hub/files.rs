@@ -9,12 +9,62 @@ use super::{offline_stranger, paged, ConnId, Hub, FILES_PER_FRAME};
 use crate::frame::{ErrorCode, FileInfo, Frame};
 use crate::rules;
 use crate::server::accept::address_key;
-use crate::server::store::{Refusal, UploadPlan, UploadRequest};
+use crate::server::store::{DownloadPlan, Refusal, UploadPlan, UploadRequest};
 
 impl Hub {
+    /// The connection gave up on an upload: delete it and say why. Only the connection sending
+    /// an upload can end it (the session checked that too).
+    pub(super) fn abort_upload(&mut self, id: ConnId, upload_id: u64, code: ErrorCode, message: String) {
+        if self.records.store.abort_own_upload(id, upload_id) {
+            self.send_to(id, &Frame::UploadFailed { upload_id, code, message });
+        }
+    }
+
+    /// The files waiting for a client.
+    pub(super) fn list_files(&mut self, id: ConnId) {
+        let Some(peer) = self.peer(id) else { return };
+        let files = self.records.store.waiting_for(&peer.name);
+        self.send_file_list(id, files);
+    }
+
+    /// Where a download of `file_id` comes from, or why not. `None` for a connection that has
+    /// not joined (its session stops waiting when the reply channel closes).
+    pub(super) fn plan_download(
+        &mut self,
+        id: ConnId,
+        file_id: u64,
+        offset: u64,
+    ) -> Option<Result<DownloadPlan, Refusal>> {
+        let peer = self.peer(id)?;
+        Some(self.records.store.plan_download(&peer.name, file_id, offset))
+    }
+
+    /// The client has a file, verified.
+    pub(super) fn received(&mut self, id: ConnId, file_id: u64) {
+        let Some(peer) = self.peer(id) else { return };
+        let name = peer.name.clone();
+        self.records.store.mark_received(&name, file_id);
+    }
+
+    /// The janitor's turn: unfinished uploads past their time, and everything older than the
+    /// retention; whoever is online hears which of their files expired.
+    pub(super) fn expire(&mut self) {
+        self.records.store.check_partials();
+        // Counts change behind the cache's back when messages expire: recount on use.
+        self.records.pending_counts.clear();
+        let notices = self.records.store.expire(self.config.retention);
+        let online: BTreeSet<String> =
+            notices.into_iter().map(|n| n.recipient).filter(|r| self.routing.names.contains_key(r)).collect();
+        for name in online {
+            if let Some(&id) = self.routing.names.get(&name) {
+                self.tell_expired(id, &name);
+            }
+        }
+    }
+
     /// Sends `name` every "your file expired" notice waiting for it.
     pub(super) fn tell_expired(&mut self, id: ConnId, name: &str) {
-        for notice in self.store.notices_for(name) {
+        for notice in self.records.store.notices_for(name) {
             self.send_to(id, &Frame::FileExpired { from: notice.sender, name: notice.name });
         }
     }
@@ -33,9 +83,10 @@ impl Hub {
     ) -> Result<UploadPlan, Refusal> {
         let peer = self.peer(id).ok_or((ErrorCode::Protocol, "say hello first".to_string()))?;
         let (sender, room) = (peer.name.clone(), peer.room.clone());
-        let addr = self.conns.get(&id).map_or(IpAddr::from([0, 0, 0, 0]), |c| address_key(c.addr.ip()));
+        let addr =
+            self.routing.conns.get(&id).map_or(IpAddr::from([0, 0, 0, 0]), |c| address_key(c.addr.ip()));
         let candidates: Vec<String> = if to.is_empty() {
-            let members = self.rooms.get(&room);
+            let members = self.routing.rooms.get(&room);
             let others: Vec<String> =
                 members.map(|m| m.keys().filter(|m| **m != sender).cloned().collect()).unwrap_or_default();
             if others.is_empty() {
@@ -48,19 +99,19 @@ impl Hub {
         } else {
             rules::check_name(to)
                 .map_err(|e| (ErrorCode::UnknownRecipient, format!("bad recipient: {e}")))?;
-            if !self.names.contains_key(to) && !self.store.has_account(to) {
+            if !self.routing.names.contains_key(to) && !self.records.store.has_account(to) {
                 return Err((ErrorCode::UnknownRecipient, offline_stranger(to, "a file")));
             }
             vec![to.to_owned()]
         };
-        let limit = self.store.limits().files_per_recipient as u64;
+        let limit = self.records.store.limits().files_per_recipient as u64;
         let (mut recipients, mut guests, mut full) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
         for who in candidates {
-            if self.store.files_waiting(&who) >= limit {
+            if self.records.store.files_waiting(&who) >= limit {
                 full.push(who);
                 continue;
             }
-            if self.names.get(&who).and_then(|&c| self.peer(c)).is_some_and(|p| !p.account) {
+            if self.routing.names.get(&who).and_then(|&c| self.peer(c)).is_some_and(|p| !p.account) {
                 guests.insert(who.clone());
             }
             recipients.insert(who);
@@ -75,7 +126,7 @@ impl Hub {
                 ),
             ));
         }
-        self.store.begin_upload(UploadRequest {
+        self.records.store.begin_upload(UploadRequest {
             conn: id,
             sender: &sender,
             key,
@@ -88,9 +139,9 @@ impl Hub {
     }
 
     pub(super) fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
-        match self.store.commit_upload(id, upload_id, sha256) {
+        match self.records.store.commit_upload(id, upload_id, sha256) {
             Ok(info) => {
-                let recipients: Vec<String> = self.store.recipients(info.file_id);
+                let recipients: Vec<String> = self.records.store.recipients(info.file_id);
                 log::info!(
                     "{} stored {:?} ({} bytes) as file {} for {}",
                     info.from,
@@ -102,7 +153,7 @@ impl Hub {
                 self.send_to(id, &Frame::UploadDone { upload_id, file_id: info.file_id });
                 let announce = Frame::NewFile(info);
                 for name in recipients {
-                    if let Some(&target) = self.names.get(&name) {
+                    if let Some(&target) = self.routing.names.get(&name) {
                         self.send_to(target, &announce);
                     }
                 }

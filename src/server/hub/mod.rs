@@ -17,7 +17,9 @@
 //! ## One thread, one idea per file
 //!
 //! The hub is one thread with one owner of all its state (this file: [`Hub`], and `handle`, the
-//! loop's one `match`). What it does with that state is split by idea:
+//! loop's one `match`, where each event is one call). The state is in three named parts:
+//! *routing* (who is connected, who is in which room, frames held back), *records* (the store and
+//! the caches in front of it) and the login *brake*. What the hub does with it is split by idea:
 //!
 //! - `presence.rs`: who is here: joining, taking a name over, leaving, the online list;
 //! - `delivery.rs`: getting frames to clients without blocking: queues, backlogs, cutting the
@@ -191,8 +193,36 @@ fn paged<T>(items: Vec<T>, per_page: usize) -> Vec<(Vec<T>, bool)> {
 /// How often the hub retries backlogs while any exist.
 const BACKLOG_TICK: Duration = Duration::from_millis(5);
 
+/// The hub's state, in three named parts; `config` and `events` are its settings and its inbox.
 pub(crate) struct Hub {
     config: ServerConfig,
+    events: Receiver<ToHub>,
+    /// Who is connected and where frames go: the routing idea (`presence.rs`, `delivery.rs`).
+    routing: Routing,
+    /// What is kept: the store and the caches in front of it (`chat.rs`, `files.rs`).
+    records: Records,
+    /// Failed logins per address and per account (`brake.rs`).
+    brake: brake::Brake,
+}
+
+/// Who is connected, who is in which room, and the frames held back for slow clients.
+struct Routing {
+    conns: HashMap<ConnId, Conn>,
+    /// Online names, across all rooms: names are unique server-wide.
+    names: HashMap<String, ConnId>,
+    /// Room → members by name. A `BTreeMap` keeps the online list sorted for free.
+    rooms: HashMap<String, BTreeMap<String, ConnId>>,
+    /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
+    /// thousand idle connections cost nothing per event.
+    backlogged: BTreeSet<ConnId>,
+    /// Clients to disconnect as too slow at the end of this turn.
+    too_slow: Vec<(ConnId, String)>,
+    /// Bytes queued for all clients together (see [`meter`]).
+    queued_total: Arc<AtomicUsize>,
+}
+
+/// The store, and what the hub remembers in front of it so that a message costs no look-up.
+struct Records {
     store: Store,
     /// Messages delivered but not yet stored; see `chat.rs` (group commit).
     batch: Vec<chat::Queued>,
@@ -202,59 +232,44 @@ pub(crate) struct Hub {
     members: HashMap<String, BTreeSet<String>>,
     /// Per sender, the highest client id seen: ids above it are new messages, no lookup needed.
     highest_client_id: HashMap<String, u64>,
-    events: Receiver<ToHub>,
-    conns: HashMap<ConnId, Conn>,
-    /// Online names, across all rooms: names are unique server-wide.
-    names: HashMap<String, ConnId>,
-    /// Room → members by name. A `BTreeMap` keeps the online list sorted for free.
-    rooms: HashMap<String, BTreeMap<String, ConnId>>,
-    /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
-    /// thousand idle connections cost nothing per event.
-    backlogged: BTreeSet<ConnId>,
-    /// Failed logins per address and per account (see `brake.rs`).
-    brake: brake::Brake,
-    /// Clients still being sent the messages that waited for them, a page at a time.
-    catching_up: BTreeSet<ConnId>,
-    /// Clients to disconnect as too slow at the end of this turn.
-    too_slow: Vec<(ConnId, String)>,
-    /// Bytes queued for all clients together (see [`meter`]).
-    queued_total: Arc<AtomicUsize>,
     /// Messages waiting per recipient, counted on first use and kept current (see `chat.rs`).
     pending_counts: HashMap<String, u64>,
     /// Bytes of messages that may still be stored before the disk must be looked at again, and
     /// when it last was (see `chat.rs`, `disk_has_room`).
     disk_budget: (u64, Option<Instant>),
+    /// Clients still being sent the messages that waited for them, a page at a time.
+    catching_up: BTreeSet<ConnId>,
 }
 
 impl Hub {
     pub(crate) fn new(config: ServerConfig, events: Receiver<ToHub>, store: Store) -> Hub {
         let brake = brake::Brake::new(config.login_backoff);
-        Hub {
-            config,
+        let routing = Routing {
+            conns: HashMap::new(),
+            names: HashMap::new(),
+            rooms: HashMap::new(),
+            backlogged: BTreeSet::new(),
+            too_slow: Vec::new(),
+            queued_total: Arc::new(AtomicUsize::new(0)),
+        };
+        let records = Records {
             last_message_id: store.last_message_id(),
             store,
             batch: Vec::new(),
             members: HashMap::new(),
             highest_client_id: HashMap::new(),
-            backlogged: BTreeSet::new(),
-            events,
-            conns: HashMap::new(),
-            names: HashMap::new(),
-            rooms: HashMap::new(),
-            brake,
-            catching_up: BTreeSet::new(),
-            too_slow: Vec::new(),
-            queued_total: Arc::new(AtomicUsize::new(0)),
             pending_counts: HashMap::new(),
             disk_budget: (0, None),
-        }
+            catching_up: BTreeSet::new(),
+        };
+        Hub { config, events, routing, records, brake }
     }
 
     /// Handles events until [`ToHub::Shutdown`] (or until every sender is gone). Returns the closer
     /// of every connection still open, so `run` can cut the ones that do not end by themselves.
     pub(crate) fn run(mut self) -> Vec<Closer> {
         loop {
-            let event = if self.any_backlog() || !self.catching_up.is_empty() {
+            let event = if self.any_backlog() || !self.records.catching_up.is_empty() {
                 match self.events.recv_timeout(BACKLOG_TICK) {
                     Ok(event) => Some(event),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -279,7 +294,9 @@ impl Hub {
             }
             // Group commit: store every message received in this burst in one transaction, once
             // nothing else is waiting (or the batch is full), then deliver them.
-            if !self.batch.is_empty() && (self.events.is_empty() || self.batch.len() >= chat::MAX_BATCH) {
+            if !self.records.batch.is_empty()
+                && (self.events.is_empty() || self.records.batch.len() >= chat::MAX_BATCH)
+            {
                 self.flush_messages();
             }
             self.retry_backlogs();
@@ -289,92 +306,64 @@ impl Hub {
         self.say_goodbye_to_all()
     }
 
+    /// One event, one call: each idea's code lives in its own file (see the module docs).
     fn handle(&mut self, event: ToHub) {
         match event {
-            ToHub::Connected { id, addr, closer } => {
-                self.conns.insert(id, Conn { addr, closer, peer: None });
-            }
+            ToHub::Connected { id, addr, closer } => self.connected(id, addr, closer),
             ToHub::Hello { id, name, room, account, token, to_client } => {
                 self.join(id, Joining { name, room, account, token }, to_client)
             }
             ToHub::Say { id, client_id, to, text } => self.say(id, client_id, to, text),
-            ToHub::Seen { id, message_id } => {
-                if let Some(peer) = self.peer(id).filter(|p| p.account) {
-                    let name = peer.name.clone();
-                    self.store.mark_seen(&name, message_id);
-                    self.pending_counts.remove(&name); // recounted when next needed
-                }
-            }
+            ToHub::Seen { id, message_id } => self.seen(id, message_id),
             ToHub::Leave { id } => self.leave_for_good(id),
             ToHub::Who { id } => self.who(id),
             ToHub::Warn { id, code, message } => self.send_to(id, &Frame::Error { code, message }),
-            ToHub::Fail { id, code, message } => {
-                self.send_to(id, &Frame::Error { code, message: message.clone() });
-                self.leave(id, &message);
-            }
+            ToHub::Fail { id, code, message } => self.fail(id, code, message),
             ToHub::Goodbye { id } => self.leave(id, "said goodbye"),
-            ToHub::Closed { id } => {
-                self.leave(id, "connection closed");
-                self.conns.remove(&id);
-                self.store.release(id);
-            }
+            ToHub::Closed { id } => self.closed(id),
             ToHub::BeginUpload { id, key, name, size, to, reply } => {
                 let _ = reply.send(self.begin_upload(id, &key, &name, size, &to));
             }
             ToHub::CommitUpload { id, upload_id, sha256 } => self.commit_upload(id, upload_id, sha256),
             ToHub::AbortUpload { id, upload_id, code, message } => {
-                // Only the connection sending an upload can end it; the session checked that too.
-                if self.store.abort_own_upload(id, upload_id) {
-                    self.send_to(id, &Frame::UploadFailed { upload_id, code, message });
+                self.abort_upload(id, upload_id, code, message)
+            }
+            ToHub::ListFiles { id } => self.list_files(id),
+            ToHub::Download { id, file_id, offset, reply } => {
+                if let Some(plan) = self.plan_download(id, file_id, offset) {
+                    let _ = reply.send(plan);
                 }
             }
-            ToHub::ListFiles { id } => {
-                let Some(peer) = self.peer(id) else { return };
-                let files = self.store.waiting_for(&peer.name);
-                self.send_file_list(id, files);
-            }
-            ToHub::Download { id, file_id, offset, reply } => {
-                let Some(peer) = self.peer(id) else { return };
-                let _ = reply.send(self.store.plan_download(&peer.name, file_id, offset));
-            }
-            ToHub::Received { id, file_id } => {
-                let Some(peer) = self.peer(id) else { return };
-                let name = peer.name.clone();
-                self.store.mark_received(&name, file_id);
-            }
+            ToHub::Received { id, file_id } => self.received(id, file_id),
             ToHub::Account { query, reply } => {
-                let _ =
-                    reply.send(login::answer(&self.store, &mut self.brake, &self.names, &self.config, query));
+                let _ = reply.send(self.answer_login(query));
             }
             ToHub::Claim { grant, reply } => {
-                let _ = reply.send(login::record(&mut self.store, &self.names, &self.config, grant));
+                let _ = reply.send(self.record_claim(grant));
             }
             ToHub::LoginResult { ip, name, attempt } => {
                 self.brake.record(address_key(ip), &name, attempt, Instant::now())
             }
-            ToHub::Expire => {
-                self.store.check_partials();
-                // Counts change behind the cache's back when messages expire: recount on use.
-                self.pending_counts.clear();
-                let notices = self.store.expire(self.config.retention);
-                let online: BTreeSet<String> =
-                    notices.into_iter().map(|n| n.recipient).filter(|r| self.names.contains_key(r)).collect();
-                for name in online {
-                    if let Some(&id) = self.names.get(&name) {
-                        self.tell_expired(id, &name);
-                    }
-                }
-            }
+            ToHub::Expire => self.expire(),
             ToHub::Shutdown => {}
         }
     }
 
+    /// The front door's questions (`login.rs` decides; the hub only looks things up and records).
+    fn answer_login(&mut self, query: AccountQuery) -> AccountAnswer {
+        login::answer(&self.records.store, &mut self.brake, &self.routing.names, &self.config, query)
+    }
+
+    fn record_claim(&mut self, grant: Grant) -> ClaimOutcome {
+        login::record(&mut self.records.store, &self.routing.names, &self.config, grant)
+    }
+
     fn peer(&self, id: ConnId) -> Option<&Peer> {
-        self.conns.get(&id)?.peer.as_ref()
+        self.routing.conns.get(&id)?.peer.as_ref()
     }
 
     fn peer_mut(&mut self, id: ConnId) -> Option<&mut Peer> {
-        self.conns.get_mut(&id)?.peer.as_mut()
+        self.routing.conns.get_mut(&id)?.peer.as_mut()
     }
 }
 

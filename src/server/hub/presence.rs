@@ -8,32 +8,51 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use super::meter::{Meter, Outgoing};
-use super::{encode, paged, Hub, Joining, Peer, NAMES_PER_FRAME};
+use super::{encode, paged, Conn, Hub, Joining, Peer, NAMES_PER_FRAME};
 use super::{ConnId, TokenHash};
 use crate::frame::{ErrorCode, Frame};
+use crate::wire::Closer;
 
 impl Hub {
+    /// A TCP connection was accepted: known, not joined yet.
+    pub(super) fn connected(&mut self, id: ConnId, addr: SocketAddr, closer: Closer) {
+        self.routing.conns.insert(id, Conn { addr, closer, peer: None });
+    }
+
+    /// The client broke the protocol after joining: tell it why, then it leaves.
+    pub(super) fn fail(&mut self, id: ConnId, code: ErrorCode, message: String) {
+        self.send_to(id, &Frame::Error { code, message: message.clone() });
+        self.leave(id, &message);
+    }
+
+    /// The connection thread ended: forget the connection, and free its uploads for resuming.
+    pub(super) fn closed(&mut self, id: ConnId) {
+        self.leave(id, "connection closed");
+        self.routing.conns.remove(&id);
+        self.records.store.release(id);
+    }
+
     pub(super) fn join(&mut self, id: ConnId, joining: Joining, to_client: Sender<Outgoing>) {
         let Joining { name, room, account, token } = joining;
-        let Some(addr) = self.conns.get(&id).map(|c| c.addr) else {
+        let Some(addr) = self.routing.conns.get(&id).map(|c| c.addr) else {
             return;
         };
-        if let Some(&old) = self.names.get(&name) {
+        if let Some(&old) = self.routing.names.get(&name) {
             if self.may_take_over(old, account, token) {
                 self.take_over(old, addr);
             }
         }
-        if self.names.contains_key(&name) {
+        if self.routing.names.contains_key(&name) {
             log::info!("{addr}: refused: name {name:?} is taken");
             let message = format!("the name {name:?} is already taken; choose another with --name");
             // Queue the error and drop the sender right away: the writer writes the error, sees
             // its queue closed, and ends the connection.
-            let meter = Meter::new(self.queued_total.clone());
+            let meter = Meter::new(self.routing.queued_total.clone());
             let error = encode(&Frame::Error { code: ErrorCode::NameTaken, message });
             let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
             return;
         }
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.routing.conns.get_mut(&id) else {
             return;
         };
         conn.peer = Some(Peer {
@@ -43,18 +62,18 @@ impl Hub {
             token,
             to_client,
             backlog: VecDeque::new(),
-            meter: Meter::new(self.queued_total.clone()),
+            meter: Meter::new(self.routing.queued_total.clone()),
             last_progress: Instant::now(),
             catching_up: None,
             receipts: VecDeque::new(),
         });
         self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
         log::info!("{addr}: {name} joined {room}");
-        self.names.insert(name.clone(), id);
+        self.routing.names.insert(name.clone(), id);
         self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
-        self.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
+        self.routing.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
         self.who(id);
-        for info in self.store.waiting_for(&name) {
+        for info in self.records.store.waiting_for(&name) {
             self.send_to(id, &Frame::NewFile(info));
         }
         self.tell_expired(id, &name);
@@ -87,7 +106,7 @@ impl Hub {
     pub(super) fn take_over(&mut self, old: ConnId, by: SocketAddr) {
         let message = format!("you logged in elsewhere (from {}); this connection is closed", by.ip());
         self.send_to(old, &Frame::Error { code: ErrorCode::LoggedInElsewhere, message });
-        self.store.release(old);
+        self.records.store.release(old);
         self.depart(old, &format!("logged in elsewhere, from {by}"), true);
     }
 
@@ -95,7 +114,7 @@ impl Hub {
         let Some(peer) = self.peer(id) else { return };
         let room = peer.room.clone();
         let names: Vec<String> =
-            self.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+            self.routing.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
         let pages = paged(names, NAMES_PER_FRAME);
         for (names, more) in pages {
             self.send_to(id, &Frame::Online { room: room.clone(), names, more });
@@ -111,26 +130,26 @@ impl Hub {
     /// [`Hub::leave`], and `taken_over` says the same person carries on under the same name on
     /// another connection: then a guest's files and uploads stay for the new session.
     pub(super) fn depart(&mut self, id: ConnId, why: &str, taken_over: bool) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.routing.conns.get_mut(&id) else {
             return;
         };
         let Some(peer) = conn.peer.take() else { return };
         log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
-        self.names.remove(&peer.name);
-        self.catching_up.remove(&id);
+        self.routing.names.remove(&peer.name);
+        self.records.catching_up.remove(&id);
         if !peer.account && !taken_over {
             // Nothing waits for a guest after its session: the name is nobody's.
-            self.store.drop_guest(&peer.name);
+            self.records.store.drop_guest(&peer.name);
         }
         // What the hub remembers about a name or a room lives only while someone online needs
         // it (it is read back from the store when needed again): strangers make up names and
         // rooms, and the hub must not keep one entry for each forever.
-        self.highest_client_id.remove(&peer.name);
-        if let Some(members) = self.rooms.get_mut(&peer.room) {
+        self.records.highest_client_id.remove(&peer.name);
+        if let Some(members) = self.routing.rooms.get_mut(&peer.room) {
             members.remove(&peer.name);
             if members.is_empty() {
-                self.rooms.remove(&peer.room);
-                self.members.remove(&peer.room);
+                self.routing.rooms.remove(&peer.room);
+                self.records.members.remove(&peer.room);
             }
         }
         self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });
