@@ -70,7 +70,7 @@ fn main() {
     ];
     let (relay, addr) = start_relay(&[&["--data-dir", dir_a.to_str().unwrap()][..], &unlimited].concat());
     let (still, still_addr) =
-        start_relay(&[&["--spin-us", "100", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());
+        start_relay(&[&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());
     let idle_kib = rss_kib(relay.0.id(), "VmRSS");
 
     let (mut direct, mut relayed, mut sleepy, mut library) = (vec![], vec![], vec![], vec![]);
@@ -99,7 +99,7 @@ fn main() {
     println!("{:<40} {:>8} {:>8}", "one-way latency, one message in flight", "p50 µs", "p99 µs");
     print_lat("direct TCP (baseline)", &direct, None);
     print_lat("relay, raw frames", &percentiles(relayed), Some(&direct));
-    print_lat("relay --spin-us 100, raw frames", &percentiles(sleepy), Some(&direct));
+    print_lat("relay --spin-us 0, raw frames", &percentiles(sleepy), Some(&direct));
     print_lat("relay, library clients", &percentiles(library), Some(&direct));
     println!();
     println!("{:<40} {:>12}", "burst throughput, 32-byte messages", "msg/s");

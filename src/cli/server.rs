@@ -24,10 +24,10 @@ pub struct ServerCli {
     /// Address and port to listen on. Use [::]:21567 for IPv6 as well.
     #[arg(long, env = "RELAYCHAT_BIND", default_value = "0.0.0.0:21567")]
     pub bind: SocketAddr,
-    /// Microseconds the relay's threads poll for work before sleeping (0, the default: they
-    /// sleep at once). Polling can trade CPU after each message for lower latency on a small
-    /// relay; with many clients it makes things worse (see src/tuning/mod.rs, and lesson 9).
-    #[arg(long, default_value_t = 0)]
+    /// Microseconds the relay's threads poll for work before sleeping; 0 turns polling off.
+    /// Polling trades CPU after each message for lower latency; with thousands of clients in one
+    /// room it makes fan-out slower (see src/tuning/mod.rs, and lesson 9).
+    #[arg(long, default_value_t = 100)]
     pub spin_us: u64,
     /// Where files wait for their recipients.
     #[arg(long, env = "RELAYCHAT_DATA_DIR", default_value = "relay-data")]

@@ -6,10 +6,11 @@
 //!
 //! - [`spin`]: poll a channel briefly before sleeping on it. A hand-off to a sleeping thread
 //!   costs a wake-up (about 25 µs on some VMs); polling can skip it, at the price of CPU time
-//!   after every burst. **Off by default** (`--spin-us 0`): with many clients it made fan-out
-//!   slower (2,000 clients in one room: p99 74 ms with polling, 52 ms without) and burns a core,
-//!   and on this project's machine today it no longer wins even for a single pair. Lesson 9
-//!   (`examples/09_spin_or_sleep.rs`) measures the trade on your machine.
+//!   after every burst. On by default for 100 µs: through the library a message took 50 µs at
+//!   the median with it and 70 µs without (`cargo bench --bench relay`, run E). Its cost shows
+//!   at scale: with 2,000 clients in one room it made fan-out slower (p99 74 ms, against 52 ms
+//!   with `--spin-us 0`) and burned a core. Lesson 9 (`examples/09_spin_or_sleep.rs`) measures
+//!   the trade on your machine.
 //! - [`memory`]: glibc's allocator settings. The relay keeps few arenas and gives freed memory
 //!   back (so an attack's memory does not stay), and the client keeps its 256 KiB chunk buffers
 //!   for reuse (so a download does not fault fresh pages in for every chunk). Each binary's

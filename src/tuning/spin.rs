@@ -9,8 +9,8 @@
 //! burst). So the hub and the writers first *poll* their channel for a short window, yielding the
 //! CPU between polls so other threads still run, and only then go to sleep. The price is up to one
 //! window of CPU time after each burst of activity, and nothing at all while the relay is idle.
-//! A window of zero turns it off, and zero is the default (see `ServerConfig::spin` and the
-//! tuning corner's docs, [`crate::tuning`], for why).
+//! A window of zero turns it off (`ServerConfig::spin`, `--spin-us`; see the tuning corner's
+//! docs, [`crate::tuning`], for what it saves and what it costs).
 
 use std::thread;
 use std::time::{Duration, Instant};
