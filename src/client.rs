@@ -228,6 +228,8 @@ impl Client {
                 });
             }
         };
+        // The relay has proved it holds the key: now a first contact's fingerprint may be kept.
+        pinning.pin_now().map_err(ClientError::Trust)?;
         let mut client = Client::connect(stream, config)?;
         client.verdict = pinning.outcome().and_then(Result::ok);
         Ok(client)

@@ -69,6 +69,12 @@ pub struct TlsStream {
     end: usize,
     /// The writer's buffer of finished records, reused between writes.
     out: Vec<u8>,
+    /// The read timeout the connection's code asked for ([`Stream::set_read_timeout`]). One
+    /// `read` of a TLS stream may take several socket reads (a record arrives in pieces), so the
+    /// socket's own timeout, which restarts at every piece, is not enough: `read` spends at most
+    /// this long *in all*. Otherwise a peer trickling one record a byte at a time would hold a
+    /// connection past its hello deadline, or past the idle timeout, for as long as it liked.
+    read_timeout: std::cell::Cell<Option<Duration>>,
 }
 
 impl TlsStream {
@@ -135,7 +141,15 @@ impl TlsStream {
     }
 
     fn from_parts(tcp: TcpStream, session: Arc<Mutex<rustls::Connection>>) -> TlsStream {
-        TlsStream { tcp, session, raw: Vec::new(), start: 0, end: 0, out: Vec::new() }
+        TlsStream {
+            tcp,
+            session,
+            raw: Vec::new(),
+            start: 0,
+            end: 0,
+            out: Vec::new(),
+            read_timeout: Default::default(),
+        }
     }
 
     /// The certificate the peer presented (the relay's, seen from a client).
@@ -174,6 +188,7 @@ impl Read for TlsStream {
         if self.raw.is_empty() {
             self.raw = vec![0u8; RAW_READ];
         }
+        let deadline = self.read_timeout.get().map(|timeout| Instant::now() + timeout);
         loop {
             {
                 let mut session = lock(&self.session);
@@ -198,7 +213,15 @@ impl Read for TlsStream {
                     continue;
                 }
             }
-            // Nothing to decrypt: wait for the network, with the lock released.
+            // Nothing to decrypt: wait for the network, with the lock released, but never past
+            // the time this whole `read` was given.
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no whole TLS record in time"));
+                }
+                self.tcp.set_read_timeout(Some(left))?;
+            }
             let n = self.tcp.read(&mut self.raw)?;
             (self.start, self.end) = (0, n);
             if n == 0 {
@@ -239,6 +262,7 @@ impl Stream for TlsStream {
         self.tcp.closer()
     }
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(timeout);
         self.tcp.set_read_timeout(timeout)
     }
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {

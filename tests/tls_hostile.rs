@@ -19,6 +19,7 @@
 //! | `garbage_after_the_tls_byte_…` | absurd record and message lengths, random bytes, a record that does not decrypt, an unauthenticated alert |
 //! | `close_notify_with_the_clients_finished_…` | close_notify and more bytes in the client's last handshake flight |
 //! | `close_notify_after_the_handshake_…` | the same once the handshake is over (the contrast) |
+//! | `one_record_trickled_a_byte_at_a_time_…` | one TLS record after the handshake, a byte every 300 ms |
 //! | `a_relay_that_says_close_notify_…` | the client side of the same: a hostile relay against the `client` binary |
 //! | `many_half_open_handshakes_…` | 150 ClientHellos from one address that never finish |
 //! | `tls_application_data_that_is_not_a_frame_…` | absurd frame length inside TLS, 4 MiB of random plaintext, broken and oversized records after joining |
@@ -209,6 +210,47 @@ fn close_notify_with_the_clients_finished_does_not_spin_the_relay() {
     assert!(took < BYSTANDER_LIMIT, "bystanders needed {took:?}");
     assert_no_panic(&relay);
     relay.memory_report(64, Duration::from_secs(5));
+}
+
+/// One TLS record trickled a byte at a time after the handshake. Each byte restarts the socket's
+/// own read timeout, and a record is decrypted only once whole, so a relay that let the socket's
+/// timeout alone bound a read would wait for the whole record, whenever it came (at this pace,
+/// half a minute; at a byte a second, hours). The hello's deadline must hold all the same. (A
+/// review found this; the trickled hello above sends whole one-byte records, which it misses.)
+#[test]
+fn one_record_trickled_a_byte_at_a_time_is_cut_at_the_hello_deadline() {
+    let _one = one_at_a_time();
+    let relay = RelaySpec::new().start("tls-trickled-record");
+    let mut attacker = Manual::up_to_finished(lo(9), relay.addr);
+    let finished = attacker.take_records();
+    attacker.tcp.write_all(&finished).expect("send the Finished");
+    let hello = encode_to_vec(&hello_as(&"t".repeat(32), &"r".repeat(32), "", "")).unwrap();
+    let record = attacker.seal(&hello);
+    assert!(record.len() > 100, "one record of {} bytes", record.len());
+    let start = Instant::now();
+    let mut closed = None;
+    for byte in &record[..record.len() - 1] {
+        if attacker.tcp.write_all(std::slice::from_ref(byte)).is_err() {
+            closed = Some(start.elapsed());
+            break;
+        }
+        if let Some(at) = closed_within(&mut attacker.tcp, Instant::now(), Duration::from_millis(300)) {
+            closed = Some(start.elapsed() - Duration::from_millis(300) + at);
+            break;
+        }
+        if start.elapsed() > HELLO_TIMEOUT + SLACK {
+            break;
+        }
+    }
+    let closed = closed.unwrap_or_else(|| {
+        panic!(
+            "a record trickled for {:?} held the connection past the hello deadline{}",
+            start.elapsed(),
+            relay.context()
+        )
+    });
+    assert!(closed <= HELLO_TIMEOUT + SLACK, "closed only after {closed:?}");
+    assert_no_panic(&relay);
 }
 
 /// The contrast to the test above: close_notify and more bytes once the handshake is over (in

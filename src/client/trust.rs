@@ -51,8 +51,8 @@ pub enum FirstContact {
     /// after [`remember`]. What a terminal client and the window do; the safe default.
     #[default]
     Refuse,
-    /// Trust it, write it to `known_relays`, and say so ([`Verdict::FirstContact`]). What a
-    /// script (no terminal to ask on) does.
+    /// Trust it, write it to `known_relays` once the handshake succeeds, and say so
+    /// ([`Verdict::FirstContact`]). What a script (no terminal to ask on) does.
     Accept,
 }
 
@@ -169,12 +169,25 @@ pub(crate) struct Pinning {
     trust: Trust,
     known: Option<String>,
     outcome: Mutex<Option<Result<Verdict, TrustError>>>,
+    /// A fingerprint to write to `known_relays` once the handshake has succeeded: only then has
+    /// the relay proved it holds the certificate's key. (Pinning in the certificate check itself
+    /// would let anyone who copied the certificate get it pinned, while failing the handshake.)
+    to_pin: Mutex<Option<String>>,
 }
 
 impl Pinning {
     /// What was decided, once the handshake got as far as the certificate.
     pub(crate) fn outcome(&self) -> Option<Result<Verdict, TrustError>> {
         self.outcome.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The handshake succeeded: keep the fingerprint it was decided to pin, if any.
+    pub(crate) fn pin_now(&self) -> Result<(), TrustError> {
+        let fingerprint = self.to_pin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match (fingerprint, &self.trust.known_relays) {
+            (Some(fingerprint), Some(path)) => remember(path, &self.server, &fingerprint),
+            _ => Ok(()),
+        }
     }
 
     fn decide(&self, presented: String, by_authority: bool) -> Result<Verdict, TrustError> {
@@ -207,11 +220,10 @@ impl Pinning {
         }
     }
 
+    /// Decides to pin `fingerprint`; [`Pinning::pin_now`] writes it once the handshake is done.
     fn pin(&self, fingerprint: &str) -> Result<(), TrustError> {
-        match &self.trust.known_relays {
-            Some(path) => remember(path, &self.server, fingerprint),
-            None => Ok(()),
-        }
+        *self.to_pin.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint.to_owned());
+        Ok(())
     }
 }
 
@@ -300,6 +312,7 @@ pub(crate) fn tls_config(
         trust: trust.clone(),
         known,
         outcome: Mutex::new(None),
+        to_pin: Mutex::new(None),
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(tls::VERSIONS)
@@ -341,5 +354,25 @@ mod tests {
         assert!(matches!(server_name("127.0.0.1:21567"), Some(ServerName::IpAddress(_))));
         assert!(matches!(server_name("[::1]:21567"), Some(ServerName::IpAddress(_))));
         assert!(matches!(server_name("relay.example.org:21567"), Some(ServerName::DnsName(_))));
+    }
+
+    #[test]
+    fn a_first_contact_is_pinned_only_after_the_handshake() {
+        // The certificate check decides; the file is written only once the relay has proved it
+        // holds the key (the handshake succeeded), so a copied certificate gets nothing pinned.
+        let path = std::env::temp_dir().join(format!("relaychat-pin-late-{}", std::process::id()));
+        let _ = fs::remove_file(&path);
+        let trust = Trust {
+            known_relays: Some(path.clone()),
+            first_contact: FirstContact::Accept,
+            ..Trust::default()
+        };
+        let (_, pinning) = tls_config("relay.example:9", &trust).unwrap();
+        let verdict = pinning.decide("SHA256:ab".into(), false);
+        assert_eq!(verdict, Ok(Verdict::FirstContact { fingerprint: "SHA256:ab".into() }));
+        assert!(read_known(&path).unwrap().is_empty(), "nothing kept before the handshake is done");
+        pinning.pin_now().unwrap();
+        assert_eq!(read_known(&path).unwrap()["relay.example:9"], "SHA256:ab");
+        let _ = fs::remove_file(&path);
     }
 }
