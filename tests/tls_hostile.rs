@@ -48,14 +48,11 @@ use std::time::{Duration, Instant};
 use common::proc::Proc;
 use common::{client_config, hello_as, test_keys, TempDir};
 use relay_proc::{connect_from, lo, Got, Relay, RelaySpec};
-use relaychat::client::{Client, Event};
+use relaychat::client::{Client, Event, Trust};
 use relaychat::frame::{self, encode_to_vec, ErrorCode, Frame};
 use relaychat::tls::TlsStream;
 use relaychat::wire::{write_frame, FrameReader, ReadError, Stream};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 
 /// The relay's hello deadline (`ServerConfig::hello_timeout`; the binary has no flag for it): the
 /// TLS handshake and the hello must both be done this long after the connection starts.
@@ -904,60 +901,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 // TLS by hand
 // =============================================================================================
 
-/// Trusts exactly the shared test key (by fingerprint), and checks the handshake signature, as
-/// the real client's pinning does (`client/trust.rs` is not public).
-#[derive(Debug)]
-struct PinnedTestKey(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for PinnedTestKey {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if relaychat::tls::fingerprint(end_entity) == test_keys().fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("not the test relay's key".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The attackers' TLS configuration: TLS 1.3 with ring, like the real client.
+/// The attackers' TLS configuration: the real client's (TLS 1.3 with ring, and its pinning
+/// check), trusting exactly the shared test key.
 fn tls_config() -> Arc<rustls::ClientConfig> {
-    let provider = relaychat::tls::provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(relaychat::tls::VERSIONS)
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedTestKey(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
+    let trust = Trust { fingerprint: Some(test_keys().fingerprint.clone()), ..Trust::default() };
+    relaychat::client::trust::client_config("relaychat:0", &trust).expect("the client's TLS configuration")
 }
 
 fn new_session() -> rustls::ClientConnection {

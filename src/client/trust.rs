@@ -323,6 +323,13 @@ pub(crate) fn tls_config(
     Ok((Arc::new(config), pinning))
 }
 
+/// The rustls configuration the client uses to reach `server` under `trust` (TLS 1.3, ring, the
+/// pinning check above), for callers that drive a TLS session by hand, such as the hostile-TLS
+/// tests. [`crate::client::Client::connect_tcp`] uses the same.
+pub fn client_config(server: &str, trust: &Trust) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+    tls_config(server, trust).map(|(config, _)| config)
+}
+
 /// The name the relay's certificate should carry: the host part of `HOST:PORT` (an IP address,
 /// or a DNS name; `[::1]:21567` gives `::1`).
 pub(crate) fn server_name(server: &str) -> Option<ServerName<'static>> {
