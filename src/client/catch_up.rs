@@ -37,8 +37,11 @@ pub struct CatchUp {
 /// thousandths of a millisecond), so ids keep growing across restarts of the client too.
 pub(crate) fn next_message_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let start = crate::clock::now_ms().saturating_mul(1000).max(1);
-    let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    if NEXT.load(Ordering::SeqCst) == 0 {
+        // The first call of the process reads the clock; racing first calls agree on one start.
+        let start = crate::clock::now_ms().saturating_mul(1000).max(1);
+        let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    }
     NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
