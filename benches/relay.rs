@@ -24,7 +24,7 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, start_relay};
+use common::{rss_kib, start_relay, UNLIMITED_RATES};
 use relaychat::client::{Client, Event};
 use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::wire::FrameReader;
@@ -54,20 +54,9 @@ fn main() {
 
     let data = std::env::temp_dir().join(format!("relaychat-bench-relay-{}", std::process::id()));
     let (dir_a, dir_b) = (data.join("a"), data.join("b"));
-    // The per-connection rate limit is off: a burst through the relay measures the relay, not the
-    // limit (which slows one sender to --msg-rate messages per second on purpose).
+    // The rate limits are off: a burst through the relay measures the relay, not the limits.
     // Raw-frame clients speak plaintext; the library clients use TLS.
-    let unlimited = [
-        "--msg-rate",
-        "0",
-        "--text-rate",
-        "0",
-        "--request-rate",
-        "0",
-        "--connect-rate",
-        "0",
-        "--allow-plaintext",
-    ];
+    let unlimited = [&UNLIMITED_RATES[..], &["--allow-plaintext"]].concat();
     let (relay, addr) = start_relay(&[&["--data-dir", dir_a.to_str().unwrap()][..], &unlimited].concat());
     let (still, still_addr) =
         start_relay(&[&["--spin-us", "0", "--data-dir", dir_b.to_str().unwrap()][..], &unlimited].concat());

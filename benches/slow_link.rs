@@ -21,6 +21,8 @@
 //! A line's delay is from the `send_text` call to its `Chat` event at the receiver (one process,
 //! one clock). Throughput is the file's bytes over the transfer's time, against the link rate.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use relaychat::client::{Client, ClientConfig, Event, FirstContact, Security, Trust};
+use relaychat::client::{Client, Event};
 use relaychat::outbox::Pacing;
 use relaychat::server::{Server, ServerConfig, ShutdownHandle, StoreLimits};
 
@@ -176,9 +178,7 @@ fn relay(dir: &Path, pacing: Pacing) -> (String, ShutdownHandle, thread::JoinHan
 }
 
 fn join(addr: &str, name: &str, pacing: Pacing) -> Client {
-    let mut config = ClientConfig::new(name, "bench");
-    // TLS (the default path), trusting the loopback relay's key without pinning it.
-    config.security = Security::Tls(Trust { first_contact: FirstContact::Accept, ..Trust::default() });
+    let mut config = common::bench_config(name, "bench");
     config.pacing = pacing;
     let client = Client::connect_tcp(addr, &config).unwrap();
     next(&client, |e| matches!(e, Event::Online { .. }));

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, start_relay};
+use common::{rss_kib, start_relay, UNLIMITED_RATES};
 use relaychat::client::{Client, Event, Mark};
 
 struct Figures {
@@ -68,34 +68,14 @@ fn measure(dir: &Path, per_client: usize) -> Figures {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let data = dir.to_str().unwrap();
-    let (relay, addr) = start_relay(&[
-        "--data-dir",
-        data,
-        "--msg-rate",
-        "0",
-        "--text-rate",
-        "0",
-        "--request-rate",
-        "0",
-        "--connect-rate",
-        "0",
-    ]);
+    // 50 clients come from one address: past the per-address connection cap (16), lifted too.
+    let flags = [&["--data-dir", data, "--max-per-address", "64"][..], &UNLIMITED_RATES].concat();
+    let (relay, addr) = start_relay(&flags);
     let durable_per_sec = durable_rate(&addr, per_client);
     let offline_login_ms = offline_login(&addr);
     drop(relay);
     add_users(&dir.join("relay.db"), 1000);
-    let (relay, _) = start_relay(&[
-        "--data-dir",
-        data,
-        "--msg-rate",
-        "0",
-        "--text-rate",
-        "0",
-        "--request-rate",
-        "0",
-        "--connect-rate",
-        "0",
-    ]);
+    let (relay, _) = start_relay(&flags);
     thread::sleep(Duration::from_millis(300));
     let rss_1000_users_kib = rss_kib(relay.0.id(), "VmRSS");
     drop(relay);
