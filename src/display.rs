@@ -94,6 +94,16 @@ pub fn tags(to: &str, mark: crate::client::Mark) -> String {
     }
 }
 
+/// A big room's head count: `1204 online in lobby (+12 joined, -3 left)`, or just the count on
+/// joining. Also the window's online line in a big room, where there is no list to show.
+pub fn crowd_line(room: &str, online: u32, joined: u32, left: u32) -> String {
+    let mut line = format!("{online} online in {}", visible(room));
+    if joined > 0 || left > 0 {
+        line.push_str(&format!(" (+{joined} joined, -{left} left)"));
+    }
+    line
+}
+
 /// What an event says to a person: one wording for the terminal client and the window
 /// (`cli/show.rs` and `gui_fltk/app.rs` only place and style it). Names, text and file names from
 /// the network are already made safe to show ([`visible`], [`crate::filename::clean`]).
@@ -128,6 +138,7 @@ pub fn describe(event: &crate::client::Event) -> Option<Said> {
             let names: Vec<String> = names.iter().map(|n| visible(n)).collect();
             Said::Room(format!("online in {}: {}", visible(room), names.join(", ")))
         }
+        Event::Crowd { room, online, joined, left } => Said::Room(crowd_line(room, *online, *joined, *left)),
         Event::Warning { message, .. } => Said::Error(format!("error: {}", visible(message))),
         // The seed's wording, with the sender and the size added.
         Event::NewFile(info) => Said::File(format!(

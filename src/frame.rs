@@ -29,13 +29,15 @@
 mod chunk;
 mod code;
 mod error;
+mod fields;
 
 pub use chunk::{chunk_frame, chunk_header, chunk_parts, CHUNK_HEADER, MAX_CHUNK_DATA};
 pub use code::ErrorCode;
 pub use error::FrameError;
+use fields::{put_bytes, put_file_info, put_str, put_u32, Fields};
 
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The relay's port unless told otherwise: the seed project's, kept.
 pub const DEFAULT_PORT: u16 = 21567;
@@ -88,6 +90,12 @@ pub enum Frame {
     /// `0x15` S→C. Everyone online in `room`, sorted, including the receiver. A long list comes
     /// in several frames: every one but the last has `more` set.
     Online { room: String, names: Vec<String>, more: bool },
+    /// `0x21` S→C. Presence in a big room, where single joins and leaves are not announced (that
+    /// would cost every member one frame per arrival: quadratic in the room's size). `online` is
+    /// how many are in `room` now; `joined` and `left` count the arrivals and departures since
+    /// the last count. Sent on joining a big room (instead of the online list) and then at most
+    /// once a second while people come and go. See docs/PROTOCOL.md, "Big rooms".
+    Crowd { room: String, online: u32, joined: u32, left: u32 },
 
     // ---- Files (store-and-forward). See docs/PROTOCOL.md for the whole conversation. ----
     /// `0x05` C→S. Start or resume an upload of `size` bytes. `key` is the client's name for this
@@ -193,6 +201,7 @@ const DOWNLOAD_FAILED: u8 = 0x1d;
 const FILE_EXPIRED: u8 = 0x1e;
 const SENT: u8 = 0x1f;
 const PONG: u8 = 0x20;
+const CROWD: u8 = 0x21;
 
 impl Frame {
     /// A hello of this protocol version, as a guest of a relay without an access password.
@@ -225,6 +234,7 @@ impl Frame {
             Frame::Joined { .. } => JOINED,
             Frame::Left { .. } => LEFT,
             Frame::Online { .. } => ONLINE,
+            Frame::Crowd { .. } => CROWD,
             Frame::UploadStart { .. } => UPLOAD_START,
             Frame::UploadChunk { .. } => UPLOAD_CHUNK,
             Frame::UploadEnd { .. } => UPLOAD_END,
@@ -304,6 +314,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
                 put_str(out, name);
             }
             out.push(u8::from(*more));
+        }
+        Frame::Crowd { room, online, joined, left } => {
+            put_str(out, room);
+            for count in [online, joined, left] {
+                out.extend_from_slice(&count.to_be_bytes());
+            }
         }
         Frame::UploadStart { key, name, size, to } => {
             put_str(out, key);
@@ -449,6 +465,7 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             }
             Frame::Online { room, names, more: f.flag()? }
         }
+        CROWD => Frame::Crowd { room: f.string()?, online: f.u32()?, joined: f.u32()?, left: f.u32()? },
         UPLOAD_START => {
             Frame::UploadStart { key: f.string()?, name: f.string()?, size: f.u64()?, to: f.string()? }
         }
@@ -490,110 +507,6 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
     };
     f.finish()?;
     Ok(frame)
-}
-
-fn put_u32(out: &mut Vec<u8>, n: usize) {
-    // Strings and lists longer than u32::MAX cannot fit in a frame anyway; saturating keeps the
-    // arithmetic honest and the final size check in `encode` rejects the frame.
-    let n = u32::try_from(n).unwrap_or(u32::MAX);
-    out.extend_from_slice(&n.to_be_bytes());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_bytes(out, s.as_bytes());
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_u32(out, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-fn put_file_info(out: &mut Vec<u8>, info: &FileInfo) {
-    out.extend_from_slice(&info.file_id.to_be_bytes());
-    put_str(out, &info.from);
-    put_str(out, &info.name);
-    out.extend_from_slice(&info.size.to_be_bytes());
-    out.extend_from_slice(&info.sha256);
-}
-
-/// A cursor over one payload. Every read checks the remaining length first, so malformed input
-/// becomes [`FrameError::Truncated`] instead of a panic.
-struct Fields<'a> {
-    kind: u8,
-    rest: &'a [u8],
-}
-
-impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if n > self.rest.len() {
-            return Err(FrameError::Truncated { kind: self.kind });
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn array<const K: usize>(&mut self) -> Result<[u8; K], FrameError> {
-        let mut a = [0; K];
-        a.copy_from_slice(self.take(K)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    /// A boolean byte: 0 or 1, anything else is refused.
-    fn flag(&mut self) -> Result<bool, FrameError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            value => Err(FrameError::BadFlag { kind: self.kind, value }),
-        }
-    }
-
-    fn u16(&mut self) -> Result<u16, FrameError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
-        let len = self.u32()? as usize;
-        self.take(len)
-    }
-
-    fn file_info(&mut self) -> Result<FileInfo, FrameError> {
-        Ok(FileInfo {
-            file_id: self.u64()?,
-            from: self.string()?,
-            name: self.string()?,
-            size: self.u64()?,
-            sha256: self.array()?,
-        })
-    }
-
-    fn string(&mut self) -> Result<String, FrameError> {
-        let bytes = self.bytes()?;
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(FrameError::BadUtf8 { kind: self.kind }),
-        }
-    }
-
-    fn finish(self) -> Result<(), FrameError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::TrailingBytes { kind: self.kind, extra: self.rest.len() })
-        }
-    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,11 @@ pub struct ServerConfig {
     pub expiry_check: Duration,
     /// How many of a room's last messages a user sees on joining. Default 50.
     pub history: usize,
+    /// A room with more people online than this is *big*: its joins and leaves are counted and
+    /// announced once a second as a `Crowd` frame instead of one `Joined`/`Left` per person to
+    /// every member, which would grow with the square of the room (see `hub/crowd.rs` and
+    /// docs/PROTOCOL.md, "Big rooms"). Default 100.
+    pub big_room: usize,
     /// Connections the relay holds at once (joined or still in their hello). `None` (the
     /// default) derives it from the open-file limit: (soft limit, raised to the hard limit, −
     /// 64 reserved) / 6 descriptors per connection. See `server/accept.rs`.
@@ -192,6 +197,7 @@ impl Default for ServerConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             expiry_check: Duration::from_secs(60),
             history: 50,
+            big_room: 100,
             max_connections: None,
             max_per_address: 16,
             hash_threads: 2,

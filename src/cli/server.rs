@@ -47,6 +47,10 @@ pub struct ServerCli {
     /// How many of a room's last messages someone joining it sees.
     #[arg(long, default_value_t = 50)]
     pub history: usize,
+    /// A room with more people online than this is big: joins and leaves in it are announced as
+    /// a count once a second, not one by one to everyone (see docs/PROTOCOL.md, "Big rooms").
+    #[arg(long, default_value_t = 100)]
+    pub big_room: usize,
     /// Connections the relay holds at once [default: derived from the open-file limit, which is
     /// raised to its hard limit at start: (limit - 64) / 6]. Newcomers over it are told the relay
     /// is full.
@@ -164,6 +168,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         access_password: cli.access_password.filter(|p| !p.is_empty()),
         retention: cli.retention,
         history: cli.history,
+        big_room: cli.big_room,
         max_connections: cli.max_connections,
         max_per_address: cli.max_per_address.max(1),
         tls_files: cli.tls_cert.zip(cli.tls_key),

@@ -41,6 +41,11 @@ pub enum Event {
     Left { name: String, room: String },
     /// Who is online in our room (after joining, and in answer to [`Client::who`]).
     Online { room: String, names: Vec<String> },
+    /// Our room is big: it has `online` people, and `joined` came and `left` went since the last
+    /// count (both 0 in the count we get on joining). Big rooms announce arrivals and departures
+    /// this way, at most once a second, instead of one by one; [`Client::who`] still lists
+    /// everyone.
+    Crowd { room: String, online: u32, joined: u32, left: u32 },
     /// The server rejected one of our requests but kept the connection.
     Warning { code: ErrorCode, message: String },
     /// A file is waiting for us on the relay (`[Newfile]`).

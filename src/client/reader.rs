@@ -73,6 +73,7 @@ impl<S: Stream> Reader<S> {
                 Frame::Pong => None, // it did its job by arriving
                 Frame::Joined { name, room } => Some(Event::Joined { name, room }),
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
+                Frame::Crowd { room, online, joined, left } => Some(Event::Crowd { room, online, joined, left }),
                 Frame::Online { room, names, more } => {
                     online_so_far.extend(names);
                     if more {

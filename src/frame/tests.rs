@@ -39,6 +39,7 @@ fn samples() -> Vec<Frame> {
         Frame::Left { name: "bob".into(), room: "lobby".into() },
         Frame::Online { room: "lobby".into(), names: vec![], more: false },
         Frame::Online { room: "lobby".into(), names: vec!["alice".into(), "bob".into()], more: true },
+        Frame::Crowd { room: "lobby".into(), online: 5000, joined: 12, left: u32::MAX },
         Frame::UploadStart { key: "k1".into(), name: "报告.pdf".into(), size: 1 << 40, to: String::new() },
         Frame::UploadChunk { upload_id: 7, data: vec![0, 1, 2, 255] },
         Frame::UploadChunk { upload_id: 7, data: vec![] },

@@ -49,6 +49,8 @@ pub struct App {
     waiting: Vec<FileInfo>,
     /// Who is online in our room: set by `Online`, kept current by `Joined` and `Left`.
     online: (String, std::collections::BTreeSet<String>),
+    /// In a big room, its head count instead of a list (set by `Crowd`, cleared by `Online`).
+    crowd: Option<String>,
     meters: [Option<Meter>; 2],
     closing: bool,
 }
@@ -76,6 +78,7 @@ impl App {
             downloads: options.downloads,
             waiting: Vec::new(),
             online: (String::new(), Default::default()),
+            crowd: None,
             meters: [None, None],
             closing: false,
         })
@@ -222,6 +225,13 @@ impl App {
             }
             Event::Online { room, names } => {
                 self.online = (room, names.into_iter().collect());
+                self.crowd = None;
+                self.show_online();
+            }
+            // Not logged in the chat: a big room's counts come every second while people come
+            // and go. The online line shows the head count instead.
+            Event::Crowd { room, online, .. } => {
+                self.crowd = Some(crate::display::crowd_line(&room, online, 0, 0));
                 self.show_online();
             }
             Event::Warning { .. } => self.say_in_chat(said),
@@ -356,7 +366,11 @@ impl App {
 
     fn show_online(&mut self) {
         let names: Vec<String> = self.online.1.iter().map(|n| visible(n)).collect();
-        self.w.online.set_label(&format!("online in {}: {}", visible(&self.online.0), names.join(", ")));
+        let line = match &self.crowd {
+            Some(count) => count.clone(),
+            None => format!("online in {}: {}", visible(&self.online.0), names.join(", ")),
+        };
+        self.w.online.set_label(&line);
         self.w.online.redraw();
     }
 

@@ -119,7 +119,7 @@ impl Session {
         match &frame {
             Frame::Say { text, .. } => pace(&self.throttle, |t| t.message(text.len())),
             Frame::UploadChunk { .. } | Frame::UploadEnd { .. } => {}
-            Frame::ListFiles => pace(&self.throttle, |t| t.file_list()),
+            Frame::ListFiles | Frame::Who => pace(&self.throttle, |t| t.list()),
             _ => pace(&self.throttle, |t| t.request()),
         }
         match frame {

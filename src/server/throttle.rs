@@ -23,7 +23,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What one `ListFiles` costs in requests (at the default 500 a second: 10 lists a second).
+/// What one `ListFiles` or `Who` costs in requests (at the default 500 a second: 10 lists a second).
 pub(crate) const LIST_COST: u64 = 50;
 
 /// One token bucket.
@@ -170,9 +170,10 @@ impl Throttle {
         self.password_checks.try_take(1)
     }
 
-    /// The wait before a list of waiting files may be made: it costs the hub a query and the
-    /// encoding of up to `files_per_recipient` entries, so it is charged as [`LIST_COST`] requests.
-    pub(crate) fn file_list(&mut self) -> Duration {
+    /// The wait before a list may be made: the files waiting (a query and the encoding of up to
+    /// `files_per_recipient` entries) or who is online (in a big room, thousands of names). Either
+    /// costs the hub far more than a ping, so it is charged as [`LIST_COST`] requests.
+    pub(crate) fn list(&mut self) -> Duration {
         self.requests.take(LIST_COST)
     }
 }

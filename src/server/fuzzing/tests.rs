@@ -56,7 +56,7 @@ fn decode_seeds() -> Vec<Frame> {
     let mut frames: Vec<Frame> = relay_seeds().into_iter().flat_map(|(_, frames)| frames).collect();
     frames.extend([
         Frame::Hello {
-            version: 4,
+            version: crate::frame::PROTOCOL_VERSION,
             name: "bob".into(),
             room: "lobby".into(),
             password: "秘密".into(),
@@ -75,6 +75,7 @@ fn decode_seeds() -> Vec<Frame> {
         Frame::Joined { name: "bob".into(), room: "lobby".into() },
         Frame::Left { name: "bob".into(), room: "lobby".into() },
         Frame::Online { room: "lobby".into(), names: vec!["alice".into(), "bob".into()], more: true },
+        Frame::Crowd { room: "lobby".into(), online: 5000, joined: 12, left: 3 },
         Frame::UploadReady { upload_id: 1, offset: 0 },
         Frame::UploadDone { upload_id: 1, file_id: 3 },
         Frame::UploadFailed { upload_id: 1, code: ErrorCode::QuotaExceeded, message: "no".into() },

@@ -22,6 +22,8 @@
 //! the caches in front of it) and the login *brake*. What the hub does with it is split by idea:
 //!
 //! - `presence.rs`: who is here: joining, taking a name over, leaving, the online list;
+//! - `crowd.rs`: how a room hears about arrivals and departures: one by one, or in a big room
+//!   counted and announced once a second;
 //! - `delivery.rs`: getting frames to clients without blocking: queues, backlogs, cutting the
 //!   stuck;
 //! - `chat.rs`: messages: storing them in batches, receipts, offline delivery a page at a time;
@@ -38,6 +40,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 pub(crate) mod brake;
 mod chat;
+mod crowd;
 mod delivery;
 mod files;
 mod meter;
@@ -219,6 +222,8 @@ struct Routing {
     too_slow: Vec<(ConnId, String)>,
     /// Bytes queued for all clients together (see [`meter`]).
     queued_total: Arc<AtomicUsize>,
+    /// The big rooms, whose presence is counted (`crowd.rs`).
+    crowds: crowd::Crowds,
 }
 
 /// The store, and what the hub remembers in front of it so that a message costs no look-up.
@@ -251,6 +256,7 @@ impl Hub {
             backlogged: BTreeSet::new(),
             too_slow: Vec::new(),
             queued_total: Arc::new(AtomicUsize::new(0)),
+            crowds: crowd::Crowds::default(),
         };
         let records = Records {
             last_message_id: store.last_message_id(),
@@ -269,8 +275,8 @@ impl Hub {
     /// of every connection still open, so `run` can cut the ones that do not end by themselves.
     pub(crate) fn run(mut self) -> Vec<Closer> {
         loop {
-            let event = if self.any_backlog() || !self.records.catching_up.is_empty() {
-                match self.events.recv_timeout(BACKLOG_TICK) {
+            let event = if let Some(wake_at) = self.wake_at() {
+                match self.events.recv_deadline(wake_at) {
                     Ok(event) => Some(event),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -301,9 +307,21 @@ impl Hub {
             }
             self.retry_backlogs();
             self.continue_catch_ups();
+            self.count_crowds();
         }
         self.flush_messages();
         self.say_goodbye_to_all()
+    }
+
+    /// When the loop must wake up even if no event comes: soon while frames are held back or
+    /// offline messages are still going out, when a big room's counts are due, or never (`None`).
+    fn wake_at(&self) -> Option<Instant> {
+        let retry = (self.any_backlog() || !self.records.catching_up.is_empty())
+            .then(|| Instant::now() + BACKLOG_TICK);
+        match (retry, self.routing.crowds.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// One event, one call: each idea's code lives in its own file (see the module docs).

@@ -1,5 +1,5 @@
 //! Who is here: joining (and taking a name over from a stale connection), leaving, and the
-//! online list. One of the hub's jobs, in a file of its own; the state is the hub's (`mod.rs`).
+//! online list. How a room hears about it is `crowd.rs`'s job (one by one, or counted). One of the hub's jobs, in a file of its own; the state is the hub's (`mod.rs`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -70,9 +70,8 @@ impl Hub {
         self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
         log::info!("{addr}: {name} joined {room}");
         self.routing.names.insert(name.clone(), id);
-        self.broadcast(&room, Some(id), &Frame::Joined { name: name.clone(), room: room.clone() });
         self.routing.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
-        self.who(id);
+        self.arrived(id, &name, &room);
         for info in self.records.store.waiting_for(&name) {
             self.send_to(id, &Frame::NewFile(info));
         }
@@ -152,6 +151,6 @@ impl Hub {
                 self.records.members.remove(&peer.room);
             }
         }
-        self.broadcast(&peer.room, None, &Frame::Left { name: peer.name, room: peer.room.clone() });
+        self.departed(&peer.name, &peer.room);
     }
 }
