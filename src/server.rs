@@ -66,7 +66,10 @@ pub struct ServerConfig {
     /// A connection must send its hello within this time or it is closed. Default 10 s.
     pub hello_timeout: Duration,
     /// Frames each client's writer queue holds before the hub starts to hold frames back for it.
-    /// Default 1024.
+    /// Default 128. The queue's slots are allocated when the connection joins, whether they are
+    /// ever used or not (about 40 bytes each), so this is memory every idle connection pays:
+    /// 1024 slots cost 10,000 connections 400 MiB. Bursts beyond it wait in the hub's backlog,
+    /// which grows only while it is used (see `hub/delivery.rs`).
     pub client_queue: usize,
     /// How long a client's queue may stay full (no progress at all) before the client is
     /// disconnected as too slow. Default 5 s.
@@ -150,7 +153,7 @@ pub struct ServerConfig {
     pub big_room: usize,
     /// Connections the relay holds at once (joined or still in their hello). `None` (the
     /// default) derives it from the open-file limit: (soft limit, raised to the hard limit, −
-    /// 64 reserved) / 6 descriptors per connection. See `server/accept.rs`.
+    /// 64 reserved) / 4 descriptors per connection. See `server/accept.rs`.
     pub max_connections: Option<usize>,
     /// Connections one address holds at once (an IPv6 address counts per /64). Default 16.
     pub max_per_address: usize,
@@ -169,7 +172,7 @@ impl Default for ServerConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
             idle_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
-            client_queue: 1024,
+            client_queue: 128,
             stall_limit: Duration::from_secs(5),
             max_queued_bytes: 4 * 1024 * 1024,
             max_queued_total: 96 * 1024 * 1024,

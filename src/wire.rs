@@ -52,6 +52,76 @@ impl Stream for TcpStream {
     }
 }
 
+/// One TCP socket shared by the threads of its connection: the reader, the writer and the
+/// kill switch each hold an `Arc` of the same socket, not a copy of its file descriptor.
+///
+/// `TcpStream::try_clone` would work too, but each clone is another descriptor (a `dup`), and a
+/// relay holding 10,000 connections would need 40,000 of them where 10,000 do. The kernel's
+/// socket is the same either way: reading from one thread and writing from another is what a
+/// socket is for (`&TcpStream` implements both `Read` and `Write`), and options such as timeouts
+/// belong to the socket, not to a handle.
+#[derive(Clone, Debug)]
+pub struct Socket(std::sync::Arc<TcpStream>);
+
+impl Socket {
+    pub fn new(stream: TcpStream) -> Socket {
+        Socket(std::sync::Arc::new(stream))
+    }
+}
+
+impl From<TcpStream> for Socket {
+    fn from(stream: TcpStream) -> Socket {
+        Socket::new(stream)
+    }
+}
+
+impl std::ops::Deref for Socket {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+impl Stream for Socket {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        Ok(self.clone())
+    }
+    fn closer(&self) -> io::Result<Closer> {
+        let socket = self.0.clone();
+        Ok(Closer(Box::new(move || {
+            // Errors are ignored on purpose: the stream may already be closed, which is the goal.
+            let _ = socket.shutdown(Shutdown::Both);
+        })))
+    }
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.set_write_timeout(timeout)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.0.shutdown(Shutdown::Write)
+    }
+}
+
 /// A kill switch for one stream. Calling [`Closer::close`] makes every blocked `read` on the stream
 /// return EOF and every blocked `write` fail, so the threads that own the stream wake up and end.
 ///
@@ -111,9 +181,12 @@ impl std::error::Error for ReadError {
     }
 }
 
-/// How much to ask the kernel for in one `read`. Big enough that a burst of small chat frames
-/// arrives in one system call.
+/// How much to ask the kernel for in one `read`, at most. Big enough that a burst of small chat
+/// frames arrives in one system call.
 const READ_CHUNK: usize = 64 * 1024;
+/// How much a reader asks for at first. It doubles each time a read fills the buffer (more was
+/// waiting), up to [`READ_CHUNK`]: a quiet connection keeps 4 KiB, a busy one gets big reads.
+const FIRST_READ: usize = 4 * 1024;
 
 /// Reads whole frames from a byte stream, buffering partial ones.
 ///
@@ -126,12 +199,14 @@ pub struct FrameReader<R> {
     /// Bytes `buf[start..end]` are received but not yet decoded.
     start: usize,
     end: usize,
+    /// The room kept free for one read: [`FIRST_READ`], doubling up to [`READ_CHUNK`].
+    read_size: usize,
 }
 
 impl<R: Read> FrameReader<R> {
     /// Wraps a stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0 }
+        FrameReader { inner, buf: vec![0; FIRST_READ], start: 0, end: 0, read_size: FIRST_READ }
     }
 
     /// The wrapped stream.
@@ -180,6 +255,9 @@ impl<R: Read> FrameReader<R> {
                 return if have == 0 { Ok(None) } else { Err(ReadError::TruncatedAtEof { have }) };
             }
             self.end += n;
+            if self.end == self.buf.len() {
+                self.read_size = (2 * self.read_size).min(READ_CHUNK); // more was waiting
+            }
         }
     }
 
@@ -191,7 +269,7 @@ impl<R: Read> FrameReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        let want = needed.max(self.end + 1).max(READ_CHUNK);
+        let want = needed.max(self.end + 1).max(self.read_size);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         } else if self.buf.len() > 2 * READ_CHUNK && self.end < READ_CHUNK && needed <= READ_CHUNK {

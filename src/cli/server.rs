@@ -52,7 +52,7 @@ pub struct ServerCli {
     #[arg(long, default_value_t = 100)]
     pub big_room: usize,
     /// Connections the relay holds at once [default: derived from the open-file limit, which is
-    /// raised to its hard limit at start: (limit - 64) / 6]. Newcomers over it are told the relay
+    /// raised to its hard limit at start: (limit - 64) / 4]. Newcomers over it are told the relay
     /// is full.
     #[arg(long)]
     pub max_connections: Option<usize>,

@@ -46,9 +46,10 @@ use crate::wire::write_frame;
 /// File descriptors kept back from the connection cap: the listener, the database and its WAL,
 /// the log, files being moved by the hub, the janitor's and the signal thread's needs.
 pub(crate) const FD_RESERVE: u64 = 64;
-/// File descriptors one connection may use: the socket, the writer's clone, two closers (kill
-/// switches held by the hub and the writer), a file being transferred, and one spare.
-pub(crate) const FDS_PER_CONNECTION: u64 = 6;
+/// File descriptors one connection may use: the socket (one descriptor, shared by its reader,
+/// writer and kill switches: see `wire::Socket`), a file being uploaded, a file being
+/// downloaded, and one spare for the moment a finished upload's file is still closing.
+pub(crate) const FDS_PER_CONNECTION: u64 = 4;
 /// How long the accept thread may spend writing the `RelayFull` frame. The socket's send buffer
 /// is empty, so the write does not block in practice; the timeout makes sure of it.
 const TURN_AWAY_WRITE: Duration = Duration::from_millis(100);
@@ -398,9 +399,9 @@ mod tests {
 
     #[test]
     fn the_cap_comes_from_the_fd_limit_with_a_reserve() {
-        assert_eq!(derived_max_connections(1024), (1024 - 64) / 6);
+        assert_eq!(derived_max_connections(1024), (1024 - 64) / 4);
         assert_eq!(derived_max_connections(10), 1, "never zero");
-        assert_eq!(derived_max_connections(1 << 20), ((1 << 20) - 64) / 6);
+        assert_eq!(derived_max_connections(1 << 20), ((1 << 20) - 64) / 4);
     }
 
     #[test]

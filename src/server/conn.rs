@@ -35,7 +35,7 @@ use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
 use crate::outbox;
 use crate::rules;
 use crate::tls::{TlsStream, TLS_HANDSHAKE_BYTE};
-use crate::wire::{write_frame, FrameReader, Stream};
+use crate::wire::{write_frame, FrameReader, Socket, Stream};
 
 /// Frames in a connection's bulk queue (file chunks of up to 256 KiB, and upload answers).
 const BULK_QUEUE: usize = 4;
@@ -65,6 +65,9 @@ pub(crate) fn serve_tcp(
     tls: Arc<rustls::ServerConfig>,
 ) {
     let deadline = Instant::now() + config.hello_timeout;
+    // From here on the socket is shared, not duplicated: the hub's kill switch, the reader and
+    // the writer hold one descriptor between them (see `wire::Socket`).
+    let stream = Socket::new(stream);
     if !announce(&stream, &info, &to_hub) {
         return;
     }
@@ -112,7 +115,7 @@ pub(crate) fn serve_tcp(
 }
 
 /// The first byte the peer sent, left in the socket (peeked). `None`: it closed first.
-fn first_byte(stream: &TcpStream, deadline: Instant) -> std::io::Result<Option<u8>> {
+fn first_byte(stream: &Socket, deadline: Instant) -> std::io::Result<Option<u8>> {
     let mut byte = [0u8; 1];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -131,7 +134,7 @@ fn first_byte(stream: &TcpStream, deadline: Instant) -> std::io::Result<Option<u
 
 /// Writes one plaintext error frame and closes, without waiting long for a peer that does not
 /// read.
-fn refuse(mut stream: TcpStream, code: ErrorCode, message: &str, config: &ServerConfig) {
+fn refuse(mut stream: Socket, code: ErrorCode, message: &str, config: &ServerConfig) {
     let _ = stream.set_write_timeout(Some(config.linger));
     let _ = write_frame(&mut stream, &Frame::Error { code, message: message.to_owned() });
     let _ = std::io::Write::flush(&mut stream);
