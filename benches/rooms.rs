@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo bench --bench rooms                     # 5,000 in one room, TLS and plaintext; 10,000 idle in 100 rooms
-//! cargo bench --bench rooms -- --clients 1000   # one size, both paths (also: --rooms R, --lines L)
+//! cargo bench --bench rooms -- --clients 1000   # one size, both paths (also: --rooms R, --lines L,
+//!                                               # --path tls|plain, --relay ARGS... for the relay)
 //! ```
 //!
 //! Each scenario starts the real `server` binary and connects `--clients` protocol clients to it,
@@ -73,8 +74,19 @@ fn main() {
     if let Some(clients) = value("--clients").and_then(|v| v.parse::<usize>().ok()) {
         let rooms = value("--rooms").and_then(|v| v.parse().ok()).unwrap_or(1);
         let lines = value("--lines").and_then(|v| v.parse().ok()).unwrap_or(20);
-        for path in [Path::Tls, Path::Plain] {
-            scenarios.push(scenario(path, clients, rooms, lines, &[], true));
+        // Everything after `--relay` goes to the relay (e.g. `--relay --spin-us 0`).
+        let relay: Vec<&str> = match args.iter().position(|a| a == "--relay") {
+            // (cargo adds `--bench` to a benchmark's arguments: not the relay's.)
+            Some(at) => args[at + 1..].iter().map(String::as_str).filter(|a| *a != "--bench").collect(),
+            None => Vec::new(),
+        };
+        let paths = match value("--path").as_deref() {
+            Some("tls") => vec![Path::Tls],
+            Some("plain") => vec![Path::Plain],
+            _ => vec![Path::Tls, Path::Plain],
+        };
+        for path in paths {
+            scenarios.push(scenario(path, clients, rooms, lines, &relay, true));
         }
     } else {
         scenarios.push(Scenario {
@@ -127,7 +139,10 @@ struct Shared {
 
 enum Command {
     /// Say line `n` from this worker's connection `index`.
-    Say { index: usize, n: u32 },
+    Say {
+        index: usize,
+        n: u32,
+    },
     Stop,
 }
 
@@ -177,14 +192,15 @@ fn run(s: &Scenario) {
     let welcomed_at = wait_until(s.settle_limit, || {
         shared.welcomed.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) >= s.clients
     })
-    .map(|_| started.elapsed());
+    .map(|_| started.elapsed())
+    .filter(|_| shared.welcomed.load(Ordering::Relaxed) == s.clients);
     let settled = wait_until(s.settle_limit.saturating_sub(started.elapsed()), || {
         shared.settled.load(Ordering::Relaxed) >= s.clients
     })
     .map(|_| started.elapsed());
     let failed = shared.failed.load(Ordering::Relaxed);
     match welcomed_at {
-        Some(t) => println!("all {} welcomed after {:.2} s ({failed} failed)", s.clients, t.as_secs_f64()),
+        Some(t) => println!("all {} welcomed after {:.2} s", s.clients, t.as_secs_f64()),
         None => println!(
             "NOT all welcomed within {:?}: {} of {} ({failed} failed)",
             s.settle_limit,
@@ -205,6 +221,7 @@ fn run(s: &Scenario) {
 
     // Fan-out: one line at a time, each from another client of room 0.
     let mut expected_arrivals = 0;
+    let cpu_before_lines = cpu_ticks(pid);
     if settled.is_some() {
         let room0 = (0..s.clients).step_by(s.rooms).count();
         for n in 0..s.lines as u32 {
@@ -217,6 +234,10 @@ fn run(s: &Scenario) {
         }
         thread::sleep(if s.lines > 0 { LINE_WAIT } else { Duration::ZERO });
     }
+    // The relay's CPU time for the fan-out, per line delivered to one client (the lines' pauses
+    // are idle time and cost nothing).
+    let fanout_cpu_us = (cpu_ticks(pid).saturating_sub(cpu_before_lines) as f64 / ticks_per_second()) * 1e6
+        / expected_arrivals.max(1) as f64;
 
     // Idle: every client connected and quiet.
     if s.idle && settled.is_some() {
@@ -246,7 +267,9 @@ fn run(s: &Scenario) {
         let sent_at = shared.sent_at.lock().unwrap();
         let mut micros: Vec<u64> = arrivals
             .iter()
-            .filter_map(|(n, at)| sent_at.get(n).map(|t0| at.saturating_duration_since(*t0).as_micros() as u64))
+            .filter_map(|(n, at)| {
+                sent_at.get(n).map(|t0| at.saturating_duration_since(*t0).as_micros() as u64)
+            })
             .collect();
         micros.sort_unstable();
         let lost = expected_arrivals.saturating_sub(micros.len());
@@ -263,6 +286,7 @@ fn run(s: &Scenario) {
             micros.len(),
             expected_arrivals
         );
+        println!("fan-out cost: {fanout_cpu_us:.1} µs of relay CPU per line delivered to one client");
     }
     println!(
         "relay RSS: peak {:.1} MiB (at settle {:.1} MiB; idle before anyone came {:.1} MiB)",
@@ -341,7 +365,9 @@ fn worker(
                 listing: 0,
                 dead: false,
             };
-            poll.registry().register(&mut conn.sock, Token(next), Interest::READABLE | Interest::WRITABLE).unwrap();
+            poll.registry()
+                .register(&mut conn.sock, Token(next), Interest::READABLE | Interest::WRITABLE)
+                .unwrap();
             send(&mut conn, &Frame::hello(&format!("u{id}"), &format!("room{room}")));
             conns.push(conn);
             next += 1;
@@ -472,7 +498,13 @@ fn pump(conn: &mut Conn, shared: &Shared, arrivals: &mut Arrivals) -> io::Result
 }
 
 /// What one frame changes in a connection's view.
-fn seen(conn: &mut Conn, frame: Frame, now: Instant, shared: &Shared, arrivals: &mut Arrivals) -> io::Result<()> {
+fn seen(
+    conn: &mut Conn,
+    frame: Frame,
+    now: Instant,
+    shared: &Shared,
+    arrivals: &mut Arrivals,
+) -> io::Result<()> {
     match frame {
         Frame::Welcome { .. } => {
             conn.welcomed = true;

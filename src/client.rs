@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
-use crate::outbox::{self, Heartbeat, Pacing, Urgent};
+use crate::outbox::{self, Heartbeat, Pacing, ToWriter, Urgent};
 use crate::rules::{self};
 use crate::tls::TlsStream;
 use crate::wire::{write_frame, Closer, FrameReader, Stream};
@@ -172,7 +172,7 @@ pub struct Client {
     name: String,
     room: String,
     /// The send queue. `close` sends the empty "finish" buffer on it (see [`crate::outbox`]).
-    to_writer: Sender<Urgent>,
+    to_writer: ToWriter<Urgent>,
     /// Files to upload; `None` once closing.
     to_uploader: Option<Sender<upload::Job>>,
     /// Receive requests for the reader.
@@ -263,10 +263,12 @@ impl Client {
             piece: config.pacing.piece,
         };
         let mut threads = Vec::new();
-        threads.push(
-            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options))
-                .map_err(hs)?,
-        );
+        let writer = spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options))
+            .map_err(hs)?;
+        // Whoever queues something for the writer wakes it (see `outbox`, "How a writer sleeps").
+        let to_writer = ToWriter::new(to_writer, writer.thread().clone());
+        let to_bulk = ToWriter::new(to_bulk, writer.thread().clone());
+        threads.push(writer);
         let uploads = upload::Uploader {
             jobs,
             replies: upload_replies,

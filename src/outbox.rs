@@ -26,18 +26,96 @@
 //!   128 KiB is still several milliseconds of a fast link, enough to keep it busy while this
 //!   thread wakes up (the kernel's own advice for the option).
 //!
+//! ## How a writer sleeps: [`ToWriter`]
+//!
+//! A writer with nothing to write must sleep until something arrives on either queue. A
+//! crossbeam channel can do that by itself (`recv`, `Select`), but before it sleeps it spins and
+//! then yields the CPU a few times (`Backoff::snooze`), in case something arrives very soon. For a
+//! handful of busy threads that is a good bet. For a relay with 5,000 writers, each woken to write
+//! one chat line to a room, it is not: every one of them would yield four times on its way back
+//! to sleep, and with thousands of threads ready to run each yield is a switch to another thread.
+//! Profiles of a line sent to a room of 2,000 showed more of the relay's time spent yielding and
+//! switching than writing.
+//!
+//! So a writer sleeps the plainest way there is, [`std::thread::park`], and whoever gives it
+//! something wakes it with `unpark`: the queues' sending ends are [`ToWriter`]s, crossbeam
+//! `Sender`s that remember their writer's thread and unpark it after each send, and when they are
+//! dropped (so a closed queue is noticed too). An `unpark` that comes before the `park` is not
+//! lost: the thread keeps one wake-up token, and its next `park` returns at once, after which the
+//! writer looks at its queues again.
+//!
 //! The loop ends when the urgent queue's senders are all gone and it is empty (the relay's hub
 //! says "finish up" by dropping its sender), or when [`Urgent::Finish`] arrives on it (the client
 //! says it that way, because its reader thread holds a sender too, so its queue never closes by
 //! itself). A bulk queue whose senders are gone is simply ignored from then on.
 
 use std::io::{self, IoSlice, Write};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{never, Receiver, Select, TryRecvError};
+use crossbeam_channel::{never, Receiver, SendError, Sender, TryRecvError, TrySendError};
 
 use crate::frame;
 use crate::tuning::spin;
+
+/// The sending end of one of a writer's queues: a bounded crossbeam [`Sender`] that wakes the
+/// writer thread after each send, and when it is dropped (see the module docs, "How a writer
+/// sleeps"). Make it with the writer's [`Thread`] once the writer is spawned, before anything is
+/// sent: a plain `Sender` would leave the writer asleep.
+pub struct ToWriter<T> {
+    /// `None` only while being dropped: the queue must close before the writer is woken.
+    queue: Option<Sender<T>>,
+    writer: Thread,
+}
+
+impl<T> ToWriter<T> {
+    /// `queue`'s receiving end belongs to `writer`, which runs [`pump`].
+    pub fn new(queue: Sender<T>, writer: Thread) -> ToWriter<T> {
+        ToWriter { queue: Some(queue), writer }
+    }
+
+    fn queue(&self) -> &Sender<T> {
+        self.queue.as_ref().expect("a ToWriter's queue is only taken when it is dropped")
+    }
+
+    /// Queues `item` if there is room, without blocking, and wakes the writer.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.queue().try_send(item)?;
+        self.writer.unpark();
+        Ok(())
+    }
+
+    /// Queues `item`, waiting for room while the queue is full, and wakes the writer.
+    pub fn send(&self, item: T) -> Result<(), SendError<T>> {
+        self.queue().send(item)?;
+        self.writer.unpark();
+        Ok(())
+    }
+
+    /// Whether the queue is empty (the writer has taken everything).
+    pub fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+}
+
+impl<T> Clone for ToWriter<T> {
+    fn clone(&self) -> Self {
+        ToWriter { queue: self.queue.clone(), writer: self.writer.clone() }
+    }
+}
+
+impl<T> Drop for ToWriter<T> {
+    fn drop(&mut self) {
+        drop(self.queue.take()); // first close (if this was the last sender), then wake
+        self.writer.unpark();
+    }
+}
+
+impl<T> std::fmt::Debug for ToWriter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ToWriter")
+    }
+}
 
 /// One thing to write.
 enum Item<U> {
@@ -293,27 +371,25 @@ fn wait<U: UrgentItem>(
         return result;
     }
     loop {
-        // Sleep until either queue has something (or closes), then take from them in order,
-        // urgent first. `select!` would *take* from whichever queue it happened to pick when both
-        // were ready, at random, and a file chunk could then overtake a chat frame queued before
-        // it (the fuzzer found a relay's welcome overtaken by an upload answer this way).
-        let mut ready = Select::new();
-        ready.recv(urgent);
-        ready.recv(bulk);
-        match beat_due {
-            None => {
-                ready.ready();
-            }
-            Some(due) => {
-                if ready.ready_deadline(due).is_err() {
-                    return Waited::BeatDue;
-                }
-            }
-        }
+        // Look, then sleep until a sender wakes us (see "How a writer sleeps"), and look again.
+        // Looking at the queues in order, urgent first, is also what keeps a chat frame ahead of
+        // a file chunk queued after it. (`select!` would *take* from whichever queue it happened
+        // to pick when both were ready, at random: the fuzzer once found a relay's welcome
+        // overtaken by an upload answer that way.) A wake-up with nothing new is harmless.
         match poll(urgent, bulk) {
             Polled::Item(item) => return Waited::Item(item),
             Polled::Finished => return Waited::Finished,
-            Polled::Empty => {} // a closed bulk queue was swapped for `never()`; wait again
+            Polled::Empty => {}
+        }
+        match beat_due {
+            None => thread::park(),
+            Some(due) => {
+                let now = Instant::now();
+                if now >= due {
+                    return Waited::BeatDue;
+                }
+                thread::park_timeout(due - now);
+            }
         }
     }
 }
@@ -333,6 +409,7 @@ mod tests {
             pump(&mut out, &urgent, bulk, &Options { heartbeat: Some(beat), ..Options::default() }).unwrap();
             out
         });
+        let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
         for _ in 0..15 {
             to_urgent.send(b"x".to_vec()).unwrap();
             std::thread::sleep(Duration::from_millis(10)); // busier than the heartbeat
@@ -345,6 +422,25 @@ mod tests {
         // About 150 ms busy and 150 ms quiet at one beat per 50 ms: about 3 of each.
         assert!((1..=4).contains(&busy), "beats while busy (a client sending a file): {text}");
         assert!((1..=4).contains(&quiet), "beats while quiet: {text}");
+    }
+
+    #[test]
+    fn a_sleeping_writer_wakes_for_each_frame_and_for_its_queue_closing() {
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
+        let (_to_bulk, bulk) = bounded::<Vec<u8>>(8);
+        let writer = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            pump(&mut out, &urgent, bulk, &Options::default()).unwrap();
+            out
+        });
+        let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
+        for frame in [b"a", b"b", b"c"] {
+            std::thread::sleep(Duration::from_millis(20)); // long enough for the writer to park
+            to_urgent.send(frame.to_vec()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        drop(to_urgent); // no heartbeat and nothing else: only this wakes it to finish
+        assert_eq!(writer.join().unwrap(), b"abc");
     }
 
     #[test]
@@ -385,6 +481,8 @@ mod tests {
                 .unwrap();
             out
         });
+        let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
+        let to_bulk = ToWriter::new(to_bulk, writer.thread().clone());
         to_bulk.send(b"1".to_vec()).unwrap();
         to_bulk.send(b"2".to_vec()).unwrap();
         drop(to_bulk);
@@ -398,7 +496,7 @@ mod tests {
     /// while a chunk is on its way out.
     struct ChatArrives {
         out: Vec<u8>,
-        inject: Option<(crossbeam_channel::Sender<Vec<u8>>, Vec<u8>)>,
+        inject: Option<(ToWriter<Vec<u8>>, Vec<u8>)>,
     }
 
     impl Write for ChatArrives {
@@ -423,12 +521,16 @@ mod tests {
         let (to_bulk, bulk) = bounded::<Vec<u8>>(8);
         to_bulk.send(chunk).unwrap();
         drop(to_bulk);
-        let mut out = ChatArrives { out: Vec::new(), inject: Some((to_urgent.clone(), chat)) };
         let options = Options { piece: 100, ..Options::default() };
+        let (give_writer, writer_sink) = bounded::<ChatArrives>(1);
         let writer = std::thread::spawn(move || {
+            let mut out = writer_sink.recv().unwrap();
             pump(&mut out, &urgent, bulk, &options).unwrap();
             out.out
         });
+        // The writer's sink holds a waking sender of its own urgent queue: chat arriving mid-chunk.
+        let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
+        give_writer.send(ChatArrives { out: Vec::new(), inject: Some((to_urgent.clone(), chat)) }).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         drop(to_urgent);
         let bytes = writer.join().unwrap();

@@ -153,7 +153,9 @@ pub struct ServerConfig {
     pub big_room: usize,
     /// Connections the relay holds at once (joined or still in their hello). `None` (the
     /// default) derives it from the open-file limit: (soft limit, raised to the hard limit, −
-    /// 64 reserved) / 4 descriptors per connection. See `server/accept.rs`.
+    /// 64 reserved) / 4 descriptors per connection. Either way it is lowered to what the
+    /// machine's thread limits allow (`vm.max_map_count`, `kernel.pid_max`: see
+    /// `server/accept.rs`, `thread_cap`).
     pub max_connections: Option<usize>,
     /// Connections one address holds at once (an IPv6 address counts per /64). Default 16.
     pub max_per_address: usize,
@@ -258,10 +260,19 @@ impl Server {
     /// [`Server::local_addr`]). Raises the process's soft open-file limit to its hard limit first
     /// (unless `max_connections` is given), so the connection cap can be derived from it.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        let max_connections = match config.max_connections {
+        let mut max_connections = match config.max_connections {
             Some(max) => max.max(1),
             None => accept::derived_max_connections(accept::raise_fd_limit()),
         };
+        if let Some(cap) = accept::thread_cap().filter(|&cap| cap < max_connections) {
+            if config.max_connections.is_some() {
+                log::warn!(
+                    "this machine's thread limits allow {cap} connections, not {max_connections}: \
+                     raise vm.max_map_count (4 mappings a thread) or kernel.pid_max to hold more"
+                );
+            }
+            max_connections = cap;
+        }
         let mut store = store::Store::open(&config.data_dir, config.limits.clone()).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot use the data dir {}: {e}", config.data_dir.display()))
         })?;

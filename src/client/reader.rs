@@ -11,7 +11,7 @@ use super::download::{Receiving, Step};
 use super::upload::Reply;
 use super::{Direction, Disconnect, Event, Mark};
 use crate::frame::{encode_to_vec, Frame, MARK_HISTORY, MARK_OFFLINE};
-use crate::outbox::Urgent;
+use crate::outbox::{ToWriter, Urgent};
 use crate::wire::{FrameReader, ReadError, Stream};
 
 /// Requests from the [`super::Client`] to the reader.
@@ -24,7 +24,7 @@ pub(crate) struct Reader<S> {
     pub frames: FrameReader<S>,
     pub events: Sender<Event>,
     /// The send queue, for download requests and receipts.
-    pub to_writer: Sender<Urgent>,
+    pub to_writer: ToWriter<Urgent>,
     pub upload_replies: Sender<Reply>,
     pub commands: Receiver<Command>,
     pub receiving: Arc<AtomicBool>,
@@ -73,7 +73,9 @@ impl<S: Stream> Reader<S> {
                 Frame::Pong => None, // it did its job by arriving
                 Frame::Joined { name, room } => Some(Event::Joined { name, room }),
                 Frame::Left { name, room } => Some(Event::Left { name, room }),
-                Frame::Crowd { room, online, joined, left } => Some(Event::Crowd { room, online, joined, left }),
+                Frame::Crowd { room, online, joined, left } => {
+                    Some(Event::Crowd { room, online, joined, left })
+                }
                 Frame::Online { room, names, more } => {
                     online_so_far.extend(names);
                     if more {

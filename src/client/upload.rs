@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{Direction, Event, PROGRESS_EVERY};
 use crate::filename;
 use crate::frame::{chunk_frame, encode_to_vec, Frame, CHUNK_HEADER, MAX_CHUNK_DATA, UPLOAD_CHUNK};
+use crate::outbox::ToWriter;
 use crate::sha;
 
 /// A file to send.
@@ -42,7 +43,7 @@ pub(crate) struct Uploader {
     pub jobs: Receiver<Job>,
     pub replies: Receiver<Reply>,
     /// The writer's bulk queue.
-    pub to_writer: Sender<Vec<u8>>,
+    pub to_writer: ToWriter<Vec<u8>>,
     pub events: Sender<Event>,
     pub cancel: Arc<AtomicBool>,
     pub chunk: usize,

@@ -3,13 +3,15 @@
 //!
 //! ## Why these two caps
 //!
-//! Every connection costs file descriptors (the socket and its clones: about 4, plus a file
-//! during a transfer) and two threads. A relay without a cap dies of `EMFILE` (and then cannot
+//! Every connection costs file descriptors (its socket, and a file or two during a transfer) and
+//! two or three threads. A relay without a cap dies of `EMFILE` (and then cannot
 //! even open its database) when someone opens connections in a loop. So:
 //!
 //! - at start, the soft `RLIMIT_NOFILE` is raised to the hard limit (the kernel lets any process
 //!   do that), and [`derived_max_connections`] turns it into a connection cap with a reserve
 //!   for the database, the log and the listener;
+//! - the machine's thread limits cap it too ([`thread_cap`]): each connection runs two or three
+//!   threads, and a thread that cannot be mapped aborts the process;
 //! - one address (an IPv4 address, or an IPv6 /64, which is what one customer usually gets) may
 //!   hold at most `max_per_address` connections, so one machine cannot take every slot.
 //!
@@ -50,6 +52,15 @@ pub(crate) const FD_RESERVE: u64 = 64;
 /// writer and kill switches: see `wire::Socket`), a file being uploaded, a file being
 /// downloaded, and one spare for the moment a finished upload's file is still closing.
 pub(crate) const FDS_PER_CONNECTION: u64 = 4;
+/// Memory mappings one thread costs on Linux: its stack and the stack's guard page, and the
+/// signal stack Rust gives every thread (to report a stack overflow) with its own guard page.
+const MAPS_PER_THREAD: u64 = 4;
+/// Threads one connection may run: its reader, its writer, and one for a download.
+const THREADS_PER_CONNECTION: u64 = 3;
+/// Threads kept back from the connection cap: the hub, the accept thread, the janitor, the hash
+/// pool, the signal thread, and spares.
+const THREAD_RESERVE: u64 = 64;
+
 /// How long the accept thread may spend writing the `RelayFull` frame. The socket's send buffer
 /// is empty, so the write does not block in practice; the timeout makes sure of it.
 const TURN_AWAY_WRITE: Duration = Duration::from_millis(100);
@@ -75,6 +86,23 @@ pub(crate) fn raise_fd_limit() -> u64 {
 pub(crate) fn derived_max_connections(soft_limit: u64) -> usize {
     let per = soft_limit.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION;
     usize::try_from(per).unwrap_or(usize::MAX).max(1)
+}
+
+/// The connection cap this machine's thread limits allow, or `None` where they cannot be read
+/// (not Linux). A thread that cannot get its memory mappings does not fail politely: Rust's
+/// thread start aborts the whole process when it cannot map the thread's signal stack. So the
+/// cap must hold *before* a thread is started, like every other bound here. The limits:
+/// `vm.max_map_count` (mappings per process, [`MAPS_PER_THREAD`] per thread) and
+/// `kernel.threads-max` and `kernel.pid_max` (threads in the whole system).
+pub(crate) fn thread_cap() -> Option<usize> {
+    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let maps = read("/proc/sys/vm/max_map_count")? / MAPS_PER_THREAD;
+    let threads = [read("/proc/sys/kernel/threads-max"), read("/proc/sys/kernel/pid_max")]
+        .into_iter()
+        .flatten()
+        .fold(maps, u64::min);
+    let per = threads.saturating_sub(THREAD_RESERVE) / THREADS_PER_CONNECTION;
+    Some(usize::try_from(per).unwrap_or(usize::MAX).max(1))
 }
 
 /// The key an address is counted under: an IPv4 address as it is (also when it arrives as an

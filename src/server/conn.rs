@@ -32,7 +32,7 @@ use super::throttle::SharedThrottle;
 use super::transfer::DownloadSettings;
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
-use crate::outbox;
+use crate::outbox::{self, ToWriter};
 use crate::rules;
 use crate::tls::{TlsStream, TLS_HANDSHAKE_BYTE};
 use crate::wire::{write_frame, FrameReader, Socket, Stream};
@@ -322,6 +322,9 @@ fn joined_phase<S: Stream>(
             return None;
         }
     };
+    // Whoever queues something for the writer wakes it (see `outbox`, "How a writer sleeps").
+    let to_client = ToWriter::new(to_client, writer.thread().clone());
+    let to_writer = ToWriter::new(to_writer, writer.thread().clone());
     let Joiner { name, room, account, token } = joiner;
     if to_hub.send(ToHub::Hello { id, name, room, account, token, to_client }).is_ok() {
         let settings =

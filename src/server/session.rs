@@ -29,6 +29,7 @@ use super::throttle::{pace, SharedThrottle};
 use super::transfer::{download_loop, DownloadSettings, UploadReceiver};
 use crate::filename;
 use crate::frame::{encode_to_vec, ErrorCode, Frame};
+use crate::outbox::ToWriter;
 use crate::rules;
 use crate::wire::{FrameReader, ReadError, Stream};
 
@@ -56,7 +57,7 @@ pub(crate) struct Session {
     pub addr: SocketAddr,
     pub to_hub: Sender<ToHub>,
     /// This connection's bulk queue into its writer (upload answers and download chunks).
-    pub to_writer: Sender<Vec<u8>>,
+    pub to_writer: ToWriter<Vec<u8>>,
     pub settings: DownloadSettings,
     throttle: SharedThrottle,
     uploads: UploadReceiver,
@@ -68,7 +69,7 @@ impl Session {
         id: ConnId,
         addr: SocketAddr,
         to_hub: Sender<ToHub>,
-        to_writer: Sender<Vec<u8>>,
+        to_writer: ToWriter<Vec<u8>>,
         settings: DownloadSettings,
         throttle: SharedThrottle,
     ) -> Session {

@@ -9,11 +9,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use sha2::{Digest, Sha256};
 
 use super::store::{DownloadPlan, Refusal, UploadPlan};
 use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEADER, DOWNLOAD_CHUNK};
+use crate::outbox::ToWriter;
 use crate::sha;
 use crate::sink::Sink;
 
@@ -148,7 +149,7 @@ pub(crate) struct DownloadSettings {
 /// `DownloadEnd`. Ends when the session drops `jobs`, sets `cancel`, or the writer is gone.
 pub(crate) fn download_loop(
     jobs: Receiver<DownloadPlan>,
-    to_writer: Sender<Vec<u8>>,
+    to_writer: ToWriter<Vec<u8>>,
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) {
@@ -172,7 +173,7 @@ pub(crate) fn download_loop(
 /// Sends one file. `Ok(false)` when the writer went away or the session cancelled.
 fn send_file(
     plan: &DownloadPlan,
-    to_writer: &Sender<Vec<u8>>,
+    to_writer: &ToWriter<Vec<u8>>,
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) -> io::Result<bool> {

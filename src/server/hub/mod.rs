@@ -54,6 +54,7 @@ use super::login::{self, AccountAnswer, AccountQuery, Attempt, ClaimOutcome, Gra
 use super::store::{DownloadPlan, Refusal, Store, UploadPlan};
 use super::ServerConfig;
 use crate::frame::{self, ErrorCode, Frame};
+use crate::outbox::ToWriter;
 use crate::wire::Closer;
 
 /// One encoded frame, shared by every client it goes to: a broadcast is encoded once.
@@ -76,7 +77,7 @@ pub(crate) enum ToHub {
         room: String,
         account: bool,
         token: Option<TokenHash>,
-        to_client: Sender<Outgoing>,
+        to_client: ToWriter<Outgoing>,
     },
     /// Chat text from a joined client (already checked against the text rules), for its room
     /// (`to` empty) or one user. A non-zero `client_id` asks for a `Sent` receipt.
@@ -146,7 +147,7 @@ struct Peer {
     /// SHA-256 of the identity token it joined with: a guest's resume secret (see
     /// [`Hub::may_take_over`]).
     token: Option<TokenHash>,
-    to_client: Sender<Outgoing>,
+    to_client: ToWriter<Outgoing>,
     /// Frames waiting because `to_client` was full.
     backlog: VecDeque<Outgoing>,
     /// Bytes queued and held back for this client (and for everyone).

@@ -5,12 +5,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
-
 use super::meter::{Meter, Outgoing};
 use super::{encode, paged, Conn, Hub, Joining, Peer, NAMES_PER_FRAME};
 use super::{ConnId, TokenHash};
 use crate::frame::{ErrorCode, Frame};
+use crate::outbox::ToWriter;
 use crate::wire::Closer;
 
 impl Hub {
@@ -32,7 +31,7 @@ impl Hub {
         self.records.store.release(id);
     }
 
-    pub(super) fn join(&mut self, id: ConnId, joining: Joining, to_client: Sender<Outgoing>) {
+    pub(super) fn join(&mut self, id: ConnId, joining: Joining, to_client: ToWriter<Outgoing>) {
         let Joining { name, room, account, token } = joining;
         let Some(addr) = self.routing.conns.get(&id).map(|c| c.addr) else {
             return;
