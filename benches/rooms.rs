@@ -222,6 +222,7 @@ fn run(s: &Scenario) {
     // Fan-out: one line at a time, each from another client of room 0.
     let mut expected_arrivals = 0;
     let cpu_before_lines = cpu_ticks(pid);
+    let own_before_lines = cpu_ticks(std::process::id());
     if settled.is_some() {
         let room0 = (0..s.clients).step_by(s.rooms).count();
         for n in 0..s.lines as u32 {
@@ -238,6 +239,9 @@ fn run(s: &Scenario) {
     // are idle time and cost nothing).
     let fanout_cpu_us = (cpu_ticks(pid).saturating_sub(cpu_before_lines) as f64 / ticks_per_second()) * 1e6
         / expected_arrivals.max(1) as f64;
+    let own_cpu_us =
+        (cpu_ticks(std::process::id()).saturating_sub(own_before_lines) as f64 / ticks_per_second()) * 1e6
+            / expected_arrivals.max(1) as f64;
 
     // Idle: every client connected and quiet.
     if s.idle && settled.is_some() {
@@ -286,7 +290,10 @@ fn run(s: &Scenario) {
             micros.len(),
             expected_arrivals
         );
-        println!("fan-out cost: {fanout_cpu_us:.1} µs of relay CPU per line delivered to one client");
+        println!(
+            "fan-out cost: {fanout_cpu_us:.1} µs of relay CPU per line delivered to one client \
+             (the load generator: {own_cpu_us:.1} µs to receive it)"
+        );
     }
     println!(
         "relay RSS: peak {:.1} MiB (at settle {:.1} MiB; idle before anyone came {:.1} MiB)",

@@ -141,6 +141,8 @@ struct Conn {
 /// A joined client.
 struct Peer {
     name: String,
+    /// What the name looks like (`login::skeleton`), computed once on joining.
+    skeleton: String,
     room: String,
     /// An account holder (a member of rooms, gets offline messages), not a guest.
     account: bool,
@@ -214,6 +216,9 @@ struct Routing {
     conns: HashMap<ConnId, Conn>,
     /// Online names, across all rooms: names are unique server-wide.
     names: HashMap<String, ConnId>,
+    /// The skeleton of each online name (`login::skeleton`: what it looks like), and the name:
+    /// how a login finds an online look-alike in one look-up.
+    look_alikes: HashMap<String, String>,
     /// Room → members by name. A `BTreeMap` keeps the online list sorted for free.
     rooms: HashMap<String, BTreeMap<String, ConnId>>,
     /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
@@ -253,6 +258,7 @@ impl Hub {
         let routing = Routing {
             conns: HashMap::new(),
             names: HashMap::new(),
+            look_alikes: HashMap::new(),
             rooms: HashMap::new(),
             backlogged: BTreeSet::new(),
             too_slow: Vec::new(),
@@ -370,11 +376,11 @@ impl Hub {
 
     /// The front door's questions (`login.rs` decides; the hub only looks things up and records).
     fn answer_login(&mut self, query: AccountQuery) -> AccountAnswer {
-        login::answer(&self.records.store, &mut self.brake, &self.routing.names, &self.config, query)
+        login::answer(&self.records.store, &mut self.brake, &self.routing.look_alikes, &self.config, query)
     }
 
     fn record_claim(&mut self, grant: Grant) -> ClaimOutcome {
-        login::record(&mut self.records.store, &self.routing.names, &self.config, grant)
+        login::record(&mut self.records.store, &self.routing.look_alikes, &self.config, grant)
     }
 
     fn peer(&self, id: ConnId) -> Option<&Peer> {

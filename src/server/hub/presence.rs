@@ -54,8 +54,10 @@ impl Hub {
         let Some(conn) = self.routing.conns.get_mut(&id) else {
             return;
         };
+        let skeleton = super::login::skeleton(&name);
         conn.peer = Some(Peer {
             name: name.clone(),
+            skeleton: skeleton.clone(),
             room: room.clone(),
             account,
             token,
@@ -69,6 +71,7 @@ impl Hub {
         self.send_to(id, &Frame::Welcome { name: name.clone(), room: room.clone() });
         log::info!("{addr}: {name} joined {room}");
         self.routing.names.insert(name.clone(), id);
+        self.routing.look_alikes.insert(skeleton, name.clone());
         self.routing.rooms.entry(room.clone()).or_default().insert(name.clone(), id);
         self.arrived(id, &name, &room);
         for info in self.records.store.waiting_for(&name) {
@@ -134,6 +137,9 @@ impl Hub {
         let Some(peer) = conn.peer.take() else { return };
         log::info!("{}: {} left {} ({why})", conn.addr, peer.name, peer.room);
         self.routing.names.remove(&peer.name);
+        if self.routing.look_alikes.get(&peer.skeleton) == Some(&peer.name) {
+            self.routing.look_alikes.remove(&peer.skeleton);
+        }
         self.records.catching_up.remove(&id);
         if !peer.account && !taken_over {
             // Nothing waits for a guest after its session: the name is nobody's.
