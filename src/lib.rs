@@ -37,8 +37,9 @@
 //! `docs/PROTOCOL.md` specifies the bytes; `docs/ARCHITECTURE.md` draws every thread and channel.
 //! `examples/` holds numbered lessons that climb to this design, one idea each: the seed's
 //! two-thread relay, framing, a minimal client, a hub with N clients, clean shutdown, the client
-//! that stops reading, what a capture sees with and without TLS, and the TLS threads' lock rule.
-//! Read them in order before this tour.
+//! that stops reading, what a capture sees with and without TLS, the TLS threads' lock rule, and
+//! (after the tuning appendix's lesson 9) how to wake thousands of writer threads cheaply. Read
+//! them in order before this tour.
 
 pub mod cli;
 pub mod client;
