@@ -74,13 +74,17 @@ impl Hub {
         let stall_limit = self.config.stall_limit;
         let conns = &mut self.routing.conns;
         let too_slow = &mut self.routing.too_slow;
+        let mut moved = false;
         self.routing.backlogged.retain(|id| {
             let Some(peer) = conns.get_mut(id).and_then(|c| c.peer.as_mut()) else {
                 return false; // gone: nothing left to send
             };
             while let Some(item) = peer.backlog.pop_front() {
                 match peer.to_client.try_send(item) {
-                    Ok(()) => peer.last_progress = Instant::now(),
+                    Ok(()) => {
+                        peer.last_progress = Instant::now();
+                        moved = true;
+                    }
                     Err(TrySendError::Full(item)) | Err(TrySendError::Disconnected(item)) => {
                         peer.backlog.push_front(item);
                         break;
@@ -96,6 +100,7 @@ impl Hub {
             }
             true
         });
+        self.routing.backlog_moving = moved;
         self.cut_too_slow();
     }
 

@@ -196,8 +196,13 @@ fn paged<T>(items: Vec<T>, per_page: usize) -> Vec<(Vec<T>, bool)> {
     }
 }
 
-/// How often the hub retries backlogs while any exist.
+/// How often the hub retries backlogs while any exist and the last retry moved nothing (a client
+/// that is not reading: waking often would only burn CPU until it is cut).
 const BACKLOG_TICK: Duration = Duration::from_millis(5);
+/// How often while the last retry moved frames: the writer is draining its queue, and each retry
+/// refills it (`client_queue` frames at a time). With the 5 ms tick a burst to one client could
+/// never go faster than 128 frames per 5 ms, about 26,000 a second.
+const DRAINING_TICK: Duration = Duration::from_micros(100);
 
 /// The hub's state, in three named parts; `config` and `events` are its settings and its inbox.
 pub(crate) struct Hub {
@@ -224,6 +229,9 @@ struct Routing {
     /// Clients with frames held back: the only ones `retry_backlogs` needs to look at, so a
     /// thousand idle connections cost nothing per event.
     backlogged: BTreeSet<ConnId>,
+    /// Whether the last `retry_backlogs` moved any frame: then the next comes soon (see
+    /// [`DRAINING_TICK`]).
+    backlog_moving: bool,
     /// Clients to disconnect as too slow at the end of this turn.
     too_slow: Vec<(ConnId, String)>,
     /// Bytes queued for all clients together (see [`meter`]).
@@ -261,6 +269,7 @@ impl Hub {
             look_alikes: HashMap::new(),
             rooms: HashMap::new(),
             backlogged: BTreeSet::new(),
+            backlog_moving: false,
             too_slow: Vec::new(),
             queued_total: Arc::new(AtomicUsize::new(0)),
             crowds: crowd::Crowds::default(),
@@ -323,8 +332,9 @@ impl Hub {
     /// When the loop must wake up even if no event comes: soon while frames are held back or
     /// offline messages are still going out, when a big room's counts are due, or never (`None`).
     fn wake_at(&self) -> Option<Instant> {
-        let retry = (self.any_backlog() || !self.records.catching_up.is_empty())
-            .then(|| Instant::now() + BACKLOG_TICK);
+        let tick = if self.routing.backlog_moving { DRAINING_TICK } else { BACKLOG_TICK };
+        let retry =
+            (self.any_backlog() || !self.records.catching_up.is_empty()).then(|| Instant::now() + tick);
         match (retry, self.routing.crowds.due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
