@@ -201,12 +201,30 @@ pub struct FrameReader<R> {
     end: usize,
     /// The room kept free for one read: [`FIRST_READ`], doubling up to [`READ_CHUNK`].
     read_size: usize,
+    /// The largest frame (kind + payload) accepted now: [`frame::MAX_FRAME_LEN`] unless lowered
+    /// with [`FrameReader::set_limit`] (the relay does before the hello).
+    limit: usize,
 }
 
 impl<R: Read> FrameReader<R> {
     /// Wraps a stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: vec![0; FIRST_READ], start: 0, end: 0, read_size: FIRST_READ }
+        FrameReader {
+            inner,
+            buf: vec![0; FIRST_READ],
+            start: 0,
+            end: 0,
+            read_size: FIRST_READ,
+            limit: frame::MAX_FRAME_LEN,
+        }
+    }
+
+    /// Accepts frames of at most `limit` bytes (kind + payload) from now on; a longer one is
+    /// refused with [`FrameError::TooLarge`] as soon as its length prefix arrives. The relay
+    /// lowers it until the hello has arrived: a Hello is a few KiB at most, and a stranger who has
+    /// not said who they are must not make it hold a buffer for a 1 MiB frame.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(frame::MAX_FRAME_LEN);
     }
 
     /// The wrapped stream.
@@ -243,6 +261,10 @@ impl<R: Read> FrameReader<R> {
             // Need more bytes. `frame_size` has already vetted the length (or there are fewer
             // than four bytes), so growing the buffer to it is safe.
             let needed = frame::frame_size(pending).map_err(ReadError::Frame)?.unwrap_or(frame::LEN_PREFIX);
+            if needed - frame::LEN_PREFIX > self.limit {
+                let len = needed - frame::LEN_PREFIX;
+                return Err(ReadError::Frame(FrameError::TooLarge { len, max: self.limit }));
+            }
             self.make_room(needed);
             before_read(&self.inner).map_err(ReadError::Io)?;
             let n = match self.inner.read(&mut self.buf[self.end..]) {
@@ -261,15 +283,18 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// Moves undecoded bytes to the front and makes sure a frame of `needed` bytes fits with
-    /// room left for at least one more read.
+    /// Moves undecoded bytes to the front and makes room for the next read of a frame of
+    /// `needed` bytes. The room grows as the frame's bytes arrive (at most doubling per read),
+    /// not to `needed` at once: a peer that announces a 1 MiB frame and sends five bytes gets a
+    /// few KiB, not a mebibyte it never fills.
     fn make_room(&mut self, needed: usize) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let want = needed.max(self.end + 1).max(self.read_size);
+        let growing = (2 * self.end).max(self.end + self.read_size);
+        let want = needed.min(growing).max(self.end + 1).max(self.read_size);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         } else if self.buf.len() > 2 * READ_CHUNK && self.end < READ_CHUNK && needed <= READ_CHUNK {
@@ -335,6 +360,19 @@ pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::frame::encode_to_vec;
+
+    #[test]
+    fn an_announced_frame_gets_room_as_its_bytes_arrive_not_at_once() {
+        let mut bytes = (frame::MAX_FRAME_LEN as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0x02; 10_000]); // 10 KB of a frame that says it is 1 MiB
+        let mut reader = FrameReader::new(&bytes[..]);
+        assert!(matches!(reader.read_frame(), Err(ReadError::TruncatedAtEof { .. })));
+        assert!(reader.buf.capacity() < 64 * 1024, "{} bytes held for 10 KB", reader.buf.capacity());
+        // Before the hello, such a frame is refused as soon as its length is known.
+        let mut reader = FrameReader::new(&bytes[..]);
+        reader.set_limit(4096);
+        assert!(matches!(reader.read_frame(), Err(ReadError::Frame(FrameError::TooLarge { .. }))));
+    }
 
     /// A reader that hands out its bytes a few at a time, like a slow network.
     struct Trickle {

@@ -96,6 +96,12 @@ fn lesson_09_measures_both_ways_of_waiting() {
 #[test]
 fn lesson_10_wakes_thousands_of_threads_both_ways() {
     let out = run("10_wake_thousands", &["--demo"]);
-    assert!(out.contains("crossbeam recv: 2000 threads woken for one message each: all had it after"), "{out}");
-    assert!(out.contains("park + unpark: 2000 threads woken for one message each: all had it after"), "{out}");
+    assert!(
+        out.contains("crossbeam recv: 2000 threads woken for one message each: all had it after"),
+        "{out}"
+    );
+    assert!(
+        out.contains("park + unpark: 2000 threads woken for one message each: all had it after"),
+        "{out}"
+    );
 }

@@ -4,13 +4,13 @@
 //! ## Why these two caps
 //!
 //! Every connection costs file descriptors (its socket, and a file or two during a transfer) and
-//! two or three threads. A relay without a cap dies of `EMFILE` (and then cannot
+//! two to four threads. A relay without a cap dies of `EMFILE` (and then cannot
 //! even open its database) when someone opens connections in a loop. So:
 //!
 //! - at start, the soft `RLIMIT_NOFILE` is raised to the hard limit (the kernel lets any process
 //!   do that), and [`derived_max_connections`] turns it into a connection cap with a reserve
 //!   for the database, the log and the listener;
-//! - the machine's thread limits cap it too ([`thread_cap`]): each connection runs two or three
+//! - the machine's thread limits cap it too ([`thread_cap`]): each connection runs two to four
 //!   threads, and a thread that cannot be mapped aborts the process;
 //! - one address (an IPv4 address, or an IPv6 /64, which is what one customer usually gets) may
 //!   hold at most `max_per_address` connections, so one machine cannot take every slot.
@@ -55,8 +55,9 @@ pub(crate) const FDS_PER_CONNECTION: u64 = 4;
 /// Memory mappings one thread costs on Linux: its stack and the stack's guard page, and the
 /// signal stack Rust gives every thread (to report a stack overflow) with its own guard page.
 const MAPS_PER_THREAD: u64 = 4;
-/// Threads one connection may run: its reader, its writer, and one for a download.
-const THREADS_PER_CONNECTION: u64 = 3;
+/// Threads one connection may run: its reader, its writer, a download thread, and the disk
+/// thread of an upload.
+const THREADS_PER_CONNECTION: u64 = 4;
 /// Threads kept back from the connection cap: the hub, the accept thread, the janitor, the hash
 /// pool, the signal thread, and spares.
 const THREAD_RESERVE: u64 = 64;
@@ -97,7 +98,10 @@ pub(crate) fn derived_max_connections(soft_limit: u64) -> usize {
 pub(crate) fn thread_cap() -> Option<usize> {
     let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
     let maps = read("/proc/sys/vm/max_map_count")? / MAPS_PER_THREAD;
-    let threads = [read("/proc/sys/kernel/threads-max"), read("/proc/sys/kernel/pid_max")]
+    // RLIMIT_NPROC counts this user's threads too; past it a thread start fails politely, but
+    // the relay would refuse newcomers only after paying for their TLS handshake.
+    let nproc = rlimit::Resource::NPROC.get().ok().map(|(soft, _)| soft);
+    let threads = [read("/proc/sys/kernel/threads-max"), read("/proc/sys/kernel/pid_max"), nproc]
         .into_iter()
         .flatten()
         .fold(maps, u64::min);

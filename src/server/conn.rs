@@ -204,6 +204,10 @@ pub(crate) struct Joiner {
     pub token: Option<login::TokenHash>,
 }
 
+/// The largest frame accepted before the hello: a Hello's fields are at most a 128-byte name and
+/// room, 1 KiB password and access, and a 128-byte token, with their lengths: under 3 KiB.
+const MAX_HELLO_FRAME: usize = 4 * 1024;
+
 /// Waits for a valid hello. On success returns the name and room; on failure tells the client
 /// why (while we still own the whole stream) and returns `None`.
 fn hello_phase<S: Stream>(
@@ -215,7 +219,11 @@ fn hello_phase<S: Stream>(
     config: &ServerConfig,
 ) -> Option<Joiner> {
     let addr = info.addr;
-    let refusal = match reader.read_frame_by(deadline) {
+    // Until it has said who it is, a peer may send one small frame: the hello.
+    reader.set_limit(MAX_HELLO_FRAME);
+    let hello = reader.read_frame_by(deadline);
+    reader.set_limit(crate::frame::MAX_FRAME_LEN);
+    let refusal = match hello {
         Ok(Some(Frame::Hello { version, name, room, password, access, token })) => {
             let checked = check_hello(version, &name, &room)
                 .and_then(|()| login::check_lengths(&password, &access, &token))

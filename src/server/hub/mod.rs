@@ -324,6 +324,8 @@ impl Hub {
             self.retry_backlogs();
             self.continue_catch_ups();
             self.count_crowds();
+            // Whoever the last two pushed over a limit is cut now, not at the next event.
+            self.cut_too_slow();
         }
         self.flush_messages();
         self.say_goodbye_to_all()

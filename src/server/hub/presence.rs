@@ -44,17 +44,20 @@ impl Hub {
         if self.routing.names.contains_key(&name) {
             log::info!("{addr}: refused: name {name:?} is taken");
             let message = format!("the name {name:?} is already taken; choose another with --name");
-            // Queue the error and drop the sender right away: the writer writes the error, sees
-            // its queue closed, and ends the connection.
-            let meter = Meter::new(self.routing.queued_total.clone());
-            let error = encode(&Frame::Error { code: ErrorCode::NameTaken, message });
-            let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
-            return;
+            return self.turn_away(to_client, ErrorCode::NameTaken, message);
+        }
+        // The login checked for look-alikes already, but in an earlier turn of this loop: two
+        // look-alikes can pass that check at the same time (a braked login waits seconds between
+        // the check and this join). Here, in the same turn as the insert, nobody can slip in.
+        let skeleton = super::login::skeleton(&name);
+        if let Some(other) = self.routing.look_alikes.get(&skeleton).filter(|other| **other != name) {
+            log::info!("{addr}: refused: name {name:?} looks like {other:?}, who is online");
+            let message = format!("the name {name:?} looks too much like {other:?}; choose another");
+            return self.turn_away(to_client, ErrorCode::NameConfusable, message);
         }
         let Some(conn) = self.routing.conns.get_mut(&id) else {
             return;
         };
-        let skeleton = super::login::skeleton(&name);
         conn.peer = Some(Peer {
             name: name.clone(),
             skeleton: skeleton.clone(),
@@ -79,6 +82,14 @@ impl Hub {
         }
         self.tell_expired(id, &name);
         self.catch_up(id, &name, &room, account);
+    }
+
+    /// Refuses a hello at the last step: queue the error and drop the sender right away, so the
+    /// writer writes the error, sees its queue closed, and ends the connection.
+    fn turn_away(&mut self, to_client: ToWriter<Outgoing>, code: ErrorCode, message: String) {
+        let meter = Meter::new(self.routing.queued_total.clone());
+        let error = encode(&Frame::Error { code, message });
+        let _ = to_client.try_send(Outgoing::new(error, &meter, 1));
     }
 
     /// Whether a hello for a name that is online may take it over from connection `old`. The
