@@ -58,6 +58,7 @@ impl Hub {
     /// `id` (named `name`) has just been added to `room`: tell the room, and tell the newcomer who
     /// is there. A room that grows past `big_room` becomes big here.
     pub(super) fn arrived(&mut self, id: ConnId, name: &str, room: &str) {
+        self.routing.online_pages.remove(room); // the list changed
         let online = self.head_count(room);
         let crowds = &mut self.routing.crowds;
         if crowds.tallies.contains_key(room) || online > self.config.big_room {
@@ -75,6 +76,7 @@ impl Hub {
     /// `name` has just been removed from `room`: tell the ones still there. A big room that has
     /// shrunk to half of `big_room` becomes small again, and everyone in it gets the list.
     pub(super) fn departed(&mut self, name: &str, room: &str) {
+        self.routing.online_pages.remove(room); // the list changed
         let online = self.head_count(room);
         let Some(tally) = self.routing.crowds.tallies.get_mut(room) else {
             let left = Frame::Left { name: name.to_owned(), room: room.to_owned() };
@@ -114,7 +116,7 @@ impl Hub {
         }
     }
 
-    fn head_count(&self, room: &str) -> usize {
+    pub(super) fn head_count(&self, room: &str) -> usize {
         self.routing.rooms.get(room).map_or(0, |m| m.len())
     }
 }

@@ -238,6 +238,8 @@ struct Routing {
     queued_total: Arc<AtomicUsize>,
     /// The big rooms, whose presence is counted (`crowd.rs`).
     crowds: crowd::Crowds,
+    /// Each room's online list, encoded, from the last `Who` until someone comes or goes.
+    online_pages: HashMap<String, Vec<Bytes>>,
 }
 
 /// The store, and what the hub remembers in front of it so that a message costs no look-up.
@@ -273,6 +275,7 @@ impl Hub {
             too_slow: Vec::new(),
             queued_total: Arc::new(AtomicUsize::new(0)),
             crowds: crowd::Crowds::default(),
+            online_pages: HashMap::new(),
         };
         let records = Records {
             last_message_id: store.last_message_id(),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::meter::{Meter, Outgoing};
-use super::{encode, paged, Conn, Hub, Joining, Peer, NAMES_PER_FRAME};
+use super::{encode, paged, Bytes, Conn, Hub, Joining, Peer, NAMES_PER_FRAME};
 use super::{ConnId, TokenHash};
 use crate::frame::{ErrorCode, Frame};
 use crate::outbox::ToWriter;
@@ -122,14 +122,30 @@ impl Hub {
         self.depart(old, &format!("logged in elsewhere, from {by}"), true);
     }
 
+    /// Sends `id` the online list of its room, a page at a time. The pages are encoded once and
+    /// kept until someone comes or goes (`crowd.rs` forgets them then): in a big room a list is
+    /// thousands of names, and a stranger asking for it ten times a second must cost pointers,
+    /// not a fresh encoding each time.
     pub(super) fn who(&mut self, id: ConnId) {
         let Some(peer) = self.peer(id) else { return };
         let room = peer.room.clone();
-        let names: Vec<String> =
-            self.routing.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        let pages = paged(names, NAMES_PER_FRAME);
-        for (names, more) in pages {
-            self.send_to(id, &Frame::Online { room: room.clone(), names, more });
+        let pages = match self.routing.online_pages.get(&room) {
+            Some(pages) => pages.clone(),
+            None => {
+                let names: Vec<String> =
+                    self.routing.rooms.get(&room).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                let pages: Vec<Bytes> = paged(names, NAMES_PER_FRAME)
+                    .into_iter()
+                    .map(|(names, more)| encode(&Frame::Online { room: room.clone(), names, more }))
+                    .collect();
+                self.routing.online_pages.insert(room.clone(), pages.clone());
+                pages
+            }
+        };
+        // Shared by whoever asks: charged to the relay-wide count like a broadcast to the room.
+        let sharing = self.head_count(&room);
+        for page in pages {
+            self.push(id, page, sharing);
         }
     }
 
