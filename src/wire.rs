@@ -201,6 +201,9 @@ pub struct FrameReader<R> {
     end: usize,
     /// The room kept free for one read: [`FIRST_READ`], doubling up to [`READ_CHUNK`].
     read_size: usize,
+    /// The size of the last frame decoded: while big frames follow each other (a file), the
+    /// buffer keeps its size between them instead of shrinking and growing back for each.
+    last_len: usize,
     /// The largest frame (kind + payload) accepted now: [`frame::MAX_FRAME_LEN`] unless lowered
     /// with [`FrameReader::set_limit`] (the relay does before the hello).
     limit: usize,
@@ -215,6 +218,7 @@ impl<R: Read> FrameReader<R> {
             start: 0,
             end: 0,
             read_size: FIRST_READ,
+            last_len: 0,
             limit: frame::MAX_FRAME_LEN,
         }
     }
@@ -253,6 +257,7 @@ impl<R: Read> FrameReader<R> {
             match frame::decode(pending) {
                 Ok(Some((frame, used))) => {
                     self.start += used;
+                    self.last_len = used;
                     return Ok(Some(frame));
                 }
                 Ok(None) => {}
@@ -297,8 +302,12 @@ impl<R: Read> FrameReader<R> {
         let want = needed.min(growing).max(self.end + 1).max(self.read_size);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
-        } else if self.buf.len() > 2 * READ_CHUNK && self.end < READ_CHUNK && needed <= READ_CHUNK {
-            // A big frame passed through earlier; give the memory back.
+        } else if self.buf.len() > 2 * READ_CHUNK
+            && self.end < READ_CHUNK
+            && needed <= READ_CHUNK
+            && self.last_len <= READ_CHUNK
+        {
+            // Big frames passed through earlier, and a small one came after; give the memory back.
             self.buf.truncate(READ_CHUNK);
             self.buf.shrink_to_fit();
         }
