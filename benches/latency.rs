@@ -6,6 +6,7 @@
 //! cargo bench --bench latency -- --quick      # a smoke run, a few seconds
 //! cargo bench --bench latency -- --only cli   # only the kinds whose label contains "cli"
 //! cargo bench --bench latency -- --gap-us 0   # the next line right after the last one arrived
+//! cargo bench --bench latency -- --lines 500  # lines per kind and round (default 2000)
 //! ```
 //!
 //! What is measured, for every kind below, the same way:
@@ -78,9 +79,10 @@ fn settings() -> Settings {
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
     let gap_us = value("--gap-us").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let per_round = value("--lines").and_then(|v| v.parse().ok());
     Settings {
         warmup: if quick { 50 } else { 300 },
-        per_round: if quick { 200 } else { 2000 },
+        per_round: per_round.unwrap_or(if quick { 200 } else { 2000 }),
         gap: Duration::from_micros(gap_us),
         only: value("--only"),
     }

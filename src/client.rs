@@ -17,6 +17,12 @@
 //!   [`crate::outbox`]). The send queue is the design card's crossbeam queue: typing never waits
 //!   for the network. File chunks travel in the short *bulk* queue behind it, so a line of chat
 //!   overtakes a file in progress.
+//! - **except when the line is free.** Waking the writer to send one line costs a thread
+//!   wake-up, tens of microseconds on a small VM, on every line. So when nothing is queued, no
+//!   file is on its way and the writer is asleep, [`Client::send_text`] writes the frame to the
+//!   socket itself, on the caller's thread, with a clone of the socket kept for that (`Direct`).
+//!   The writer and the callers take turns (a `Mutex<()>`, see [`crate::outbox::pump_sharing`]),
+//!   so frames still leave one whole frame at a time and in order.
 //! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
 //!   downloaded chunks straight to disk (`client/download.rs`), so file data never piles up in a queue.
 //!   The event queue is bounded: if the program stops reading events, the reader stops reading the
@@ -41,11 +47,11 @@ pub use catch_up::CatchUp;
 pub use event::{ClientError, Direction, Disconnect, Event, Mark};
 pub use trust::{FirstContact, Trust, TrustError, Verdict};
 
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -173,6 +179,8 @@ pub struct Client {
     room: String,
     /// The send queue. `close` sends the empty "finish" buffer on it (see [`crate::outbox`]).
     to_writer: Sender<Urgent>,
+    /// Writing a frame at once, on the caller's thread, when the writer has nothing to do.
+    direct: Direct,
     /// Files to upload; `None` once closing.
     to_uploader: Option<Sender<upload::Job>>,
     /// Receive requests for the reader.
@@ -245,6 +253,8 @@ impl Client {
         let (name, room) = handshake(&mut reader, config)?;
         let closer = reader.get_ref().closer().map_err(hs)?;
         let write_half = reader.get_ref().try_clone_stream().map_err(hs)?;
+        let direct_half = reader.get_ref().try_clone_stream().map_err(hs)?;
+        let turn = Arc::new(Mutex::new(()));
 
         let (to_writer, from_app) = bounded(SEND_QUEUE);
         let (to_bulk, from_bulk) = bounded(BULK_QUEUE);
@@ -262,9 +272,15 @@ impl Client {
             heartbeat: Some(Heartbeat { every: config.ping_every, frame: ping }),
             piece: config.pacing.piece,
         };
+        let direct = Direct {
+            turn: turn.clone(),
+            out: Mutex::new(Box::new(direct_half)),
+            bulk: from_bulk.clone(),
+            closer: reader.get_ref().closer().map_err(hs)?,
+        };
         let mut threads = Vec::new();
         threads.push(
-            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options))
+            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options, &turn))
                 .map_err(hs)?,
         );
         let uploads = upload::Uploader {
@@ -294,6 +310,7 @@ impl Client {
             name,
             room,
             to_writer,
+            direct,
             to_uploader: Some(to_uploader),
             to_reader,
             receiving,
@@ -406,8 +423,13 @@ impl Client {
         self.queue(&Frame::ListFiles)
     }
 
+    /// Sends a frame: at once on this thread if the writer has nothing to do (see `Direct`),
+    /// else through the send queue.
     fn queue(&self, frame: &Frame) -> Result<(), ClientError> {
         let bytes = encode_to_vec(frame).map_err(ClientError::Encode)?;
+        if self.direct.try_write(&bytes, &self.to_writer) {
+            return Ok(());
+        }
         self.to_writer.send(Urgent::Frame(bytes)).map_err(|_| ClientError::Disconnected)
     }
 
@@ -509,16 +531,58 @@ fn write_loop<S: Stream>(
     from_app: Receiver<Urgent>,
     from_bulk: Receiver<Vec<u8>>,
     options: outbox::Options,
+    turn: &Mutex<()>,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    let result =
-        outbox::pump(&mut out, &from_app, from_bulk, &options).and_then(|()| out.get_ref().shutdown_write());
+    let result = outbox::pump_sharing(&mut out, &from_app, from_bulk, &options, Some(turn))
+        .and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         // The reader will see the broken socket too; cut it so it notices at once.
         log::debug!("client writer ended: {e}");
         if let Some(closer) = closer {
             closer.close();
+        }
+    }
+}
+
+/// The caller's own way to the socket: a frame written at once, on the caller's thread, when the
+/// writer thread has nothing to do, which saves waking it (see the module docs).
+///
+/// The rule that keeps frames whole and in order: a frame may go this way only while its caller
+/// holds the writer's *turn* and the send queue is empty. The writer holds the turn from before
+/// it takes anything from its queues until it has flushed it, so then nothing is waiting and
+/// nothing is half-written. A file on its way (a chunk queued, or the writer holding the turn
+/// between pieces) sends the frame through the queue instead, where it overtakes the file as
+/// before. Simplified: right after a chunk the kernel may still hold up to
+/// [`Pacing::unsent`] bytes, and a direct write then waits until the link has taken some; the
+/// queue would have made the writer wait the same time instead of the caller.
+struct Direct {
+    turn: Arc<Mutex<()>>,
+    /// A clone of the socket (over TLS: of the same session), used only with the turn held.
+    out: Mutex<Box<dyn Write + Send>>,
+    /// The bulk queue, only to see whether a file is on its way.
+    bulk: Receiver<Vec<u8>>,
+    /// Cuts the connection when a direct write fails, so the reader reports it at once.
+    closer: Closer,
+}
+
+impl Direct {
+    /// Writes `frame` now if the line is free; false when it must be queued instead (busy, or
+    /// the write failed: the writer will meet the broken socket too, and the reader reports it).
+    fn try_write(&self, frame: &[u8], queue: &Sender<Urgent>) -> bool {
+        let Ok(_turn) = self.turn.try_lock() else { return false };
+        if !queue.is_empty() || !self.bulk.is_empty() {
+            return false;
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        match out.write_all(frame).and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("client direct write failed: {e}");
+                self.closer.close();
+                false
+            }
         }
     }
 }

@@ -26,12 +26,24 @@
 //!   128 KiB is still several milliseconds of a fast link, enough to keep it busy while this
 //!   thread wakes up (the kernel's own advice for the option).
 //!
+//! ## Taking turns with the senders ([`pump_sharing`])
+//!
+//! Handing a frame to a sleeping writer thread costs a thread wake-up, tens of microseconds on a
+//! small virtual machine, on the path of every chat line. So a client lets its caller write a
+//! frame to the socket itself when nothing else is going on (`client.rs`, `Direct`). Frames must
+//! still leave in order, so the socket has a *turn* (a `Mutex<()>`): whoever writes holds it,
+//! and the writer thread takes it *before* it takes anything from a queue and lets it go only
+//! after it has written and flushed all it took. A caller that gets the turn while the urgent
+//! queue is empty therefore knows that nothing is waiting or half-written, and may write its
+//! frame now; otherwise it queues the frame as usual.
+//!
 //! The loop ends when the urgent queue's senders are all gone and it is empty (the relay's hub
 //! says "finish up" by dropping its sender), or when [`Urgent::Finish`] arrives on it (the client
 //! says it that way, because its reader thread holds a sender too, so its queue never closes by
 //! itself). A bulk queue whose senders are gone is simply ignored from then on.
 
 use std::io::{self, IoSlice, Write};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, Receiver, Select, TryRecvError};
@@ -136,35 +148,52 @@ pub fn pump<W: Write, U: UrgentItem>(
     bulk: Receiver<Vec<u8>>,
     options: &Options,
 ) -> io::Result<()> {
+    pump_sharing(out, urgent, bulk, options, None)
+}
+
+/// [`pump`], taking `turn` (see the module docs) from before it takes anything from a queue
+/// until it has flushed what it took; it never holds it while it sleeps on the queues.
+pub fn pump_sharing<W: Write, U: UrgentItem>(
+    out: &mut W,
+    urgent: &Receiver<U>,
+    bulk: Receiver<Vec<u8>>,
+    options: &Options,
+    turn: Option<&Mutex<()>>,
+) -> io::Result<()> {
     let mut bulk = bulk;
     let mut beat = Beat::new(options.heartbeat.as_ref());
+    // Held from before the first item is taken until everything taken is flushed, across items:
+    // a frame in `out`'s buffer is "taken" too.
+    let mut held = None;
     loop {
+        if held.is_none() {
+            held = turn.map(take_turn);
+        }
         beat.write_if_due(out)?;
         let item = match poll(urgent, &mut bulk) {
             Polled::Item(item) => item,
-            Polled::Finished => break,
+            Polled::Finished => return out.flush(),
             Polled::Empty => {
                 out.flush()?;
-                match wait(urgent, &mut bulk, options.spin, beat.due) {
-                    Waited::Item(item) => item,
-                    Waited::BeatDue => continue, // written at the top of the loop
-                    Waited::Finished => break,
-                }
+                held = None;
+                // Back to the top for the item, turn first: a caller may have written meanwhile.
+                wait(urgent, &bulk, options.spin, beat.due);
+                continue;
             }
         };
         match item {
             Item::Urgent(item) => match item.frame() {
                 Some(bytes) => out.write_all(bytes)?,
-                None => break, // `poll` never hands out a Finish; kept total for the type's sake
+                // `poll` never hands out a Finish; kept total for the type's sake.
+                None => return out.flush(),
             },
             Item::Bulk(bytes) => {
                 if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece, &mut beat)? {
-                    break;
+                    return out.flush();
                 }
             }
         }
     }
-    out.flush()
 }
 
 /// When the next heartbeat is due, if the writer has one.
@@ -267,53 +296,30 @@ fn poll<U: UrgentItem>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Po
     }
 }
 
-/// What [`wait`] came back with.
-enum Waited<U> {
-    Item(Item<U>),
-    /// Time for the heartbeat.
-    BeatDue,
-    /// The urgent queue is closed and empty.
-    Finished,
+/// Takes the turn to write. A thread that panicked while holding it left nothing half-done that
+/// matters here (the connection is over either way), so a poisoned turn is simply taken.
+fn take_turn(turn: &Mutex<()>) -> MutexGuard<'_, ()> {
+    turn.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits for the next item: polls for `spin` (see [`crate::tuning::spin`]), then sleeps on both queues
-/// until one has something or `beat_due` comes.
-fn wait<U: UrgentItem>(
-    urgent: &Receiver<U>,
-    bulk: &mut Receiver<Vec<u8>>,
-    spin: Duration,
-    beat_due: Option<Instant>,
-) -> Waited<U> {
-    let polled = spin::poll_for(spin, || match poll(urgent, bulk) {
-        Polled::Item(item) => Some(Waited::Item(item)),
-        Polled::Finished => Some(Waited::Finished),
-        Polled::Empty => None,
-    });
-    if let Some(result) = polled {
-        return result;
+/// Waits until either queue has something (or is closed), or until `beat_due`: polls for `spin`
+/// (see [`crate::tuning::spin`]), then sleeps. It takes nothing: the caller takes the item, urgent
+/// first, once it holds the turn. (`select!` would *take* from whichever queue it happened to
+/// pick when both were ready, at random, and a file chunk could then overtake a chat frame
+/// queued before it: the fuzzer found a relay's welcome overtaken by an upload answer this way.)
+fn wait<U>(urgent: &Receiver<U>, bulk: &Receiver<Vec<u8>>, spin: Duration, beat_due: Option<Instant>) {
+    let mut ready = Select::new();
+    ready.recv(urgent);
+    ready.recv(bulk);
+    if spin::poll_for(spin, || ready.try_ready().ok()).is_some() {
+        return;
     }
-    loop {
-        // Sleep until either queue has something (or closes), then take from them in order,
-        // urgent first. `select!` would *take* from whichever queue it happened to pick when both
-        // were ready, at random, and a file chunk could then overtake a chat frame queued before
-        // it (the fuzzer found a relay's welcome overtaken by an upload answer this way).
-        let mut ready = Select::new();
-        ready.recv(urgent);
-        ready.recv(bulk);
-        match beat_due {
-            None => {
-                ready.ready();
-            }
-            Some(due) => {
-                if ready.ready_deadline(due).is_err() {
-                    return Waited::BeatDue;
-                }
-            }
+    match beat_due {
+        None => {
+            ready.ready();
         }
-        match poll(urgent, bulk) {
-            Polled::Item(item) => return Waited::Item(item),
-            Polled::Finished => return Waited::Finished,
-            Polled::Empty => {} // a closed bulk queue was swapped for `never()`; wait again
+        Some(due) => {
+            let _ = ready.ready_deadline(due); // past it, the top of the loop writes the beat
         }
     }
 }
