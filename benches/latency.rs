@@ -98,7 +98,8 @@ fn run(settings: &Settings, data: &Path) -> io::Result<()> {
     // One relay for every relaychat kind, with TLS (the default) and plaintext allowed. Only one
     // line is ever in flight, so the kinds do not disturb each other.
     let relay_dir = data.join("relay");
-    let args = [&UNLIMITED_RATES[..], &["--allow-plaintext", "--data-dir", relay_dir.to_str().unwrap()]].concat();
+    let args =
+        [&UNLIMITED_RATES[..], &["--allow-plaintext", "--data-dir", relay_dir.to_str().unwrap()]].concat();
     let (_relay, addr) = start_relay(&args);
     let keys = ncat_keys(data)?;
 
@@ -345,7 +346,12 @@ impl CliPair {
         let children = Children(vec![a, b]);
         // A hears B join: from then on the relay delivers A's lines to B.
         expect(&a_out, &format!("* {b_name} joined"), &a_name)?;
-        Ok(CliPair { label: label.to_owned(), a: a_in, b: Lines { out: b_out, buf: Vec::new() }, _children: children })
+        Ok(CliPair {
+            label: label.to_owned(),
+            a: a_in,
+            b: Lines { out: b_out, buf: Vec::new() },
+            _children: children,
+        })
     }
 }
 
@@ -453,7 +459,8 @@ fn drain_until(out: ChildStdout, needle: &str) -> io::Result<Lines> {
         lines.buf.extend_from_slice(&chunk[..n]);
         if let Some(at) = find(&lines.buf, needle.as_bytes()) {
             // Keep only what follows that line.
-            let end = lines.buf[at..].iter().position(|&b| b == b'\n').map_or(lines.buf.len(), |i| at + i + 1);
+            let end =
+                lines.buf[at..].iter().position(|&b| b == b'\n').map_or(lines.buf.len(), |i| at + i + 1);
             lines.buf.drain(..end);
             return Ok(lines);
         }
