@@ -44,7 +44,7 @@ mod upload;
 
 pub use backoff::Backoff;
 pub use catch_up::CatchUp;
-pub use event::{ClientError, Direction, Disconnect, Event, Mark};
+pub use event::{ClientError, Direction, Disconnect, Event, EventHook, Mark};
 pub use trust::{FirstContact, Trust, TrustError, Verdict};
 
 use std::io::{self, BufWriter, Write};
@@ -116,6 +116,9 @@ pub struct ClientConfig {
     /// TLS and whom to trust (the default: TLS, trusting only what a CA vouches for; see
     /// `client/trust.rs`), or plaintext.
     pub security: Security,
+    /// Handle the reader's events on its own thread instead of queueing them ([`EventHook`]).
+    /// Default `None`: every event is queued for [`Client::events`].
+    pub on_event: Option<EventHook>,
 }
 
 /// Whether the connection is encrypted.
@@ -162,6 +165,7 @@ impl ClientConfig {
             idle_timeout: IDLE_TIMEOUT,
             pacing: Pacing::DEFAULT,
             security: Security::default(),
+            on_event: None,
         }
     }
 }
@@ -304,6 +308,7 @@ impl Client {
             cancel: cancel.clone(),
             chunk_delay: config.chunk_delay,
             receipts: config.receipts,
+            hook: config.on_event.clone(),
         };
         threads.push(spawn("client-reader", move || reads.run()).map_err(hs)?);
         Ok(Client {

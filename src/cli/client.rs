@@ -166,6 +166,11 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     // This machine's token for this relay: the name stays ours without a password (see
     // client/identity.rs). Kept out of `client_config`: it reads (or makes) the identity file.
     config.token = crate::client::identity::token_or_guest(&server);
+    // The interactive chat shows events on the reader thread (see cli/client/chat.rs).
+    let shared = chat::Shared::default();
+    if cli.command.is_none() {
+        config.on_event = Some(chat::event_hook(&shared));
+    }
     let client = first_connect(&server, &config)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
     let dialer = Dialer { server, config };
@@ -184,7 +189,7 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
             ))?;
             let downloads = ui.downloads.clone();
             let link = Link { dialer, client, catch_up: CatchUp::default(), receiving: false, downloads };
-            chat::run(Session { link, ui })
+            chat::run(shared, Session { link, ui })
         }
     }
 }

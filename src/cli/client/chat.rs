@@ -1,39 +1,54 @@
 //! The interactive chat: keyboard lines out, events in, and who does what on which thread.
 //!
-//! ## Two threads take turns with one session
+//! ## Three threads take turns with one session
 //!
 //! ```text
-//!  stdin ─▶ keyboard thread ─┐                      ┌─ main thread ◀── events ◀── reader thread
-//!           (reads a line)   └─▶ Mutex<Session> ◀───┘  (waits on events, and on the keyboard's end)
-//!                               the Link (client, catch-up) and the Ui (stdout, bars)
+//!  stdin ─▶ keyboard thread ──┐                   ┌── reader thread (the client's) ◀── socket
+//!           handles each line └─▶ Mutex<Session> ◀┤   shows each event through the hook...
+//!                                 the Link and    └── main thread ◀── events queue
+//!                                 the Ui (stdout)     ...or queues it for the main thread
 //! ```
 //!
-//! The [`Session`] (the connection and what it must catch up on, and the screen) is used by two
-//! threads, one at a time: the **keyboard thread** handles each line it reads from stdin itself,
-//! and the **main thread** handles each event from the relay. Whoever has something to do takes
-//! the session's lock, does it, and lets go.
+//! The [`Session`] (the connection, what it must catch up on, and the screen) is used by three
+//! threads, one at a time. Whoever has something to do takes the session's lock, does it, and
+//! lets go:
 //!
-//! Why not one thread that waits on both with `select!`, as before? Because stdin can only be
-//! waited on by a thread blocked in `read`, so a line then had to be handed from a stdin thread
-//! to the main thread over a channel, and that hand-off woke a sleeping thread on every line:
-//! tens of microseconds on a small VM, on the path of every message (`benches/latency.rs`). Now
-//! the thread that read the line sends it, and with the client's direct write (`client.rs`,
-//! `Direct`) the line is on the socket without any thread being woken.
+//! - the **keyboard thread** handles each line it reads from stdin;
+//! - the client's **reader thread** shows each event from the relay itself, through an
+//!   [`EventHook`] ([`event_hook`]), when that keeps the order (below);
+//! - the **main thread** handles the rest from the client's event queue: the events of the
+//!   upload thread, a lost connection (it reconnects), and the end of a `/receive` (it decides
+//!   when to exit); and it waits for the keyboard thread to say it is done.
+//!
+//! Why not one thread that waits on keyboard and events with `select!`, as before? Because
+//! every line and every event was then handed from one thread to another over a channel, and
+//! each hand-off woke a sleeping thread: tens of microseconds on a small VM, twice on the path
+//! of every message (`benches/latency.rs`). Now the thread that read the line sends it (with the
+//! client's direct write, `client.rs`, nothing is woken to put it on the socket), and the thread
+//! that read the message prints it.
+//!
+//! **Order.** Events must reach the screen in the order they arrived, whichever thread shows
+//! them. So the main thread takes an event from the queue only while it holds the lock, and the
+//! hook shows an event itself only if the queue is empty at that moment: then nothing that came
+//! before it is waiting or in anyone's hands. Otherwise it queues the event behind the others.
 //!
 //! The lock is held for the handling only: never while the keyboard thread waits for stdin, nor
 //! while the main thread waits for events. The one long hold is a reconnect, and that is on
-//! purpose: a line typed while the link is down waits for the new connection, as it always has.
+//! purpose: a line typed while the link is down waits for the new connection, as it always has,
+//! and the new connection's first events wait until "reconnected" is on the screen. The main
+//! thread never waits for the reader thread while it holds the lock (the hook of a connection
+//! that is over has returned for good), so the two cannot wait for each other.
 
 use std::io::{self, BufRead};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use anyhow::Context;
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError};
 
 use super::dial::Dialer;
 use super::{Exit, Ui, HELP};
-use crate::client::{CatchUp, Client, ClientError, Disconnect, Event};
+use crate::client::{CatchUp, Client, ClientError, Disconnect, Event, EventHook};
 use crate::clock::now_ms;
 use crate::display::{notice_line, visible};
 
@@ -43,7 +58,9 @@ pub(super) struct Session {
     pub(super) ui: Ui,
 }
 
-type Shared = Arc<Mutex<Option<Session>>>;
+/// The session behind its lock: `None` until the first connection is made, and again once the
+/// chat is over.
+pub(super) type Shared = Arc<Mutex<Option<Session>>>;
 
 /// Takes the session. A thread that panicked while holding it has ended the chat anyway; the
 /// other one still gets to close the connection.
@@ -61,30 +78,61 @@ enum KeyboardEnd {
     Failed(anyhow::Error),
 }
 
+/// The hook the interactive client's connections are made with: the reader thread shows an
+/// event itself when that keeps the order (see the module docs), and queues it otherwise.
+pub(super) fn event_hook(shared: &Shared) -> EventHook {
+    let shared = shared.clone();
+    EventHook(Arc::new(move |event| show_now(&shared, event)))
+}
+
+/// On the reader thread: shows `event` now, or hands it back to be queued for the main thread.
+fn show_now(shared: &Shared, event: Event) -> Option<Event> {
+    if matches!(event, Event::Disconnected(_) | Event::ReceiveFinished { .. }) {
+        return Some(event); // the main thread's: it reconnects, or may exit after a /receive
+    }
+    let mut guard = lock(shared);
+    let Some(session) = guard.as_mut() else { return Some(event) }; // not started, or over
+    if !session.link.client.events().is_empty() {
+        return Some(event); // behind what is queued, to keep the order
+    }
+    if session.link.catch_up.fresh(&event) && session.ui.show(&event).is_err() {
+        // Stdout is gone: the main thread meets the same error and ends the chat with it.
+        return Some(event);
+    }
+    None
+}
+
 /// The interactive loop, until stdin ends (and what it started is finished), `/quit`, `/leave`,
-/// or a connection that cannot be brought back.
+/// or a connection that cannot be brought back. `shared` is the one the connection's hook was
+/// given ([`event_hook`]); `session` goes into it now.
 ///
 /// ## Close sequence
 /// 1. The keyboard thread says how it ended (or its channel closes at EOF).
 /// 2. At EOF, events are handled until nothing started from this terminal is still going on.
-/// 3. The session is taken out of the lock, so a line read after this is ignored, and the
-///    client is closed (goodbye, threads joined), or leaves the room for good on `/leave`.
+/// 3. The session is taken out of the lock, so a line read or an event shown after this is
+///    ignored or queued for nobody, and the client is closed (goodbye, threads joined), or
+///    leaves the room for good on `/leave`.
 /// 4. The keyboard thread is not joined: a blocking read of stdin cannot be interrupted
 ///    portably, so the process exits underneath it.
-pub(super) fn run(session: Session) -> anyhow::Result<Exit> {
-    let shared: Shared = Arc::new(Mutex::new(Some(session)));
+pub(super) fn run(shared: Shared, session: Session) -> anyhow::Result<Exit> {
+    *lock(&shared) = Some(session);
     let mut keyboard = spawn_keyboard(shared.clone())?;
     let mut stdin_done = false;
     let ending = loop {
         let Some(events) = lock(&shared).as_ref().map(|s| s.link.client.events().clone()) else {
             anyhow::bail!("the session ended");
         };
-        select! {
-            recv(keyboard) -> end => match end {
+        // Wait without taking: an event is taken only with the lock held (see "Order").
+        let mut ready = Select::new();
+        let from_keyboard = ready.recv(&keyboard);
+        ready.recv(&events);
+        if ready.ready() == from_keyboard {
+            match keyboard.try_recv() {
                 Ok(KeyboardEnd::Quit) => break KeyboardEnd::Quit,
                 Ok(KeyboardEnd::Leave) => break KeyboardEnd::Leave,
                 Ok(KeyboardEnd::Failed(e)) => return Err(e),
-                Err(_) => {
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
                     // EOF: finish what was started, then leave.
                     if lock(&shared).as_ref().is_none_or(|s| s.link.is_idle()) {
                         break KeyboardEnd::Quit;
@@ -92,26 +140,26 @@ pub(super) fn run(session: Session) -> anyhow::Result<Exit> {
                     stdin_done = true;
                     keyboard = crossbeam_channel::never();
                 }
-            },
-            recv(events) -> event => {
-                let mut guard = lock(&shared);
-                let Some(session) = guard.as_mut() else { anyhow::bail!("the session ended") };
-                match event {
-                    Ok(Event::Disconnected(why)) => session.link.reconnect(&why, &mut session.ui)?,
-                    Ok(event) => {
-                        if session.link.catch_up.fresh(&event) {
-                            session.ui.show(&event)?;
-                        }
-                        if let Event::ReceiveFinished { .. } = event {
-                            session.link.receiving = false;
-                        }
-                        if stdin_done && session.link.is_idle() {
-                            break KeyboardEnd::Quit;
-                        }
-                    }
-                    Err(_) => anyhow::bail!("the connection ended"),
+            }
+            continue;
+        }
+        let mut guard = lock(&shared);
+        let Some(session) = guard.as_mut() else { anyhow::bail!("the session ended") };
+        match events.try_recv() {
+            Ok(Event::Disconnected(why)) => session.link.reconnect(&why, &mut session.ui)?,
+            Ok(event) => {
+                if session.link.catch_up.fresh(&event) {
+                    session.ui.show(&event)?;
                 }
-            },
+                if let Event::ReceiveFinished { .. } = event {
+                    session.link.receiving = false;
+                }
+                if stdin_done && session.link.is_idle() {
+                    break KeyboardEnd::Quit;
+                }
+            }
+            Err(TryRecvError::Empty) => {} // only this thread takes events; kept total
+            Err(TryRecvError::Disconnected) => anyhow::bail!("the connection ended"),
         }
     };
     let Some(session) = lock(&shared).take() else { anyhow::bail!("the session ended") };
