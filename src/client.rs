@@ -3,12 +3,15 @@
 //! ## Threads
 //!
 //! ```text
-//!  send_text() ─▶ send queue (urgent, bounded) ─┐
-//!                                               ├─▶ writer thread ──▶ socket
-//!  send_file() ─▶ upload thread ─▶ bulk queue ──┘   (urgent first)
+//!  send_text() ─▶ nothing queued, no file on its way? write it here (Direct) ──────▶ socket
+//!       │ otherwise
+//!       └──────▶ send queue (urgent, bounded) ─┐
+//!                                              ├─▶ writer thread ──────────────────▶ socket
+//!  send_file() ─▶ upload thread ─▶ bulk queue ─┘   (urgent first)
 //!
 //!  events() ◀── event queue (bounded) ◀── reader thread ◀── socket
-//!                                          writes downloads to disk
+//!                 (or ClientConfig::on_event,  writes downloads to disk
+//!                  on the reader thread)
 //! ```
 //!
 //! [`Client::connect`] does the handshake on the calling thread, then starts three threads:
@@ -26,7 +29,9 @@
 //! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
 //!   downloaded chunks straight to disk (`client/download.rs`), so file data never piles up in a queue.
 //!   The event queue is bounded: if the program stops reading events, the reader stops reading the
-//!   socket, and TCP pushes back on the relay.
+//!   socket, and TCP pushes back on the relay. A program can have the reader hand each event to
+//!   an [`EventHook`] instead, on the reader's own thread, which saves waking another thread per
+//!   event (the terminal client prints chat that way).
 //! - the **upload thread** (`client/upload.rs`) sends files one after another: it reads each file in
 //!   chunks, hashes them, and blocks on the bulk queue, which keeps memory flat.
 //!
@@ -35,6 +40,7 @@
 
 mod backoff;
 mod catch_up;
+mod direct;
 mod download;
 mod event;
 pub mod identity;
@@ -47,7 +53,7 @@ pub use catch_up::CatchUp;
 pub use event::{ClientError, Direction, Disconnect, Event, EventHook, Mark};
 pub use trust::{FirstContact, Trust, TrustError, Verdict};
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +62,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+
+use direct::Direct;
 
 use crate::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
 use crate::outbox::{self, Heartbeat, Pacing, Urgent};
@@ -547,47 +555,6 @@ fn write_loop<S: Stream>(
         log::debug!("client writer ended: {e}");
         if let Some(closer) = closer {
             closer.close();
-        }
-    }
-}
-
-/// The caller's own way to the socket: a frame written at once, on the caller's thread, when the
-/// writer thread has nothing to do, which saves waking it (see the module docs).
-///
-/// The rule that keeps frames whole and in order: a frame may go this way only while its caller
-/// holds the writer's *turn* and the send queue is empty. The writer holds the turn from before
-/// it takes anything from its queues until it has flushed it, so then nothing is waiting and
-/// nothing is half-written. A file on its way (a chunk queued, or the writer holding the turn
-/// between pieces) sends the frame through the queue instead, where it overtakes the file as
-/// before. Simplified: right after a chunk the kernel may still hold up to
-/// [`Pacing::unsent`] bytes, and a direct write then waits until the link has taken some; the
-/// queue would have made the writer wait the same time instead of the caller.
-struct Direct {
-    turn: Arc<Mutex<()>>,
-    /// A clone of the socket (over TLS: of the same session), used only with the turn held.
-    out: Mutex<Box<dyn Write + Send>>,
-    /// The bulk queue, only to see whether a file is on its way.
-    bulk: Receiver<Vec<u8>>,
-    /// Cuts the connection when a direct write fails, so the reader reports it at once.
-    closer: Closer,
-}
-
-impl Direct {
-    /// Writes `frame` now if the line is free; false when it must be queued instead (busy, or
-    /// the write failed: the writer will meet the broken socket too, and the reader reports it).
-    fn try_write(&self, frame: &[u8], queue: &Sender<Urgent>) -> bool {
-        let Ok(_turn) = self.turn.try_lock() else { return false };
-        if !queue.is_empty() || !self.bulk.is_empty() {
-            return false;
-        }
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        match out.write_all(frame).and_then(|()| out.flush()) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("client direct write failed: {e}");
-                self.closer.close();
-                false
-            }
         }
     }
 }

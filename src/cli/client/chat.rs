@@ -268,8 +268,6 @@ impl Link {
     }
 }
 
-/// The interactive loop: keyboard lines out, events in.
-
 /// What a keyboard line asks of the session.
 enum Step {
     Continue,
