@@ -400,6 +400,65 @@ mod tests {
         assert_eq!(writer.join().unwrap(), b"123");
     }
 
+    /// One byte sink shared by the writer thread and a caller that writes directly.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_written_directly_with_the_turn_stay_in_order() {
+        // A caller numbers its frames 0, 1, 2, … and writes each one itself when it gets the
+        // turn and nothing is queued, else queues it (as `client/direct.rs` does). Whatever the
+        // timing, the socket must see 0, 1, 2, … : never a direct frame ahead of a queued one.
+        const FRAMES: u32 = 20_000;
+        let turn = std::sync::Arc::new(Mutex::new(()));
+        let sink = Shared::default();
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(16);
+        let (_to_bulk, bulk) = bounded::<Vec<u8>>(1);
+        let writer = {
+            let (turn, sink) = (turn.clone(), sink.clone());
+            std::thread::spawn(move || {
+                // A small buffer, so frames also sit in it for a while before a flush.
+                let mut out = io::BufWriter::with_capacity(64, sink);
+                pump_sharing(&mut out, &urgent, bulk, &Options::default(), Some(&turn)).unwrap();
+            })
+        };
+        let mut direct = sink.clone();
+        let mut went_direct = 0;
+        for n in 0..FRAMES {
+            let frame = n.to_be_bytes().to_vec();
+            // Every tenth frame is queued whatever the turn says (queueing is always allowed), so
+            // the writer always has some of the frames to interleave with.
+            let wrote = match turn.try_lock() {
+                Ok(_turn) if n % 10 != 0 && to_urgent.is_empty() => direct.write_all(&frame).is_ok(),
+                _ => false,
+            };
+            if wrote {
+                went_direct += 1;
+            } else {
+                to_urgent.send(frame).unwrap();
+            }
+            if n % 7 == 0 {
+                std::thread::yield_now(); // let the writer catch up now and then
+            }
+        }
+        drop(to_urgent);
+        writer.join().unwrap();
+        let bytes = sink.0.lock().unwrap().clone();
+        let seen: Vec<u32> = bytes.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(seen, (0..FRAMES).collect::<Vec<_>>());
+        assert!(went_direct > 0, "no frame went the direct way");
+    }
+
     /// A writer that, during its first write, queues `inject` on the urgent queue: chat arriving
     /// while a chunk is on its way out.
     struct ChatArrives {
