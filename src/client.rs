@@ -23,9 +23,10 @@
 //! - **except when the line is free.** Waking the writer to send one line costs a thread
 //!   wake-up, tens of microseconds on a small VM, on every line. So when nothing is queued, no
 //!   file is on its way and the writer is asleep, [`Client::send_text`] writes the frame to the
-//!   socket itself, on the caller's thread, with a clone of the socket kept for that (`Direct`).
-//!   The writer and the callers take turns (a `Mutex<()>`, see [`crate::outbox::pump_sharing`]),
-//!   so frames still leave one whole frame at a time and in order.
+//!   socket itself, on the caller's thread, with a clone of the socket kept for that
+//!   (`client/direct.rs`). The writer and the callers take turns (a `Mutex<()>`, see
+//!   [`crate::outbox::pump_sharing`]), so frames still leave one whole frame at a time and in
+//!   order.
 //! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
 //!   downloaded chunks straight to disk (`client/download.rs`), so file data never piles up in a queue.
 //!   The event queue is bounded: if the program stops reading events, the reader stops reading the

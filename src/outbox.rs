@@ -30,7 +30,7 @@
 //!
 //! Handing a frame to a sleeping writer thread costs a thread wake-up, tens of microseconds on a
 //! small virtual machine, on the path of every chat line. So a client lets its caller write a
-//! frame to the socket itself when nothing else is going on (`client.rs`, `Direct`). Frames must
+//! frame to the socket itself when nothing else is going on (`client/direct.rs`). Frames must
 //! still leave in order, so the socket has a *turn* (a `Mutex<()>`): whoever writes holds it,
 //! and the writer thread takes it *before* it takes anything from a queue and lets it go only
 //! after it has written and flushed all it took. A caller that gets the turn while the urgent

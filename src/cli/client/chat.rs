@@ -23,9 +23,9 @@
 //! Why not one thread that waits on keyboard and events with `select!`, as before? Because
 //! every line and every event was then handed from one thread to another over a channel, and
 //! each hand-off woke a sleeping thread: tens of microseconds on a small VM, twice on the path
-//! of every message (`benches/latency.rs`). Now the thread that read the line sends it (with the
-//! client's direct write, `client.rs`, nothing is woken to put it on the socket), and the thread
-//! that read the message prints it.
+//! of every message (`benches/latency.rs`). Now the thread that read the line sends it (with
+//! the client's direct write, `client/direct.rs`, nothing is woken to put it on the socket), and
+//! the thread that read the message prints it.
 //!
 //! **Order.** Events must reach the screen in the order they arrived, whichever thread shows
 //! them. So the main thread takes an event from the queue only while it holds the lock, and the
