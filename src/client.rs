@@ -3,12 +3,15 @@
 //! ## Threads
 //!
 //! ```text
-//!  send_text() ─▶ send queue (urgent, bounded) ─┐
-//!                                               ├─▶ writer thread ──▶ socket
-//!  send_file() ─▶ upload thread ─▶ bulk queue ──┘   (urgent first)
+//!  send_text() ─▶ nothing queued, no file on its way? write it here (Direct) ──────▶ socket
+//!       │ otherwise
+//!       └──────▶ send queue (urgent, bounded) ─┐
+//!                                              ├─▶ writer thread ──────────────────▶ socket
+//!  send_file() ─▶ upload thread ─▶ bulk queue ─┘   (urgent first)
 //!
 //!  events() ◀── event queue (bounded) ◀── reader thread ◀── socket
-//!                                          writes downloads to disk
+//!                 (or ClientConfig::on_event,  writes downloads to disk
+//!                  on the reader thread)
 //! ```
 //!
 //! [`Client::connect`] does the handshake on the calling thread, then starts three threads:
@@ -17,10 +20,19 @@
 //!   [`crate::outbox`]). The send queue is the design card's crossbeam queue: typing never waits
 //!   for the network. File chunks travel in the short *bulk* queue behind it, so a line of chat
 //!   overtakes a file in progress.
+//! - **except when the line is free.** Waking the writer to send one line costs a thread
+//!   wake-up, tens of microseconds on a small VM, on every line. So when nothing is queued, no
+//!   file is on its way and the writer is asleep, [`Client::send_text`] writes the frame to the
+//!   socket itself, on the caller's thread, with a clone of the socket kept for that
+//!   (`client/direct.rs`). The writer and the callers take turns (a `Mutex<()>`, see
+//!   [`crate::outbox::pump_sharing`]), so frames still leave one whole frame at a time and in
+//!   order.
 //! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
 //!   downloaded chunks straight to disk (`client/download.rs`), so file data never piles up in a queue.
 //!   The event queue is bounded: if the program stops reading events, the reader stops reading the
-//!   socket, and TCP pushes back on the relay.
+//!   socket, and TCP pushes back on the relay. A program can have the reader hand each event to
+//!   an [`EventHook`] instead, on the reader's own thread, which saves waking another thread per
+//!   event (the terminal client prints chat that way).
 //! - the **upload thread** (`client/upload.rs`) sends files one after another: it reads each file in
 //!   chunks, hashes them, and blocks on the bulk queue, which keeps memory flat.
 //!
@@ -29,6 +41,7 @@
 
 mod backoff;
 mod catch_up;
+mod direct;
 mod download;
 mod event;
 pub mod identity;
@@ -38,18 +51,20 @@ mod upload;
 
 pub use backoff::Backoff;
 pub use catch_up::CatchUp;
-pub use event::{ClientError, Direction, Disconnect, Event, Mark};
+pub use event::{ClientError, Direction, Disconnect, Event, EventHook, Mark};
 pub use trust::{FirstContact, Trust, TrustError, Verdict};
 
 use std::io::{self, BufWriter};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+
+use direct::Direct;
 
 use crate::frame::{encode_to_vec, Frame, PROTOCOL_VERSION};
 use crate::outbox::{self, Heartbeat, Pacing, ToWriter, Urgent};
@@ -110,6 +125,9 @@ pub struct ClientConfig {
     /// TLS and whom to trust (the default: TLS, trusting only what a CA vouches for; see
     /// `client/trust.rs`), or plaintext.
     pub security: Security,
+    /// Handle the reader's events on its own thread instead of queueing them ([`EventHook`]).
+    /// Default `None`: every event is queued for [`Client::events`].
+    pub on_event: Option<EventHook>,
 }
 
 /// Whether the connection is encrypted.
@@ -156,6 +174,7 @@ impl ClientConfig {
             idle_timeout: IDLE_TIMEOUT,
             pacing: Pacing::DEFAULT,
             security: Security::default(),
+            on_event: None,
         }
     }
 }
@@ -173,6 +192,8 @@ pub struct Client {
     room: String,
     /// The send queue. `close` sends the empty "finish" buffer on it (see [`crate::outbox`]).
     to_writer: ToWriter<Urgent>,
+    /// Writing a frame at once, on the caller's thread, when the writer has nothing to do.
+    direct: Direct,
     /// Files to upload; `None` once closing.
     to_uploader: Option<Sender<upload::Job>>,
     /// Receive requests for the reader.
@@ -245,6 +266,8 @@ impl Client {
         let (name, room) = handshake(&mut reader, config)?;
         let closer = reader.get_ref().closer().map_err(hs)?;
         let write_half = reader.get_ref().try_clone_stream().map_err(hs)?;
+        let direct_half = reader.get_ref().try_clone_stream().map_err(hs)?;
+        let turn = Arc::new(Mutex::new(()));
 
         let (to_writer, from_app) = bounded(SEND_QUEUE);
         let (to_bulk, from_bulk) = bounded(BULK_QUEUE);
@@ -262,9 +285,16 @@ impl Client {
             heartbeat: Some(Heartbeat { every: config.ping_every, frame: ping }),
             piece: config.pacing.piece,
         };
+        let direct = Direct {
+            turn: turn.clone(),
+            out: Mutex::new(Box::new(direct_half)),
+            bulk: from_bulk.clone(),
+            closer: reader.get_ref().closer().map_err(hs)?,
+        };
         let mut threads = Vec::new();
-        let writer = spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options))
-            .map_err(hs)?;
+        let writer =
+            spawn("client-writer", move || write_loop(write_half, from_app, from_bulk, options, &turn))
+                .map_err(hs)?;
         // Whoever queues something for the writer wakes it (see `outbox`, "How a writer sleeps").
         let to_writer = ToWriter::new(to_writer, writer.thread().clone());
         let to_bulk = ToWriter::new(to_bulk, writer.thread().clone());
@@ -290,12 +320,14 @@ impl Client {
             cancel: cancel.clone(),
             chunk_delay: config.chunk_delay,
             receipts: config.receipts,
+            hook: config.on_event.clone(),
         };
         threads.push(spawn("client-reader", move || reads.run()).map_err(hs)?);
         Ok(Client {
             name,
             room,
             to_writer,
+            direct,
             to_uploader: Some(to_uploader),
             to_reader,
             receiving,
@@ -408,8 +440,13 @@ impl Client {
         self.queue(&Frame::ListFiles)
     }
 
+    /// Sends a frame: at once on this thread if the writer has nothing to do (see `Direct`),
+    /// else through the send queue.
     fn queue(&self, frame: &Frame) -> Result<(), ClientError> {
         let bytes = encode_to_vec(frame).map_err(ClientError::Encode)?;
+        if self.direct.try_write(&bytes, &self.to_writer) {
+            return Ok(());
+        }
         self.to_writer.send(Urgent::Frame(bytes)).map_err(|_| ClientError::Disconnected)
     }
 
@@ -511,11 +548,12 @@ fn write_loop<S: Stream>(
     from_app: Receiver<Urgent>,
     from_bulk: Receiver<Vec<u8>>,
     options: outbox::Options,
+    turn: &Mutex<()>,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    let result =
-        outbox::pump(&mut out, &from_app, from_bulk, &options).and_then(|()| out.get_ref().shutdown_write());
+    let result = outbox::pump_sharing(&mut out, &from_app, from_bulk, &options, Some(turn))
+        .and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         // The reader will see the broken socket too; cut it so it notices at once.
         log::debug!("client writer ended: {e}");

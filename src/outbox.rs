@@ -26,6 +26,17 @@
 //!   128 KiB is still several milliseconds of a fast link, enough to keep it busy while this
 //!   thread wakes up (the kernel's own advice for the option).
 //!
+//! ## Taking turns with the senders ([`pump_sharing`])
+//!
+//! Handing a frame to a sleeping writer thread costs a thread wake-up, tens of microseconds on a
+//! small virtual machine, on the path of every chat line. So a client lets its caller write a
+//! frame to the socket itself when nothing else is going on (`client/direct.rs`). Frames must
+//! still leave in order, so the socket has a *turn* (a `Mutex<()>`): whoever writes holds it,
+//! and the writer thread takes it *before* it takes anything from a queue and lets it go only
+//! after it has written and flushed all it took. A caller that gets the turn while the urgent
+//! queue is empty therefore knows that nothing is waiting or half-written, and may write its
+//! frame now; otherwise it queues the frame as usual.
+//!
 //! ## How a writer sleeps: [`ToWriter`]
 //!
 //! A writer with nothing to write must sleep until something arrives on either queue. A
@@ -50,6 +61,7 @@
 //! itself). A bulk queue whose senders are gone is simply ignored from then on.
 
 use std::io::{self, IoSlice, Write};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -214,35 +226,52 @@ pub fn pump<W: Write, U: UrgentItem>(
     bulk: Receiver<Vec<u8>>,
     options: &Options,
 ) -> io::Result<()> {
+    pump_sharing(out, urgent, bulk, options, None)
+}
+
+/// [`pump`], taking `turn` (see the module docs) from before it takes anything from a queue
+/// until it has flushed what it took; it never holds it while it sleeps on the queues.
+pub fn pump_sharing<W: Write, U: UrgentItem>(
+    out: &mut W,
+    urgent: &Receiver<U>,
+    bulk: Receiver<Vec<u8>>,
+    options: &Options,
+    turn: Option<&Mutex<()>>,
+) -> io::Result<()> {
     let mut bulk = bulk;
     let mut beat = Beat::new(options.heartbeat.as_ref());
+    // Held from before the first item is taken until everything taken is flushed, across items:
+    // a frame in `out`'s buffer is "taken" too.
+    let mut held = None;
     loop {
+        if held.is_none() {
+            held = turn.map(take_turn);
+        }
         beat.write_if_due(out)?;
         let item = match poll(urgent, &mut bulk) {
             Polled::Item(item) => item,
-            Polled::Finished => break,
+            Polled::Finished => return out.flush(),
             Polled::Empty => {
                 out.flush()?;
-                match wait(urgent, &mut bulk, options.spin, beat.due) {
-                    Waited::Item(item) => item,
-                    Waited::BeatDue => continue, // written at the top of the loop
-                    Waited::Finished => break,
-                }
+                held = None;
+                // Back to the top for the item, turn first: a caller may have written meanwhile.
+                wait(urgent, &bulk, options.spin, beat.due);
+                continue;
             }
         };
         match item {
             Item::Urgent(item) => match item.frame() {
                 Some(bytes) => out.write_all(bytes)?,
-                None => break, // `poll` never hands out a Finish; kept total for the type's sake
+                // `poll` never hands out a Finish; kept total for the type's sake.
+                None => return out.flush(),
             },
             Item::Bulk(bytes) => {
                 if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece, &mut beat)? {
-                    break;
+                    return out.flush();
                 }
             }
         }
     }
-    out.flush()
 }
 
 /// When the next heartbeat is due, if the writer has one.
@@ -345,50 +374,32 @@ fn poll<U: UrgentItem>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Po
     }
 }
 
-/// What [`wait`] came back with.
-enum Waited<U> {
-    Item(Item<U>),
-    /// Time for the heartbeat.
-    BeatDue,
-    /// The urgent queue is closed and empty.
-    Finished,
+/// Takes the turn to write. A thread that panicked while holding it left nothing half-done that
+/// matters here (the connection is over either way), so a poisoned turn is simply taken.
+fn take_turn(turn: &Mutex<()>) -> MutexGuard<'_, ()> {
+    turn.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits for the next item: polls for `spin` (see [`crate::tuning::spin`]), then sleeps on both queues
-/// until one has something or `beat_due` comes.
-fn wait<U: UrgentItem>(
-    urgent: &Receiver<U>,
-    bulk: &mut Receiver<Vec<u8>>,
-    spin: Duration,
-    beat_due: Option<Instant>,
-) -> Waited<U> {
-    let polled = spin::poll_for(spin, || match poll(urgent, bulk) {
-        Polled::Item(item) => Some(Waited::Item(item)),
-        Polled::Finished => Some(Waited::Finished),
-        Polled::Empty => None,
-    });
-    if let Some(result) = polled {
-        return result;
+/// Waits until either queue has something, or a sender wakes us (an item, or a queue closing:
+/// see "How a writer sleeps"), or `beat_due` comes: polls for `spin` (see
+/// [`crate::tuning::spin`]), then sleeps in [`thread::park`]. It takes nothing and may return
+/// with nothing new (a harmless extra look): the caller takes the item, urgent first, once it
+/// holds the turn. (`select!` would *take* from whichever queue it happened to pick when both
+/// were ready, at random, and a file chunk could then overtake a chat frame queued before it: the
+/// fuzzer found a relay's welcome overtaken by an upload answer this way.) The queues are looked
+/// at with `is_empty`, not crossbeam's `Select::try_ready`, which spins and yields before it
+/// answers "nothing".
+fn wait<U>(urgent: &Receiver<U>, bulk: &Receiver<Vec<u8>>, spin: Duration, beat_due: Option<Instant>) {
+    let has_work = || !urgent.is_empty() || !bulk.is_empty();
+    if spin::poll_for(spin, || has_work().then_some(())).is_some() || has_work() {
+        return;
     }
-    loop {
-        // Look, then sleep until a sender wakes us (see "How a writer sleeps"), and look again.
-        // Looking at the queues in order, urgent first, is also what keeps a chat frame ahead of
-        // a file chunk queued after it. (`select!` would *take* from whichever queue it happened
-        // to pick when both were ready, at random: the fuzzer once found a relay's welcome
-        // overtaken by an upload answer that way.) A wake-up with nothing new is harmless.
-        match poll(urgent, bulk) {
-            Polled::Item(item) => return Waited::Item(item),
-            Polled::Finished => return Waited::Finished,
-            Polled::Empty => {}
-        }
-        match beat_due {
-            None => thread::park(),
-            Some(due) => {
-                let now = Instant::now();
-                if now >= due {
-                    return Waited::BeatDue;
-                }
-                thread::park_timeout(due - now);
+    match beat_due {
+        None => thread::park(),
+        Some(due) => {
+            let now = Instant::now();
+            if now < due {
+                thread::park_timeout(due - now); // past it, the top of the loop writes the beat
             }
         }
     }
@@ -490,6 +501,66 @@ mod tests {
         to_urgent.send(b"3".to_vec()).unwrap();
         drop(to_urgent);
         assert_eq!(writer.join().unwrap(), b"123");
+    }
+
+    /// One byte sink shared by the writer thread and a caller that writes directly.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_written_directly_with_the_turn_stay_in_order() {
+        // A caller numbers its frames 0, 1, 2, … and writes each one itself when it gets the
+        // turn and nothing is queued, else queues it (as `client/direct.rs` does). Whatever the
+        // timing, the socket must see 0, 1, 2, … : never a direct frame ahead of a queued one.
+        const FRAMES: u32 = 20_000;
+        let turn = std::sync::Arc::new(Mutex::new(()));
+        let sink = Shared::default();
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(16);
+        let (_to_bulk, bulk) = bounded::<Vec<u8>>(1);
+        let writer = {
+            let (turn, sink) = (turn.clone(), sink.clone());
+            std::thread::spawn(move || {
+                // A small buffer, so frames also sit in it for a while before a flush.
+                let mut out = io::BufWriter::with_capacity(64, sink);
+                pump_sharing(&mut out, &urgent, bulk, &Options::default(), Some(&turn)).unwrap();
+            })
+        };
+        let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
+        let mut direct = sink.clone();
+        let mut went_direct = 0;
+        for n in 0..FRAMES {
+            let frame = n.to_be_bytes().to_vec();
+            // Every tenth frame is queued whatever the turn says (queueing is always allowed), so
+            // the writer always has some of the frames to interleave with.
+            let wrote = match turn.try_lock() {
+                Ok(_turn) if n % 10 != 0 && to_urgent.is_empty() => direct.write_all(&frame).is_ok(),
+                _ => false,
+            };
+            if wrote {
+                went_direct += 1;
+            } else {
+                to_urgent.send(frame).unwrap();
+            }
+            if n % 7 == 0 {
+                std::thread::yield_now(); // let the writer catch up now and then
+            }
+        }
+        drop(to_urgent);
+        writer.join().unwrap();
+        let bytes = sink.0.lock().unwrap().clone();
+        let seen: Vec<u32> = bytes.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(seen, (0..FRAMES).collect::<Vec<_>>());
+        assert!(went_direct > 0, "no frame went the direct way");
     }
 
     /// A writer that, during its first write, queues `inject` on the urgent queue: chat arriving

@@ -221,3 +221,41 @@ fn the_terminal_client_reconnects_after_the_relay_restarts() {
     drop(restarted);
     drop(data);
 }
+
+#[test]
+fn events_reach_the_screen_in_order_whichever_thread_prints_them() {
+    // The terminal client prints an event on its reader thread when nothing is queued, and from
+    // its main thread otherwise (src/cli/client/chat.rs). Here the two overlap: alice's history
+    // (50 lines) and the first live lines arrive while her chat is still starting, so they are
+    // queued, and more live lines follow at once, while the main thread is still printing the
+    // queue. The screen must show them all in the order they were sent. (The relay lets one
+    // address send 100 messages in a burst: all of these fit.)
+    let (_server, addr) = Proc::server();
+    let lib = Client::connect_tcp(&addr, &client_config("lib", "lobby")).unwrap();
+    for n in 0..50 {
+        lib.send_text(&format!("early {n:03}")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300)); // stored, so alice gets them as history
+    let mut alice = Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", &addr, "--name", "alice"], &[]);
+    let deadline = Instant::now() + WAIT;
+    while !matches!(lib.events().recv_deadline(deadline), Ok(relaychat::client::Event::Joined { .. })) {
+        assert!(Instant::now() < deadline, "alice never joined");
+    }
+    for n in 0..40 {
+        lib.send_text(&format!("live {n:03}")).unwrap();
+    }
+    alice.type_line("typing meanwhile");
+    let mut seen = Vec::new();
+    while seen.len() < 90 {
+        let Ok(line) = alice.stdout.recv_deadline(deadline) else { break };
+        for (marker, kind) in [("lib (history): early ", "early"), ("lib: live ", "live")] {
+            if let Some(at) = line.find(marker) {
+                seen.push(format!("{kind} {}", &line[at + marker.len()..]));
+            }
+        }
+    }
+    let sent: Vec<String> =
+        (0..50).map(|n| format!("early {n:03}")).chain((0..40).map(|n| format!("live {n:03}"))).collect();
+    assert_eq!(seen, sent);
+    lib.close();
+}

@@ -14,26 +14,23 @@
 //!   non-zero when the relay is unreachable, refuses us, goes away, or a one-shot transfer fails.
 //!
 //! ## Threads
-//! The main thread waits on two channels with `select!`: lines from a stdin thread, and events
-//! from the [`Client`]. Sending goes through the client's queues, so a slow network never stops us
-//! from reading the keyboard, and a flood of incoming messages never stops us typing.
+//! A keyboard thread reads stdin and handles each line itself; the main thread handles the
+//! [`Client`]'s events. They take turns with one session (the connection and the screen): see
+//! `cli/client/chat.rs` for why, and how. The client library's own threads do the network
+//! (`client.rs`), so a flood of incoming messages never stops us typing.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
-use std::thread;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use crossbeam_channel::{bounded, select, Receiver};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::progress::Bars;
 use super::show::{line, Line};
 use super::Exit;
-use crate::client::{
-    CatchUp, Client, ClientConfig, ClientError, Direction, Disconnect, Event, FirstContact, Security, Trust,
-};
+use crate::client::{CatchUp, ClientConfig, Direction, Event, FirstContact, Security, Trust};
 use crate::clock::now_ms;
 use crate::display::{notice_line, visible};
 use crate::rules::DEFAULT_ROOM;
@@ -116,9 +113,11 @@ pub enum Command {
     Receive,
 }
 
+mod chat;
 mod dial;
 mod oneshot;
 
+use chat::{Link, Session};
 use dial::{first_connect, Dialer};
 use oneshot::{receive_once, send_once};
 
@@ -167,6 +166,11 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     // This machine's token for this relay: the name stays ours without a password (see
     // client/identity.rs). Kept out of `client_config`: it reads (or makes) the identity file.
     config.token = crate::client::identity::token_or_guest(&server);
+    // The interactive chat shows events on the reader thread (see cli/client/chat.rs).
+    let shared = chat::Shared::default();
+    if cli.command.is_none() {
+        config.on_event = Some(chat::event_hook(&shared));
+    }
     let client = first_connect(&server, &config)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
     let dialer = Dialer { server, config };
@@ -183,10 +187,9 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
                     client.room()
                 ),
             ))?;
-            let keyboard = spawn_stdin_reader()?;
             let downloads = ui.downloads.clone();
             let link = Link { dialer, client, catch_up: CatchUp::default(), receiving: false, downloads };
-            chat_loop(link, keyboard, &mut ui)
+            chat::run(shared, Session { link, ui })
         }
     }
 }
@@ -282,211 +285,6 @@ impl Ui {
             Line::None => Ok(()),
         }
     }
-}
-
-/// The interactive client's connection, with where and as whom to reconnect and what it needs to
-/// catch up afterwards (see [`CatchUp`]).
-struct Link {
-    dialer: Dialer,
-    client: Client,
-    /// Messages without a receipt and files without a verdict, sent again after a reconnect.
-    catch_up: CatchUp,
-    /// A `/receive` is going on (asked again after a reconnect).
-    receiving: bool,
-    /// Where `/receive` puts files.
-    downloads: PathBuf,
-}
-
-impl Link {
-    /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
-    fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
-        self.catch_up.send(&self.client, to, text)
-    }
-
-    /// Reconnects (see [`Dialer::reconnect`]), then carries on with what the lost connection
-    /// left unfinished: messages without a receipt, files being sent (the relay resumes them)
-    /// and a `/receive` (a half-downloaded file resumes from its `.part`).
-    fn reconnect(&mut self, why: &Disconnect, ui: &mut Ui) -> anyhow::Result<()> {
-        let client = self.dialer.reconnect(why, ui)?;
-        let old = std::mem::replace(&mut self.client, client);
-        drop(old);
-        self.catch_up.resend(&self.client)?;
-        let uploads = self.catch_up.uploads_pending();
-        if uploads > 0 {
-            ui.out(&notice_line(now_ms(), &format!("resuming {uploads} upload(s)")))?;
-        }
-        if self.receiving {
-            self.client.receive_all(&self.downloads)?;
-        }
-        Ok(())
-    }
-
-    /// Nothing started from this terminal is still going on.
-    fn is_idle(&self) -> bool {
-        self.catch_up.uploads_pending() == 0 && !self.receiving
-    }
-}
-
-/// The interactive loop: keyboard lines out, events in.
-fn chat_loop(mut link: Link, keyboard: Receiver<io::Result<String>>, ui: &mut Ui) -> anyhow::Result<Exit> {
-    let mut keyboard = keyboard;
-    let mut stdin_done = false;
-    loop {
-        let events = link.client.events().clone();
-        select! {
-            recv(keyboard) -> line => match line {
-                Ok(Ok(line)) => {
-                    match handle_line(&mut link, &line, ui)? {
-                        Step::Continue => {}
-                        Step::Quit => break,
-                        Step::Leave => {
-                            link.client.leave_room();
-                            return Ok(Exit::Success);
-                        }
-                    }
-                }
-                Ok(Err(e)) => ui.err(&format!("error: cannot read this input line: {e}")),
-                Err(_) => {
-                    // EOF: finish what was started, then leave.
-                    if link.is_idle() {
-                        break;
-                    }
-                    stdin_done = true;
-                    keyboard = crossbeam_channel::never();
-                }
-            },
-            recv(events) -> event => match event {
-                Ok(Event::Disconnected(why)) => {
-                    link.reconnect(&why, ui)?;
-                }
-                Ok(event) => {
-                    if link.catch_up.fresh(&event) {
-                        ui.show(&event)?;
-                    }
-                    if let Event::ReceiveFinished { .. } = event {
-                        link.receiving = false;
-                    }
-                    if stdin_done && link.is_idle() {
-                        break;
-                    }
-                }
-                Err(_) => anyhow::bail!("the connection ended"),
-            },
-        }
-    }
-    link.client.close();
-    Ok(Exit::Success)
-}
-
-enum Step {
-    Continue,
-    Quit,
-    /// `/leave`: quit and stop being a member of the room.
-    Leave,
-}
-
-fn handle_line(link: &mut Link, line: &str, ui: &mut Ui) -> anyhow::Result<Step> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
-    let result = match command {
-        "" if rest.is_empty() => Ok(()),
-        "/quit" => return Ok(Step::Quit),
-        "/leave" => return Ok(Step::Leave),
-        "/msg" => match rest.trim_start().split_once(' ') {
-            Some((to, text)) if !text.trim().is_empty() => {
-                crate::rules::check_name(to).map_err(ClientError::Rule).and_then(|()| link.send(to, text))
-            }
-            _ => {
-                ui.err("error: usage: /msg NAME text");
-                Ok(())
-            }
-        },
-        "/who" => link.client.who(),
-        "/help" => {
-            ui.out(&notice_line(now_ms(), HELP))?;
-            Ok(())
-        }
-        "/send" => {
-            send_command(link, rest, ui);
-            Ok(())
-        }
-        "/receive" => link.client.receive_all(&ui.downloads).map(|()| link.receiving = true),
-        _ if line.starts_with("//") => link.send("", &line[1..]),
-        _ if line.starts_with('/') => {
-            ui.err(&format!("error: unknown command {} (try /help)", visible(command)));
-            Ok(())
-        }
-        _ => link.send("", line),
-    };
-    match result {
-        Ok(()) => Ok(Step::Continue),
-        Err(e @ (ClientError::Rule(_) | ClientError::Busy | ClientError::Encode(_))) => {
-            ui.err(&format!("error: not sent: {e}"));
-            Ok(Step::Continue)
-        }
-        // The reader thread will deliver `Disconnected` with the reason; wait for it.
-        Err(ClientError::Disconnected) => Ok(Step::Continue),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// `/send [--to NAME] PATH...`, with shell-style quoting for paths with spaces.
-fn send_command(link: &mut Link, args: &str, ui: &mut Ui) {
-    let words = match shell_words::split(args) {
-        Ok(words) => words,
-        Err(e) => return ui.err(&format!("error: /send: {e} (check your quotes)")),
-    };
-    let (to, paths) = match words.as_slice() {
-        [flag, name, paths @ ..] if flag == "--to" => (Some(name.as_str()), paths),
-        paths => (None, paths),
-    };
-    if paths.is_empty() {
-        return ui.err("error: usage: /send [--to NAME] PATH...");
-    }
-    for path in paths {
-        if let Err(e) = link.catch_up.send_file(&link.client, path.as_ref(), to) {
-            ui.err(&format!("error: {}", visible(&e.to_string())));
-        }
-    }
-}
-
-/// Reads stdin line by line on its own thread.
-///
-/// This is the one thread we never join: a blocking read on stdin cannot be interrupted portably,
-/// so when the relay goes away while the user is not typing, the process exits underneath it.
-fn spawn_stdin_reader() -> anyhow::Result<Receiver<io::Result<String>>> {
-    // Bounded: if the network is slow, a pasted novel waits in the pipe, not in our memory.
-    let (to_main, lines) = bounded(64);
-    thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let stdin = io::stdin();
-            let mut input = stdin.lock();
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match input.read_until(b'\n', &mut buf) {
-                    Ok(0) => return, // EOF: dropping `to_main` tells the main loop
-                    Ok(_) => {
-                        if buf.last() == Some(&b'\n') {
-                            buf.pop();
-                        }
-                        let line = String::from_utf8(buf.clone())
-                            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"));
-                        if to_main.send(line).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = to_main.send(Err(e));
-                        return;
-                    }
-                }
-            }
-        })
-        .context("cannot start the stdin thread")?;
-    Ok(lines)
 }
 
 /// Asks for the account password on the terminal, without echoing it. `None` when stdin is not a

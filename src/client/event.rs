@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::TrustError;
 use crate::frame::{ErrorCode, FileInfo, FrameError};
@@ -67,6 +68,31 @@ pub enum Event {
     ReceiveFinished { received: usize, failed: usize },
     /// The connection is over. Always the last event.
     Disconnected(Disconnect),
+}
+
+/// A function the reader thread calls with each event it reports, *instead of* queueing it for
+/// [`Client::events`]; whatever it hands back is queued as usual.
+///
+/// Why: the queue hands every event to another thread, and waking that thread is a cost on the
+/// path of every message (tens of microseconds on a small VM). The terminal client prints chat
+/// from here (`cli/client/chat.rs`). The price is that the hook runs on the connection's reader
+/// thread, so:
+///
+/// - while it runs, nothing is read from the relay: it should be quick (printing a line is);
+/// - it must never wait for anything that waits for this client's threads (closing or dropping
+///   the [`Client`] joins them), or the two wait for each other forever;
+/// - events of the upload thread (progress, upload verdicts) do not pass through it: they are
+///   always queued.
+///
+/// [`Client::events`]: super::Client::events
+/// [`Client`]: super::Client
+#[derive(Clone)]
+pub struct EventHook(pub Arc<dyn Fn(Event) -> Option<Event> + Send + Sync>);
+
+impl fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventHook")
+    }
 }
 
 /// Why the connection ended.

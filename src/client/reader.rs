@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::download::{Receiving, Step};
 use super::upload::Reply;
-use super::{Direction, Disconnect, Event, Mark};
+use super::{Direction, Disconnect, Event, EventHook, Mark};
 use crate::frame::{encode_to_vec, Frame, MARK_HISTORY, MARK_OFFLINE};
 use crate::outbox::{ToWriter, Urgent};
 use crate::wire::{FrameReader, ReadError, Stream};
@@ -32,6 +32,8 @@ pub(crate) struct Reader<S> {
     pub chunk_delay: Option<std::time::Duration>,
     /// Pass receipts on as events.
     pub receipts: bool,
+    /// Called with each event before (instead of) queueing it: see [`EventHook`].
+    pub hook: Option<EventHook>,
 }
 
 impl<S: Stream> Reader<S> {
@@ -134,7 +136,7 @@ impl<S: Stream> Reader<S> {
                 }
             };
             if let Some(event) = event {
-                if self.events.send(event).is_err() {
+                if !self.deliver(event) {
                     return; // the application dropped the client
                 }
             }
@@ -143,10 +145,20 @@ impl<S: Stream> Reader<S> {
             }
         };
         if let Some(r) = receive.as_ref() {
-            let _ = self.events.send(r.interrupted(&end.to_string()));
+            self.deliver(r.interrupted(&end.to_string()));
         }
         self.receiving.store(false, Ordering::SeqCst);
-        let _ = self.events.send(Event::Disconnected(end));
+        self.deliver(Event::Disconnected(end));
+    }
+
+    /// Hands an event to the hook if there is one, and queues what it gives back (or the event
+    /// itself). False when the application is gone (the queue's receiver was dropped).
+    fn deliver(&self, event: Event) -> bool {
+        let event = match &self.hook {
+            Some(EventHook(hook)) => hook(event),
+            None => Some(event),
+        };
+        event.is_none_or(|event| self.events.send(event).is_ok())
     }
 
     fn to_uploader(&self, reply: Reply) -> Option<Event> {
@@ -191,7 +203,7 @@ impl<S: Stream> Reader<S> {
 
     /// Sends an event; if the application is gone, the main loop notices on its next send.
     fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
+        self.deliver(event);
     }
 
     fn send(&self, frame: &Frame) {
