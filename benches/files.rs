@@ -1,29 +1,37 @@
 //! File transfer benchmark: upload and download of a large random file through the real relay,
-//! next to a baseline measured in the same run, plus memory and chat latency during a transfer.
+//! on the TLS path and on the plaintext path, each next to a socat baseline from the same run,
+//! plus memory and chat latency during a transfer.
 //!
 //! ```text
-//! cargo bench --bench files                   # 1 GiB, 3 rounds, a few minutes
+//! cargo bench --bench files                   # 1 GiB, 3 rounds, about 5 minutes
+//! cargo bench --bench files -- --quick        # 64 MiB, 1 round, no pauses: a smoke run
 //! cargo bench --bench files -- --size-mib 2048 --rounds 1
-//! cargo bench --bench files -- --quick        # 64 MiB smoke run
+//! cargo bench --bench files -- --before /work/wt-files-base/target/release   # old vs new
 //! cargo bench --bench files -- --sweep        # also compare chunk sizes 64/128/256 KiB
 //! ```
 //!
 //! - Upload and download use the real `server` and `client` binaries (`client send --to` and
-//!   `client receive`), timed from process start to exit, with every byte hashed at both ends.
-//!   Rounds of baseline / upload / baseline / download are interleaved; medians are reported.
-//! - Baseline: the same bytes from the same file through one plain TCP connection on loopback with
-//!   128 KiB buffers, written to a file: a byte relay with no protocol, no hashing.
-//! - Memory: VmHWM (peak RSS) of the relay and of each client process, sampled from /proc.
+//!   `client receive`, with `--plaintext` for the plaintext path; the relay runs with
+//!   `--allow-plaintext` and serves both), timed from process start to exit, with every byte
+//!   hashed at both ends.
+//! - Baselines (`files/socat.rs`): socat moving the same file over loopback into a file, plaintext
+//!   (`TCP-LISTEN`) and TLS (`OPENSSL-LISTEN`), in the same direction as the step it is compared
+//!   with. Every step of a round is interleaved with its baseline; medians are reported, and each
+//!   relaychat median is divided by its own baseline's median.
+//! - `--before DIR` also runs the `server` and `client` binaries found in DIR (an older build) in
+//!   every round, on a relay of their own, so old and new meet the same machine.
+//! - Memory: VmHWM (peak RSS) of each relay and of each client process, sampled from /proc.
 //! - Chat during a transfer: a library client downloads while another sends a timestamped line
 //!   every 20 ms; we report how long those lines took to arrive.
 //!
 //! All files live in the system temp dir; they are removed at the end.
 
 mod common;
+#[path = "files/socat.rs"]
+mod socat;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +39,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, start_relay};
+use common::{rss_kib, start_relay_binary};
 use relaychat::client::{Client, Event};
 use relaychat::server::{Server, ServerConfig};
+use socat::{Socat, Way, Wire};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,12 +55,12 @@ fn main() {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
     let rounds: usize = flag_value(&args, "--rounds").unwrap_or(if quick { 1 } else { 3 });
-    let settle = Duration::from_secs(if quick { 0 } else { 10 });
-    let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, settle, sweep));
+    let settle = Duration::from_secs(flag_value(&args, "--settle").unwrap_or(if quick { 0 } else { 10 }));
+    let before: Option<PathBuf> = flag_value(&args, "--before");
+    let plan = Plan { size: size_mib * MIB, rounds, settle, before };
+    let result = std::panic::catch_unwind(|| run(&work, &plan, sweep));
     let _ = fs::remove_dir_all(&work);
-    let _ = fs::remove_dir_all(
-        std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id())),
-    );
+    let _ = fs::remove_dir_all(config_dir());
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -62,82 +71,183 @@ fn flag_value<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
     args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 
-fn run(work: &Path, size_mib: u64, rounds: usize, settle: Duration, sweep: bool) {
-    let size = size_mib * MIB;
+/// What one run measures.
+struct Plan {
+    size: u64,
+    rounds: usize,
+    /// The pause before every timed step (see `run`).
+    settle: Duration,
+    /// A directory with older `server` and `client` binaries to measure beside these.
+    before: Option<PathBuf>,
+}
+
+/// One relay binary under test, running, with the client binary that goes with it.
+struct Build {
+    label: &'static str,
+    client: PathBuf,
+    relay: common::Relay,
+    addr: String,
+    idle_kib: u64,
+    peak_kib: Arc<AtomicU64>,
+    sampler: Sampler,
+}
+
+impl Build {
+    fn start(label: &'static str, bins: &Path, work: &Path) -> Build {
+        let data_dir = work.join(format!("relay-data-{label}"));
+        let flags =
+            ["--data-dir", data_dir.to_str().unwrap(), "--max-file-size", "64G", "--quota", "64G", "--allow-plaintext"];
+        let (relay, addr) = start_relay_binary(&bins.join("server"), &flags);
+        thread::sleep(Duration::from_millis(200));
+        let pid = relay.0.id();
+        let idle_kib = rss_kib(pid, "VmRSS");
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let sampler = sample_peak(pid, peak_kib.clone());
+        let build = Build { label, client: bins.join("client"), relay, addr, idle_kib, peak_kib, sampler };
+        // Files wait only for names someone owns: benchbob claims his once (a receive of nothing),
+        // on each path (a pinned relay key is per address, so TLS first).
+        let claim = work.join("claim");
+        build.client(Wire::Tls, &["receive", "--name", "benchbob", "--downloads", claim.to_str().unwrap()]);
+        build
+    }
+
+    /// Runs this build's client binary to the end over `wire`; its wall time and peak RSS.
+    fn client(&self, wire: Wire, args: &[&str]) -> Timed {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &self.addr]);
+        if wire == Wire::Plain {
+            all.push("--plaintext");
+        }
+        timed_client(&self.client, &all)
+    }
+
+    /// Peak RSS growth over idle, after the run.
+    fn finish(self) -> (u64, u64) {
+        self.sampler.stop();
+        let peak = self.peak_kib.load(Ordering::Relaxed).max(rss_kib(self.relay.0.id(), "VmHWM"));
+        (self.idle_kib, peak)
+    }
+}
+
+/// Everything measured, in seconds, by (step name): one entry per round.
+#[derive(Default)]
+struct Results(Vec<(String, Vec<f64>)>);
+
+impl Results {
+    fn add(&mut self, name: &str, secs: f64) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, all)) => all.push(secs),
+            None => self.0.push((name.to_owned(), vec![secs])),
+        }
+    }
+    fn median(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, all)| median(all.clone()))
+    }
+}
+
+fn run(work: &Path, plan: &Plan, sweep: bool) {
+    let size = plan.size;
     println!(
-        "relaychat file benchmark: {size_mib} MiB of random data on loopback, {rounds} round(s), {} s settle",
-        settle.as_secs()
+        "relaychat file benchmark: {} MiB of random data on loopback, {} round(s), {} s settle",
+        size / MIB,
+        plan.rounds,
+        plan.settle.as_secs()
     );
     let source = work.join("source.bin");
     write_random(&source, size);
     // On this VM, writing to a page of memory the host has not backed yet is several times slower
     // than writing to one it has, and memory freed for a few seconds is handed back to the host
     // (free page reporting). Whether a file lands in "cold" or "warm" pages would then depend on
-    // what ran just before. So every timed step starts after `SETTLE`: all of them meet cold
+    // what ran just before. So every timed step starts after `settle`: all of them meet cold
     // memory, as a real transfer on an idle machine does.
-    let settle = || thread::sleep(settle);
-
-    let data_dir = work.join("relay-data");
-    let (relay, addr) =
-        start_relay(&["--data-dir", data_dir.to_str().unwrap(), "--max-file-size", "64G", "--quota", "64G"]);
-    let relay_pid = relay.0.id();
-    thread::sleep(Duration::from_millis(200));
-    let relay_idle = rss_kib(relay_pid, "VmRSS");
-    let relay_peak = Arc::new(AtomicU64::new(0));
-    let sampler = sample_peak(relay_pid, relay_peak.clone());
-
-    let src = source.to_str().unwrap();
+    let settle = || thread::sleep(plan.settle);
+    let socat = Socat::find(work);
+    let this = env!("CARGO_BIN_EXE_server");
+    let mut builds = vec![Build::start("now", Path::new(this).parent().unwrap(), work)];
+    if let Some(dir) = &plan.before {
+        builds.push(Build::start("before", dir, work));
+    }
     let downloads = work.join("downloads");
     let dl = downloads.to_str().unwrap();
-    let (mut base, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    let src = source.to_str().unwrap();
+    let mut results = Results::default();
     let (mut up_peak, mut down_peak) = (0, 0);
-    // Files wait only for names someone owns: benchbob claims his once (a receive of nothing).
-    timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
     let mbps = |secs: f64| size as f64 / 1e6 / secs;
-    // Interleaved, so that the machine's mood (page cache, writeback) is spread over all three.
-    for round in 1..=rounds {
-        settle();
-        base.push(baseline(&source, &work.join("baseline.bin")));
-        settle();
-        let u = timed_client(&["send", src, "--to", "benchbob", "--server", &addr, "--name", "benchalice"]);
-        settle();
-        base.push(baseline(&source, &work.join("baseline.bin")));
-        settle();
-        let d = timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
-        assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
-        let _ = fs::remove_dir_all(&downloads);
-        println!(
-            "  round {round}: baseline {:.0} / {:.0} MB/s, upload {:.0} MB/s, download {:.0} MB/s",
-            base[base.len() - 2],
-            base[base.len() - 1],
-            mbps(u.secs),
-            mbps(d.secs)
-        );
-        up.push(mbps(u.secs));
-        down.push(mbps(d.secs));
-        up_peak = up_peak.max(u.peak_kib);
-        down_peak = down_peak.max(d.peak_kib);
+    // Interleaved, so that the machine's mood (page cache, writeback) is spread over all steps.
+    for round in 1..=plan.rounds {
+        let mut line = format!("  round {round}:");
+        for wire in [Wire::Tls, Wire::Plain] {
+            let w = wire_name(wire);
+            if let Some(socat) = &socat {
+                settle();
+                let secs = socat.time(wire, Way::Up, &source, &work.join("baseline.bin"));
+                results.add(&format!("socat {w} up"), secs);
+                line += &format!(" socat {w} up {:.0},", mbps(secs));
+            }
+            for build in &builds {
+                settle();
+                let u = build.client(wire, &["send", src, "--to", "benchbob", "--name", "benchalice"]);
+                results.add(&format!("{} {w} up", build.label), u.secs);
+                line += &format!(" {} up {:.0},", build.label, mbps(u.secs));
+                up_peak = up_peak.max(u.peak_kib);
+            }
+            if let Some(socat) = &socat {
+                settle();
+                let secs = socat.time(wire, Way::Down, &source, &work.join("baseline.bin"));
+                results.add(&format!("socat {w} down"), secs);
+                line += &format!(" socat {w} down {:.0},", mbps(secs));
+            }
+            for build in &builds {
+                settle();
+                let d = build.client(wire, &["receive", "--name", "benchbob", "--downloads", dl]);
+                assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
+                let _ = fs::remove_dir_all(&downloads);
+                results.add(&format!("{} {w} down", build.label), d.secs);
+                line += &format!(" {} down {:.0},", build.label, mbps(d.secs));
+                down_peak = down_peak.max(d.peak_kib);
+            }
+        }
+        println!("{} MB/s", line.trim_end_matches(','));
     }
-    sampler.stop();
-    let relay_peak = relay_peak.load(Ordering::Relaxed).max(rss_kib(relay_pid, "VmHWM"));
-    drop(relay);
+    let labels: Vec<&str> = builds.iter().map(|b| b.label).collect();
+    let memory: Vec<(u64, u64)> = builds.into_iter().map(Build::finish).collect();
 
-    let (base, up, down) = (median(base), median(up), median(down));
     println!();
-    println!("{:<44} {:>10} {:>12}", "medians", "MB/s", "vs baseline");
-    println!("{:<44} {:>10.0}", "baseline: plain TCP copy, 128 KiB buffers", base);
-    println!("{:<44} {:>10.0} {:>11.2}x", "upload  (client send -> relay disk)", up, up / base);
-    println!("{:<44} {:>10.0} {:>11.2}x", "download (relay disk -> client receive)", down, down / base);
+    println!("{:<44} {:>9} {:>8} {:>16} {:>9}", "medians", "s", "MB/s", "baseline MB/s", "ratio");
+    for wire in [Wire::Tls, Wire::Plain] {
+        let w = wire_name(wire);
+        for (way, what) in [("up", "upload (send -> relay disk)"), ("down", "download (relay disk -> receive)")] {
+            let base = results.median(&format!("socat {w} {way}"));
+            if let Some(base) = base {
+                println!("{:<44} {:>9.3} {:>8.0}", format!("socat {w} {way} (baseline)"), base, mbps(base));
+            }
+            for label in &labels {
+                let Some(secs) = results.median(&format!("{label} {w} {way}")) else { continue };
+                let (base_text, ratio) = match base {
+                    Some(base) => (format!("{:.0}", mbps(base)), format!("{:.2}x", base / secs)),
+                    None => ("n/a".into(), "n/a".into()),
+                };
+                let name = format!("{label}: {w} {what}");
+                println!("{name:<44} {secs:>9.3} {:>8.0} {base_text:>16} {ratio:>9}", mbps(secs));
+            }
+        }
+    }
     println!();
-    println!(
-        "peak RSS (KiB): relay idle {relay_idle}, relay peak {relay_peak} (+{} KiB)",
-        relay_peak.saturating_sub(relay_idle)
-    );
+    for (label, (idle, peak)) in labels.iter().zip(&memory) {
+        println!("peak RSS (KiB), relay {label}: idle {idle}, peak {peak} (+{} KiB)", peak.saturating_sub(*idle));
+    }
     println!("peak RSS (KiB): sending client {up_peak}, receiving client {down_peak}");
 
     chat_during_download(work, size.min(256 * MIB));
     if sweep {
         chunk_sweep(work, size.min(512 * MIB));
+    }
+}
+
+fn wire_name(wire: Wire) -> &'static str {
+    match wire {
+        Wire::Tls => "tls",
+        Wire::Plain => "plain",
     }
 }
 
@@ -173,43 +283,10 @@ fn file_hash(path: &Path) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// MB/s of a plain TCP copy: file -> 128 KiB writes -> loopback -> 128 KiB reads -> file.
-fn baseline(source: &Path, target: &Path) -> f64 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let size = fs::metadata(source).unwrap().len();
-    let started = Instant::now();
-    let source = source.to_owned();
-    let sender = thread::spawn(move || {
-        let mut file = File::open(source).unwrap();
-        let mut socket = TcpStream::connect(addr).unwrap();
-        let mut buf = vec![0u8; 128 * 1024];
-        loop {
-            let n = file.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            socket.write_all(&buf[..n]).unwrap();
-        }
-    });
-    let (mut socket, _) = listener.accept().unwrap();
-    let mut out = File::create(target).unwrap();
-    let mut buf = vec![0u8; 128 * 1024];
-    let mut got = 0u64;
-    loop {
-        let n = socket.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).unwrap();
-        got += n as u64;
-    }
-    drop(out);
-    sender.join().unwrap();
-    assert_eq!(got, size);
-    let secs = started.elapsed().as_secs_f64();
-    let _ = fs::remove_file(target);
-    size as f64 / 1e6 / secs
+/// Where the client binaries keep their identity and pinned relay keys: a scratch dir of this
+/// run, never the real home.
+fn config_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id()))
 }
 
 /// Samples a process's VmHWM every 20 ms into `peak` until stopped.
@@ -244,22 +321,21 @@ struct Timed {
     peak_kib: u64,
 }
 
-/// Runs the client binary to the end; its wall time and peak RSS.
-fn timed_client(args: &[&str]) -> Timed {
+/// Runs a client binary to the end; its wall time and peak RSS. Its stderr goes to a file that
+/// is shown only if it fails (the plaintext warning would otherwise fill the screen).
+fn timed_client(binary: &Path, args: &[&str]) -> Timed {
+    let log_path = config_dir().with_extension("stderr");
+    let log = File::create(&log_path).expect("a log file for the client");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+    let mut child = Command::new(binary)
         .args(args)
-        // The clients' identity file goes to a scratch dir of this run, never into the real home.
-        // It is what keeps benchbob's name (no password: an argon2 hash would add ~19 MiB to the
-        // relay's peak). The relay's key is pinned there too, on first contact; a dir of this run
-        // only, so a later run's new relay on a reused port is not taken for a changed key.
-        .env(
-            "RELAYCHAT_CONFIG_DIR",
-            std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id())),
-        )
+        // The identity file keeps benchbob's name (no password: an argon2 hash would add ~19 MiB
+        // to the relay's peak). The relay's key is pinned there too, on first contact; a dir of
+        // this run only, so a later run's new relay on a reused port is not taken for a changed key.
+        .env("RELAYCHAT_CONFIG_DIR", config_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("start the client binary");
     let peak = Arc::new(AtomicU64::new(0));
@@ -267,7 +343,10 @@ fn timed_client(args: &[&str]) -> Timed {
     let status = child.wait().unwrap();
     let secs = started.elapsed().as_secs_f64();
     sampler.stop();
-    assert!(status.success(), "client {args:?} failed");
+    if !status.success() {
+        eprintln!("{}", fs::read_to_string(&log_path).unwrap_or_default());
+        panic!("client {args:?} failed");
+    }
     Timed { secs, peak_kib: peak.load(Ordering::Relaxed) }
 }
 
