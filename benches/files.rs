@@ -95,8 +95,15 @@ struct Build {
 impl Build {
     fn start(label: &'static str, bins: &Path, work: &Path) -> Build {
         let data_dir = work.join(format!("relay-data-{label}"));
-        let flags =
-            ["--data-dir", data_dir.to_str().unwrap(), "--max-file-size", "64G", "--quota", "64G", "--allow-plaintext"];
+        let flags = [
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--max-file-size",
+            "64G",
+            "--quota",
+            "64G",
+            "--allow-plaintext",
+        ];
         let (relay, addr) = start_relay_binary(&bins.join("server"), &flags);
         thread::sleep(Duration::from_millis(200));
         let pid = relay.0.id();
@@ -200,7 +207,11 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
             for build in &builds {
                 settle();
                 let d = build.client(wire, &["receive", "--name", "benchbob", "--downloads", dl]);
-                assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
+                assert_eq!(
+                    file_hash(&source),
+                    file_hash(&downloads.join("source.bin")),
+                    "downloaded bytes differ"
+                );
                 let _ = fs::remove_dir_all(&downloads);
                 results.add(&format!("{} {w} down", build.label), d.secs);
                 line += &format!(" {} down {:.0},", build.label, mbps(d.secs));
@@ -216,7 +227,9 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
     println!("{:<44} {:>9} {:>8} {:>16} {:>9}", "medians", "s", "MB/s", "baseline MB/s", "ratio");
     for wire in [Wire::Tls, Wire::Plain] {
         let w = wire_name(wire);
-        for (way, what) in [("up", "upload (send -> relay disk)"), ("down", "download (relay disk -> receive)")] {
+        for (way, what) in
+            [("up", "upload (send -> relay disk)"), ("down", "download (relay disk -> receive)")]
+        {
             let base = results.median(&format!("socat {w} {way}"));
             if let Some(base) = base {
                 println!("{:<44} {:>9.3} {:>8.0}", format!("socat {w} {way} (baseline)"), base, mbps(base));
@@ -234,7 +247,10 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
     }
     println!();
     for (label, (idle, peak)) in labels.iter().zip(&memory) {
-        println!("peak RSS (KiB), relay {label}: idle {idle}, peak {peak} (+{} KiB)", peak.saturating_sub(*idle));
+        println!(
+            "peak RSS (KiB), relay {label}: idle {idle}, peak {peak} (+{} KiB)",
+            peak.saturating_sub(*idle)
+        );
     }
     println!("peak RSS (KiB): sending client {up_peak}, receiving client {down_peak}");
 

@@ -44,7 +44,8 @@ impl Socat {
             println!("SKIP baseline socat: not installed");
             return None;
         }
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a test certificate");
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a test certificate");
         let (cert, key) = (work.join("socat-cert.pem"), work.join("socat-key.pem"));
         fs::write(&cert, made.cert.pem()).unwrap();
         fs::write(&key, made.signing_key.serialize_pem()).unwrap();

@@ -4,25 +4,31 @@
 //! Both run on a connection's own threads, never on the hub, so a slow disk or a big file only
 //! ever slows down the one connection that asked for it. Memory stays flat: an upload holds one
 //! decoded chunk at a time, and a download holds at most the writer's short bulk queue of chunks.
+//!
+//! On a plaintext connection (where the stream can `sendfile`) a download reads nothing at all:
+//! it queues slices of the open file ([`FileSlice`]) and the writer has the kernel send them.
+//! Over TLS the bytes must be encrypted here, so the download thread reads them into chunks, and
+//! reading (this thread) overlaps with encrypting and sending (the writer).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use sha2::{Digest, Sha256};
 
 use super::store::{DownloadPlan, Refusal, UploadPlan};
 use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEADER, DOWNLOAD_CHUNK};
+use crate::outbox::{Bulk, FileSlice};
 use crate::sha;
 use crate::sink::Sink;
 
-/// An upload being received on this connection. The bytes go to disk through a [`Sink`] (a
-/// thread of its own); the hash is computed here as they arrive.
+/// An upload being received on this connection. The bytes are hashed and written by a [`Sink`]
+/// (two threads of its own), so this thread only reads the socket.
 struct Inbound {
     plan: UploadPlan,
     sink: Sink,
-    hasher: Sha256,
     written: u64,
 }
 
@@ -50,13 +56,13 @@ impl UploadReceiver {
         let mut hasher = Sha256::new();
         file.seek(SeekFrom::Start(0))?;
         sha::hash_prefix(&mut file, have, &mut hasher)?;
-        let sink = Sink::start(file)?;
-        self.active = Some(Inbound { plan, sink, hasher, written: have });
+        let sink = Sink::start(file, hasher)?;
+        self.active = Some(Inbound { plan, sink, written: have });
         Ok(have)
     }
 
-    /// Hashes one chunk and hands it to the disk thread. On an error the upload is over and the
-    /// caller must abort it.
+    /// Hands one chunk to the sink (to be hashed and written). On an error the upload is over and
+    /// the caller must abort it.
     pub(crate) fn chunk(&mut self, upload_id: u64, data: Vec<u8>) -> Result<(), Refusal> {
         let inbound = self.current(upload_id)?;
         if inbound.written + data.len() as u64 > inbound.plan.size {
@@ -65,7 +71,6 @@ impl UploadReceiver {
                 format!("more bytes than the {} announced", inbound.plan.size),
             ));
         }
-        inbound.hasher.update(&data);
         inbound.written += data.len() as u64;
         if inbound.sink.write(data).is_err() {
             // The disk thread stopped; its error says why.
@@ -89,8 +94,7 @@ impl UploadReceiver {
             ));
         }
         let Some(inbound) = self.active.take() else { return Err(not_active(upload_id)) };
-        inbound.sink.finish().map_err(|e| storage_refusal(&e))?;
-        let actual: [u8; 32] = inbound.hasher.finalize().into();
+        let actual = inbound.sink.finish().map_err(|e| storage_refusal(&e))?;
         if actual != sha256 {
             return Err((ErrorCode::HashMismatch, "the SHA-256 of the bytes received does not match".into()));
         }
@@ -142,13 +146,16 @@ pub(crate) struct DownloadSettings {
     pub chunk: usize,
     /// Test hook: flip one byte of this chunk number (0-based) of every download.
     pub corrupt_chunk: Option<u64>,
+    /// Queue file slices for the writer to `sendfile` instead of chunks read into memory (true
+    /// on plaintext connections where the stream can; see the module docs).
+    pub zero_copy: bool,
 }
 
 /// The download thread: streams each planned file into the writer's bulk queue, ending with
 /// `DownloadEnd`. Ends when the session drops `jobs`, sets `cancel`, or the writer is gone.
 pub(crate) fn download_loop(
     jobs: Receiver<DownloadPlan>,
-    to_writer: Sender<Vec<u8>>,
+    to_writer: Sender<Bulk>,
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) {
@@ -161,7 +168,7 @@ pub(crate) fn download_loop(
                 log::warn!("download of file {file_id} failed: {e}");
                 let (code, message) = (ErrorCode::Storage, format!("the relay cannot read the file: {e}"));
                 let frame = Frame::DownloadFailed { file_id, code, message };
-                if to_writer.send(encode_to_vec(&frame).unwrap_or_default()).is_err() {
+                if to_writer.send(Bulk::Frame(encode_to_vec(&frame).unwrap_or_default())).is_err() {
                     return;
                 }
             }
@@ -172,7 +179,7 @@ pub(crate) fn download_loop(
 /// Sends one file. `Ok(false)` when the writer went away or the session cancelled.
 fn send_file(
     plan: &DownloadPlan,
-    to_writer: &Sender<Vec<u8>>,
+    to_writer: &Sender<Bulk>,
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) -> io::Result<bool> {
@@ -184,23 +191,65 @@ fn send_file(
             format!("stored file is {len} bytes, expected {}", plan.size),
         ));
     }
-    file.seek(SeekFrom::Start(plan.offset))?;
     let chunk = settings.chunk.clamp(1, frame::MAX_CHUNK_DATA);
-    let mut remaining = plan.size - plan.offset;
-    let mut index = 0u64;
-    while remaining > 0 {
-        let n = chunk.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        let mut buf = crate::wire::read_chunk(&mut file, n)?;
-        if settings.corrupt_chunk == Some(index) {
-            buf[CHUNK_HEADER] ^= 0xff;
-        }
-        chunk_frame(&mut buf, DOWNLOAD_CHUNK, plan.file_id).map_err(io::Error::other)?;
-        if cancel.load(Ordering::SeqCst) || to_writer.send(buf).is_err() {
+    // The test hook needs the bytes in memory, to flip one: it takes the reading path.
+    if settings.zero_copy && settings.corrupt_chunk.is_none() {
+        if !queue_slices(plan, Arc::new(file), chunk, to_writer, cancel) {
             return Ok(false);
         }
-        remaining -= n as u64;
-        index += 1;
+    } else {
+        file.seek(SeekFrom::Start(plan.offset))?;
+        let mut remaining = plan.size - plan.offset;
+        let mut index = 0u64;
+        while remaining > 0 {
+            let n = chunk.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let mut buf = crate::wire::read_chunk(&mut file, n)?;
+            if settings.corrupt_chunk == Some(index) {
+                buf[CHUNK_HEADER] ^= 0xff;
+            }
+            chunk_frame(&mut buf, DOWNLOAD_CHUNK, plan.file_id).map_err(io::Error::other)?;
+            if cancel.load(Ordering::SeqCst) || to_writer.send(Bulk::Frame(buf)).is_err() {
+                return Ok(false);
+            }
+            remaining -= n as u64;
+            index += 1;
+        }
     }
     let end = encode_to_vec(&Frame::DownloadEnd { file_id: plan.file_id }).map_err(io::Error::other)?;
-    Ok(to_writer.send(end).is_ok())
+    Ok(to_writer.send(Bulk::Frame(end)).is_ok())
+}
+
+/// Chunks of the file one slice covers. A slice costs no memory however long it is, so it is
+/// long: the writer cuts it into frames itself, and this thread wakes once per 4 MiB instead of
+/// once per chunk (a sender waiting on a full crossbeam channel spins and yields a little before
+/// it sleeps, CPU the writer and the receiving client could use).
+const CHUNKS_PER_SLICE: u64 = 16;
+
+/// Queues the rest of the file as slices for the writer to `sendfile`. False when the writer
+/// went away or the session cancelled.
+fn queue_slices(
+    plan: &DownloadPlan,
+    file: Arc<File>,
+    chunk: usize,
+    to_writer: &Sender<Bulk>,
+    cancel: &AtomicBool,
+) -> bool {
+    let span = chunk as u64 * CHUNKS_PER_SLICE;
+    let mut at = plan.offset;
+    while at < plan.size {
+        let len = span.min(plan.size - at);
+        let slice = FileSlice {
+            kind: DOWNLOAD_CHUNK,
+            id: plan.file_id,
+            file: file.clone(),
+            offset: at,
+            len,
+            frame_data: chunk,
+        };
+        if cancel.load(Ordering::SeqCst) || to_writer.send(Bulk::File(slice)).is_err() {
+            return false;
+        }
+        at += len;
+    }
+    true
 }
