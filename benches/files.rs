@@ -18,6 +18,8 @@
 //!   (`TCP-LISTEN`) and TLS (`OPENSSL-LISTEN`), in the same direction as the step it is compared
 //!   with. Every step of a round is interleaved with its baseline; medians are reported, and each
 //!   relaychat median is divided by its own baseline's median.
+//! - The plaintext steps also run on a second relay of this build with `--no-sendfile` (skip it
+//!   with `--only-sendfile`): downloads read into memory, as over TLS, against sendfile.
 //! - `--before DIR` also runs the `server` and `client` binaries found in DIR (an older build) in
 //!   every round, on a relay of their own, so old and new meet the same machine.
 //! - Memory: VmHWM (peak RSS) of each relay and of each client process, sampled from /proc.
@@ -57,7 +59,8 @@ fn main() {
     let rounds: usize = flag_value(&args, "--rounds").unwrap_or(if quick { 1 } else { 3 });
     let settle = Duration::from_secs(flag_value(&args, "--settle").unwrap_or(if quick { 0 } else { 10 }));
     let before: Option<PathBuf> = flag_value(&args, "--before");
-    let plan = Plan { size: size_mib * MIB, rounds, settle, before };
+    let skip_no_sendfile = args.iter().any(|a| a == "--only-sendfile");
+    let plan = Plan { size: size_mib * MIB, rounds, settle, before, skip_no_sendfile };
     let result = std::panic::catch_unwind(|| run(&work, &plan, sweep));
     let _ = fs::remove_dir_all(&work);
     let _ = fs::remove_dir_all(config_dir());
@@ -79,11 +82,15 @@ struct Plan {
     settle: Duration,
     /// A directory with older `server` and `client` binaries to measure beside these.
     before: Option<PathBuf>,
+    /// Skip this build's relay with `--no-sendfile`.
+    skip_no_sendfile: bool,
 }
 
 /// One relay binary under test, running, with the client binary that goes with it.
 struct Build {
     label: &'static str,
+    /// Measured on the plaintext path only (a setting that changes nothing over TLS).
+    plain_only: bool,
     client: PathBuf,
     relay: common::Relay,
     addr: String,
@@ -93,9 +100,9 @@ struct Build {
 }
 
 impl Build {
-    fn start(label: &'static str, bins: &Path, work: &Path) -> Build {
-        let data_dir = work.join(format!("relay-data-{label}"));
-        let flags = [
+    fn start(label: &'static str, bins: &Path, work: &Path, extra: &[&str]) -> Build {
+        let data_dir = work.join(format!("relay-data-{}", label.replace(' ', "-")));
+        let mut flags = vec![
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--max-file-size",
@@ -104,13 +111,24 @@ impl Build {
             "64G",
             "--allow-plaintext",
         ];
+        flags.extend(extra);
         let (relay, addr) = start_relay_binary(&bins.join("server"), &flags);
         thread::sleep(Duration::from_millis(200));
         let pid = relay.0.id();
         let idle_kib = rss_kib(pid, "VmRSS");
         let peak_kib = Arc::new(AtomicU64::new(0));
         let sampler = sample_peak(pid, peak_kib.clone());
-        let build = Build { label, client: bins.join("client"), relay, addr, idle_kib, peak_kib, sampler };
+        let plain_only = !extra.is_empty();
+        let build = Build {
+            label,
+            plain_only,
+            client: bins.join("client"),
+            relay,
+            addr,
+            idle_kib,
+            peak_kib,
+            sampler,
+        };
         // Files wait only for names someone owns: benchbob claims his once (a receive of nothing),
         // on each path (a pinned relay key is per address, so TLS first).
         let claim = work.join("claim");
@@ -136,19 +154,29 @@ impl Build {
     }
 }
 
-/// Everything measured, in seconds, by (step name): one entry per round.
+/// Everything measured by step name, one entry per round: wall seconds, and CPU seconds (user +
+/// system) of every process in the step. On a 2-core machine shared by both ends of the
+/// transfer, CPU time is what the ends compete for, and it varies much less than wall time
+/// with the memory's mood (see `run`).
 #[derive(Default)]
-struct Results(Vec<(String, Vec<f64>)>);
+struct Results(Vec<(String, Vec<f64>, Vec<f64>)>);
 
 impl Results {
-    fn add(&mut self, name: &str, secs: f64) {
-        match self.0.iter_mut().find(|(n, _)| n == name) {
-            Some((_, all)) => all.push(secs),
-            None => self.0.push((name.to_owned(), vec![secs])),
+    fn add(&mut self, name: &str, secs: f64, cpu: f64) {
+        match self.0.iter_mut().find(|(n, _, _)| n == name) {
+            Some((_, all, cpus)) => {
+                all.push(secs);
+                cpus.push(cpu);
+            }
+            None => self.0.push((name.to_owned(), vec![secs], vec![cpu])),
         }
     }
-    fn median(&self, name: &str) -> Option<f64> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, all)| median(all.clone()))
+    /// Medians of (wall seconds, CPU seconds).
+    fn median(&self, name: &str) -> Option<(f64, f64)> {
+        self.0
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, all, cpus)| (median(all.clone()), median(cpus.clone())))
     }
 }
 
@@ -170,9 +198,14 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
     let settle = || thread::sleep(plan.settle);
     let socat = Socat::find(work);
     let this = env!("CARGO_BIN_EXE_server");
-    let mut builds = vec![Build::start("now", Path::new(this).parent().unwrap(), work)];
+    let bins = Path::new(this).parent().unwrap();
+    let mut builds = vec![Build::start("now", bins, work, &[])];
+    if !plan.skip_no_sendfile {
+        // The same build with plaintext downloads read into memory: what sendfile changes.
+        builds.push(Build::start("no-sendfile", bins, work, &["--no-sendfile"]));
+    }
     if let Some(dir) = &plan.before {
-        builds.push(Build::start("before", dir, work));
+        builds.push(Build::start("before", dir, work, &[]));
     }
     let downloads = work.join("downloads");
     let dl = downloads.to_str().unwrap();
@@ -187,33 +220,37 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
             let w = wire_name(wire);
             if let Some(socat) = &socat {
                 settle();
-                let secs = socat.time(wire, Way::Up, &source, &work.join("baseline.bin"));
-                results.add(&format!("socat {w} up"), secs);
+                let (secs, cpu) = socat.time(wire, Way::Up, &source, &work.join("baseline.bin"));
+                results.add(&format!("socat {w} up"), secs, cpu);
                 line += &format!(" socat {w} up {:.0},", mbps(secs));
             }
-            for build in &builds {
+            for build in builds.iter().filter(|b| wire == Wire::Plain || !b.plain_only) {
                 settle();
+                let relay_cpu = cpu_secs(build.relay.0.id());
                 let u = build.client(wire, &["send", src, "--to", "benchbob", "--name", "benchalice"]);
-                results.add(&format!("{} {w} up", build.label), u.secs);
+                let cpu = u.cpu + cpu_secs(build.relay.0.id()) - relay_cpu;
+                results.add(&format!("{} {w} up", build.label), u.secs, cpu);
                 line += &format!(" {} up {:.0},", build.label, mbps(u.secs));
                 up_peak = up_peak.max(u.peak_kib);
             }
             if let Some(socat) = &socat {
                 settle();
-                let secs = socat.time(wire, Way::Down, &source, &work.join("baseline.bin"));
-                results.add(&format!("socat {w} down"), secs);
+                let (secs, cpu) = socat.time(wire, Way::Down, &source, &work.join("baseline.bin"));
+                results.add(&format!("socat {w} down"), secs, cpu);
                 line += &format!(" socat {w} down {:.0},", mbps(secs));
             }
-            for build in &builds {
+            for build in builds.iter().filter(|b| wire == Wire::Plain || !b.plain_only) {
                 settle();
+                let relay_cpu = cpu_secs(build.relay.0.id());
                 let d = build.client(wire, &["receive", "--name", "benchbob", "--downloads", dl]);
+                let cpu = d.cpu + cpu_secs(build.relay.0.id()) - relay_cpu;
                 assert_eq!(
                     file_hash(&source),
                     file_hash(&downloads.join("source.bin")),
                     "downloaded bytes differ"
                 );
                 let _ = fs::remove_dir_all(&downloads);
-                results.add(&format!("{} {w} down", build.label), d.secs);
+                results.add(&format!("{} {w} down", build.label), d.secs, cpu);
                 line += &format!(" {} down {:.0},", build.label, mbps(d.secs));
                 down_peak = down_peak.max(d.peak_kib);
             }
@@ -224,27 +261,34 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
     let memory: Vec<(u64, u64)> = builds.into_iter().map(Build::finish).collect();
 
     println!();
-    println!("{:<44} {:>9} {:>8} {:>16} {:>9}", "medians", "s", "MB/s", "baseline MB/s", "ratio");
+    println!(
+        "{:<32} {:>7} {:>6} {:>9} {:>7} {:>11}",
+        "medians", "s", "MB/s", "base MB/s", "ratio", "CPU s (all)"
+    );
     for wire in [Wire::Tls, Wire::Plain] {
         let w = wire_name(wire);
-        for (way, what) in
-            [("up", "upload (send -> relay disk)"), ("down", "download (relay disk -> receive)")]
-        {
+        for (way, what) in [("up", "upload"), ("down", "download")] {
             let base = results.median(&format!("socat {w} {way}"));
-            if let Some(base) = base {
-                println!("{:<44} {:>9.3} {:>8.0}", format!("socat {w} {way} (baseline)"), base, mbps(base));
+            if let Some((base, cpu)) = base {
+                let name = format!("socat {w} {what} (baseline)");
+                println!("{name:<32} {base:>7.3} {:>6.0} {:>9} {:>7} {cpu:>11.2}", mbps(base), "", "");
             }
             for label in &labels {
-                let Some(secs) = results.median(&format!("{label} {w} {way}")) else { continue };
+                let Some((secs, cpu)) = results.median(&format!("{label} {w} {way}")) else { continue };
                 let (base_text, ratio) = match base {
-                    Some(base) => (format!("{:.0}", mbps(base)), format!("{:.2}x", base / secs)),
+                    Some((base, _)) => (format!("{:.0}", mbps(base)), format!("{:.2}x", base / secs)),
                     None => ("n/a".into(), "n/a".into()),
                 };
                 let name = format!("{label}: {w} {what}");
-                println!("{name:<44} {secs:>9.3} {:>8.0} {base_text:>16} {ratio:>9}", mbps(secs));
+                println!("{name:<32} {secs:>7.3} {:>6.0} {base_text:>9} {ratio:>7} {cpu:>11.2}", mbps(secs));
             }
         }
     }
+    println!("upload: client send -> relay's disk; download: relay's disk -> client receive.");
+    println!("now: this build; no-sendfile: this build, relay with --no-sendfile; before: --before DIR.");
+    println!(
+        "CPU s: user + system seconds of the client process and the relay in the step (or both socats)."
+    );
     println!();
     for (label, (idle, peak)) in labels.iter().zip(&memory) {
         println!(
@@ -334,6 +378,8 @@ fn sample_peak(pid: u32, peak: Arc<AtomicU64>) -> Sampler {
 
 struct Timed {
     secs: f64,
+    /// User + system CPU seconds of the process.
+    cpu: f64,
     peak_kib: u64,
 }
 
@@ -343,7 +389,7 @@ fn timed_client(binary: &Path, args: &[&str]) -> Timed {
     let log_path = config_dir().with_extension("stderr");
     let log = File::create(&log_path).expect("a log file for the client");
     let started = Instant::now();
-    let mut child = Command::new(binary)
+    let child = Command::new(binary)
         .args(args)
         // The identity file keeps benchbob's name (no password: an argon2 hash would add ~19 MiB
         // to the relay's peak). The relay's key is pinned there too, on first contact; a dir of
@@ -356,14 +402,40 @@ fn timed_client(binary: &Path, args: &[&str]) -> Timed {
         .expect("start the client binary");
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = sample_peak(child.id(), peak.clone());
-    let status = child.wait().unwrap();
+    let (success, cpu) = wait_with_cpu(child);
     let secs = started.elapsed().as_secs_f64();
     sampler.stop();
-    if !status.success() {
+    if !success {
         eprintln!("{}", fs::read_to_string(&log_path).unwrap_or_default());
         panic!("client {args:?} failed");
     }
-    Timed { secs, peak_kib: peak.load(Ordering::Relaxed) }
+    Timed { secs, cpu, peak_kib: peak.load(Ordering::Relaxed) }
+}
+
+/// Waits for a child process to end; whether it succeeded, and the CPU seconds (user + system)
+/// it used, which std's `wait` does not report (`wait4` does).
+fn wait_with_cpu(child: std::process::Child) -> (bool, f64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain C structs and a pid of our own child, reaped here and nowhere else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    drop(child); // already reaped: dropping a Child neither waits nor kills
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let success = reaped == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (success, secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// CPU seconds (user + system) a running process has used so far, from /proc/PID/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)) as f64 / ticks
 }
 
 /// A relay on its own thread, for the library-based measurements.

@@ -52,8 +52,9 @@ impl Socat {
         Some(Socat { cert, key })
     }
 
-    /// Seconds to move `source` into `target` through a socat listener and a socat client.
-    pub fn time(&self, wire: Wire, way: Way, source: &Path, target: &Path) -> f64 {
+    /// Seconds to move `source` into `target` through a socat listener and a socat client, and
+    /// the CPU seconds both used.
+    pub fn time(&self, wire: Wire, way: Way, source: &Path, target: &Path) -> (f64, f64) {
         let port = free_port();
         let listen = match wire {
             Wire::Plain => format!("TCP-LISTEN:{port},reuseaddr,bind=127.0.0.1"),
@@ -73,18 +74,18 @@ impl Socat {
             Way::Up => ([listen, write], [read, connect]),
             Way::Down => ([read, listen], [connect, write]),
         };
-        let mut server = socat(&server_args);
+        let server = socat(&server_args);
         wait_listening(port);
         let started = Instant::now();
-        let mut client = socat(&client_args);
-        let client_ok = client.wait().is_ok_and(|s| s.success());
-        let server_ok = server.wait().is_ok_and(|s| s.success());
+        let client = socat(&client_args);
+        let (client_ok, client_cpu) = crate::wait_with_cpu(client);
+        let (server_ok, server_cpu) = crate::wait_with_cpu(server);
         let secs = started.elapsed().as_secs_f64();
         assert!(client_ok && server_ok, "socat {wire:?} {way:?} failed");
         let size = fs::metadata(source).unwrap().len();
         assert_eq!(fs::metadata(target).map(|m| m.len()).unwrap_or(0), size, "socat copied everything");
         let _ = fs::remove_file(target);
-        secs
+        (secs, client_cpu + server_cpu)
     }
 }
 

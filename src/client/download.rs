@@ -2,9 +2,9 @@
 //! another), driven by the reader thread.
 //!
 //! Each file is written as `NAME.part` beside a small sidecar `NAME.part.relaychat` that records
-//! which relay file it is. The SHA-256 is computed as the bytes arrive (on the sink's hash
-//! thread). Only when size and hash match is the part renamed to its final name, and never over
-//! an existing file: `report.pdf` becomes `report (1).pdf` if that name is taken.
+//! which relay file it is. The SHA-256 is computed as the bytes arrive. Only when size and hash
+//! match is the part renamed to its final name, and never over an existing file: `report.pdf`
+//! becomes `report (1).pdf` if that name is taken.
 //!
 //! Resume: when a receive starts and a sidecar in the downloads directory names the same file (id
 //! and hash), its part is re-hashed and the download asks the relay to continue from its length.
@@ -47,8 +47,9 @@ struct Incoming {
     name: String,
     part: PathBuf,
     sidecar: PathBuf,
-    /// The part file, hashed and written by threads of its own (see [`crate::sink`]).
+    /// The part file, written by its own thread (see [`crate::sink`]).
     sink: Sink,
+    hasher: Sha256,
     written: u64,
     last_progress: Instant,
 }
@@ -93,6 +94,7 @@ impl Receiving {
         if inc.written + data.len() as u64 > inc.info.size {
             return self.discard("the relay sent more bytes than the file has".into());
         }
+        inc.hasher.update(&data);
         inc.written += data.len() as u64;
         if inc.sink.write(data).is_err() {
             return self.discard_with_disk_error();
@@ -108,15 +110,13 @@ impl Receiving {
     /// The relay sent the last byte: verify, then move into place.
     pub(crate) fn end(&mut self, file_id: u64) -> Step {
         let Some(inc) = self.take_if(file_id) else { return Step::Nothing };
-        let Incoming { info, name, part, sidecar, sink, written, .. } = inc;
-        let actual = match sink.finish() {
-            Ok(actual) => actual,
-            Err(e) => {
-                remove_part(&part, &sidecar);
-                self.failed += 1;
-                return Step::Failed(failed(name, format!("cannot write {}: {e}", part.display())));
-            }
-        };
+        let Incoming { info, name, part, sidecar, sink, hasher, written, .. } = inc;
+        if let Err(e) = sink.finish() {
+            remove_part(&part, &sidecar);
+            self.failed += 1;
+            return Step::Failed(failed(name, format!("cannot write {}: {e}", part.display())));
+        }
+        let actual: [u8; 32] = hasher.finalize().into();
         if written != info.size || actual != info.sha256 {
             remove_part(&part, &sidecar);
             self.failed += 1;
@@ -206,12 +206,12 @@ impl Receiving {
             }
             let mut hasher = Sha256::new();
             sha::hash_prefix(&mut file, have, &mut hasher)?;
-            return Ok(incoming(info, name, part, sidecar, Sink::start(file, hasher)?, have));
+            return Ok(incoming(info, name, part, sidecar, Sink::start(file)?, hasher, have));
         }
         let (part, sidecar) = free_part_name(&self.dir, name)?;
         let file = OpenOptions::new().write(true).create_new(true).open(&part)?;
         fs::write(&sidecar, tag)?;
-        Ok(incoming(info, name, part, sidecar, Sink::start(file, Sha256::new())?, 0))
+        Ok(incoming(info, name, part, sidecar, Sink::start(file)?, Sha256::new(), 0))
     }
 }
 
@@ -221,6 +221,7 @@ fn incoming(
     part: PathBuf,
     sidecar: PathBuf,
     sink: Sink,
+    hasher: Sha256,
     written: u64,
 ) -> Incoming {
     Incoming {
@@ -229,6 +230,7 @@ fn incoming(
         part,
         sidecar,
         sink,
+        hasher,
         written,
         last_progress: Instant::now(),
     }

@@ -325,7 +325,7 @@ fn joined_phase<S: Stream>(
         let settings = DownloadSettings {
             chunk: config.chunk_size,
             corrupt_chunk: config.corrupt_download_chunk,
-            zero_copy: S::SENDS_FILES_WITHOUT_COPY,
+            zero_copy: S::SENDS_FILES_WITHOUT_COPY && config.sendfile,
         };
         Session::new(id, addr, to_hub.clone(), to_writer, settings, info.throttle.clone()).run(&mut reader);
     }

@@ -24,11 +24,12 @@ use crate::outbox::{Bulk, FileSlice};
 use crate::sha;
 use crate::sink::Sink;
 
-/// An upload being received on this connection. The bytes are hashed and written by a [`Sink`]
-/// (two threads of its own), so this thread only reads the socket.
+/// An upload being received on this connection. The bytes go to disk through a [`Sink`] (a
+/// thread of its own); the hash is computed here as they arrive.
 struct Inbound {
     plan: UploadPlan,
     sink: Sink,
+    hasher: Sha256,
     written: u64,
 }
 
@@ -56,13 +57,13 @@ impl UploadReceiver {
         let mut hasher = Sha256::new();
         file.seek(SeekFrom::Start(0))?;
         sha::hash_prefix(&mut file, have, &mut hasher)?;
-        let sink = Sink::start(file, hasher)?;
-        self.active = Some(Inbound { plan, sink, written: have });
+        let sink = Sink::start(file)?;
+        self.active = Some(Inbound { plan, sink, hasher, written: have });
         Ok(have)
     }
 
-    /// Hands one chunk to the sink (to be hashed and written). On an error the upload is over and
-    /// the caller must abort it.
+    /// Hashes one chunk and hands it to the disk thread. On an error the upload is over and the
+    /// caller must abort it.
     pub(crate) fn chunk(&mut self, upload_id: u64, data: Vec<u8>) -> Result<(), Refusal> {
         let inbound = self.current(upload_id)?;
         if inbound.written + data.len() as u64 > inbound.plan.size {
@@ -71,6 +72,7 @@ impl UploadReceiver {
                 format!("more bytes than the {} announced", inbound.plan.size),
             ));
         }
+        inbound.hasher.update(&data);
         inbound.written += data.len() as u64;
         if inbound.sink.write(data).is_err() {
             // The disk thread stopped; its error says why.
@@ -94,7 +96,8 @@ impl UploadReceiver {
             ));
         }
         let Some(inbound) = self.active.take() else { return Err(not_active(upload_id)) };
-        let actual = inbound.sink.finish().map_err(|e| storage_refusal(&e))?;
+        inbound.sink.finish().map_err(|e| storage_refusal(&e))?;
+        let actual: [u8; 32] = inbound.hasher.finalize().into();
         if actual != sha256 {
             return Err((ErrorCode::HashMismatch, "the SHA-256 of the bytes received does not match".into()));
         }
