@@ -195,7 +195,16 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
     // (free page reporting). Whether a file lands in "cold" or "warm" pages would then depend on
     // what ran just before. So every timed step starts after `settle`: all of them meet cold
     // memory, as a real transfer on an idle machine does.
-    let settle = || thread::sleep(plan.settle);
+    //
+    // Before that pause, `sync`: each upload leaves 1 GiB of dirty page cache, which the kernel
+    // writes back about 30 s later, in the middle of whichever step runs then. Without it, the
+    // step two places after an upload paid for its writeback (a download ran at half speed
+    // because of its position in the round, not because of its code).
+    let settle = || {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        thread::sleep(plan.settle)
+    };
     let socat = Socat::find(work);
     let this = env!("CARGO_BIN_EXE_server");
     let bins = Path::new(this).parent().unwrap();
@@ -216,6 +225,8 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
     // Interleaved, so that the machine's mood (page cache, writeback) is spread over all steps.
     for round in 1..=plan.rounds {
         let mut line = format!("  round {round}:");
+        // Each round starts with the next build, so no build always runs in the same position.
+        builds.rotate_left(usize::from(round > 1));
         for wire in [Wire::Tls, Wire::Plain] {
             let w = wire_name(wire);
             if let Some(socat) = &socat {
@@ -257,6 +268,8 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
         }
         println!("{} MB/s", line.trim_end_matches(','));
     }
+    // Back in the order they were started (now, no-sendfile, before), for the tables.
+    builds.sort_by_key(|b| ["now", "no-sendfile", "before"].iter().position(|l| *l == b.label));
     let labels: Vec<&str> = builds.iter().map(|b| b.label).collect();
     let memory: Vec<(u64, u64)> = builds.into_iter().map(Build::finish).collect();
 

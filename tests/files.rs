@@ -465,8 +465,14 @@ fn raw_download(raw: &mut common::Raw, file_id: u64, offset: u64) -> (Vec<u8>, u
 #[test]
 fn a_plaintext_download_is_sent_from_the_file_and_resumes_from_any_offset() {
     // A plaintext connection gets its chunks by sendfile (the writer sends slices of the stored
-    // file); the frames must be the same as the copying path's, from any offset.
-    let server = TestServer::start();
+    // file); the frames must be the same as the copying path's (--no-sendfile), from any offset.
+    for sendfile in [true, false] {
+        plaintext_download_from_offsets(ServerConfig { sendfile, ..ServerConfig::default() });
+    }
+}
+
+fn plaintext_download_from_offsets(config: ServerConfig) {
+    let server = TestServer::start_with(config);
     let mut bob = server.raw_joined("bob", "lobby");
     let alice = server.client("alice", "lobby");
     let src = TempDir::new("src");
