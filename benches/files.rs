@@ -1,29 +1,39 @@
 //! File transfer benchmark: upload and download of a large random file through the real relay,
-//! next to a baseline measured in the same run, plus memory and chat latency during a transfer.
+//! on the TLS path and on the plaintext path, each next to a socat baseline from the same run,
+//! plus memory and chat latency during a transfer.
 //!
 //! ```text
-//! cargo bench --bench files                   # 1 GiB, 3 rounds, a few minutes
+//! cargo bench --bench files                   # 1 GiB, 3 rounds, about 5 minutes
+//! cargo bench --bench files -- --quick        # 64 MiB, 1 round, no pauses: a smoke run
 //! cargo bench --bench files -- --size-mib 2048 --rounds 1
-//! cargo bench --bench files -- --quick        # 64 MiB smoke run
+//! cargo bench --bench files -- --before /work/wt-files-base/target/release   # old vs new
 //! cargo bench --bench files -- --sweep        # also compare chunk sizes 64/128/256 KiB
 //! ```
 //!
 //! - Upload and download use the real `server` and `client` binaries (`client send --to` and
-//!   `client receive`), timed from process start to exit, with every byte hashed at both ends.
-//!   Rounds of baseline / upload / baseline / download are interleaved; medians are reported.
-//! - Baseline: the same bytes from the same file through one plain TCP connection on loopback with
-//!   128 KiB buffers, written to a file: a byte relay with no protocol, no hashing.
-//! - Memory: VmHWM (peak RSS) of the relay and of each client process, sampled from /proc.
+//!   `client receive`, with `--plaintext` for the plaintext path; the relay runs with
+//!   `--allow-plaintext` and serves both), timed from process start to exit, with every byte
+//!   hashed at both ends.
+//! - Baselines (`files/socat.rs`): socat moving the same file over loopback into a file, plaintext
+//!   (`TCP-LISTEN`) and TLS (`OPENSSL-LISTEN`), in the same direction as the step it is compared
+//!   with. Every step of a round is interleaved with its baseline; medians are reported, and each
+//!   relaychat median is divided by its own baseline's median.
+//! - The plaintext steps also run on a second relay of this build with `--no-sendfile` (skip it
+//!   with `--only-sendfile`): downloads read into memory, as over TLS, against sendfile.
+//! - `--before DIR` also runs the `server` and `client` binaries found in DIR (an older build) in
+//!   every round, on a relay of their own, so old and new meet the same machine.
+//! - Memory: VmHWM (peak RSS) of each relay and of each client process, sampled from /proc.
 //! - Chat during a transfer: a library client downloads while another sends a timestamped line
 //!   every 20 ms; we report how long those lines took to arrive.
 //!
 //! All files live in the system temp dir; they are removed at the end.
 
 mod common;
+#[path = "files/socat.rs"]
+mod socat;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +41,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, start_relay};
+use common::{rss_kib, start_relay_binary};
 use relaychat::client::{Client, Event};
 use relaychat::server::{Server, ServerConfig};
+use socat::{Socat, Way, Wire};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,12 +57,13 @@ fn main() {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
     let rounds: usize = flag_value(&args, "--rounds").unwrap_or(if quick { 1 } else { 3 });
-    let settle = Duration::from_secs(if quick { 0 } else { 10 });
-    let result = std::panic::catch_unwind(|| run(&work, size_mib, rounds, settle, sweep));
+    let settle = Duration::from_secs(flag_value(&args, "--settle").unwrap_or(if quick { 0 } else { 10 }));
+    let before: Option<PathBuf> = flag_value(&args, "--before");
+    let skip_no_sendfile = args.iter().any(|a| a == "--only-sendfile");
+    let plan = Plan { size: size_mib * MIB, rounds, settle, before, skip_no_sendfile };
+    let result = std::panic::catch_unwind(|| run(&work, &plan, sweep));
     let _ = fs::remove_dir_all(&work);
-    let _ = fs::remove_dir_all(
-        std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id())),
-    );
+    let _ = fs::remove_dir_all(config_dir());
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -62,82 +74,253 @@ fn flag_value<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
     args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 
-fn run(work: &Path, size_mib: u64, rounds: usize, settle: Duration, sweep: bool) {
-    let size = size_mib * MIB;
+/// What one run measures.
+struct Plan {
+    size: u64,
+    rounds: usize,
+    /// The pause before every timed step (see `run`).
+    settle: Duration,
+    /// A directory with older `server` and `client` binaries to measure beside these.
+    before: Option<PathBuf>,
+    /// Skip this build's relay with `--no-sendfile`.
+    skip_no_sendfile: bool,
+}
+
+/// One relay binary under test, running, with the client binary that goes with it.
+struct Build {
+    label: &'static str,
+    /// Measured on the plaintext path only (a setting that changes nothing over TLS).
+    plain_only: bool,
+    client: PathBuf,
+    relay: common::Relay,
+    addr: String,
+    idle_kib: u64,
+    peak_kib: Arc<AtomicU64>,
+    sampler: Sampler,
+}
+
+impl Build {
+    fn start(label: &'static str, bins: &Path, work: &Path, extra: &[&str]) -> Build {
+        let data_dir = work.join(format!("relay-data-{}", label.replace(' ', "-")));
+        let mut flags = vec![
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--max-file-size",
+            "64G",
+            "--quota",
+            "64G",
+            "--allow-plaintext",
+        ];
+        flags.extend(extra);
+        let (relay, addr) = start_relay_binary(&bins.join("server"), &flags);
+        thread::sleep(Duration::from_millis(200));
+        let pid = relay.0.id();
+        let idle_kib = rss_kib(pid, "VmRSS");
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let sampler = sample_peak(pid, peak_kib.clone());
+        let plain_only = !extra.is_empty();
+        let build = Build {
+            label,
+            plain_only,
+            client: bins.join("client"),
+            relay,
+            addr,
+            idle_kib,
+            peak_kib,
+            sampler,
+        };
+        // Files wait only for names someone owns: benchbob claims his once (a receive of nothing),
+        // on each path (a pinned relay key is per address, so TLS first).
+        let claim = work.join("claim");
+        build.client(Wire::Tls, &["receive", "--name", "benchbob", "--downloads", claim.to_str().unwrap()]);
+        build
+    }
+
+    /// Runs this build's client binary to the end over `wire`; its wall time and peak RSS.
+    fn client(&self, wire: Wire, args: &[&str]) -> Timed {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &self.addr]);
+        if wire == Wire::Plain {
+            all.push("--plaintext");
+        }
+        timed_client(&self.client, &all)
+    }
+
+    /// Peak RSS growth over idle, after the run.
+    fn finish(self) -> (u64, u64) {
+        self.sampler.stop();
+        let peak = self.peak_kib.load(Ordering::Relaxed).max(rss_kib(self.relay.0.id(), "VmHWM"));
+        (self.idle_kib, peak)
+    }
+}
+
+/// Everything measured by step name, one entry per round: wall seconds, and CPU seconds (user +
+/// system) of every process in the step. On a 2-core machine shared by both ends of the
+/// transfer, CPU time is what the ends compete for, and it varies much less than wall time
+/// with the memory's mood (see `run`).
+#[derive(Default)]
+struct Results(Vec<(String, Vec<f64>, Vec<f64>)>);
+
+impl Results {
+    fn add(&mut self, name: &str, secs: f64, cpu: f64) {
+        match self.0.iter_mut().find(|(n, _, _)| n == name) {
+            Some((_, all, cpus)) => {
+                all.push(secs);
+                cpus.push(cpu);
+            }
+            None => self.0.push((name.to_owned(), vec![secs], vec![cpu])),
+        }
+    }
+    /// Medians of (wall seconds, CPU seconds).
+    fn median(&self, name: &str) -> Option<(f64, f64)> {
+        self.0
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, all, cpus)| (median(all.clone()), median(cpus.clone())))
+    }
+}
+
+fn run(work: &Path, plan: &Plan, sweep: bool) {
+    let size = plan.size;
     println!(
-        "relaychat file benchmark: {size_mib} MiB of random data on loopback, {rounds} round(s), {} s settle",
-        settle.as_secs()
+        "relaychat file benchmark: {} MiB of random data on loopback, {} round(s), {} s settle",
+        size / MIB,
+        plan.rounds,
+        plan.settle.as_secs()
     );
     let source = work.join("source.bin");
     write_random(&source, size);
     // On this VM, writing to a page of memory the host has not backed yet is several times slower
     // than writing to one it has, and memory freed for a few seconds is handed back to the host
     // (free page reporting). Whether a file lands in "cold" or "warm" pages would then depend on
-    // what ran just before. So every timed step starts after `SETTLE`: all of them meet cold
+    // what ran just before. So every timed step starts after `settle`: all of them meet cold
     // memory, as a real transfer on an idle machine does.
-    let settle = || thread::sleep(settle);
-
-    let data_dir = work.join("relay-data");
-    let (relay, addr) =
-        start_relay(&["--data-dir", data_dir.to_str().unwrap(), "--max-file-size", "64G", "--quota", "64G"]);
-    let relay_pid = relay.0.id();
-    thread::sleep(Duration::from_millis(200));
-    let relay_idle = rss_kib(relay_pid, "VmRSS");
-    let relay_peak = Arc::new(AtomicU64::new(0));
-    let sampler = sample_peak(relay_pid, relay_peak.clone());
-
-    let src = source.to_str().unwrap();
+    //
+    // Before that pause, `sync`: each upload leaves 1 GiB of dirty page cache, which the kernel
+    // writes back about 30 s later, in the middle of whichever step runs then. Without it, the
+    // step two places after an upload paid for its writeback (a download ran at half speed
+    // because of its position in the round, not because of its code).
+    let settle = || {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        thread::sleep(plan.settle)
+    };
+    let socat = Socat::find(work);
+    let this = env!("CARGO_BIN_EXE_server");
+    let bins = Path::new(this).parent().unwrap();
+    let mut builds = vec![Build::start("now", bins, work, &[])];
+    if !plan.skip_no_sendfile {
+        // The same build with plaintext downloads read into memory: what sendfile changes.
+        builds.push(Build::start("no-sendfile", bins, work, &["--no-sendfile"]));
+    }
+    if let Some(dir) = &plan.before {
+        builds.push(Build::start("before", dir, work, &[]));
+    }
     let downloads = work.join("downloads");
     let dl = downloads.to_str().unwrap();
-    let (mut base, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    let src = source.to_str().unwrap();
+    let mut results = Results::default();
     let (mut up_peak, mut down_peak) = (0, 0);
-    // Files wait only for names someone owns: benchbob claims his once (a receive of nothing).
-    timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
     let mbps = |secs: f64| size as f64 / 1e6 / secs;
-    // Interleaved, so that the machine's mood (page cache, writeback) is spread over all three.
-    for round in 1..=rounds {
-        settle();
-        base.push(baseline(&source, &work.join("baseline.bin")));
-        settle();
-        let u = timed_client(&["send", src, "--to", "benchbob", "--server", &addr, "--name", "benchalice"]);
-        settle();
-        base.push(baseline(&source, &work.join("baseline.bin")));
-        settle();
-        let d = timed_client(&["receive", "--server", &addr, "--name", "benchbob", "--downloads", dl]);
-        assert_eq!(file_hash(&source), file_hash(&downloads.join("source.bin")), "downloaded bytes differ");
-        let _ = fs::remove_dir_all(&downloads);
-        println!(
-            "  round {round}: baseline {:.0} / {:.0} MB/s, upload {:.0} MB/s, download {:.0} MB/s",
-            base[base.len() - 2],
-            base[base.len() - 1],
-            mbps(u.secs),
-            mbps(d.secs)
-        );
-        up.push(mbps(u.secs));
-        down.push(mbps(d.secs));
-        up_peak = up_peak.max(u.peak_kib);
-        down_peak = down_peak.max(d.peak_kib);
+    // Interleaved, so that the machine's mood (page cache, writeback) is spread over all steps.
+    for round in 1..=plan.rounds {
+        let mut line = format!("  round {round}:");
+        // Each round starts with the next build, so no build always runs in the same position.
+        builds.rotate_left(usize::from(round > 1));
+        for wire in [Wire::Tls, Wire::Plain] {
+            let w = wire_name(wire);
+            if let Some(socat) = &socat {
+                settle();
+                let (secs, cpu) = socat.time(wire, Way::Up, &source, &work.join("baseline.bin"));
+                results.add(&format!("socat {w} up"), secs, cpu);
+                line += &format!(" socat {w} up {:.0},", mbps(secs));
+            }
+            for build in builds.iter().filter(|b| wire == Wire::Plain || !b.plain_only) {
+                settle();
+                let relay_cpu = cpu_secs(build.relay.0.id());
+                let u = build.client(wire, &["send", src, "--to", "benchbob", "--name", "benchalice"]);
+                let cpu = u.cpu + cpu_secs(build.relay.0.id()) - relay_cpu;
+                results.add(&format!("{} {w} up", build.label), u.secs, cpu);
+                line += &format!(" {} up {:.0},", build.label, mbps(u.secs));
+                up_peak = up_peak.max(u.peak_kib);
+            }
+            if let Some(socat) = &socat {
+                settle();
+                let (secs, cpu) = socat.time(wire, Way::Down, &source, &work.join("baseline.bin"));
+                results.add(&format!("socat {w} down"), secs, cpu);
+                line += &format!(" socat {w} down {:.0},", mbps(secs));
+            }
+            for build in builds.iter().filter(|b| wire == Wire::Plain || !b.plain_only) {
+                settle();
+                let relay_cpu = cpu_secs(build.relay.0.id());
+                let d = build.client(wire, &["receive", "--name", "benchbob", "--downloads", dl]);
+                let cpu = d.cpu + cpu_secs(build.relay.0.id()) - relay_cpu;
+                assert_eq!(
+                    file_hash(&source),
+                    file_hash(&downloads.join("source.bin")),
+                    "downloaded bytes differ"
+                );
+                let _ = fs::remove_dir_all(&downloads);
+                results.add(&format!("{} {w} down", build.label), d.secs, cpu);
+                line += &format!(" {} down {:.0},", build.label, mbps(d.secs));
+                down_peak = down_peak.max(d.peak_kib);
+            }
+        }
+        println!("{} MB/s", line.trim_end_matches(','));
     }
-    sampler.stop();
-    let relay_peak = relay_peak.load(Ordering::Relaxed).max(rss_kib(relay_pid, "VmHWM"));
-    drop(relay);
+    // Back in the order they were started (now, no-sendfile, before), for the tables.
+    builds.sort_by_key(|b| ["now", "no-sendfile", "before"].iter().position(|l| *l == b.label));
+    let labels: Vec<&str> = builds.iter().map(|b| b.label).collect();
+    let memory: Vec<(u64, u64)> = builds.into_iter().map(Build::finish).collect();
 
-    let (base, up, down) = (median(base), median(up), median(down));
-    println!();
-    println!("{:<44} {:>10} {:>12}", "medians", "MB/s", "vs baseline");
-    println!("{:<44} {:>10.0}", "baseline: plain TCP copy, 128 KiB buffers", base);
-    println!("{:<44} {:>10.0} {:>11.2}x", "upload  (client send -> relay disk)", up, up / base);
-    println!("{:<44} {:>10.0} {:>11.2}x", "download (relay disk -> client receive)", down, down / base);
     println!();
     println!(
-        "peak RSS (KiB): relay idle {relay_idle}, relay peak {relay_peak} (+{} KiB)",
-        relay_peak.saturating_sub(relay_idle)
+        "{:<32} {:>7} {:>6} {:>9} {:>7} {:>11}",
+        "medians", "s", "MB/s", "base MB/s", "ratio", "CPU s (all)"
     );
+    for wire in [Wire::Tls, Wire::Plain] {
+        let w = wire_name(wire);
+        for (way, what) in [("up", "upload"), ("down", "download")] {
+            let base = results.median(&format!("socat {w} {way}"));
+            if let Some((base, cpu)) = base {
+                let name = format!("socat {w} {what} (baseline)");
+                println!("{name:<32} {base:>7.3} {:>6.0} {:>9} {:>7} {cpu:>11.2}", mbps(base), "", "");
+            }
+            for label in &labels {
+                let Some((secs, cpu)) = results.median(&format!("{label} {w} {way}")) else { continue };
+                let (base_text, ratio) = match base {
+                    Some((base, _)) => (format!("{:.0}", mbps(base)), format!("{:.2}x", base / secs)),
+                    None => ("n/a".into(), "n/a".into()),
+                };
+                let name = format!("{label}: {w} {what}");
+                println!("{name:<32} {secs:>7.3} {:>6.0} {base_text:>9} {ratio:>7} {cpu:>11.2}", mbps(secs));
+            }
+        }
+    }
+    println!("upload: client send -> relay's disk; download: relay's disk -> client receive.");
+    println!("now: this build; no-sendfile: this build, relay with --no-sendfile; before: --before DIR.");
+    println!(
+        "CPU s: user + system seconds of the client process and the relay in the step (or both socats)."
+    );
+    println!();
+    for (label, (idle, peak)) in labels.iter().zip(&memory) {
+        println!(
+            "peak RSS (KiB), relay {label}: idle {idle}, peak {peak} (+{} KiB)",
+            peak.saturating_sub(*idle)
+        );
+    }
     println!("peak RSS (KiB): sending client {up_peak}, receiving client {down_peak}");
 
     chat_during_download(work, size.min(256 * MIB));
     if sweep {
         chunk_sweep(work, size.min(512 * MIB));
+    }
+}
+
+fn wire_name(wire: Wire) -> &'static str {
+    match wire {
+        Wire::Tls => "tls",
+        Wire::Plain => "plain",
     }
 }
 
@@ -173,43 +356,10 @@ fn file_hash(path: &Path) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// MB/s of a plain TCP copy: file -> 128 KiB writes -> loopback -> 128 KiB reads -> file.
-fn baseline(source: &Path, target: &Path) -> f64 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let size = fs::metadata(source).unwrap().len();
-    let started = Instant::now();
-    let source = source.to_owned();
-    let sender = thread::spawn(move || {
-        let mut file = File::open(source).unwrap();
-        let mut socket = TcpStream::connect(addr).unwrap();
-        let mut buf = vec![0u8; 128 * 1024];
-        loop {
-            let n = file.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            socket.write_all(&buf[..n]).unwrap();
-        }
-    });
-    let (mut socket, _) = listener.accept().unwrap();
-    let mut out = File::create(target).unwrap();
-    let mut buf = vec![0u8; 128 * 1024];
-    let mut got = 0u64;
-    loop {
-        let n = socket.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).unwrap();
-        got += n as u64;
-    }
-    drop(out);
-    sender.join().unwrap();
-    assert_eq!(got, size);
-    let secs = started.elapsed().as_secs_f64();
-    let _ = fs::remove_file(target);
-    size as f64 / 1e6 / secs
+/// Where the client binaries keep their identity and pinned relay keys: a scratch dir of this
+/// run, never the real home.
+fn config_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id()))
 }
 
 /// Samples a process's VmHWM every 20 ms into `peak` until stopped.
@@ -241,34 +391,64 @@ fn sample_peak(pid: u32, peak: Arc<AtomicU64>) -> Sampler {
 
 struct Timed {
     secs: f64,
+    /// User + system CPU seconds of the process.
+    cpu: f64,
     peak_kib: u64,
 }
 
-/// Runs the client binary to the end; its wall time and peak RSS.
-fn timed_client(args: &[&str]) -> Timed {
+/// Runs a client binary to the end; its wall time and peak RSS. Its stderr goes to a file that
+/// is shown only if it fails (the plaintext warning would otherwise fill the screen).
+fn timed_client(binary: &Path, args: &[&str]) -> Timed {
+    let log_path = config_dir().with_extension("stderr");
+    let log = File::create(&log_path).expect("a log file for the client");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+    let child = Command::new(binary)
         .args(args)
-        // The clients' identity file goes to a scratch dir of this run, never into the real home.
-        // It is what keeps benchbob's name (no password: an argon2 hash would add ~19 MiB to the
-        // relay's peak). The relay's key is pinned there too, on first contact; a dir of this run
-        // only, so a later run's new relay on a reused port is not taken for a changed key.
-        .env(
-            "RELAYCHAT_CONFIG_DIR",
-            std::env::temp_dir().join(format!("relaychat-bench-config-{}", std::process::id())),
-        )
+        // The identity file keeps benchbob's name (no password: an argon2 hash would add ~19 MiB
+        // to the relay's peak). The relay's key is pinned there too, on first contact; a dir of
+        // this run only, so a later run's new relay on a reused port is not taken for a changed key.
+        .env("RELAYCHAT_CONFIG_DIR", config_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("start the client binary");
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = sample_peak(child.id(), peak.clone());
-    let status = child.wait().unwrap();
+    let (success, cpu) = wait_with_cpu(child);
     let secs = started.elapsed().as_secs_f64();
     sampler.stop();
-    assert!(status.success(), "client {args:?} failed");
-    Timed { secs, peak_kib: peak.load(Ordering::Relaxed) }
+    if !success {
+        eprintln!("{}", fs::read_to_string(&log_path).unwrap_or_default());
+        panic!("client {args:?} failed");
+    }
+    Timed { secs, cpu, peak_kib: peak.load(Ordering::Relaxed) }
+}
+
+/// Waits for a child process to end; whether it succeeded, and the CPU seconds (user + system)
+/// it used, which std's `wait` does not report (`wait4` does).
+fn wait_with_cpu(child: std::process::Child) -> (bool, f64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain C structs and a pid of our own child, reaped here and nowhere else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    drop(child); // already reaped: dropping a Child neither waits nor kills
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let success = reaped == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (success, secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// CPU seconds (user + system) a running process has used so far, from /proc/PID/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)) as f64 / ticks
 }
 
 /// A relay on its own thread, for the library-based measurements.

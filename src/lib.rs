@@ -13,7 +13,8 @@
 //!    [`tls`] is that TLS stream: one session shared by a reader and a writer thread, and the
 //!    rule that keeps them from deadlocking.
 //! 3. [`rules`]: what a valid name, room and message look like; shared by both ends.
-//! 4. [`outbox`]: the loop inside every writer thread: two queues into one socket, chat first.
+//! 4. [`outbox`]: the loop inside every writer thread: two queues into one socket, chat first;
+//!    file data can be a slice of a file that the kernel sends itself (`sendfile`).
 //! 5. [`server`]: the relay. An accept thread, a reader and a writer thread per connection, and one
 //!    hub thread that owns the rooms and the file store. Its docs draw the threads; `Server::run`
 //!    documents shutdown. The relay faces the open internet, so every resource a stranger can make

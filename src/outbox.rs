@@ -54,14 +54,23 @@
 //! dropped (so a closed queue is noticed too). An `unpark` that comes before the `park` is not
 //! lost: the thread keeps one wake-up token, and its next `park` returns at once, after which the
 //! writer looks at its queues again.
+//! ## File data that never enters this process ([`Bulk::File`])
+//!
+//! On a plaintext connection the relay does not read a stored file to send it: its download
+//! thread queues [`FileSlice`]s (an open file, an offset, a length), and this loop writes each as
+//! a chunk header followed by the file's bytes, which the kernel moves from the page cache into
+//! the socket itself (`sendfile`, see [`crate::wire::send_file_slice`]). The writer still owns the
+//! socket alone: the download thread only says *what* to send. Pieces and pacing work the same as
+//! for chunks in memory, and the receiver sees the same frames either way.
 //!
 //! The loop ends when the urgent queue's senders are all gone and it is empty (the relay's hub
 //! says "finish up" by dropping its sender), or when [`Urgent::Finish`] arrives on it (the client
 //! says it that way, because its reader thread holds a sender too, so its queue never closes by
 //! itself). A bulk queue whose senders are gone is simply ignored from then on.
 
-use std::io::{self, IoSlice, Write};
-use std::sync::{Mutex, MutexGuard};
+use std::fs::File;
+use std::io::{self, BufWriter, IoSlice, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -69,6 +78,7 @@ use crossbeam_channel::{never, Receiver, SendError, Sender, TryRecvError, TrySen
 
 use crate::frame;
 use crate::tuning::spin;
+use crate::wire::Stream;
 
 /// The sending end of one of a writer's queues: a bounded crossbeam [`Sender`] that wakes the
 /// writer thread after each send, and when it is dropped (see the module docs, "How a writer
@@ -132,7 +142,59 @@ impl<T> std::fmt::Debug for ToWriter<T> {
 /// One thing to write.
 enum Item<U> {
     Urgent(U),
-    Bulk(Vec<u8>),
+    Bulk(Bulk),
+}
+
+/// What a bulk queue carries: file data, and answers that must stay in order with it.
+#[derive(Debug)]
+pub enum Bulk {
+    /// An encoded frame: a file chunk read into memory, an upload answer, a Pong, ...
+    Frame(Vec<u8>),
+    /// A chunk frame whose data is still in a file (see the module docs).
+    File(FileSlice),
+}
+
+/// Chunk frames of `kind` (`UploadChunk` or `DownloadChunk`) for transfer `id`, whose data is
+/// `len` bytes of `file` starting at `offset`, at most `frame_data` bytes per frame. Cheap to
+/// queue: the file is shared, not copied, so one slice can cover many chunks.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    pub kind: u8,
+    pub id: u64,
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: u64,
+    pub frame_data: usize,
+}
+
+/// Lets a queue of plain frames (the client's) feed [`pump`] unchanged.
+impl From<Vec<u8>> for Bulk {
+    fn from(bytes: Vec<u8>) -> Bulk {
+        Bulk::Frame(bytes)
+    }
+}
+
+/// What [`pump`] writes into: bytes, and a header followed by a slice of a file.
+pub trait FileWrite: Write {
+    /// Writes `header`, then `len` bytes of `file` from `offset`.
+    fn write_file_slice(&mut self, header: &[u8], file: &File, offset: u64, len: usize) -> io::Result<()>;
+}
+
+/// A writer thread's buffered stream: what is buffered goes first, then the stream sends the
+/// header and the slice its own way ([`Stream::write_file_slice`]: `sendfile` on plain TCP).
+impl<S: Stream> FileWrite for BufWriter<S> {
+    fn write_file_slice(&mut self, header: &[u8], file: &File, offset: u64, len: usize) -> io::Result<()> {
+        self.flush()?;
+        self.get_mut().write_file_slice(header, file, offset, len)
+    }
+}
+
+/// In-memory output (tests): the slice is read and appended.
+impl FileWrite for Vec<u8> {
+    fn write_file_slice(&mut self, header: &[u8], file: &File, offset: u64, len: usize) -> io::Result<()> {
+        self.extend_from_slice(header);
+        crate::wire::copy_file_slice(file, offset, len, self)
+    }
 }
 
 enum Polled<U> {
@@ -220,10 +282,10 @@ pub struct Heartbeat {
 /// Writes from both queues until the urgent queue is closed and drained. Flushes `out` whenever
 /// both queues are momentarily empty (so a burst becomes few system calls, and a lone frame
 /// still leaves at once) and before returning.
-pub fn pump<W: Write, U: UrgentItem>(
+pub fn pump<W: FileWrite, U: UrgentItem, B: Into<Bulk>>(
     out: &mut W,
     urgent: &Receiver<U>,
-    bulk: Receiver<Vec<u8>>,
+    bulk: Receiver<B>,
     options: &Options,
 ) -> io::Result<()> {
     pump_sharing(out, urgent, bulk, options, None)
@@ -231,10 +293,10 @@ pub fn pump<W: Write, U: UrgentItem>(
 
 /// [`pump`], taking `turn` (see the module docs) from before it takes anything from a queue
 /// until it has flushed what it took; it never holds it while it sleeps on the queues.
-pub fn pump_sharing<W: Write, U: UrgentItem>(
+pub fn pump_sharing<W: FileWrite, U: UrgentItem, B: Into<Bulk>>(
     out: &mut W,
     urgent: &Receiver<U>,
-    bulk: Receiver<Vec<u8>>,
+    bulk: Receiver<B>,
     options: &Options,
     turn: Option<&Mutex<()>>,
 ) -> io::Result<()> {
@@ -265,8 +327,8 @@ pub fn pump_sharing<W: Write, U: UrgentItem>(
                 // `poll` never hands out a Finish; kept total for the type's sake.
                 None => return out.flush(),
             },
-            Item::Bulk(bytes) => {
-                if let Between::Finish = write_bulk(out, &bytes, urgent, options.piece, &mut beat)? {
+            Item::Bulk(bulk) => {
+                if let Between::Finish = write_bulk(out, bulk, urgent, options.piece, &mut beat)? {
                     return out.flush();
                 }
             }
@@ -303,18 +365,22 @@ enum Between {
     Finish,
 }
 
-/// Writes one bulk frame. A file chunk with more than `piece` data bytes goes out as several
+/// Writes one bulk item. A file chunk with more than `piece` data bytes goes out as several
 /// chunk frames, and urgent frames queued meanwhile are written between them.
-fn write_bulk<W: Write, U: UrgentItem>(
+fn write_bulk<W: FileWrite, U: UrgentItem>(
     out: &mut W,
-    bytes: &[u8],
+    bulk: Bulk,
     urgent: &Receiver<U>,
     piece: usize,
     beat: &mut Beat<'_>,
 ) -> io::Result<Between> {
-    let parts = frame::chunk_parts(bytes).filter(|(_, _, data)| piece > 0 && data.len() > piece);
+    let bytes = match bulk {
+        Bulk::Frame(bytes) => bytes,
+        Bulk::File(slice) => return write_file_slice(out, &slice, urgent, piece, beat),
+    };
+    let parts = frame::chunk_parts(&bytes).filter(|(_, _, data)| piece > 0 && data.len() > piece);
     let Some((kind, id, data)) = parts else {
-        out.write_all(bytes)?;
+        out.write_all(&bytes)?;
         return Ok(Between::Nothing);
     };
     let mut pieces = data.chunks(piece).peekable();
@@ -324,22 +390,59 @@ fn write_bulk<W: Write, U: UrgentItem>(
         if pieces.peek().is_none() {
             break;
         }
-        // The point of the pieces: whatever chat is waiting goes now, not after the chunk. (So
-        // does a heartbeat that fell due: on a very slow link one chunk can take longer than
-        // the heartbeat's period.)
-        beat.write_if_due(out)?;
-        loop {
-            match urgent.try_recv() {
-                Ok(item) => match item.frame() {
-                    Some(bytes) => out.write_all(bytes)?,
-                    None => return Ok(Between::Finish),
-                },
-                Err(TryRecvError::Disconnected) => return Ok(Between::Finish),
-                Err(TryRecvError::Empty) => break,
+        if let Between::Finish = between_pieces(out, urgent, beat)? {
+            return Ok(Between::Finish);
+        }
+    }
+    Ok(Between::Nothing)
+}
+
+/// Writes chunks whose data is in a file, in pieces like [`write_bulk`]. Once a piece's header
+/// is out, its data must follow: a file that turns out shorter fails the whole connection
+/// (the receiver could not tell where the frame ends otherwise).
+fn write_file_slice<W: FileWrite, U: UrgentItem>(
+    out: &mut W,
+    slice: &FileSlice,
+    urgent: &Receiver<U>,
+    piece: usize,
+    beat: &mut Beat<'_>,
+) -> io::Result<Between> {
+    let frame_data = slice.frame_data.clamp(1, frame::MAX_CHUNK_DATA);
+    let piece = if piece == 0 { frame_data } else { piece.min(frame_data) };
+    let (mut at, end) = (slice.offset, slice.offset + slice.len);
+    while at < end {
+        let len = piece.min(usize::try_from(end - at).unwrap_or(usize::MAX));
+        let header = frame::chunk_header(slice.kind, slice.id, len).map_err(io::Error::other)?;
+        out.write_file_slice(&header, &slice.file, at, len)?;
+        at += len as u64;
+        if at < end {
+            if let Between::Finish = between_pieces(out, urgent, beat)? {
+                return Ok(Between::Finish);
             }
         }
     }
     Ok(Between::Nothing)
+}
+
+/// Between two pieces of a chunk: the point of the pieces. Whatever chat is waiting goes now,
+/// not after the chunk. (So does a heartbeat that fell due: on a very slow link one chunk can
+/// take longer than the heartbeat's period.)
+fn between_pieces<W: Write, U: UrgentItem>(
+    out: &mut W,
+    urgent: &Receiver<U>,
+    beat: &mut Beat<'_>,
+) -> io::Result<Between> {
+    beat.write_if_due(out)?;
+    loop {
+        match urgent.try_recv() {
+            Ok(item) => match item.frame() {
+                Some(bytes) => out.write_all(bytes)?,
+                None => return Ok(Between::Finish),
+            },
+            Err(TryRecvError::Disconnected) => return Ok(Between::Finish),
+            Err(TryRecvError::Empty) => return Ok(Between::Nothing),
+        }
+    }
 }
 
 /// `write_all` for several buffers at once: one `writev` system call when the socket takes it
@@ -357,7 +460,7 @@ fn write_all_vectored<W: Write>(out: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io
 }
 
 /// One look at both queues, urgent first.
-fn poll<U: UrgentItem>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Polled<U> {
+fn poll<U: UrgentItem, B: Into<Bulk>>(urgent: &Receiver<U>, bulk: &mut Receiver<B>) -> Polled<U> {
     match urgent.try_recv() {
         Ok(item) if item.frame().is_none() => return Polled::Finished,
         Ok(item) => return Polled::Item(Item::Urgent(item)),
@@ -365,7 +468,7 @@ fn poll<U: UrgentItem>(urgent: &Receiver<U>, bulk: &mut Receiver<Vec<u8>>) -> Po
         Err(TryRecvError::Empty) => {}
     }
     match bulk.try_recv() {
-        Ok(bytes) => Polled::Item(Item::Bulk(bytes)),
+        Ok(item) => Polled::Item(Item::Bulk(item.into())),
         Err(TryRecvError::Disconnected) => {
             *bulk = never();
             Polled::Empty
@@ -389,7 +492,7 @@ fn take_turn(turn: &Mutex<()>) -> MutexGuard<'_, ()> {
 /// fuzzer found a relay's welcome overtaken by an upload answer this way.) The queues are looked
 /// at with `is_empty`, not crossbeam's `Select::try_ready`, which spins and yields before it
 /// answers "nothing".
-fn wait<U>(urgent: &Receiver<U>, bulk: &Receiver<Vec<u8>>, spin: Duration, beat_due: Option<Instant>) {
+fn wait<U, B>(urgent: &Receiver<U>, bulk: &Receiver<B>, spin: Duration, beat_due: Option<Instant>) {
     let has_work = || !urgent.is_empty() || !bulk.is_empty();
     if spin::poll_for(spin, || has_work().then_some(())).is_some() || has_work() {
         return;
@@ -503,6 +606,24 @@ mod tests {
         assert_eq!(writer.join().unwrap(), b"123");
     }
 
+    /// The writer's buffered sink in the test below: file slices never come (no bulk queue
+    /// traffic), so the in-memory way is enough.
+    impl FileWrite for io::BufWriter<Shared> {
+        fn write_file_slice(
+            &mut self,
+            header: &[u8],
+            file: &File,
+            offset: u64,
+            len: usize,
+        ) -> io::Result<()> {
+            self.flush()?;
+            self.get_mut().write_all(header)?;
+            let mut bytes = Vec::new();
+            crate::wire::copy_file_slice(file, offset, len, &mut bytes)?;
+            self.get_mut().write_all(&bytes)
+        }
+    }
+
     /// One byte sink shared by the writer thread and a caller that writes directly.
     #[derive(Clone, Default)]
     struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
@@ -582,6 +703,19 @@ mod tests {
         }
     }
 
+    impl FileWrite for ChatArrives {
+        fn write_file_slice(
+            &mut self,
+            header: &[u8],
+            file: &File,
+            offset: u64,
+            len: usize,
+        ) -> io::Result<()> {
+            self.write_all(header)?;
+            crate::wire::copy_file_slice(file, offset, len, &mut self.out)
+        }
+    }
+
     #[test]
     fn chat_goes_between_the_pieces_of_a_chunk() {
         use crate::frame::{decode, encode_to_vec, Frame};
@@ -614,5 +748,43 @@ mod tests {
         let piece =
             |range: std::ops::Range<usize>| Frame::DownloadChunk { file_id: 5, data: data[range].to_vec() };
         assert_eq!(frames, vec![piece(0..100), Frame::say("hi"), piece(100..200), piece(200..300)]);
+    }
+
+    #[test]
+    fn a_file_slice_goes_out_as_the_same_chunk_frames_with_chat_between_pieces() {
+        use crate::frame::{decode, encode_to_vec, Frame, DOWNLOAD_CHUNK};
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("relaychat-outbox-slice-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let _ = std::fs::remove_file(&path); // the open file stays readable
+        let chat = encode_to_vec(&Frame::say("hi")).unwrap();
+        let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
+        let (to_bulk, bulk) = bounded::<Bulk>(8);
+        // Bytes 100..400 of the file, as a chunk of file 5, in pieces of 100.
+        let slice = FileSlice { kind: DOWNLOAD_CHUNK, id: 5, file, offset: 100, len: 300, frame_data: 1000 };
+        to_bulk.send(Bulk::File(slice)).unwrap();
+        drop(to_bulk);
+        let options = Options { piece: 100, ..Options::default() };
+        let (give_writer, writer_sink) = bounded::<ChatArrives>(1);
+        let writer = std::thread::spawn(move || {
+            let mut out = writer_sink.recv().unwrap();
+            pump(&mut out, &urgent, bulk, &options).unwrap();
+            out.out
+        });
+        let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
+        give_writer.send(ChatArrives { out: Vec::new(), inject: Some((to_urgent.clone(), chat)) }).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(to_urgent);
+        let bytes = writer.join().unwrap();
+        let mut frames = Vec::new();
+        let mut rest = &bytes[..];
+        while let Some((frame, used)) = decode(rest).unwrap() {
+            frames.push(frame);
+            rest = &rest[used..];
+        }
+        let piece =
+            |range: std::ops::Range<usize>| Frame::DownloadChunk { file_id: 5, data: data[range].to_vec() };
+        assert_eq!(frames, vec![piece(100..200), Frame::say("hi"), piece(200..300), piece(300..400)]);
     }
 }

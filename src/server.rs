@@ -125,6 +125,9 @@ pub struct ServerConfig {
     /// Also serve clients that speak plaintext (`--allow-plaintext`). Off by default: then a
     /// plaintext hello gets a `TlsRequired` error.
     pub allow_plaintext: bool,
+    /// Send stored files to plaintext clients with `sendfile` (no copy through this process;
+    /// see `server/transfer.rs`). On by default; off reads them into chunks, as over TLS.
+    pub sendfile: bool,
     /// File size, quota and free-space limits.
     pub limits: StoreLimits,
     /// Data bytes per download chunk frame. Default [`DEFAULT_CHUNK`].
@@ -194,6 +197,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("relay-data"),
             tls_files: None,
             allow_plaintext: false,
+            sendfile: true,
             limits: StoreLimits::default(),
             chunk_size: DEFAULT_CHUNK,
             corrupt_download_chunk: None,

@@ -443,3 +443,56 @@ fn expired_files_are_deleted_and_their_recipients_told() {
     });
     assert!(next, "the expiry notice came a second time");
 }
+
+/// Reads one download from a raw (plaintext) connection: its chunks' data, until DownloadEnd.
+fn raw_download(raw: &mut common::Raw, file_id: u64, offset: u64) -> (Vec<u8>, usize) {
+    raw.send(&Frame::Download { file_id, offset });
+    let (mut data, mut chunks) = (Vec::new(), 0);
+    loop {
+        match raw.recv() {
+            Frame::DownloadChunk { file_id: id, data: piece } if id == file_id => {
+                assert!(!piece.is_empty() && piece.len() <= 64 * 1024, "paced pieces of at most 64 KiB");
+                data.extend_from_slice(&piece);
+                chunks += 1;
+            }
+            Frame::DownloadEnd { file_id: id } if id == file_id => return (data, chunks),
+            Frame::Chat { .. } | Frame::Joined { .. } | Frame::Left { .. } | Frame::Online { .. } => {}
+            other => panic!("unexpected frame during a download: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_plaintext_download_is_sent_from_the_file_and_resumes_from_any_offset() {
+    // A plaintext connection gets its chunks by sendfile (the writer sends slices of the stored
+    // file); the frames must be the same as the copying path's (--no-sendfile), from any offset.
+    for sendfile in [true, false] {
+        plaintext_download_from_offsets(ServerConfig { sendfile, ..ServerConfig::default() });
+    }
+}
+
+fn plaintext_download_from_offsets(config: ServerConfig) {
+    let server = TestServer::start_with(config);
+    let mut bob = server.raw_joined("bob", "lobby");
+    let alice = server.client("alice", "lobby");
+    let src = TempDir::new("src");
+    let size = 3 * DEFAULT_CHUNK + 12_345;
+    let path = random_file(&src.path, "slices.bin", size, 42);
+    let whole = fs::read(&path).unwrap();
+    alice.send_file(&path, Some("bob")).unwrap();
+    wait_uploaded(&alice, "slices.bin");
+    let info = loop {
+        if let Frame::NewFile(info) = bob.recv() {
+            break info;
+        }
+    };
+    let (data, chunks) = raw_download(&mut bob, info.file_id, 0);
+    assert_eq!(data.len(), size);
+    assert!(data == whole, "the bytes from offset 0");
+    assert!(chunks >= size / (64 * 1024), "sent in pieces, with room for chat between them");
+    for offset in [1, 65_535, DEFAULT_CHUNK as u64 + 7, size as u64 - 1, size as u64] {
+        let (data, _) = raw_download(&mut bob, info.file_id, offset);
+        assert!(data == whole[offset as usize..], "the bytes from offset {offset}");
+    }
+    bob.send(&Frame::Goodbye);
+}

@@ -27,7 +27,12 @@ pub const UNLIMITED_RATES: [&str; 8] =
 /// address. Its log is drained on a thread (so it never blocks on a full pipe), and anything
 /// above INFO is shown.
 pub fn start_relay(args: &[&str]) -> (Relay, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+    start_relay_binary(std::path::Path::new(env!("CARGO_BIN_EXE_server")), args)
+}
+
+/// [`start_relay`] with another build's `server` binary (the files benchmark's `--before`).
+pub fn start_relay_binary(binary: &std::path::Path, args: &[&str]) -> (Relay, String) {
+    let mut child = Command::new(binary)
         .args(["--bind", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")

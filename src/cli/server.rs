@@ -129,6 +129,10 @@ pub struct ServerCli {
     /// included, can be read by anyone on the way: for lessons and local tests only.
     #[arg(long)]
     pub allow_plaintext: bool,
+    /// Send files to plaintext clients by reading them into memory, as over TLS, instead of with
+    /// sendfile (which hands them to the socket without a copy). For comparing the two.
+    #[arg(long)]
+    pub no_sendfile: bool,
 }
 
 /// A size that fits a `u32` (a rate per second).
@@ -173,6 +177,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         max_per_address: cli.max_per_address.max(1),
         tls_files: cli.tls_cert.zip(cli.tls_key),
         allow_plaintext: cli.allow_plaintext,
+        sendfile: !cli.no_sendfile,
         ..ServerConfig::default()
     };
     if cli.fingerprint {

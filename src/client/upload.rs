@@ -5,6 +5,11 @@
 //! (`UploadEnd`) and wait for `UploadDone`. Chunks go into the writer's short bulk queue, so this
 //! thread blocks whenever the network is slower than the disk, and memory stays flat.
 //!
+//! Reading the file and hashing it are two stages on two threads (a read-ahead thread per file
+//! feeds this one through a short bounded channel), and the writer thread is a third: while one
+//! chunk is being read, the one before it is hashed and the one before that is on the wire, so
+//! the client's cores share the work instead of taking turns.
+//!
 //! Resume works by a key: a hash of the file's path, size, modification time and recipient. Sending
 //! the same file again, after the client was killed or the connection dropped, gives the same key,
 //! and the relay answers with the offset it already has.
@@ -14,9 +19,10 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use sha2::{Digest, Sha256};
 
 use super::{Direction, Event, PROGRESS_EVERY};
@@ -116,7 +122,8 @@ impl Uploader {
         }
     }
 
-    /// Sends the bytes from `offset` to `size` as chunk frames.
+    /// Sends the bytes from `offset` to `size` as chunk frames. A read-ahead thread reads the
+    /// file (see [`read_ahead`]); this thread hashes each chunk and hands it to the writer.
     fn stream(
         &self,
         file: &mut File,
@@ -127,6 +134,31 @@ impl Uploader {
         hasher: &mut Sha256,
     ) -> Result<(), Stop> {
         let chunk = self.chunk.clamp(1, MAX_CHUNK_DATA);
+        // Bounded and short: the reader stays at most this many chunks ahead, so memory is flat
+        // however big the file, and a slow network stops the reading too.
+        let (to_hasher, chunks) = bounded::<io::Result<Vec<u8>>>(READ_AHEAD);
+        thread::scope(|scope| {
+            let reader = thread::Builder::new()
+                .name("client-read".into())
+                .spawn_scoped(scope, move || read_ahead(file, size - offset, chunk, to_hasher))
+                .map_err(|e| Stop::Failed(format!("cannot start a thread: {e}")))?;
+            let sent = self.send_chunks(&chunks, upload_id, offset, size, name, hasher);
+            // Dropping the receiver wakes a reader blocked on a full channel; then it ends.
+            drop(chunks);
+            let _ = reader.join();
+            sent
+        })
+    }
+
+    fn send_chunks(
+        &self,
+        chunks: &Receiver<io::Result<Vec<u8>>>,
+        upload_id: u64,
+        offset: u64,
+        size: u64,
+        name: &str,
+        hasher: &mut Sha256,
+    ) -> Result<(), Stop> {
         let mut done = offset;
         let mut index = 0u64;
         let mut last_progress = Instant::now();
@@ -138,9 +170,11 @@ impl Uploader {
             if let Ok(Reply::Failed { message, .. }) = self.replies.try_recv() {
                 return Err(Stop::Failed(message));
             }
-            let n = chunk.min(usize::try_from(size - done).unwrap_or(usize::MAX));
-            let mut buf = crate::wire::read_chunk(file, n)
-                .map_err(|e| Stop::Failed(format!("the file changed or cannot be read: {e}")))?;
+            let read =
+                chunks.recv().unwrap_or_else(|_| Err(io::Error::other("the read-ahead thread stopped")));
+            let mut buf =
+                read.map_err(|e| Stop::Failed(format!("the file changed or cannot be read: {e}")))?;
+            let n = buf.len() - CHUNK_HEADER;
             hasher.update(&buf[CHUNK_HEADER..]);
             if self.corrupt_chunk == Some(index) {
                 buf[CHUNK_HEADER] ^= 0xff; // test hook: the relay must notice
@@ -180,6 +214,25 @@ impl Uploader {
                 Err(RecvTimeoutError::Disconnected) => return Err(Stop::Quiet),
             }
         }
+    }
+}
+
+/// Chunks the read-ahead thread may have read and not yet handed over.
+const READ_AHEAD: usize = 2;
+
+/// The read-ahead thread: reads the next `left` bytes of `file` in chunks laid out for a chunk
+/// frame ([`crate::wire::read_chunk`]), and stops at the first error (passed on) or when the
+/// uploader hangs up.
+fn read_ahead(file: &mut File, left: u64, chunk: usize, to_hasher: Sender<io::Result<Vec<u8>>>) {
+    let mut left = left;
+    while left > 0 {
+        let n = chunk.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let read = crate::wire::read_chunk(file, n);
+        let failed = read.is_err();
+        if to_hasher.send(read).is_err() || failed {
+            return;
+        }
+        left -= n as u64;
     }
 }
 

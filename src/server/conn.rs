@@ -32,7 +32,7 @@ use super::throttle::SharedThrottle;
 use super::transfer::DownloadSettings;
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
-use crate::outbox::{self, ToWriter};
+use crate::outbox::{self, Bulk, ToWriter};
 use crate::rules;
 use crate::tls::{TlsStream, TLS_HANDSHAKE_BYTE};
 use crate::wire::{write_frame, FrameReader, Socket, Stream};
@@ -314,7 +314,8 @@ fn joined_phase<S: Stream>(
     // slow). The hub never blocks on it; see `hub/mod.rs` for what happens when it is full.
     let (to_client, from_hub) = bounded::<Outgoing>(config.client_queue);
     // Bounded and short: file chunks wait here, so a download holds at most this many in memory.
-    let (to_writer, from_conn) = bounded::<Vec<u8>>(BULK_QUEUE);
+    // (A plaintext download queues file slices here instead, a few bytes each; see `transfer.rs`.)
+    let (to_writer, from_conn) = bounded::<Bulk>(BULK_QUEUE);
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
     // when the client has closed its side (see `write_loop`).
     let (_reader_alive, reader_gone) = bounded::<()>(0);
@@ -335,8 +336,11 @@ fn joined_phase<S: Stream>(
     let to_writer = ToWriter::new(to_writer, writer.thread().clone());
     let Joiner { name, room, account, token } = joiner;
     if to_hub.send(ToHub::Hello { id, name, room, account, token, to_client }).is_ok() {
-        let settings =
-            DownloadSettings { chunk: config.chunk_size, corrupt_chunk: config.corrupt_download_chunk };
+        let settings = DownloadSettings {
+            chunk: config.chunk_size,
+            corrupt_chunk: config.corrupt_download_chunk,
+            zero_copy: S::SENDS_FILES_WITHOUT_COPY && config.sendfile,
+        };
         Session::new(id, addr, to_hub.clone(), to_writer, settings, info.throttle.clone()).run(&mut reader);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
@@ -362,7 +366,7 @@ fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConf
 fn write_loop<S: Stream>(
     stream: S,
     from_hub: Receiver<Outgoing>,
-    from_conn: Receiver<Vec<u8>>,
+    from_conn: Receiver<Bulk>,
     reader_gone: Receiver<()>,
     linger: Duration,
     options: outbox::Options,

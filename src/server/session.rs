@@ -29,7 +29,7 @@ use super::throttle::{pace, SharedThrottle};
 use super::transfer::{download_loop, DownloadSettings, UploadReceiver};
 use crate::filename;
 use crate::frame::{encode_to_vec, ErrorCode, Frame};
-use crate::outbox::ToWriter;
+use crate::outbox::{Bulk, ToWriter};
 use crate::rules;
 use crate::wire::{FrameReader, ReadError, Stream};
 
@@ -57,7 +57,7 @@ pub(crate) struct Session {
     pub addr: SocketAddr,
     pub to_hub: Sender<ToHub>,
     /// This connection's bulk queue into its writer (upload answers and download chunks).
-    pub to_writer: ToWriter<Vec<u8>>,
+    pub to_writer: ToWriter<Bulk>,
     pub settings: DownloadSettings,
     throttle: SharedThrottle,
     uploads: UploadReceiver,
@@ -69,7 +69,7 @@ impl Session {
         id: ConnId,
         addr: SocketAddr,
         to_hub: Sender<ToHub>,
-        to_writer: ToWriter<Vec<u8>>,
+        to_writer: ToWriter<Bulk>,
         settings: DownloadSettings,
         throttle: SharedThrottle,
     ) -> Session {
@@ -177,7 +177,7 @@ impl Session {
     /// Sends a frame on this connection's own (bulk) queue.
     fn reply(&self, frame: &Frame) -> Flow {
         let Ok(bytes) = encode_to_vec(frame) else { return Flow::Stop };
-        match self.to_writer.send(bytes) {
+        match self.to_writer.send(Bulk::Frame(bytes)) {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop, // the writer is gone
         }

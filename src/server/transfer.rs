@@ -4,17 +4,23 @@
 //! Both run on a connection's own threads, never on the hub, so a slow disk or a big file only
 //! ever slows down the one connection that asked for it. Memory stays flat: an upload holds one
 //! decoded chunk at a time, and a download holds at most the writer's short bulk queue of chunks.
+//!
+//! On a plaintext connection (where the stream can `sendfile`) a download reads nothing at all:
+//! it queues slices of the open file ([`FileSlice`]) and the writer has the kernel send them.
+//! Over TLS the bytes must be encrypted here, so the download thread reads them into chunks, and
+//! reading (this thread) overlaps with encrypting and sending (the writer).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 use sha2::{Digest, Sha256};
 
 use super::store::{DownloadPlan, Refusal, UploadPlan};
 use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEADER, DOWNLOAD_CHUNK};
-use crate::outbox::ToWriter;
+use crate::outbox::{Bulk, FileSlice, ToWriter};
 use crate::sha;
 use crate::sink::Sink;
 
@@ -143,13 +149,16 @@ pub(crate) struct DownloadSettings {
     pub chunk: usize,
     /// Test hook: flip one byte of this chunk number (0-based) of every download.
     pub corrupt_chunk: Option<u64>,
+    /// Queue file slices for the writer to `sendfile` instead of chunks read into memory (true
+    /// on plaintext connections where the stream can; see the module docs).
+    pub zero_copy: bool,
 }
 
 /// The download thread: streams each planned file into the writer's bulk queue, ending with
 /// `DownloadEnd`. Ends when the session drops `jobs`, sets `cancel`, or the writer is gone.
 pub(crate) fn download_loop(
     jobs: Receiver<DownloadPlan>,
-    to_writer: ToWriter<Vec<u8>>,
+    to_writer: ToWriter<Bulk>,
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) {
@@ -162,7 +171,7 @@ pub(crate) fn download_loop(
                 log::warn!("download of file {file_id} failed: {e}");
                 let (code, message) = (ErrorCode::Storage, format!("the relay cannot read the file: {e}"));
                 let frame = Frame::DownloadFailed { file_id, code, message };
-                if to_writer.send(encode_to_vec(&frame).unwrap_or_default()).is_err() {
+                if to_writer.send(Bulk::Frame(encode_to_vec(&frame).unwrap_or_default())).is_err() {
                     return;
                 }
             }
@@ -173,7 +182,7 @@ pub(crate) fn download_loop(
 /// Sends one file. `Ok(false)` when the writer went away or the session cancelled.
 fn send_file(
     plan: &DownloadPlan,
-    to_writer: &ToWriter<Vec<u8>>,
+    to_writer: &ToWriter<Bulk>,
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) -> io::Result<bool> {
@@ -185,23 +194,65 @@ fn send_file(
             format!("stored file is {len} bytes, expected {}", plan.size),
         ));
     }
-    file.seek(SeekFrom::Start(plan.offset))?;
     let chunk = settings.chunk.clamp(1, frame::MAX_CHUNK_DATA);
-    let mut remaining = plan.size - plan.offset;
-    let mut index = 0u64;
-    while remaining > 0 {
-        let n = chunk.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        let mut buf = crate::wire::read_chunk(&mut file, n)?;
-        if settings.corrupt_chunk == Some(index) {
-            buf[CHUNK_HEADER] ^= 0xff;
-        }
-        chunk_frame(&mut buf, DOWNLOAD_CHUNK, plan.file_id).map_err(io::Error::other)?;
-        if cancel.load(Ordering::SeqCst) || to_writer.send(buf).is_err() {
+    // The test hook needs the bytes in memory, to flip one: it takes the reading path.
+    if settings.zero_copy && settings.corrupt_chunk.is_none() {
+        if !queue_slices(plan, Arc::new(file), chunk, to_writer, cancel) {
             return Ok(false);
         }
-        remaining -= n as u64;
-        index += 1;
+    } else {
+        file.seek(SeekFrom::Start(plan.offset))?;
+        let mut remaining = plan.size - plan.offset;
+        let mut index = 0u64;
+        while remaining > 0 {
+            let n = chunk.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let mut buf = crate::wire::read_chunk(&mut file, n)?;
+            if settings.corrupt_chunk == Some(index) {
+                buf[CHUNK_HEADER] ^= 0xff;
+            }
+            chunk_frame(&mut buf, DOWNLOAD_CHUNK, plan.file_id).map_err(io::Error::other)?;
+            if cancel.load(Ordering::SeqCst) || to_writer.send(Bulk::Frame(buf)).is_err() {
+                return Ok(false);
+            }
+            remaining -= n as u64;
+            index += 1;
+        }
     }
     let end = encode_to_vec(&Frame::DownloadEnd { file_id: plan.file_id }).map_err(io::Error::other)?;
-    Ok(to_writer.send(end).is_ok())
+    Ok(to_writer.send(Bulk::Frame(end)).is_ok())
+}
+
+/// Chunks of the file one slice covers. A slice costs no memory however long it is, so it is
+/// long: the writer cuts it into frames itself, and this thread wakes once per 4 MiB instead of
+/// once per chunk (a sender waiting on a full crossbeam channel spins and yields a little before
+/// it sleeps, CPU the writer and the receiving client could use).
+const CHUNKS_PER_SLICE: u64 = 16;
+
+/// Queues the rest of the file as slices for the writer to `sendfile`. False when the writer
+/// went away or the session cancelled.
+fn queue_slices(
+    plan: &DownloadPlan,
+    file: Arc<File>,
+    chunk: usize,
+    to_writer: &ToWriter<Bulk>,
+    cancel: &AtomicBool,
+) -> bool {
+    let span = chunk as u64 * CHUNKS_PER_SLICE;
+    let mut at = plan.offset;
+    while at < plan.size {
+        let len = span.min(plan.size - at);
+        let slice = FileSlice {
+            kind: DOWNLOAD_CHUNK,
+            id: plan.file_id,
+            file: file.clone(),
+            offset: at,
+            len,
+            frame_data: chunk,
+        };
+        if cancel.load(Ordering::SeqCst) || to_writer.send(Bulk::File(slice)).is_err() {
+            return false;
+        }
+        at += len;
+    }
+    true
 }
