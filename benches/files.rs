@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench files                   # 1 GiB, 3 rounds, about 5 minutes
+//! cargo bench --bench files -- --no-sendfile-too --before DIR    # what README's run F ran
 //! cargo bench --bench files -- --quick        # 64 MiB, 1 round, no pauses: a smoke run
 //! cargo bench --bench files -- --size-mib 2048 --rounds 1
 //! cargo bench --bench files -- --before /work/wt-files-base/target/release   # old vs new
@@ -18,8 +19,8 @@
 //!   (`TCP-LISTEN`) and TLS (`OPENSSL-LISTEN`), in the same direction as the step it is compared
 //!   with. Every step of a round is interleaved with its baseline; medians are reported, and each
 //!   relaychat median is divided by its own baseline's median.
-//! - The plaintext steps also run on a second relay of this build with `--no-sendfile` (skip it
-//!   with `--only-sendfile`): downloads read into memory, as over TLS, against sendfile.
+//! - `--no-sendfile-too` also runs the plaintext steps on a second relay of this build with
+//!   `--no-sendfile`: downloads read into memory, as over TLS, against sendfile.
 //! - `--before DIR` also runs the `server` and `client` binaries found in DIR (an older build) in
 //!   every round, on a relay of their own, so old and new meet the same machine.
 //! - Memory: VmHWM (peak RSS) of each relay and of each client process, sampled from /proc.
@@ -59,7 +60,7 @@ fn main() {
     let rounds: usize = flag_value(&args, "--rounds").unwrap_or(if quick { 1 } else { 3 });
     let settle = Duration::from_secs(flag_value(&args, "--settle").unwrap_or(if quick { 0 } else { 10 }));
     let before: Option<PathBuf> = flag_value(&args, "--before");
-    let skip_no_sendfile = args.iter().any(|a| a == "--only-sendfile");
+    let skip_no_sendfile = !args.iter().any(|a| a == "--no-sendfile-too");
     let plan = Plan { size: size_mib * MIB, rounds, settle, before, skip_no_sendfile };
     let result = std::panic::catch_unwind(|| run(&work, &plan, sweep));
     let _ = fs::remove_dir_all(&work);

@@ -220,6 +220,15 @@ impl Stream for Socket {
     fn shutdown_write(&self) -> io::Result<()> {
         self.0.shutdown(Shutdown::Write)
     }
+
+    // The relay's plaintext downloads go out by `sendfile` through the shared socket, exactly as
+    // through a `TcpStream` of its own.
+    const SENDS_FILES_WITHOUT_COPY: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn write_file_slice(&mut self, header: &[u8], file: &File, offset: u64, len: usize) -> io::Result<()> {
+        send_file_slice(&self.0, header, file, offset, len)
+    }
 }
 
 /// A kill switch for one stream. Calling [`Closer::close`] makes every blocked `read` on the stream
@@ -469,6 +478,16 @@ pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::frame::encode_to_vec;
+
+    #[test]
+    fn the_relays_shared_socket_sends_files_the_way_a_tcp_stream_does() {
+        // The relay serves plaintext through `Socket`; a default `Stream` method here would
+        // silently turn sendfile off for every download (it did, for a while).
+        assert_eq!(
+            <Socket as Stream>::SENDS_FILES_WITHOUT_COPY,
+            <TcpStream as Stream>::SENDS_FILES_WITHOUT_COPY
+        );
+    }
 
     #[test]
     fn an_announced_frame_gets_room_as_its_bytes_arrive_not_at_once() {
