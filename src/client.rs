@@ -20,13 +20,14 @@
 //!   [`crate::outbox`]). The send queue is the design card's crossbeam queue: typing never waits
 //!   for the network. File chunks travel in the short *bulk* queue behind it, so a line of chat
 //!   overtakes a file in progress.
-//! - **except when the line is free.** Waking the writer to send one line costs a thread
-//!   wake-up, tens of microseconds on a small VM, on every line. So when nothing is queued, no
-//!   file is on its way and the writer is asleep, [`Client::send_text`] writes the frame to the
-//!   socket itself, on the caller's thread, with a clone of the socket kept for that
-//!   (`client/direct.rs`). The writer and the callers take turns (a `Mutex<()>`, see
-//!   [`crate::outbox::pump_sharing`]), so frames still leave one whole frame at a time and in
-//!   order.
+//! - **except, if asked, when the line is free.** Waking the writer to send one line costs a
+//!   thread wake-up, tens of microseconds on a small VM, on every line. So with
+//!   [`ClientConfig::direct_writes`], when nothing is queued, no file is on its way and the
+//!   writer is asleep, [`Client::send_text`] writes the frame to the socket itself, on the
+//!   caller's thread, with a clone of the socket kept for that (`client/direct.rs`). The writer
+//!   and the callers take turns (a `Mutex<()>`, see [`crate::outbox::pump_sharing`]), so frames
+//!   still leave one whole frame at a time and in order. The terminal client asks for it; the
+//!   default is off (see the field's docs for why).
 //! - the **reader** owns the socket, decodes frames and turns them into [`Event`]s. It also writes
 //!   downloaded chunks straight to disk (`client/download.rs`), so file data never piles up in a queue.
 //!   The event queue is bounded: if the program stops reading events, the reader stops reading the
@@ -125,6 +126,16 @@ pub struct ClientConfig {
     /// TLS and whom to trust (the default: TLS, trusting only what a CA vouches for; see
     /// `client/trust.rs`), or plaintext.
     pub security: Security,
+    /// Let [`Client::send_text`] write a frame on the caller's thread when the writer has
+    /// nothing to do, instead of waking the writer (`client/direct.rs`). It saves a thread
+    /// wake-up per line when the caller goes straight back to waiting for something else, as
+    /// the terminal client's keyboard thread does (back to reading stdin). A caller that stays
+    /// busy right after sending can instead hold up the relay's thread the write just woke, if
+    /// the kernel puts that thread on the caller's CPU. Through the library
+    /// (`benches/latency.rs`, whose loop waits on `events()` at once) it showed no clear gain:
+    /// between 15 µs better and 15 µs worse at the median from one session to the next. So it
+    /// is off unless asked for. Default `false`.
+    pub direct_writes: bool,
     /// Handle the reader's events on its own thread instead of queueing them ([`EventHook`]).
     /// Default `None`: every event is queued for [`Client::events`].
     pub on_event: Option<EventHook>,
@@ -174,6 +185,7 @@ impl ClientConfig {
             idle_timeout: IDLE_TIMEOUT,
             pacing: Pacing::DEFAULT,
             security: Security::default(),
+            direct_writes: false,
             on_event: None,
         }
     }
@@ -192,8 +204,9 @@ pub struct Client {
     room: String,
     /// The send queue. `close` sends the empty "finish" buffer on it (see [`crate::outbox`]).
     to_writer: ToWriter<Urgent>,
-    /// Writing a frame at once, on the caller's thread, when the writer has nothing to do.
-    direct: Direct,
+    /// Writing a frame at once, on the caller's thread, when the writer has nothing to do
+    /// (only with [`ClientConfig::direct_writes`]).
+    direct: Option<Direct>,
     /// Files to upload; `None` once closing.
     to_uploader: Option<Sender<upload::Job>>,
     /// Receive requests for the reader.
@@ -266,7 +279,6 @@ impl Client {
         let (name, room) = handshake(&mut reader, config)?;
         let closer = reader.get_ref().closer().map_err(hs)?;
         let write_half = reader.get_ref().try_clone_stream().map_err(hs)?;
-        let direct_half = reader.get_ref().try_clone_stream().map_err(hs)?;
         let turn = Arc::new(Mutex::new(()));
 
         let (to_writer, from_app) = bounded(SEND_QUEUE);
@@ -285,11 +297,14 @@ impl Client {
             heartbeat: Some(Heartbeat { every: config.ping_every, frame: ping }),
             piece: config.pacing.piece,
         };
-        let direct = Direct {
-            turn: turn.clone(),
-            out: Mutex::new(Box::new(direct_half)),
-            bulk: from_bulk.clone(),
-            closer: reader.get_ref().closer().map_err(hs)?,
+        let direct = match config.direct_writes {
+            false => None,
+            true => Some(Direct {
+                turn: turn.clone(),
+                out: Mutex::new(Box::new(reader.get_ref().try_clone_stream().map_err(hs)?)),
+                bulk: from_bulk.clone(),
+                closer: reader.get_ref().closer().map_err(hs)?,
+            }),
         };
         let mut threads = Vec::new();
         let writer =
@@ -440,11 +455,11 @@ impl Client {
         self.queue(&Frame::ListFiles)
     }
 
-    /// Sends a frame: at once on this thread if the writer has nothing to do (see `Direct`),
-    /// else through the send queue.
+    /// Sends a frame: at once on this thread if that is allowed and the writer has nothing to do
+    /// (see `Direct`), else through the send queue.
     fn queue(&self, frame: &Frame) -> Result<(), ClientError> {
         let bytes = encode_to_vec(frame).map_err(ClientError::Encode)?;
-        if self.direct.try_write(&bytes, &self.to_writer) {
+        if self.direct.as_ref().is_some_and(|direct| direct.try_write(&bytes, &self.to_writer)) {
             return Ok(());
         }
         self.to_writer.send(Urgent::Frame(bytes)).map_err(|_| ClientError::Disconnected)

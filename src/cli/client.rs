@@ -214,6 +214,9 @@ fn client_config(
     config.ping_every = config.idle_timeout / 3;
     // Receipts let the interactive client resend what the relay had not stored when it went away.
     config.receipts = true;
+    // The keyboard thread goes straight back to reading stdin after a line: it may write the
+    // line itself instead of waking the writer (see `ClientConfig::direct_writes`).
+    config.direct_writes = true;
     config.security = security(&cli.conn, can_ask)?;
     // Test hook (tests/file_binaries.rs, tests/links.rs): slow uploads down so they can be cut.
     config.chunk_delay = cli.conn.test_chunk_delay_ms.map(std::time::Duration::from_millis);
