@@ -39,13 +39,13 @@ fn recv_until(raw: &mut Raw, what: &str, mut pick: impl FnMut(&Frame) -> bool) -
     panic!("no {what} in 200 frames; saw {seen:?}");
 }
 
-/// True when nothing at all arrives on `raw` for `quiet`.
-fn stays_quiet(raw: &mut Raw, quiet: Duration) -> Result<(), Frame> {
+/// What arrived on `raw` within `quiet`, if anything: `None` when it stayed quiet.
+fn stays_quiet(raw: &mut Raw, quiet: Duration) -> Option<Frame> {
     raw.reader.get_ref().set_read_timeout(Some(quiet)).unwrap();
     let result = match raw.reader.read_frame() {
-        Ok(Some(frame)) => Err(frame),
+        Ok(Some(frame)) => Some(frame),
         Ok(None) => panic!("closed"),
-        Err(ReadError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(()),
+        Err(ReadError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
         Err(e) => panic!("read failed: {e}"),
     };
     raw.reader.get_ref().set_read_timeout(Some(WAIT)).unwrap();
@@ -125,7 +125,7 @@ fn a_quiet_big_room_sends_one_count_and_then_nothing_and_costs_no_cpu() {
     recv_until(first, "a Crowd of 12", |f| matches!(f, Frame::Crowd { online: 12, .. }));
     let cpu = process_cpu();
     let started = Instant::now();
-    assert_eq!(stays_quiet(first, Duration::from_secs(3)), Ok(()), "a count with no change");
+    assert_eq!(stays_quiet(first, Duration::from_secs(3)), None, "a count with no change");
     let used = process_cpu() - cpu;
     let share = used / started.elapsed().as_secs_f64();
     assert!(share < 0.05, "the idle relay used {:.0}% of a CPU", share * 100.0);
@@ -170,7 +170,7 @@ fn a_takeover_in_a_big_room_counts_once() {
     drop(old);
     let count = recv_until(&mut observer, "the takeover's count", |f| matches!(f, Frame::Crowd { .. }));
     assert_eq!(count, Frame::Crowd { room: "hall".into(), online: 8, joined: 1, left: 1 });
-    assert_eq!(stays_quiet(&mut observer, Duration::from_millis(2500)), Ok(()), "counted twice");
+    assert_eq!(stays_quiet(&mut observer, Duration::from_millis(2500)), None, "counted twice");
 }
 
 /// Measurement for the report: what one connection can make the relay send with Who in a big
