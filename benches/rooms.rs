@@ -151,7 +151,7 @@ type Arrivals = Vec<(u32, Instant)>;
 
 fn run(s: &Scenario) {
     println!("\n== {}", s.label);
-    if let Some(cap) = thread_cap().filter(|&cap| cap < s.clients + 100) {
+    if let Some(cap) = relaychat::server::thread_cap().filter(|&cap| cap < s.clients + 100) {
         println!(
             "SKIP: this machine's thread limits allow the relay {cap} connections (it budgets 4 threads \
              each, 4 memory mappings a thread); raise them with `sysctl vm.max_map_count=262144 \
@@ -582,13 +582,6 @@ fn raise_fd_limit() {
     if let Ok((soft, _)) = Resource::NOFILE.get() {
         println!("open-file limit: {soft}");
     }
-}
-
-/// The relay's connection cap from the machine's thread limits, as `server/accept.rs` works it out.
-fn thread_cap() -> Option<usize> {
-    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<usize>().ok();
-    let threads = (read("/proc/sys/vm/max_map_count")? / 4).min(read("/proc/sys/kernel/pid_max")?);
-    Some(threads.saturating_sub(64) / 4)
 }
 
 /// The relay's CPU time so far (user + system), in clock ticks (/proc/PID/stat fields 14 and 15).

@@ -39,6 +39,9 @@ mod transfer;
 
 pub use crate::frame::{DEFAULT_CHUNK, DEFAULT_PORT};
 pub use crate::tuning::memory::tune_allocator;
+/// The connection cap this machine's thread limits allow (the relay applies it at start; the
+/// room benchmark asks it before starting a scenario the machine cannot hold).
+pub use accept::thread_cap;
 pub use store::StoreLimits;
 
 use std::io;

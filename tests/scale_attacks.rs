@@ -24,21 +24,6 @@ fn hello(name: &str, room: &str, access: &str, token: &str) -> Frame {
     }
 }
 
-/// Reads frames until `pick` accepts one, or panics after `WAIT` / 200 frames.
-fn recv_until(raw: &mut Raw, what: &str, mut pick: impl FnMut(&Frame) -> bool) -> Frame {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    for _ in 0..200 {
-        assert!(Instant::now() < deadline, "no {what} in time; saw {seen:?}");
-        let frame = raw.recv();
-        if pick(&frame) {
-            return frame;
-        }
-        seen.push(frame);
-    }
-    panic!("no {what} in 200 frames; saw {seen:?}");
-}
-
 /// What arrived on `raw` within `quiet`, if anything: `None` when it stayed quiet.
 fn stays_quiet(raw: &mut Raw, quiet: Duration) -> Option<Frame> {
     raw.reader.get_ref().set_read_timeout(Some(quiet)).unwrap();
@@ -60,6 +45,18 @@ fn process_cpu() -> f64 {
     // Fields 14 and 15 of stat(5) (utime, stime) are the 12th and 13th after the comm.
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
+}
+
+/// A relay whose rooms are big from 5 people on, with the per-address limits lifted so one test
+/// can be a crowd.
+fn big_room_relay() -> TestServer {
+    TestServer::start_with(ServerConfig {
+        big_room: 4,
+        max_per_address: 1000,
+        connect_rate: 0,
+        request_rate: 0,
+        ..ServerConfig::default()
+    })
 }
 
 /// Found by the review: the login checks for look-alikes in one turn of the hub and the join
@@ -107,13 +104,7 @@ fn two_look_alikes_racing_through_the_login_are_not_both_let_in() {
 /// after the last count no further Crowd comes.
 #[test]
 fn a_quiet_big_room_sends_one_count_and_then_nothing_and_costs_no_cpu() {
-    let server = TestServer::start_with(ServerConfig {
-        big_room: 4,
-        max_per_address: 1000,
-        connect_rate: 0,
-        request_rate: 0,
-        ..ServerConfig::default()
-    });
+    let server = big_room_relay();
     let mut members = Vec::new();
     for i in 0..12 {
         let mut raw = Raw::connect(server.addr);
@@ -122,7 +113,7 @@ fn a_quiet_big_room_sends_one_count_and_then_nothing_and_costs_no_cpu() {
         members.push(raw);
     }
     let first = &mut members[0];
-    recv_until(first, "a Crowd of 12", |f| matches!(f, Frame::Crowd { online: 12, .. }));
+    first.recv_until("a Crowd of 12", |f| matches!(f, Frame::Crowd { online: 12, .. }));
     let cpu = process_cpu();
     let started = Instant::now();
     assert_eq!(stays_quiet(first, Duration::from_secs(3)), None, "a count with no change");
@@ -135,13 +126,7 @@ fn a_quiet_big_room_sends_one_count_and_then_nothing_and_costs_no_cpu() {
 /// the same, and the old connection's end (its `Closed`) is not counted a second time.
 #[test]
 fn a_takeover_in_a_big_room_counts_once() {
-    let server = TestServer::start_with(ServerConfig {
-        big_room: 4,
-        max_per_address: 1000,
-        connect_rate: 0,
-        request_rate: 0,
-        ..ServerConfig::default()
-    });
+    let server = big_room_relay();
     let token = "t".repeat(40);
     let mut observer = Raw::connect(server.addr);
     observer.send(&Frame::hello("obs", "hall"));
@@ -156,7 +141,7 @@ fn a_takeover_in_a_big_room_counts_once() {
     let mut old = Raw::connect(server.addr);
     old.send(&hello("tk", "hall", "", &token));
     assert!(matches!(old.recv(), Frame::Welcome { .. }));
-    recv_until(&mut observer, "a Crowd of 8", |f| matches!(f, Frame::Crowd { online: 8, .. }));
+    observer.recv_until("a Crowd of 8", |f| matches!(f, Frame::Crowd { online: 8, .. }));
 
     let mut new = Raw::connect(server.addr);
     new.send(&hello("tk", "hall", "", &token));
@@ -168,7 +153,7 @@ fn a_takeover_in_a_big_room_counts_once() {
         "{kicked:?}"
     );
     drop(old);
-    let count = recv_until(&mut observer, "the takeover's count", |f| matches!(f, Frame::Crowd { .. }));
+    let count = observer.recv_until("the takeover's count", |f| matches!(f, Frame::Crowd { .. }));
     assert_eq!(count, Frame::Crowd { room: "hall".into(), online: 8, joined: 1, left: 1 });
     assert_eq!(stays_quiet(&mut observer, Duration::from_millis(2500)), None, "counted twice");
 }
@@ -193,7 +178,7 @@ fn who_in_a_big_room_bytes_per_second_at_the_default_rate() {
         members.push(raw);
     }
     let asker = &mut members[0];
-    recv_until(asker, "a Crowd of 120", |f| matches!(f, Frame::Crowd { online: 120, .. }));
+    asker.recv_until("a Crowd of 120", |f| matches!(f, Frame::Crowd { online: 120, .. }));
     let started = Instant::now();
     let mut bytes = 0usize;
     let whos = 40;

@@ -4,26 +4,9 @@
 
 mod common;
 
-use std::time::Instant;
-
-use common::{Raw, TestServer, WAIT};
+use common::TestServer;
 use relaychat::frame::Frame;
 use relaychat::server::ServerConfig;
-
-/// Reads frames until `pick` accepts one, or panics after `WAIT` / 200 frames.
-fn recv_until(raw: &mut Raw, what: &str, mut pick: impl FnMut(&Frame) -> bool) -> Frame {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    for _ in 0..200 {
-        assert!(Instant::now() < deadline, "no {what} in time; saw {seen:?}");
-        let frame = raw.recv();
-        if pick(&frame) {
-            return frame;
-        }
-        seen.push(frame);
-    }
-    panic!("no {what} in 200 frames; saw {seen:?}");
-}
 
 /// The threads of this process, by name (`comm`, cut to 15 bytes by the kernel).
 fn thread_names() -> Vec<String> {
@@ -49,29 +32,29 @@ fn one_connection_runs_at_most_the_four_threads_the_cap_budgets() {
     // b sends a small file to a.
     b.send(&Frame::UploadStart { key: "k1".into(), name: "f.txt".into(), size: 5, to: "fa".into() });
     let Frame::UploadReady { upload_id, .. } =
-        recv_until(&mut b, "UploadReady", |f| matches!(f, Frame::UploadReady { .. }))
+        b.recv_until("UploadReady", |f| matches!(f, Frame::UploadReady { .. }))
     else {
         unreachable!()
     };
     b.send(&Frame::UploadChunk { upload_id, data: b"hello".to_vec() });
     b.send(&Frame::UploadEnd { upload_id, sha256: sha2::Sha256::digest(b"hello").into() });
-    recv_until(&mut b, "UploadDone", |f| matches!(f, Frame::UploadDone { .. }));
-    let Frame::NewFile(info) = recv_until(&mut a, "NewFile", |f| matches!(f, Frame::NewFile(_))) else {
+    b.recv_until("UploadDone", |f| matches!(f, Frame::UploadDone { .. }));
+    let Frame::NewFile(info) = a.recv_until("NewFile", |f| matches!(f, Frame::NewFile(_))) else {
         unreachable!()
     };
     // a downloads it: its connection starts a download thread, kept until the connection ends.
     a.send(&Frame::Download { file_id: info.file_id, offset: 0 });
-    recv_until(&mut a, "DownloadEnd", |f| matches!(f, Frame::DownloadEnd { .. }));
+    a.recv_until("DownloadEnd", |f| matches!(f, Frame::DownloadEnd { .. }));
     // a starts an upload of its own and sends part of it: a disk thread writes it.
     a.send(&Frame::UploadStart { key: "k2".into(), name: "g.bin".into(), size: 1 << 20, to: "fb".into() });
     let Frame::UploadReady { upload_id, .. } =
-        recv_until(&mut a, "UploadReady", |f| matches!(f, Frame::UploadReady { .. }))
+        a.recv_until("UploadReady", |f| matches!(f, Frame::UploadReady { .. }))
     else {
         unreachable!()
     };
     a.send(&Frame::UploadChunk { upload_id, data: vec![7; 1000] });
     a.send(&Frame::Ping);
-    recv_until(&mut a, "Pong", |f| matches!(f, Frame::Pong));
+    a.recv_until("Pong", |f| matches!(f, Frame::Pong));
 
     let names = thread_names();
     let downloading: Vec<&String> = names.iter().filter(|n| n.contains("-downloa")).collect();

@@ -195,15 +195,14 @@ impl FileWrite for ChatArrives {
     }
 }
 
-#[test]
-fn chat_goes_between_the_pieces_of_a_chunk() {
+/// Runs a writer (pieces of 100 data bytes) on one bulk item, with a chat line arriving on the
+/// urgent queue during the writer's first write; returns the frames written, in order.
+fn pump_with_chat_arriving<B: Into<Bulk> + Send + 'static>(item: B) -> Vec<crate::frame::Frame> {
     use crate::frame::{decode, encode_to_vec, Frame};
-    let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
-    let chunk = encode_to_vec(&Frame::DownloadChunk { file_id: 5, data: data.clone() }).unwrap();
     let chat = encode_to_vec(&Frame::say("hi")).unwrap();
     let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
-    let (to_bulk, bulk) = bounded::<Vec<u8>>(8);
-    to_bulk.send(chunk).unwrap();
+    let (to_bulk, bulk) = bounded::<B>(8);
+    to_bulk.send(item).unwrap();
     drop(to_bulk);
     let options = Options { piece: 100, ..Options::default() };
     let (give_writer, writer_sink) = bounded::<ChatArrives>(1);
@@ -224,6 +223,15 @@ fn chat_goes_between_the_pieces_of_a_chunk() {
         frames.push(frame);
         rest = &rest[used..];
     }
+    frames
+}
+
+#[test]
+fn chat_goes_between_the_pieces_of_a_chunk() {
+    use crate::frame::{encode_to_vec, Frame};
+    let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+    let chunk = encode_to_vec(&Frame::DownloadChunk { file_id: 5, data: data.clone() }).unwrap();
+    let frames = pump_with_chat_arriving(chunk);
     let piece =
         |range: std::ops::Range<usize>| Frame::DownloadChunk { file_id: 5, data: data[range].to_vec() };
     assert_eq!(frames, vec![piece(0..100), Frame::say("hi"), piece(100..200), piece(200..300)]);
@@ -231,37 +239,15 @@ fn chat_goes_between_the_pieces_of_a_chunk() {
 
 #[test]
 fn a_file_slice_goes_out_as_the_same_chunk_frames_with_chat_between_pieces() {
-    use crate::frame::{decode, encode_to_vec, Frame, DOWNLOAD_CHUNK};
+    use crate::frame::{Frame, DOWNLOAD_CHUNK};
     let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     let path = std::env::temp_dir().join(format!("relaychat-outbox-slice-{}", std::process::id()));
     std::fs::write(&path, &data).unwrap();
     let file = Arc::new(File::open(&path).unwrap());
     let _ = std::fs::remove_file(&path); // the open file stays readable
-    let chat = encode_to_vec(&Frame::say("hi")).unwrap();
-    let (to_urgent, urgent) = bounded::<Vec<u8>>(8);
-    let (to_bulk, bulk) = bounded::<Bulk>(8);
-    // Bytes 100..400 of the file, as a chunk of file 5, in pieces of 100.
+                                         // Bytes 100..400 of the file, as a chunk of file 5, in pieces of 100.
     let slice = FileSlice { kind: DOWNLOAD_CHUNK, id: 5, file, offset: 100, len: 300, frame_data: 1000 };
-    to_bulk.send(Bulk::File(slice)).unwrap();
-    drop(to_bulk);
-    let options = Options { piece: 100, ..Options::default() };
-    let (give_writer, writer_sink) = bounded::<ChatArrives>(1);
-    let writer = std::thread::spawn(move || {
-        let mut out = writer_sink.recv().unwrap();
-        pump(&mut out, &urgent, bulk, &options).unwrap();
-        out.out
-    });
-    let to_urgent = ToWriter::new(to_urgent, writer.thread().clone());
-    give_writer.send(ChatArrives { out: Vec::new(), inject: Some((to_urgent.clone(), chat)) }).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    drop(to_urgent);
-    let bytes = writer.join().unwrap();
-    let mut frames = Vec::new();
-    let mut rest = &bytes[..];
-    while let Some((frame, used)) = decode(rest).unwrap() {
-        frames.push(frame);
-        rest = &rest[used..];
-    }
+    let frames = pump_with_chat_arriving(Bulk::File(slice));
     let piece =
         |range: std::ops::Range<usize>| Frame::DownloadChunk { file_id: 5, data: data[range].to_vec() };
     assert_eq!(frames, vec![piece(100..200), Frame::say("hi"), piece(200..300), piece(300..400)]);

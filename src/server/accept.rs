@@ -95,7 +95,7 @@ pub(crate) fn derived_max_connections(soft_limit: u64) -> usize {
 /// cap must hold *before* a thread is started, like every other bound here. The limits:
 /// `vm.max_map_count` (mappings per process, [`MAPS_PER_THREAD`] per thread) and
 /// `kernel.threads-max` and `kernel.pid_max` (threads in the whole system).
-pub(crate) fn thread_cap() -> Option<usize> {
+pub fn thread_cap() -> Option<usize> {
     let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
     let maps = read("/proc/sys/vm/max_map_count")? / MAPS_PER_THREAD;
     // RLIMIT_NPROC counts this user's threads too; past it a thread start fails politely, but

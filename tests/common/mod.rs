@@ -253,6 +253,22 @@ impl Raw {
         }
     }
 
+    /// Reads frames until `pick` accepts one and returns it; fails the test after `WAIT` or 200
+    /// frames, listing what came instead.
+    pub fn recv_until(&mut self, what: &str, mut pick: impl FnMut(&Frame) -> bool) -> Frame {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            assert!(Instant::now() < deadline, "no {what} in time; saw {seen:?}");
+            let frame = self.recv();
+            if pick(&frame) {
+                return frame;
+            }
+            seen.push(frame);
+        }
+        panic!("no {what} in 200 frames; saw {seen:?}");
+    }
+
     /// Reads until the relay closes the connection; returns the frames seen on the way.
     pub fn recv_until_closed(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();
