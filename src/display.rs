@@ -207,6 +207,13 @@ mod tests {
     }
 
     #[test]
+    fn a_big_rooms_count_reads_as_the_contract_shows_it() {
+        assert_eq!(crowd_line("lobby", 1204, 12, 3), "1204 online in lobby (+12 joined, -3 left)");
+        assert_eq!(crowd_line("lobby", 150, 0, 0), "150 online in lobby", "the count on joining");
+        assert_eq!(crowd_line("a\x1bb", 1, 0, 0), "1 online in a\\x1bb", "the room is made safe to show");
+    }
+
+    #[test]
     fn sizes_read_well() {
         assert_eq!(human_size(0), "0 B");
         assert_eq!(human_size(1023), "1023 B");
