@@ -47,12 +47,14 @@ mod download;
 mod event;
 pub mod identity;
 mod reader;
+mod session;
 pub mod trust;
 mod upload;
 
 pub use backoff::Backoff;
 pub use catch_up::CatchUp;
 pub use event::{ClientError, Direction, Disconnect, Event, EventHook, Mark};
+pub use session::{retry_may_help, DialError, KeepTrying, Resumed, Session};
 pub use trust::{FirstContact, Trust, TrustError, Verdict};
 
 use std::io::{self, BufWriter};

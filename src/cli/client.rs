@@ -30,7 +30,7 @@ use rustls::pki_types::CertificateDer;
 use super::progress::Bars;
 use super::show::{line, Line};
 use super::Exit;
-use crate::client::{CatchUp, ClientConfig, Direction, Event, FirstContact, Security, Trust};
+use crate::client::{ClientConfig, Direction, Event, FirstContact, KeepTrying, Security, Trust};
 use crate::clock::now_ms;
 use crate::display::{notice_line, visible};
 use crate::rules::DEFAULT_ROOM;
@@ -81,6 +81,10 @@ pub struct ConnArgs {
     #[arg(long, global = true, env = "RELAYCHAT_IDLE_TIMEOUT", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub idle_timeout: u64,
+    /// Seconds to keep trying to reconnect after the link was lost, before the terminal client
+    /// gives up and exits non-zero (0: one attempt). The window keeps trying while it is open.
+    #[arg(long, global = true, env = "RELAYCHAT_RECONNECT_FOR", default_value_t = 60)]
+    pub reconnect_for: u64,
     /// The relay's key fingerprint (SHA256:…, from its operator: `server --fingerprint`). On first
     /// contact it must match; without it a terminal asks, and a script trusts with a notice.
     #[arg(long, global = true, env = "RELAYCHAT_FINGERPRINT")]
@@ -117,8 +121,8 @@ mod chat;
 mod dial;
 mod oneshot;
 
-use chat::{Link, Session};
-use dial::{first_connect, Dialer};
+use chat::Chat;
+use dial::first_connect;
 use oneshot::{receive_once, send_once};
 
 const HELP: &str = "commands: /who (who is online), /msg NAME text (to one person, even offline), \
@@ -162,7 +166,7 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     };
     // Ask on first contact only where someone can answer: the interactive client in a terminal.
     let can_ask = cli.command.is_none() && io::stdin().is_terminal();
-    let (server, mut config) = client_config(&cli, password, can_ask)?;
+    let (server, mut config, keep_trying) = client_config(&cli, password, can_ask)?;
     // This machine's token for this relay: the name stays ours without a password (see
     // client/identity.rs). Kept out of `client_config`: it reads (or makes) the identity file.
     config.token = crate::client::identity::token_or_guest(&server);
@@ -171,37 +175,31 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
     if cli.command.is_none() {
         config.on_event = Some(chat::event_hook(&shared));
     }
-    let client = first_connect(&server, &config)?;
+    let session = first_connect(&server, config, keep_trying)?;
     let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
-    let dialer = Dialer { server, config };
     match cli.command {
-        Some(Command::Send { paths, to }) => send_once(&dialer, client, &paths, to.as_deref(), &mut ui),
-        Some(Command::Receive) => receive_once(&dialer, client, &mut ui),
+        Some(Command::Send { paths, to }) => send_once(session, &paths, to.as_deref(), &mut ui),
+        Some(Command::Receive) => receive_once(session, &mut ui),
         None => {
+            let client = session.client();
             ui.out(&notice_line(
                 now_ms(),
-                &format!(
-                    "connected to {} as {} in {}",
-                    visible(&dialer.server),
-                    client.name(),
-                    client.room()
-                ),
+                &format!("connected to {} as {} in {}", visible(&server), client.name(), client.room()),
             ))?;
-            let downloads = ui.downloads.clone();
-            let link = Link { dialer, client, catch_up: CatchUp::default(), receiving: false, downloads };
-            chat::run(shared, Session { link, ui })
+            chat::run(shared, Chat { session, ui })
         }
     }
 }
 
-/// The command line turned into where to connect and the client's configuration: everything
-/// but the questions (the password prompt, `can_ask`) and the identity file is decided here, so
-/// it can be tested without a terminal, a config dir or a relay.
+/// The command line turned into where to connect, the client's configuration and how long to
+/// keep trying after a lost link: everything but the questions (the password prompt, `can_ask`)
+/// and the identity file is decided here, so it can be tested without a terminal, a config dir
+/// or a relay.
 fn client_config(
     cli: &ClientCli,
     password: Option<String>,
     can_ask: bool,
-) -> anyhow::Result<(String, ClientConfig)> {
+) -> anyhow::Result<(String, ClientConfig, KeepTrying)> {
     let name = match cli.conn.name.clone() {
         Some(name) => name,
         None => crate::client::default_name().context("no --name given and the OS user name is unknown")?,
@@ -212,15 +210,14 @@ fn client_config(
     config.access = cli.conn.access_password.clone().unwrap_or_default();
     config.idle_timeout = std::time::Duration::from_secs(cli.conn.idle_timeout);
     config.ping_every = config.idle_timeout / 3;
-    // Receipts let the interactive client resend what the relay had not stored when it went away.
-    config.receipts = true;
     // The keyboard thread goes straight back to reading stdin after a line: it may write the
     // line itself instead of waking the writer (see `ClientConfig::direct_writes`).
     config.direct_writes = true;
     config.security = security(&cli.conn, can_ask)?;
     // Test hook (tests/file_binaries.rs, tests/links.rs): slow uploads down so they can be cut.
     config.chunk_delay = cli.conn.test_chunk_delay_ms.map(std::time::Duration::from_millis);
-    Ok((server, config))
+    let keep_trying = KeepTrying::For(std::time::Duration::from_secs(cli.conn.reconnect_for));
+    Ok((server, config, keep_trying))
 }
 
 /// TLS and whom to trust, from the flags (see `client/trust.rs`), or plaintext with a warning.
@@ -361,11 +358,13 @@ mod tests {
             "den",
             "--idle-timeout",
             "30",
+            "--reconnect-for",
+            "5",
             "--plaintext",
             "send",
             "a.txt",
         ]);
-        let (server, config) = client_config(&cli, Some("pw".into()), false).unwrap();
+        let (server, config, keep_trying) = client_config(&cli, Some("pw".into()), false).unwrap();
         assert_eq!(server, "relay.example:9");
         assert_eq!(
             (config.name.as_str(), config.room.as_str(), config.password.as_str()),
@@ -374,11 +373,12 @@ mod tests {
         assert_eq!(config.idle_timeout, std::time::Duration::from_secs(30));
         assert_eq!(config.ping_every, std::time::Duration::from_secs(10), "a ping every third of it");
         assert!(matches!(config.security, Security::Plaintext));
-        assert!(config.receipts);
+        assert_eq!(keep_trying, KeepTrying::For(std::time::Duration::from_secs(5)));
         // Without --plaintext: TLS, and a script accepts a first contact while a terminal asks.
         let cli = ClientCli::parse_from(["client", "--name", "bob", "--fingerprint", "SHA256:ab"]);
-        let (server, config) = client_config(&cli, None, false).unwrap();
+        let (server, config, keep_trying) = client_config(&cli, None, false).unwrap();
         assert_eq!(server, DEFAULT_SERVER);
+        assert_eq!(keep_trying, KeepTrying::For(std::time::Duration::from_secs(60)), "a minute by default");
         match config.security {
             Security::Tls(trust) => {
                 assert_eq!(trust.fingerprint.as_deref(), Some("SHA256:ab"));
@@ -386,7 +386,7 @@ mod tests {
             }
             Security::Plaintext => panic!("TLS is the default"),
         }
-        let (_, asked) = client_config(&cli, None, true).unwrap();
+        let (_, asked, _) = client_config(&cli, None, true).unwrap();
         assert!(matches!(asked.security, Security::Tls(Trust { first_contact: FirstContact::Refuse, .. })));
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Short first waits bring a client back quickly after a blip (a relay restart takes about a
 //! second); the cap keeps a client from hammering a relay that is down, while still noticing
-//! within seconds when it is back. How long to keep trying is the front end's decision: the
-//! terminal client gives up after `RELAYCHAT_RECONNECT_FOR` (a script must not hang), the window
-//! keeps trying while it is open.
+//! within seconds when it is back. [`super::Session`] waits this way; how long it keeps trying
+//! is the front end's decision ([`super::KeepTrying`]): the terminal client gives up after
+//! `--reconnect-for` (a script must not hang), the window keeps trying while it is open.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! What a client needs to come back after the relay went away without showing or storing
-//! anything twice. The terminal client and the window both keep one [`CatchUp`] beside their
-//! [`Client`], which they replace on every reconnect.
+//! anything twice. A [`super::Session`] keeps one beside its [`Client`], which it replaces on
+//! every reconnect; the terminal client and the window both use that session.
 //!
 //! - Messages are sent under ids this side chooses and kept until the relay's receipt
 //!   ([`Event::Sent`]) arrives; after a reconnect they are sent again under the same ids, and the
@@ -66,15 +66,16 @@ impl CatchUp {
     }
 
     /// After a reconnect: sends again every message that has no receipt, under the same ids,
-    /// and queues again every file that had no verdict (the relay resumes it).
-    pub fn resend(&self, client: &Client) -> Result<(), ClientError> {
+    /// and queues again every file that had no verdict (the relay resumes it). Returns how many
+    /// of each: (messages, files).
+    pub fn resend(&self, client: &Client) -> Result<(usize, usize), ClientError> {
         for (id, (to, text)) in &self.unconfirmed {
             client.send_with_id(*id, to, text)?;
         }
         for (path, to) in &self.uploading {
             client.send_file(path, to.as_deref())?;
         }
-        Ok(())
+        Ok((self.unconfirmed.len(), self.uploading.len()))
     }
 
     /// Takes note of an event; false when it should not be shown (a receipt, or history that

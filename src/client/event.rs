@@ -109,10 +109,16 @@ pub enum Disconnect {
 }
 
 impl Disconnect {
-    /// False when reconnecting would be wrong: the name was taken over by a login elsewhere, and
-    /// coming back would take it from that login in turn, in a loop.
+    /// False when reconnecting would be wrong or useless: the relay closed the connection with an
+    /// error that coming back would only repeat ([`ErrorCode::retry_may_help`]). The worst case is
+    /// LoggedInElsewhere: the name was taken over by a login elsewhere, and coming back would take
+    /// it from that login in turn, in a loop. A link that broke, a relay that went away or said
+    /// goodbye (a restart) are worth another try.
     pub fn may_reconnect(&self) -> bool {
-        !matches!(self, Disconnect::ServerError { code: ErrorCode::LoggedInElsewhere, .. })
+        match self {
+            Disconnect::ServerError { code, .. } => code.retry_may_help(),
+            Disconnect::ServerGoodbye | Disconnect::Closed | Disconnect::Failed(_) => true,
+        }
     }
 }
 

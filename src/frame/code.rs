@@ -88,6 +88,18 @@ impl ErrorCode {
         )
     }
 
+    /// Whether a client whose hello was refused, or whose connection was closed, with this code
+    /// may try the same again later and expect another answer: the relay was full or busy, or
+    /// cut a connection that stalled. Any other refusal would only be repeated (a password, a
+    /// name, a version), or must not be answered by coming back (LoggedInElsewhere). The client
+    /// library's reconnect policy reads it (`client/session.rs`).
+    pub fn retry_may_help(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RelayFull | ErrorCode::LoginBusy | ErrorCode::TooSlow | ErrorCode::HelloTimeout
+        )
+    }
+
     pub(crate) fn to_byte(self) -> u8 {
         match self {
             ErrorCode::VersionMismatch => 1,

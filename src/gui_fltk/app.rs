@@ -178,9 +178,14 @@ impl App {
                 }
             }
             LinkEvent::Net(event) => self.on_event(event),
-            LinkEvent::Reconnecting { why, retry_in } => {
-                self.set_status(&format!("reconnecting in {} s: {why}", retry_in.as_secs()));
+            // The same wording as the terminal client's: "connection lost (…); reconnecting" once
+            // in the log, then each failed attempt on the status line only.
+            LinkEvent::Lost { why } => {
+                self.set_status(&format!("reconnecting: {why}"));
                 self.log_notice(&format!("connection lost ({why}); reconnecting"));
+            }
+            LinkEvent::Retrying { why, retry_in } => {
+                self.set_status(&format!("reconnecting in {:.1} s: {why}", retry_in.as_secs_f64()));
             }
             LinkEvent::Refused(why) => {
                 self.set_status(&format!("error: {why}"));
@@ -261,7 +266,7 @@ impl App {
             Event::ReceiveFinished { received: 0, failed: 0 } => self.say_in_files(said),
             Event::ReceiveFinished { .. } => {}
             Event::Sent { .. } => {}
-            Event::Disconnected(_) => {} // the link thread turns this into Reconnecting
+            Event::Disconnected(_) => {} // the link thread turns this into Lost and reconnects
         }
     }
 

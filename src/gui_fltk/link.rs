@@ -1,5 +1,6 @@
-//! The window's network thread: it owns the [`Client`], reconnects with backoff, and turns
-//! everything into [`LinkEvent`]s for the GUI thread.
+//! The window's network thread: it owns the client library's reconnecting [`Session`] (the
+//! same one the terminal client drives), and turns everything into [`LinkEvent`]s for the GUI
+//! thread.
 //!
 //! FLTK widgets may only be touched by the GUI thread, and the GUI thread must never block on the
 //! network. So the GUI sends [`Command`]s here over a bounded channel, and this thread sends
@@ -14,7 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 
 use crate::client::{
-    Backoff, CatchUp, Client, ClientConfig, ClientError, Disconnect, Event, Security, Trust, TrustError,
+    ClientConfig, ClientError, DialError, Disconnect, Event, KeepTrying, Security, Session, Trust, TrustError,
 };
 
 /// What the GUI asks for.
@@ -37,8 +38,10 @@ pub enum LinkEvent {
     Connected { name: String, room: String, again: bool },
     /// Something happened on the connection.
     Net(Event),
-    /// The connection is down; the next attempt is in `retry_in`.
-    Reconnecting { why: String, retry_in: Duration },
+    /// The connection was lost for `why`; the session is reconnecting.
+    Lost { why: String },
+    /// An attempt to connect failed for `why`; the next is in `retry_in`.
+    Retrying { why: String, retry_in: Duration },
     /// The relay refused us (name taken, bad name, a changed TLS key...): no point retrying.
     Refused(String),
     /// First contact with a relay whose key no CA vouches for: ask the person whether
@@ -63,9 +66,7 @@ impl Link {
         let (to_link, commands) = bounded(64);
         let (to_gui, events) = bounded(1024);
         let thread = thread::Builder::new().name("gui-link".into()).spawn(move || {
-            // Receipts let the link resend what the relay had not stored when it went away.
-            let config = ClientConfig { receipts: true, ..config };
-            let looper = Looper { server, config, commands, to_gui, wake, catch_up: CatchUp::default() };
+            let looper = Looper { server, config, commands, to_gui, wake };
             looper.run()
         })?;
         Ok(Link { to_link, events, thread: Some(thread) })
@@ -82,23 +83,19 @@ impl Link {
     }
 }
 
-/// Why one connection ended.
+/// Why the window's use of one connection ended.
 enum Ended {
     Quit,
-    Lost(String),
-    /// The relay ended the session in a way that reconnecting would only repeat: the name was
-    /// taken over by a login elsewhere.
-    Over(String),
+    Lost(Disconnect),
 }
 
 struct Looper {
     server: String,
+    /// Only until the first connection: trusting a relay's key may change it.
     config: ClientConfig,
     commands: Receiver<Command>,
     to_gui: Sender<LinkEvent>,
     wake: fn(),
-    /// Unconfirmed messages (resent after a reconnect) and the last message shown.
-    catch_up: CatchUp,
 }
 
 impl Looper {
@@ -108,43 +105,64 @@ impl Looper {
         sent
     }
 
+    /// Connects, and reconnects whenever the link is lost, with the library's policy
+    /// ([`Session`]). The window never gives up on its own: it keeps trying while it is open.
     fn run(mut self) {
-        // The same waits as the terminal client's (`client::Backoff`); the window never gives up.
-        let mut backoff = Backoff::default();
-        let mut connected_before = false;
+        let Some(mut session) = self.first_session() else { return };
+        let mut again = false;
         loop {
-            let why = match Client::connect_tcp(&self.server, &self.config) {
-                Ok(client) => {
-                    backoff.reset();
-                    let (name, room) = (client.name().to_owned(), client.room().to_owned());
-                    if !self.tell(LinkEvent::Connected { name, room, again: connected_before }) {
-                        return client.close();
-                    }
-                    connected_before = true;
-                    let _ = self.catch_up.resend(&client);
-                    match self.pump(&client) {
-                        Ended::Quit => return client.close(),
-                        Ended::Lost(why) => why,
-                        Ended::Over(why) => return self.stop(why),
-                    }
-                }
-                Err(ClientError::Trust(TrustError::Unknown { server, fingerprint })) => {
-                    match self.ask_trust(server, fingerprint) {
-                        Some(true) => continue, // trusted now: connect again at once
-                        Some(false) => return self.stop("not trusted: nothing was sent to the relay".into()),
-                        None => return, // the window closed meanwhile
-                    }
-                }
-                Err(e @ (ClientError::Refused { .. } | ClientError::Rule(_) | ClientError::Trust(_))) => {
-                    return self.stop(e.to_string())
-                }
-                Err(e) => e.to_string(),
+            let client = session.client();
+            let (name, room) = (client.name().to_owned(), client.room().to_owned());
+            if !self.tell(LinkEvent::Connected { name, room, again }) {
+                return session.close();
+            }
+            again = true;
+            let why = match self.pump(&mut session) {
+                Ended::Quit => return session.close(),
+                Ended::Lost(why) => why,
             };
-            let pause = backoff.next_pause();
-            if !self.tell(LinkEvent::Reconnecting { why, retry_in: pause }) || !self.wait(pause) {
+            if why.may_reconnect() && !self.tell(LinkEvent::Lost { why: why.to_string() }) {
                 return;
             }
+            match session.reconnect(&why, |pause, error| self.pause(pause, error)) {
+                Ok(_) => {}
+                Err(DialError::Cancelled) => return,
+                Err(e) => return self.stop(e.to_string()),
+            }
         }
+    }
+
+    /// The first connection: tried until it works (a relay that is down when the window opens
+    /// is waited for), with the question about a relay's key on first contact.
+    fn first_session(&mut self) -> Option<Session> {
+        loop {
+            let dialed =
+                Session::dial(&self.server, self.config.clone(), KeepTrying::Forever, |pause, error| {
+                    self.pause(pause, error)
+                });
+            match dialed {
+                Ok(session) => return Some(session),
+                Err(DialError::Refused(ClientError::Trust(TrustError::Unknown { server, fingerprint }))) => {
+                    match self.ask_trust(server, fingerprint) {
+                        Some(true) => continue, // trusted now: connect again at once
+                        Some(false) => self.stop("not trusted: nothing was sent to the relay".into()),
+                        None => {} // the window closed meanwhile
+                    }
+                    return None;
+                }
+                Err(DialError::Cancelled) => return None,
+                Err(e) => {
+                    self.stop(e.to_string());
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// One wait between attempts: tells the window, then sleeps, still answering commands.
+    /// False when the window closed meanwhile (the attempts stop).
+    fn pause(&self, pause: Duration, error: &ClientError) -> bool {
+        self.tell(LinkEvent::Retrying { why: error.to_string(), retry_in: pause }) && self.wait(pause)
     }
 
     /// Asks the window whether to trust a relay seen for the first time. On yes, pins it in
@@ -200,32 +218,32 @@ impl Looper {
     }
 
     /// Serves one connection until it drops or the GUI quits.
-    fn pump(&mut self, client: &Client) -> Ended {
+    fn pump(&mut self, session: &mut Session) -> Ended {
         loop {
+            let events = session.events().clone();
             select! {
                 recv(self.commands) -> command => match command {
                     Ok(Command::Quit) | Err(_) => return Ended::Quit,
-                    Ok(command) => self.carry_out(client, command),
+                    Ok(command) => self.carry_out(session, command),
                 },
-                recv(client.events()) -> event => match event {
-                    Ok(Event::Disconnected(why)) if !why.may_reconnect() => return Ended::Over(describe(&why)),
-                    Ok(Event::Disconnected(why)) => return Ended::Lost(describe(&why)),
+                recv(events) -> event => match event {
+                    Ok(Event::Disconnected(why)) => return Ended::Lost(why),
                     Ok(event) => {
-                        if self.catch_up.fresh(&event) && !self.tell(LinkEvent::Net(event)) {
+                        if session.fresh(&event) && !self.tell(LinkEvent::Net(event)) {
                             return Ended::Quit;
                         }
                     }
-                    Err(_) => return Ended::Lost("the connection ended".into()),
+                    Err(_) => return Ended::Lost(Disconnect::Closed),
                 },
             }
         }
     }
 
-    fn carry_out(&mut self, client: &Client, command: Command) {
+    fn carry_out(&mut self, session: &mut Session, command: Command) {
         let result = match command {
-            Command::Text(text) => self.catch_up.send(client, "", &text),
-            Command::SendFile(path) => self.catch_up.send_file(client, &path, None),
-            Command::Receive(dir) => client.receive_all(&dir),
+            Command::Text(text) => session.send("", &text),
+            Command::SendFile(path) => session.send_file(&path, None),
+            Command::Receive(dir) => session.receive_all(&dir),
             Command::Quit => Ok(()),
         };
         if let Err(e) = result {
@@ -246,8 +264,4 @@ impl Looper {
             }
         }
     }
-}
-
-fn describe(why: &Disconnect) -> String {
-    why.to_string()
 }

@@ -1,16 +1,16 @@
 //! The interactive chat: keyboard lines out, events in, and who does what on which thread.
 //!
-//! ## Three threads take turns with one session
+//! ## Three threads take turns with one chat
 //!
 //! ```text
 //!  stdin ─▶ keyboard thread ──┐                   ┌── reader thread (the client's) ◀── socket
-//!           handles each line └─▶ Mutex<Session> ◀┤   shows each event through the hook...
-//!                                 the Link and    └── main thread ◀── events queue
+//!           handles each line └─▶  Mutex<Chat>   ◀┤   shows each event through the hook...
+//!                                 the Session and └── main thread ◀── events queue
 //!                                 the Ui (stdout)     ...or queues it for the main thread
 //! ```
 //!
-//! The [`Session`] (the connection, what it must catch up on, and the screen) is used by three
-//! threads, one at a time. Whoever has something to do takes the session's lock, does it, and
+//! The [`Chat`] (the library's reconnecting [`Session`], and the screen) is used by three
+//! threads, one at a time. Whoever has something to do takes the chat's lock, does it, and
 //! lets go:
 //!
 //! - the **keyboard thread** handles each line it reads from stdin;
@@ -46,25 +46,26 @@ use std::thread;
 use anyhow::Context;
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError};
 
-use super::dial::Dialer;
+use super::dial::reconnect;
 use super::{Exit, Ui, HELP};
-use crate::client::{CatchUp, Client, ClientError, Disconnect, Event, EventHook};
+use crate::client::{ClientError, Event, EventHook, Session};
 use crate::clock::now_ms;
 use crate::display::{notice_line, visible};
 
-/// What the keyboard thread and the main thread share, one at a time (see the module docs).
-pub(super) struct Session {
-    pub(super) link: Link,
+/// What the keyboard thread and the main thread share, one at a time (see the module docs): the
+/// library's reconnecting [`Session`] and the screen.
+pub(super) struct Chat {
+    pub(super) session: Session,
     pub(super) ui: Ui,
 }
 
-/// The session behind its lock: `None` until the first connection is made, and again once the
+/// The chat behind its lock: `None` until the first connection is made, and again once the
 /// chat is over.
-pub(super) type Shared = Arc<Mutex<Option<Session>>>;
+pub(super) type Shared = Arc<Mutex<Option<Chat>>>;
 
-/// Takes the session. A thread that panicked while holding it has ended the chat anyway; the
+/// Takes the chat. A thread that panicked while holding it has ended the chat anyway; the
 /// other one still gets to close the connection.
-fn lock(shared: &Shared) -> MutexGuard<'_, Option<Session>> {
+fn lock(shared: &Shared) -> MutexGuard<'_, Option<Chat>> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -91,11 +92,11 @@ fn show_now(shared: &Shared, event: Event) -> Option<Event> {
         return Some(event); // the main thread's: it reconnects, or may exit after a /receive
     }
     let mut guard = lock(shared);
-    let Some(session) = guard.as_mut() else { return Some(event) }; // not started, or over
-    if !session.link.client.events().is_empty() {
+    let Some(chat) = guard.as_mut() else { return Some(event) }; // not started, or over
+    if !chat.session.events().is_empty() {
         return Some(event); // behind what is queued, to keep the order
     }
-    if session.link.catch_up.fresh(&event) && session.ui.show(&event).is_err() {
+    if chat.session.fresh(&event) && chat.ui.show(&event).is_err() {
         // Stdout is gone: the main thread meets the same error and ends the chat with it.
         return Some(event);
     }
@@ -104,7 +105,7 @@ fn show_now(shared: &Shared, event: Event) -> Option<Event> {
 
 /// The interactive loop, until stdin ends (and what it started is finished), `/quit`, `/leave`,
 /// or a connection that cannot be brought back. `shared` is the one the connection's hook was
-/// given ([`event_hook`]); `session` goes into it now.
+/// given ([`event_hook`]); `chat` goes into it now.
 ///
 /// ## Close sequence
 /// 1. The keyboard thread says how it ended (or its channel closes at EOF).
@@ -114,12 +115,12 @@ fn show_now(shared: &Shared, event: Event) -> Option<Event> {
 ///    leaves the room for good on `/leave`.
 /// 4. The keyboard thread is not joined: a blocking read of stdin cannot be interrupted
 ///    portably, so the process exits underneath it.
-pub(super) fn run(shared: Shared, session: Session) -> anyhow::Result<Exit> {
-    *lock(&shared) = Some(session);
+pub(super) fn run(shared: Shared, chat: Chat) -> anyhow::Result<Exit> {
+    *lock(&shared) = Some(chat);
     let mut keyboard = spawn_keyboard(shared.clone())?;
     let mut stdin_done = false;
     let ending = loop {
-        let Some(events) = lock(&shared).as_ref().map(|s| s.link.client.events().clone()) else {
+        let Some(events) = lock(&shared).as_ref().map(|c| c.session.events().clone()) else {
             anyhow::bail!("the session ended");
         };
         // Wait without taking: an event is taken only with the lock held (see "Order").
@@ -134,7 +135,7 @@ pub(super) fn run(shared: Shared, session: Session) -> anyhow::Result<Exit> {
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
                     // EOF: finish what was started, then leave.
-                    if lock(&shared).as_ref().is_none_or(|s| s.link.is_idle()) {
+                    if lock(&shared).as_ref().is_none_or(|c| c.session.is_idle()) {
                         break KeyboardEnd::Quit;
                     }
                     stdin_done = true;
@@ -144,17 +145,14 @@ pub(super) fn run(shared: Shared, session: Session) -> anyhow::Result<Exit> {
             continue;
         }
         let mut guard = lock(&shared);
-        let Some(session) = guard.as_mut() else { anyhow::bail!("the session ended") };
+        let Some(chat) = guard.as_mut() else { anyhow::bail!("the session ended") };
         match events.try_recv() {
-            Ok(Event::Disconnected(why)) => session.link.reconnect(&why, &mut session.ui)?,
+            Ok(Event::Disconnected(why)) => reconnect(&mut chat.session, &why, &mut chat.ui)?,
             Ok(event) => {
-                if session.link.catch_up.fresh(&event) {
-                    session.ui.show(&event)?;
+                if chat.session.fresh(&event) {
+                    chat.ui.show(&event)?;
                 }
-                if let Event::ReceiveFinished { .. } = event {
-                    session.link.receiving = false;
-                }
-                if stdin_done && session.link.is_idle() {
+                if stdin_done && chat.session.is_idle() {
                     break KeyboardEnd::Quit;
                 }
             }
@@ -162,10 +160,10 @@ pub(super) fn run(shared: Shared, session: Session) -> anyhow::Result<Exit> {
             Err(TryRecvError::Disconnected) => anyhow::bail!("the connection ended"),
         }
     };
-    let Some(session) = lock(&shared).take() else { anyhow::bail!("the session ended") };
+    let Some(chat) = lock(&shared).take() else { anyhow::bail!("the session ended") };
     match ending {
-        KeyboardEnd::Leave => session.link.client.leave_room(),
-        _ => session.link.client.close(),
+        KeyboardEnd::Leave => chat.session.leave_room(),
+        _ => chat.session.close(),
     }
     Ok(Exit::Success)
 }
@@ -192,7 +190,7 @@ fn keyboard(shared: &Shared, to_main: &Sender<KeyboardEnd>) {
         // The lock is not held here: this is where the thread waits for the person.
         let read = input.read_until(b'\n', &mut buf);
         let mut guard = lock(shared);
-        let Some(session) = guard.as_mut() else { return }; // the chat is over
+        let Some(chat) = guard.as_mut() else { return }; // the chat is over
         let step = match read {
             Ok(0) => return, // EOF: dropping `to_main` tells the main thread
             Ok(_) => {
@@ -200,16 +198,16 @@ fn keyboard(shared: &Shared, to_main: &Sender<KeyboardEnd>) {
                     buf.pop();
                 }
                 match std::str::from_utf8(&buf) {
-                    Ok(line) => handle_line(&mut session.link, line, &mut session.ui),
+                    Ok(line) => handle_line(&mut chat.session, line, &mut chat.ui),
                     Err(_) => {
-                        session.ui.err("error: cannot read this input line: not valid UTF-8");
+                        chat.ui.err("error: cannot read this input line: not valid UTF-8");
                         Ok(Step::Continue)
                     }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Step::Continue),
             Err(e) => {
-                session.ui.err(&format!("error: cannot read this input line: {e}"));
+                chat.ui.err(&format!("error: cannot read this input line: {e}"));
                 return;
             }
         };
@@ -225,49 +223,6 @@ fn keyboard(shared: &Shared, to_main: &Sender<KeyboardEnd>) {
     }
 }
 
-/// The interactive client's connection, with where and as whom to reconnect and what it needs to
-/// catch up afterwards (see [`CatchUp`]).
-pub(super) struct Link {
-    pub(super) dialer: Dialer,
-    pub(super) client: Client,
-    /// Messages without a receipt and files without a verdict, sent again after a reconnect.
-    pub(super) catch_up: CatchUp,
-    /// A `/receive` is going on (asked again after a reconnect).
-    pub(super) receiving: bool,
-    /// Where `/receive` puts files.
-    pub(super) downloads: std::path::PathBuf,
-}
-
-impl Link {
-    /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
-    fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
-        self.catch_up.send(&self.client, to, text)
-    }
-
-    /// Reconnects (see [`Dialer::reconnect`]), then carries on with what the lost connection
-    /// left unfinished: messages without a receipt, files being sent (the relay resumes them)
-    /// and a `/receive` (a half-downloaded file resumes from its `.part`).
-    fn reconnect(&mut self, why: &Disconnect, ui: &mut Ui) -> anyhow::Result<()> {
-        let client = self.dialer.reconnect(why, ui)?;
-        let old = std::mem::replace(&mut self.client, client);
-        drop(old);
-        self.catch_up.resend(&self.client)?;
-        let uploads = self.catch_up.uploads_pending();
-        if uploads > 0 {
-            ui.out(&notice_line(now_ms(), &format!("resuming {uploads} upload(s)")))?;
-        }
-        if self.receiving {
-            self.client.receive_all(&self.downloads)?;
-        }
-        Ok(())
-    }
-
-    /// Nothing started from this terminal is still going on.
-    fn is_idle(&self) -> bool {
-        self.catch_up.uploads_pending() == 0 && !self.receiving
-    }
-}
-
 /// What a keyboard line asks of the session.
 enum Step {
     Continue,
@@ -277,7 +232,7 @@ enum Step {
 }
 
 /// Carries out one keyboard line: a command, or text for the room.
-fn handle_line(link: &mut Link, line: &str, ui: &mut Ui) -> anyhow::Result<Step> {
+fn handle_line(session: &mut Session, line: &str, ui: &mut Ui) -> anyhow::Result<Step> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
     let result = match command {
@@ -286,29 +241,29 @@ fn handle_line(link: &mut Link, line: &str, ui: &mut Ui) -> anyhow::Result<Step>
         "/leave" => return Ok(Step::Leave),
         "/msg" => match rest.trim_start().split_once(' ') {
             Some((to, text)) if !text.trim().is_empty() => {
-                crate::rules::check_name(to).map_err(ClientError::Rule).and_then(|()| link.send(to, text))
+                crate::rules::check_name(to).map_err(ClientError::Rule).and_then(|()| session.send(to, text))
             }
             _ => {
                 ui.err("error: usage: /msg NAME text");
                 Ok(())
             }
         },
-        "/who" => link.client.who(),
+        "/who" => session.client().who(),
         "/help" => {
             ui.out(&notice_line(now_ms(), HELP))?;
             Ok(())
         }
         "/send" => {
-            send_command(link, rest, ui);
+            send_command(session, rest, ui);
             Ok(())
         }
-        "/receive" => link.client.receive_all(&ui.downloads).map(|()| link.receiving = true),
-        _ if line.starts_with("//") => link.send("", &line[1..]),
+        "/receive" => session.receive_all(&ui.downloads),
+        _ if line.starts_with("//") => session.send("", &line[1..]),
         _ if line.starts_with('/') => {
             ui.err(&format!("error: unknown command {} (try /help)", visible(command)));
             Ok(())
         }
-        _ => link.send("", line),
+        _ => session.send("", line),
     };
     match result {
         Ok(()) => Ok(Step::Continue),
@@ -323,7 +278,7 @@ fn handle_line(link: &mut Link, line: &str, ui: &mut Ui) -> anyhow::Result<Step>
 }
 
 /// `/send [--to NAME] PATH...`, with shell-style quoting for paths with spaces.
-fn send_command(link: &mut Link, args: &str, ui: &mut Ui) {
+fn send_command(session: &mut Session, args: &str, ui: &mut Ui) {
     let words = match shell_words::split(args) {
         Ok(words) => words,
         Err(e) => return ui.err(&format!("error: /send: {e} (check your quotes)")),
@@ -336,7 +291,7 @@ fn send_command(link: &mut Link, args: &str, ui: &mut Ui) {
         return ui.err("error: usage: /send [--to NAME] PATH...");
     }
     for path in paths {
-        if let Err(e) = link.catch_up.send_file(&link.client, path.as_ref(), to) {
+        if let Err(e) = session.send_file(path.as_ref(), to) {
             ui.err(&format!("error: {}", visible(&e.to_string())));
         }
     }

@@ -3,34 +3,34 @@
 
 use std::path::PathBuf;
 
-use super::dial::Dialer;
+use super::dial::reconnect;
 use super::Ui;
 use crate::cli::Exit;
-use crate::client::{Client, ClientError, Direction, Disconnect, Event};
+use crate::client::{ClientError, Direction, Disconnect, Event, Session};
 use crate::display::visible;
 
 /// `client send PATH... [--to NAME]`: upload, wait for every verdict, exit.
 ///
 /// A lost connection is not the end: the command reconnects (the same policy as the interactive
-/// client, [`Dialer::reconnect`]) and sends again every file the relay has not yet stored. The
+/// client, [`Session::reconnect`]) and sends again every file the relay has not yet stored. The
 /// relay resumes each where it stopped (uploads are keyed by path, size and modification time;
 /// see `client/upload.rs`). A failure reported just before the link went down is therefore not
 /// final and not shown; only the verdicts of the connection that sees every file through count.
+/// That is why this command queues files on the connection itself ([`Session::client`]) and
+/// keeps its own list, rather than letting the session's catch-up drop a file at its failure.
 pub(super) fn send_once(
-    dialer: &Dialer,
-    client: Client,
+    mut session: Session,
     paths: &[PathBuf],
     to: Option<&str>,
     ui: &mut Ui,
 ) -> anyhow::Result<Exit> {
-    let mut client = client;
     let mut left: Vec<&PathBuf> = paths.iter().collect();
     let mut refused = 0; // files that cannot be sent at all (not found, a directory, ...)
     loop {
         // The upload thread sends files one after another, so verdicts come in queue order.
         let mut queued = Vec::new();
         for path in left {
-            match client.send_file(path, to) {
+            match session.client().send_file(path, to) {
                 Ok(()) => queued.push(path),
                 Err(ClientError::Disconnected) => queued.push(path), // the event will say why
                 Err(e) => {
@@ -45,7 +45,7 @@ pub(super) fn send_once(
             if verdicts == queued.len() {
                 break None;
             }
-            let event = match client.events().recv() {
+            let event = match session.events().recv() {
                 Ok(event) => event,
                 Err(_) => break Some(Disconnect::Closed),
             };
@@ -67,7 +67,7 @@ pub(super) fn send_once(
                 for (_, failure) in &failures {
                     ui.show(failure)?;
                 }
-                client.close();
+                session.close();
                 let ok = failures.is_empty() && refused == 0;
                 return Ok(if ok { Exit::Success } else { Exit::Error });
             }
@@ -77,7 +77,7 @@ pub(super) fn send_once(
                 let mut again: Vec<&PathBuf> = queued[verdicts..].to_vec();
                 again.extend(failures.iter().map(|(path, _)| *path));
                 left = again;
-                client = dialer.reconnect(&why, ui)?;
+                reconnect(&mut session, &why, ui)?;
             }
         }
     }
@@ -85,51 +85,57 @@ pub(super) fn send_once(
 
 /// `client receive`: download everything waiting, exit.
 ///
-/// Like `send`, it rides out a lost connection: it reconnects and asks again for what is still
-/// waiting. Files already downloaded were verified and marked received, so they are not offered
-/// again, and a half-downloaded file resumes from its `.part` file.
-pub(super) fn receive_once(dialer: &Dialer, client: Client, ui: &mut Ui) -> anyhow::Result<Exit> {
-    let mut client = client;
+/// Like `send`, it rides out a lost connection: the session reconnects and asks again for what is
+/// still waiting. Files already downloaded were verified and marked received, so they are not
+/// offered again, and a half-downloaded file resumes from its `.part` file.
+pub(super) fn receive_once(mut session: Session, ui: &mut Ui) -> anyhow::Result<Exit> {
     let mut received = 0;
+    let mut failures = Vec::new();
+    while let Err(e) = session.receive_all(&ui.downloads) {
+        if !matches!(e, ClientError::Disconnected) {
+            return Err(e.into());
+        }
+        // Lost before it was asked: ask on the next connection.
+        let why = wait_for_disconnect(&session);
+        reconnect(&mut session, &why, ui)?;
+    }
     loop {
-        let mut failures = Vec::new();
-        let lost = match client.receive_all(&ui.downloads) {
-            Err(ClientError::Disconnected) => wait_for_disconnect(&client),
-            Err(e) => return Err(e.into()),
-            Ok(()) => loop {
-                let event = match client.events().recv() {
-                    Ok(event) => event,
-                    Err(_) => break Disconnect::Closed,
-                };
-                match &event {
-                    Event::Disconnected(why) => break why.clone(),
-                    Event::ReceiveFinished { failed, .. } => {
-                        let failed = *failed;
-                        for failure in &failures {
-                            ui.show(failure)?;
-                        }
-                        ui.show(&Event::ReceiveFinished { received, failed })?;
-                        client.close();
-                        return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
-                    }
-                    Event::Downloaded { .. } => {
-                        received += 1;
-                        ui.show(&event)?
-                    }
-                    Event::TransferFailed { .. } => failures.push(event),
-                    Event::Progress { .. } => ui.show(&event)?,
-                    _ => {}
-                }
-            },
+        let event = match session.events().recv() {
+            Ok(event) => event,
+            Err(_) => Event::Disconnected(Disconnect::Closed),
         };
-        client = dialer.reconnect(&lost, ui)?;
+        session.fresh(&event);
+        match &event {
+            Event::Disconnected(why) => {
+                // Failures seen on a connection that did not last may have been the link going
+                // down; the reconnect asks for those files again.
+                failures.clear();
+                reconnect(&mut session, why, ui)?;
+            }
+            Event::ReceiveFinished { failed, .. } => {
+                let failed = *failed;
+                for failure in &failures {
+                    ui.show(failure)?;
+                }
+                ui.show(&Event::ReceiveFinished { received, failed })?;
+                session.close();
+                return Ok(if failed == 0 { Exit::Success } else { Exit::Error });
+            }
+            Event::Downloaded { .. } => {
+                received += 1;
+                ui.show(&event)?
+            }
+            Event::TransferFailed { .. } => failures.push(event),
+            Event::Progress { .. } => ui.show(&event)?,
+            _ => {}
+        }
     }
 }
 
-/// The reason a client's connection ended, once it has.
-fn wait_for_disconnect(client: &Client) -> Disconnect {
+/// The reason a session's connection ended, once it has.
+fn wait_for_disconnect(session: &Session) -> Disconnect {
     loop {
-        match client.events().recv() {
+        match session.events().recv() {
             Ok(Event::Disconnected(why)) => return why,
             Ok(_) => {}
             Err(_) => return Disconnect::Closed,
