@@ -47,15 +47,27 @@ pub(crate) fn next_message_id() -> u64 {
 
 impl CatchUp {
     /// Sends text (to the room if `to` is empty) and keeps it until its receipt comes.
+    ///
+    /// If the connection is already gone ([`ClientError::Disconnected`]), the text is kept all the
+    /// same and this returns Ok: [`CatchUp::resend`] sends it on the next connection. A line typed
+    /// in the moment between a link dying and the reconnect is not lost.
     pub fn send(&mut self, client: &Client, to: &str, text: &str) -> Result<(), ClientError> {
-        let id = client.send_with_id(next_message_id(), to, text)?;
+        let id = next_message_id();
+        match client.send_with_id(id, to, text) {
+            Ok(_) | Err(ClientError::Disconnected) => {}
+            Err(e) => return Err(e),
+        }
         self.unconfirmed.insert(id, (to.to_owned(), text.to_owned()));
         Ok(())
     }
 
-    /// Queues a file for upload and keeps it until its verdict comes.
+    /// Queues a file for upload and keeps it until its verdict comes; like [`CatchUp::send`], a
+    /// file queued after the connection died is queued again on the next one.
     pub fn send_file(&mut self, client: &Client, path: &Path, to: Option<&str>) -> Result<(), ClientError> {
-        client.send_file(path, to)?;
+        match client.send_file(path, to) {
+            Ok(()) | Err(ClientError::Disconnected) => {}
+            Err(e) => return Err(e),
+        }
         self.uploading.push_back((path.to_owned(), to.map(str::to_owned)));
         Ok(())
     }

@@ -206,19 +206,25 @@ impl Session {
     }
 
     /// Sends text (to the room if `to` is empty) and keeps it until the relay's receipt comes.
+    /// Sent while the connection is already gone, it goes out on the next one.
     pub fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
         self.catch_up.send(&self.client, to, text)
     }
 
-    /// Queues a file for upload (see [`Client::send_file`]) and keeps it until its verdict comes.
+    /// Queues a file for upload (see [`Client::send_file`]) and keeps it until its verdict comes
+    /// (queued again on the next connection if this one is gone).
     pub fn send_file(&mut self, path: &Path, to: Option<&str>) -> Result<(), ClientError> {
         self.catch_up.send_file(&self.client, path, to)
     }
 
     /// Downloads everything waiting into `dir` (see [`Client::receive_all`]); asked for again
-    /// after a reconnect until [`Event::ReceiveFinished`] arrives.
+    /// after a reconnect until [`Event::ReceiveFinished`] arrives. Asked while the connection is
+    /// already gone, it is asked on the next one.
     pub fn receive_all(&mut self, dir: &Path) -> Result<(), ClientError> {
-        self.client.receive_all(dir)?;
+        match self.client.receive_all(dir) {
+            Ok(()) | Err(ClientError::Disconnected) => {}
+            Err(e) => return Err(e),
+        }
         self.receiving = Some(dir.to_owned());
         Ok(())
     }

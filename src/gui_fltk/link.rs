@@ -66,7 +66,7 @@ impl Link {
         let (to_link, commands) = bounded(64);
         let (to_gui, events) = bounded(1024);
         let thread = thread::Builder::new().name("gui-link".into()).spawn(move || {
-            let looper = Looper { server, config, commands, to_gui, wake };
+            let looper = Looper { server, config, commands, to_gui, wake, held: Vec::new() };
             looper.run()
         })?;
         Ok(Link { to_link, events, thread: Some(thread) })
@@ -96,7 +96,14 @@ struct Looper {
     commands: Receiver<Command>,
     to_gui: Sender<LinkEvent>,
     wake: fn(),
+    /// What the person asked for while the link was down (a line, a file, a receive): carried
+    /// out once connected, as the terminal client's line waits for the new connection. At most
+    /// [`HELD`]; beyond that the window is told it was not kept.
+    held: Vec<Command>,
 }
+
+/// Commands held while not connected: as many as the command channel holds.
+const HELD: usize = 64;
 
 impl Looper {
     fn tell(&self, event: LinkEvent) -> bool {
@@ -117,6 +124,9 @@ impl Looper {
                 return session.close();
             }
             again = true;
+            for command in std::mem::take(&mut self.held) {
+                self.carry_out(&mut session, command);
+            }
             let why = match self.pump(&mut session) {
                 Ended::Quit => return session.close(),
                 Ended::Lost(why) => why,
@@ -136,10 +146,9 @@ impl Looper {
     /// is waited for), with the question about a relay's key on first contact.
     fn first_session(&mut self) -> Option<Session> {
         loop {
+            let (server, config) = (self.server.clone(), self.config.clone());
             let dialed =
-                Session::dial(&self.server, self.config.clone(), KeepTrying::Forever, |pause, error| {
-                    self.pause(pause, error)
-                });
+                Session::dial(&server, config, KeepTrying::Forever, |pause, error| self.pause(pause, error));
             match dialed {
                 Ok(session) => return Some(session),
                 Err(DialError::Refused(ClientError::Trust(TrustError::Unknown { server, fingerprint }))) => {
@@ -161,7 +170,7 @@ impl Looper {
 
     /// One wait between attempts: tells the window, then sleeps, still answering commands.
     /// False when the window closed meanwhile (the attempts stop).
-    fn pause(&self, pause: Duration, error: &ClientError) -> bool {
+    fn pause(&mut self, pause: Duration, error: &ClientError) -> bool {
         self.tell(LinkEvent::Retrying { why: error.to_string(), retry_in: pause }) && self.wait(pause)
     }
 
@@ -179,6 +188,7 @@ impl Looper {
                 recv(reply) -> yes => break yes.unwrap_or(false),
                 recv(self.commands) -> command => match command {
                     Ok(Command::Quit) | Err(_) => return None,
+                    Ok(command) if self.held.len() < HELD => self.held.push(command),
                     Ok(_) => {
                         let wait = "not connected yet: answer the question about the relay's key first";
                         self.tell(LinkEvent::Problem(wait.into()));
@@ -251,14 +261,19 @@ impl Looper {
         }
     }
 
-    /// Sleeps for `pause`, still answering commands. False when the GUI quit meanwhile.
-    fn wait(&self, pause: Duration) -> bool {
+    /// Sleeps for `pause`, still taking commands: they are held for the next connection (see
+    /// `held`). False when the GUI quit meanwhile.
+    fn wait(&mut self, pause: Duration) -> bool {
         let deadline = std::time::Instant::now() + pause;
         loop {
             match self.commands.recv_deadline(deadline) {
                 Ok(Command::Quit) | Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(command) if self.held.len() < HELD => self.held.push(command),
                 Ok(_) => {
-                    self.tell(LinkEvent::Problem("not connected right now; try again in a moment".into()));
+                    let full = format!(
+                        "not connected, and {HELD} requests already wait for the connection: not kept"
+                    );
+                    self.tell(LinkEvent::Problem(full));
                 }
                 Err(RecvTimeoutError::Timeout) => return true,
             }

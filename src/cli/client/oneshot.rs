@@ -91,14 +91,8 @@ pub(super) fn send_once(
 pub(super) fn receive_once(mut session: Session, ui: &mut Ui) -> anyhow::Result<Exit> {
     let mut received = 0;
     let mut failures = Vec::new();
-    while let Err(e) = session.receive_all(&ui.downloads) {
-        if !matches!(e, ClientError::Disconnected) {
-            return Err(e.into());
-        }
-        // Lost before it was asked: ask on the next connection.
-        let why = wait_for_disconnect(&session);
-        reconnect(&mut session, &why, ui)?;
-    }
+    // Asked on a connection that is already gone, the session asks again on the next one.
+    session.receive_all(&ui.downloads)?;
     loop {
         let event = match session.events().recv() {
             Ok(event) => event,
@@ -128,17 +122,6 @@ pub(super) fn receive_once(mut session: Session, ui: &mut Ui) -> anyhow::Result<
             Event::TransferFailed { .. } => failures.push(event),
             Event::Progress { .. } => ui.show(&event)?,
             _ => {}
-        }
-    }
-}
-
-/// The reason a session's connection ended, once it has.
-fn wait_for_disconnect(session: &Session) -> Disconnect {
-    loop {
-        match session.events().recv() {
-            Ok(Event::Disconnected(why)) => return why,
-            Ok(_) => {}
-            Err(_) => return Disconnect::Closed,
         }
     }
 }
