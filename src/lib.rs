@@ -23,7 +23,8 @@
 //!    `server/hub/meter.rs` (memory queued per client), `server/store/` (disk, uploads, what waits
 //!    for whom). The README's "Limits" table lists them all.
 //! 6. [`client`]: the client library. Handshake, then a writer, a reader and an upload thread,
-//!    reporting everything as [`client::Event`]s. `client/identity.rs` keeps this machine's
+//!    reporting everything as [`client::Event`]s; [`client::Session`] is the connection that
+//!    comes back after the link is lost, with one policy for both front ends. `client/identity.rs` keeps this machine's
 //!    secret, from which each relay gets its own token; `client/trust.rs` decides whether to trust
 //!    a relay's TLS key (a CA, or the pin kept from first contact, as SSH does).
 //! 7. Helpers for files: [`filename`] (names from the network made safe), [`sha`] (hashing while

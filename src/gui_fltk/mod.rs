@@ -3,8 +3,8 @@
 //! - [`window`]: the widgets and their layout. Widgets only `emit` [`window::Action`]s.
 //! - [`app`]: the `App` that owns the widgets and handles actions and network events, on the GUI
 //!   thread only.
-//! - [`link`]: the network thread that owns the [`crate::client::Client`], reconnects with backoff
-//!   and wakes the GUI with `fltk::app::awake()`.
+//! - [`link`]: the network thread that owns the library's reconnecting [`crate::client::Session`]
+//!   (the terminal client's too) and wakes the GUI with `fltk::app::awake()`.
 //! - [`connect`]: the small dialog that asks for the relay and the name when they are not given,
 //!   remembering the last values in the user's config directory.
 //!
