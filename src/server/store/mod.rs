@@ -8,8 +8,9 @@
 //!   files/<file_id>.bin      complete, verified files
 //! ```
 //!
-//! The hub thread owns the [`Store`] and is the only one to create, rename or delete anything
-//! here; those are small, quick operations. The *bytes* of a transfer are moved by the connection's
+//! The hub thread owns the [`Store`] and is the only one to decide to create, rename or delete
+//! anything here; those are small, quick operations, except deleting a big file, which the store
+//! hands to a thread of its own (`remover.rs`). The *bytes* of a transfer are moved by the connection's
 //! own threads: an upload is written to its `.part` file by the connection's reader, a download is
 //! read by the connection's download thread. So the hub never waits on a large write.
 //!
@@ -30,6 +31,7 @@ mod accounts;
 mod db;
 mod legacy;
 mod messages;
+mod remover;
 mod uploads;
 mod waiting;
 
@@ -125,6 +127,9 @@ pub(crate) struct Store {
     partials_checked: Instant,
     /// See [`Store::keep_for`].
     retention: Duration,
+    /// Deletes files on its own thread (see `remover.rs`): the hub owns the store and must not
+    /// wait while a big file is unlinked.
+    remover: remover::Remover,
 }
 
 impl Store {
@@ -152,6 +157,7 @@ impl Store {
             next_upload_id: 1,
             partials_checked: Instant::now(),
             retention: Duration::MAX,
+            remover: remover::Remover::start()?,
         };
         store.delete_bytes(&orphans);
         store.reconcile()?;
@@ -206,7 +212,7 @@ impl Store {
             .remove(&upload_id)
             .ok_or_else(|| (ErrorCode::BadTransfer, format!("no upload {upload_id} in progress")))?;
         if let Err(refusal) = self.check_commit(&partial) {
-            let _ = fs::remove_file(&partial.temp_path);
+            self.remover.remove(partial.temp_path);
             return Err(refusal);
         }
         let file = NewFile {
@@ -227,7 +233,7 @@ impl Store {
         match result {
             Ok(info) => Ok(info),
             Err(e) => {
-                let _ = fs::remove_file(&partial.temp_path);
+                self.remover.remove(partial.temp_path);
                 let why = match e {
                     InsertError::Db(e) => e.to_string(),
                     InsertError::Place(e) => e.to_string(),
@@ -314,9 +320,7 @@ impl Store {
     /// removes, never a row without bytes.
     pub(crate) fn mark_received(&mut self, name: &str, file_id: u64) {
         match self.db.mark_received(name, file_id) {
-            Ok(true) => {
-                let _ = fs::remove_file(self.bin_path(file_id));
-            }
+            Ok(true) => self.remover.remove(self.bin_path(file_id)),
             Ok(false) => {}
             Err(e) => log::error!("store: cannot record that {name} has file {file_id}: {e}"),
         }
@@ -336,9 +340,7 @@ impl Store {
         }
         match self.db.expire_files(cutoff, now) {
             Ok((ids, notices)) => {
-                for id in &ids {
-                    let _ = fs::remove_file(self.bin_path(*id));
-                }
+                self.delete_bytes(&ids);
                 if !ids.is_empty() {
                     log::info!("store: {} file(s) expired", ids.len());
                 }
@@ -407,7 +409,7 @@ impl Store {
 
     fn delete_bytes(&self, ids: &[u64]) {
         for id in ids {
-            let _ = fs::remove_file(self.bin_path(*id));
+            self.remover.remove(self.bin_path(*id));
         }
     }
 

@@ -264,7 +264,7 @@ impl Store {
     /// Forgets an upload and deletes its bytes.
     pub(crate) fn abort_upload(&mut self, upload_id: u64) {
         if let Some(partial) = self.partials.remove(&upload_id) {
-            let _ = fs::remove_file(&partial.temp_path);
+            self.remover.remove(partial.temp_path);
         }
     }
 
