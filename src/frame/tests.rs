@@ -62,7 +62,13 @@ fn samples() -> Vec<Frame> {
 }
 
 fn info(file_id: u64) -> FileInfo {
-    FileInfo { file_id, from: "alice".into(), name: "a b.txt".into(), size: 42, sha256: Some([file_id as u8; 32]) }
+    FileInfo {
+        file_id,
+        from: "alice".into(),
+        name: "a b.txt".into(),
+        size: 42,
+        sha256: Some([file_id as u8; 32]),
+    }
 }
 
 #[test]

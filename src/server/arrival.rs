@@ -80,7 +80,10 @@ const CANCEL_CHECK: Duration = Duration::from_millis(250);
 
 impl Arrival {
     pub(crate) fn new() -> Arc<Arrival> {
-        Arc::new(Arrival { state: Mutex::new(State { written: 0, outcome: Outcome::Arriving }), moved: Condvar::new() })
+        Arc::new(Arrival {
+            state: Mutex::new(State { written: 0, outcome: Outcome::Arriving }),
+            moved: Condvar::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -252,7 +252,9 @@ fn verdict(plan: &DownloadPlan, cancel: &AtomicBool) -> Result<Option<[u8; 32]>,
         Source::Arriving { arrival, patience, .. } => match arrival.wait(plan.size, *patience, cancel)? {
             Seen::Stored(sha256) => Ok(Some(sha256)),
             Seen::Cancelled => Ok(None),
-            Seen::Bytes(_) => Err((ErrorCode::SenderFailed, "the sender sent more bytes than announced".into())),
+            Seen::Bytes(_) => {
+                Err((ErrorCode::SenderFailed, "the sender sent more bytes than announced".into()))
+            }
         },
     }
 }
@@ -324,7 +326,8 @@ impl Out<'_> {
             buf[CHUNK_HEADER] ^= 0xff;
         }
         self.chunks_sent += 1;
-        chunk_frame(&mut buf, DOWNLOAD_CHUNK, self.plan.file_id).map_err(|e| (ErrorCode::Storage, e.to_string()))?;
+        chunk_frame(&mut buf, DOWNLOAD_CHUNK, self.plan.file_id)
+            .map_err(|e| (ErrorCode::Storage, e.to_string()))?;
         Ok(buf)
     }
 }

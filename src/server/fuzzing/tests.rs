@@ -51,8 +51,13 @@ fn relay_seeds() -> Vec<(&'static str, Vec<Frame>)> {
 
 /// One frame of every kind, some with awkward contents: the `decode` seeds.
 fn decode_seeds() -> Vec<Frame> {
-    let info =
-        FileInfo { file_id: 3, from: "alice".into(), name: "报告.pdf".into(), size: 42, sha256: Some([7; 32]) };
+    let info = FileInfo {
+        file_id: 3,
+        from: "alice".into(),
+        name: "报告.pdf".into(),
+        size: 42,
+        sha256: Some([7; 32]),
+    };
     let mut frames: Vec<Frame> = relay_seeds().into_iter().flat_map(|(_, frames)| frames).collect();
     frames.extend([
         Frame::Hello {

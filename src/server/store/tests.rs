@@ -185,7 +185,10 @@ fn an_older_data_dir_is_imported_with_its_ids() {
     let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
     let waiting = store.waiting_for("bob");
     assert_eq!(waiting.len(), 1);
-    assert_eq!((waiting[0].file_id, waiting[0].name.as_str(), waiting[0].sha256), (7, "a.txt", Some([5; 32])));
+    assert_eq!(
+        (waiting[0].file_id, waiting[0].name.as_str(), waiting[0].sha256),
+        (7, "a.txt", Some([5; 32]))
+    );
     assert_eq!(store.recipients(7), vec!["bob".to_string(), "carol".to_string()]);
     assert!(!dir.join("files/7.meta").exists(), "imported once, then removed");
     // New files never reuse an imported id.
