@@ -5,7 +5,7 @@
 //! relay's disk soon after the upload wrote it. An [`Arrival`] is the board they meet at:
 //!
 //! ```text
-//!  upload's disk thread ── written_to(n) ──▶ ┌──────────┐ ◀── wait(at) ── download thread(s)
+//!  upload's disk thread ── written_to(n) ──▶ ┌──────────┐ ◀── wait(n) ─── download thread(s)
 //!  hub (commit, abort,  ──── finish(…) ────▶ │ Arrival  │     (one per recipient connection
 //!       sender gone)                         └──────────┘      following this upload)
 //! ```
@@ -52,6 +52,10 @@ struct State {
     /// Bytes of the file written to the relay's `.part` file, from its start.
     written: u64,
     outcome: Outcome,
+    /// The smallest `written` a sleeping follower waits for (`u64::MAX`: nobody waits). The disk
+    /// thread wakes followers only when it gets there, so a follower that wants a whole chunk is
+    /// woken once per chunk, not once per write.
+    wake_at: u64,
 }
 
 /// The progress of one upload, shared by its disk thread, the hub and the download threads that
@@ -78,10 +82,15 @@ pub(crate) enum Seen {
 /// quarter of a second is the longest a closing connection waits for it (simplified on purpose).
 const CANCEL_CHECK: Duration = Duration::from_millis(250);
 
+/// How long a follower with some new bytes waits for the rest of its piece before it sends what
+/// is there: long enough that a fast upload fills the piece first (one wake-up per piece, not
+/// one per write), short enough that a slow sender's bytes still flow on.
+const GATHER: Duration = Duration::from_millis(20);
+
 impl Arrival {
     pub(crate) fn new() -> Arc<Arrival> {
         Arc::new(Arrival {
-            state: Mutex::new(State { written: 0, outcome: Outcome::Arriving }),
+            state: Mutex::new(State { written: 0, outcome: Outcome::Arriving, wake_at: u64::MAX }),
             moved: Condvar::new(),
         })
     }
@@ -93,8 +102,16 @@ impl Arrival {
 
     /// The upload's disk thread has written the file up to byte `total`.
     pub(crate) fn written_to(&self, total: u64) {
-        self.lock().written = total;
-        self.moved.notify_all();
+        let mut state = self.lock();
+        state.written = total;
+        let wake = total >= state.wake_at;
+        if wake {
+            state.wake_at = u64::MAX; // woken followers that want more say so again
+        }
+        drop(state);
+        if wake {
+            self.moved.notify_all();
+        }
     }
 
     /// The hub decided how the upload ended. The first outcome stays: a stored file cannot fail
@@ -117,29 +134,46 @@ impl Arrival {
         }
     }
 
-    /// Sleeps until the upload has more than `at` bytes on disk or has ended, and says which.
-    /// An upload that failed, stopped, or did not move for `patience` is a refusal for the
-    /// recipient. Wakes every [`CANCEL_CHECK`] to see whether `cancel` was set.
-    pub(crate) fn wait(&self, at: u64, patience: Duration, cancel: &AtomicBool) -> Result<Seen, Refusal> {
-        let since = Instant::now();
+    /// Sleeps until the upload has at least `until` bytes on disk (or more than `at` that have
+    /// waited [`GATHER`] for the rest: a slow sender's bytes still flow), or has ended, and says
+    /// which (`until` = `u64::MAX` waits for the verdict only). An upload that failed, stopped,
+    /// or did not grow for `patience` is a refusal for the recipient. Wakes every
+    /// [`CANCEL_CHECK`] to see whether `cancel` was set, and whether the upload grew.
+    pub(crate) fn wait(
+        &self,
+        at: u64,
+        until: u64,
+        patience: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Seen, Refusal> {
+        let mut since = Instant::now();
         let mut state = self.lock();
+        let mut seen = state.written;
+        let mut gathered = false;
         loop {
             match &state.outcome {
                 Outcome::Failed(why) => return Err(failed(why)),
                 Outcome::Stopped => return Err(stopped("the sender's upload stopped")),
-                _ if state.written > at => return Ok(Seen::Bytes(state.written)),
+                _ if state.written >= until || (gathered && state.written > at) => {
+                    return Ok(Seen::Bytes(state.written))
+                }
                 Outcome::Stored(sha256) => return Ok(Seen::Stored(*sha256)),
                 Outcome::Arriving => {}
             }
             if cancel.load(Ordering::SeqCst) {
                 return Ok(Seen::Cancelled);
             }
+            if state.written != seen {
+                (seen, since) = (state.written, Instant::now()); // slow, but not stalled
+            }
             let waited = since.elapsed();
             if waited >= patience {
                 let why = format!("the sender's upload stalled (nothing for {} s)", patience.as_secs());
                 return Err(stopped(&why));
             }
-            let nap = CANCEL_CHECK.min(patience - waited);
+            state.wake_at = state.wake_at.min(until);
+            gathered = state.written > at;
+            let nap = if gathered { GATHER } else { CANCEL_CHECK }.min(patience - waited);
             state = self.moved.wait_timeout(state, nap).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
@@ -176,7 +210,7 @@ mod tests {
         };
         let mut at = 0;
         let verdict = loop {
-            match arrival.wait(at, patience, &cancel).unwrap() {
+            match arrival.wait(at, at + 1, patience, &cancel).unwrap() {
                 Seen::Bytes(n) => {
                     assert!(n > at && n <= 40);
                     at = n;
@@ -195,19 +229,19 @@ mod tests {
         let arrival = Arrival::new();
         arrival.written_to(10);
         arrival.finish(Outcome::Failed("bad hash".into()));
-        assert_eq!(arrival.wait(0, patience, &cancel).unwrap_err().0, ErrorCode::SenderFailed);
+        assert_eq!(arrival.wait(0, 1, patience, &cancel).unwrap_err().0, ErrorCode::SenderFailed);
 
         let arrival = Arrival::new();
         arrival.written_to(10);
         arrival.finish(Outcome::Stopped);
-        assert_eq!(arrival.wait(0, patience, &cancel).unwrap_err().0, ErrorCode::SenderStopped);
+        assert_eq!(arrival.wait(0, 1, patience, &cancel).unwrap_err().0, ErrorCode::SenderStopped);
 
         let started = Instant::now();
-        let stalled = Arrival::new().wait(0, patience, &cancel).unwrap_err();
+        let stalled = Arrival::new().wait(0, 1, patience, &cancel).unwrap_err();
         assert_eq!(stalled.0, ErrorCode::SenderStopped, "{stalled:?}");
         assert!(started.elapsed() >= patience);
 
         cancel.store(true, Ordering::SeqCst);
-        assert_eq!(Arrival::new().wait(0, Duration::from_secs(60), &cancel).unwrap(), Seen::Cancelled);
+        assert_eq!(Arrival::new().wait(0, 1, Duration::from_secs(60), &cancel).unwrap(), Seen::Cancelled);
     }
 }

@@ -200,7 +200,7 @@ fn send_file(
     }
     let mut at = plan.offset;
     while at < plan.size {
-        let Some(have) = bytes_on_disk(plan, at, cancel)? else { return Ok(false) };
+        let Some(have) = bytes_on_disk(plan, at, out.piece(), cancel)? else { return Ok(false) };
         if !out.send(at, have)? {
             return Ok(false);
         }
@@ -232,11 +232,17 @@ fn open(plan: &DownloadPlan) -> Result<File, Refusal> {
 }
 
 /// How far the download may read from `at`: the whole file when it is stored; for an arriving
-/// file, what its upload has written so far, waiting until that is more than `at`. `None` when
-/// the connection is closing.
-fn bytes_on_disk(plan: &DownloadPlan, at: u64, cancel: &AtomicBool) -> Result<Option<u64>, Refusal> {
+/// file, what its upload has written so far, waiting until that covers a whole `piece` (or the
+/// rest of the file), so the download sends full chunks or slices and wakes once per piece.
+/// `None` when the connection is closing.
+fn bytes_on_disk(
+    plan: &DownloadPlan,
+    at: u64,
+    piece: u64,
+    cancel: &AtomicBool,
+) -> Result<Option<u64>, Refusal> {
     let Source::Arriving { arrival, patience, .. } = &plan.source else { return Ok(Some(plan.size)) };
-    match arrival.wait(at, *patience, cancel)? {
+    match arrival.wait(at, plan.size.min(at + piece), *patience, cancel)? {
         Seen::Bytes(have) => Ok(Some(have.min(plan.size))),
         Seen::Cancelled => Ok(None),
         Seen::Stored(_) => Err(unreadable(&io::Error::other("the stored file is shorter than announced"))),
@@ -249,13 +255,15 @@ fn bytes_on_disk(plan: &DownloadPlan, at: u64, cancel: &AtomicBool) -> Result<Op
 fn verdict(plan: &DownloadPlan, cancel: &AtomicBool) -> Result<Option<[u8; 32]>, Refusal> {
     match &plan.source {
         Source::Stored(sha256) => Ok(Some(*sha256)),
-        Source::Arriving { arrival, patience, .. } => match arrival.wait(plan.size, *patience, cancel)? {
-            Seen::Stored(sha256) => Ok(Some(sha256)),
-            Seen::Cancelled => Ok(None),
-            Seen::Bytes(_) => {
-                Err((ErrorCode::SenderFailed, "the sender sent more bytes than announced".into()))
+        Source::Arriving { arrival, patience, .. } => {
+            match arrival.wait(plan.size, u64::MAX, *patience, cancel)? {
+                Seen::Stored(sha256) => Ok(Some(sha256)),
+                Seen::Cancelled => Ok(None),
+                Seen::Bytes(_) => {
+                    Err((ErrorCode::SenderFailed, "the sender sent more bytes than announced".into()))
+                }
             }
-        },
+        }
     }
 }
 
@@ -291,11 +299,20 @@ impl Out<'_> {
         self.settings.chunk.clamp(1, frame::MAX_CHUNK_DATA)
     }
 
+    /// The bytes one queued item covers: a slice, or a chunk read into memory.
+    fn piece(&self) -> u64 {
+        let chunk = self.chunk() as u64;
+        if self.zero_copy() {
+            chunk * CHUNKS_PER_SLICE
+        } else {
+            chunk
+        }
+    }
+
     /// Queues bytes `at..end` of the file for the writer. False when the writer went away or the
     /// session cancelled.
     fn send(&mut self, mut at: u64, end: u64) -> Result<bool, Refusal> {
-        let chunk = self.chunk();
-        let span = if self.zero_copy() { chunk as u64 * CHUNKS_PER_SLICE } else { chunk as u64 };
+        let (chunk, span) = (self.chunk(), self.piece());
         while at < end {
             let len = span.min(end - at);
             let bulk = if self.zero_copy() {
