@@ -128,19 +128,35 @@ fn receive_result(client: &Client) -> Result<PathBuf, String> {
     result
 }
 
-#[test]
-fn a_file_is_downloaded_while_it_arrives_and_kept_only_once_verified() {
-    for plaintext in [false, true] {
+/// A relay, a sender that has started uploading `size` random bytes to bob, and bob, offered the
+/// arriving file and receiving it into `dl`.
+struct Scene {
+    server: TestServer,
+    bob: Client,
+    alice: Sender,
+    data: Vec<u8>,
+    dl: TempDir,
+}
+
+impl Scene {
+    fn start(plaintext: bool, size: usize, seed: u64) -> Scene {
         let server = TestServer::start();
         let bob = recipient(&server, "bob", plaintext);
         let src = TempDir::new("src");
-        let data = fs::read(random_file(&src.path, "film.bin", 3 << 20, 11)).unwrap();
-        let (mut alice, _) = Sender::start(&server, "alice", "bob", "k", data.len());
+        let data = fs::read(random_file(&src.path, "film.bin", size, seed)).unwrap();
+        let (alice, _) = Sender::start(&server, "alice", "bob", "k", data.len());
         let offer = arriving_offer(&bob);
         assert_eq!((offer.size, offer.from.as_str()), (data.len() as u64, "alice"));
-
         let dl = TempDir::new("dl");
         bob.receive_all(&dl.path).unwrap();
+        Scene { server, bob, alice, data, dl }
+    }
+}
+
+#[test]
+fn a_file_is_downloaded_while_it_arrives_and_kept_only_once_verified() {
+    for plaintext in [false, true] {
+        let Scene { server, bob, mut alice, data, dl } = Scene::start(plaintext, 3 << 20, 11);
         let half = data.len() / 2;
         alice.send(&data[..half]);
         wait_for_part(&dl.path, half as u64);
@@ -165,14 +181,7 @@ fn a_file_is_downloaded_while_it_arrives_and_kept_only_once_verified() {
 #[test]
 fn an_upload_with_a_bad_hash_fails_the_download_and_leaves_nothing() {
     for plaintext in [false, true] {
-        let server = TestServer::start();
-        let bob = recipient(&server, "bob", plaintext);
-        let src = TempDir::new("src");
-        let data = fs::read(random_file(&src.path, "film.bin", 1 << 20, 12)).unwrap();
-        let (mut alice, _) = Sender::start(&server, "alice", "bob", "k", data.len());
-        arriving_offer(&bob);
-        let dl = TempDir::new("dl");
-        bob.receive_all(&dl.path).unwrap();
+        let Scene { server: _relay, bob, mut alice, data, dl } = Scene::start(plaintext, 1 << 20, 12);
         alice.send(&data);
         wait_for_part(&dl.path, data.len() as u64);
         assert!(matches!(alice.end([0xee; 32]), Frame::UploadFailed { .. }), "the relay refuses the lie");
@@ -184,14 +193,7 @@ fn an_upload_with_a_bad_hash_fails_the_download_and_leaves_nothing() {
 
 #[test]
 fn the_sender_vanishing_ends_the_download_and_it_resumes_when_the_upload_does() {
-    let server = TestServer::start();
-    let bob = recipient(&server, "bob", false);
-    let src = TempDir::new("src");
-    let data = fs::read(random_file(&src.path, "film.bin", 2 << 20, 13)).unwrap();
-    let (mut alice, _) = Sender::start(&server, "alice", "bob", "k", data.len());
-    arriving_offer(&bob);
-    let dl = TempDir::new("dl");
-    bob.receive_all(&dl.path).unwrap();
+    let Scene { server, bob, mut alice, data, dl } = Scene::start(false, 2 << 20, 13);
     let third = data.len() / 3;
     alice.send(&data[..third]);
     wait_for_part(&dl.path, third as u64);

@@ -13,6 +13,9 @@
 //! own threads: an upload is written to its `.part` file by the connection's reader, a download is
 //! read by the connection's download thread. So the hub never waits on a large write.
 //!
+//! An upload gets its file id when it starts: its recipients may download it while it arrives,
+//! from its `.part` file (`uploads.rs`, and `server/arrival.rs` for how the download follows).
+//!
 //! A file is recorded in one database transaction that also moves its bytes into place, and the
 //! uploader is told "done" only after that transaction commits. At startup, bytes that no row
 //! claims (a crash between the move and the commit) are deleted, and rows whose bytes are missing
