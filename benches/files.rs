@@ -26,6 +26,11 @@
 //! - Memory: VmHWM (peak RSS) of each relay and of each client process, sampled from /proc.
 //! - Chat during a transfer: a library client downloads while another sends a timestamped line
 //!   every 20 ms; we report how long those lines took to arrive.
+//! - Sender to recipient, both online (this build's relay, TLS and plaintext, library clients in
+//!   this process): from the sender's `send_file` until the recipient's copy is verified, with
+//!   the recipient downloading the file as it arrives, against the upload alone in the same round
+//!   (the aim: at most 1.3x). Also the old way for comparison: the upload, then the
+//!   download of the stored file.
 //!
 //! All files live in the system temp dir; they are removed at the end.
 
@@ -268,6 +273,11 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
             }
         }
         println!("{} MB/s", line.trim_end_matches(','));
+        if let Some(now) = builds.iter().find(|b| b.label == "now") {
+            for wire in [Wire::Tls, Wire::Plain] {
+                both_online(now, wire, &source, work, &settle, &mut results);
+            }
+        }
     }
     // Back in the order they were started (now, no-sendfile, before), for the tables.
     builds.sort_by_key(|b| ["now", "no-sendfile", "before"].iter().position(|l| *l == b.label));
@@ -311,6 +321,7 @@ fn run(work: &Path, plan: &Plan, sweep: bool) {
         );
     }
     println!("peak RSS (KiB): sending client {up_peak}, receiving client {down_peak}");
+    report_both_online(&results, size);
 
     chat_during_download(work, size.min(256 * MIB));
     if sweep {
@@ -492,6 +503,92 @@ fn wait_event(client: &Client, mut pick: impl FnMut(&Event) -> bool) {
             return;
         }
     }
+}
+
+/// One round of "sender to recipient, both online" on `wire`: the upload alone, the download of
+/// the stored file after it (the old way's second half), and then the same file again with the
+/// recipient downloading it as it arrives. Library clients in this process, against `build`'s
+/// relay; CPU is this process's and the relay's.
+fn both_online(
+    build: &Build,
+    wire: Wire,
+    source: &Path,
+    work: &Path,
+    settle: &dyn Fn(),
+    results: &mut Results,
+) {
+    let w = wire_name(wire);
+    let connect = |name: &str| {
+        let mut config = common::bench_config(name, "stream");
+        if wire == Wire::Plain {
+            config.security = relaychat::client::Security::Plaintext;
+        }
+        Client::connect_tcp(&build.addr, &config).unwrap()
+    };
+    let (alice, bob) = (connect("streamalice"), connect("streambob"));
+    let downloads = work.join("stream-downloads");
+    let cpu = || cpu_secs(std::process::id()) + cpu_secs(build.relay.0.id());
+
+    settle();
+    let (started, cpu_before) = (Instant::now(), cpu());
+    alice.send_file(source, Some("streambob")).unwrap();
+    wait_event(&alice, |e| matches!(e, Event::Uploaded { .. }));
+    results.add(&format!("stream {w} upload alone"), started.elapsed().as_secs_f64(), cpu() - cpu_before);
+    let (started, cpu_before) = (Instant::now(), cpu());
+    bob.receive_all(&downloads).unwrap();
+    wait_event(&bob, |e| matches!(e, Event::ReceiveFinished { .. }));
+    results.add(&format!("stream {w} then download"), started.elapsed().as_secs_f64(), cpu() - cpu_before);
+    let _ = fs::remove_dir_all(&downloads);
+
+    settle();
+    let (started, cpu_before) = (Instant::now(), cpu());
+    alice.send_file(source, Some("streambob")).unwrap();
+    wait_event(&bob, |e| matches!(e, Event::NewFile(info) if info.sha256.is_none()));
+    bob.receive_all(&downloads).unwrap();
+    wait_event(&bob, |e| matches!(e, Event::Downloaded { .. }));
+    results.add(&format!("stream {w} both online"), started.elapsed().as_secs_f64(), cpu() - cpu_before);
+    wait_event(&alice, |e| matches!(e, Event::Uploaded { .. }));
+    wait_event(&bob, |e| matches!(e, Event::ReceiveFinished { .. }));
+    assert_eq!(file_hash(source), file_hash(&downloads.join("source.bin")), "streamed bytes differ");
+    let _ = fs::remove_dir_all(&downloads);
+    alice.close();
+    bob.close();
+}
+
+/// The "both online" table: each figure against the upload alone from the same run.
+fn report_both_online(results: &Results, size: u64) {
+    println!();
+    println!("sender -> recipient, both online (library clients, this build's relay, medians):");
+    println!("{:<36} {:>7} {:>6} {:>13} {:>11}", "", "s", "MB/s", "ratio to up", "CPU s (all)");
+    for w in ["tls", "plain"] {
+        let Some((alone, _)) = results.median(&format!("stream {w} upload alone")) else { continue };
+        let steps = [
+            ("upload alone", "upload alone"),
+            ("then download", "then the stored file's download"),
+            ("both online", "sender -> recipient, streaming"),
+        ];
+        for (step, label) in steps {
+            let Some((secs, cpu)) = results.median(&format!("stream {w} {step}")) else { continue };
+            let name = format!("{w}: {label}");
+            let mbps = size as f64 / 1e6 / secs;
+            println!("{name:<36} {secs:>7.3} {mbps:>6.0} {:>12.2}x {cpu:>11.2}", secs / alone);
+        }
+        if let (Some((up, _)), Some((down, _))) = (
+            results.median(&format!("stream {w} upload alone")),
+            results.median(&format!("stream {w} then download")),
+        ) {
+            println!(
+                "{:<36} {:>7.3} {:>6} {:>12.2}x",
+                format!("{w}: store, then download (before)"),
+                up + down,
+                "",
+                (up + down) / alone
+            );
+        }
+    }
+    println!(
+        "ratio to up: time over the upload alone of the same run (the aim: at most 1.3x when streaming)."
+    );
 }
 
 /// Latency of chat lines sent every 20 ms to a client that is busy downloading.

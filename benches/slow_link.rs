@@ -276,7 +276,7 @@ fn upload(dir: &Path, file: &Path, pacing: Pacing) -> Outcome {
     loop {
         match bob.events().recv_timeout(Duration::from_secs(300)).expect("an event in time") {
             Event::Chat { text, .. } => delays.extend(delay_ms(&text, epoch)),
-            Event::NewFile(_) => break, // stored and verified on the relay
+            Event::NewFile(info) if info.sha256.is_some() => break, // stored and verified on the relay
             _ => {}
         }
     }

@@ -37,7 +37,7 @@ pub use error::FrameError;
 use fields::{put_bytes, put_file_info, put_str, put_u32, Fields};
 
 /// The protocol version carried in [`Frame::Hello`]. The server refuses any other version.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The relay's port unless told otherwise: the seed project's, kept.
 pub const DEFAULT_PORT: u16 = 21567;
@@ -118,15 +118,17 @@ pub enum Frame {
     UploadDone { upload_id: u64, file_id: u64 },
     /// `0x18` S→C. The upload failed; nothing of it is kept unless `code` allows a resume.
     UploadFailed { upload_id: u64, code: ErrorCode, message: String },
-    /// `0x19` S→C. A file is waiting for you.
+    /// `0x19` S→C. A file is waiting for you, or (with no `sha256` yet) is arriving on the relay
+    /// right now and can be downloaded as it arrives.
     NewFile(FileInfo),
     /// `0x1a` S→C. Every file waiting for you, oldest first. A long list comes in several frames:
     /// every one but the last has `more` set.
     FileList { files: Vec<FileInfo>, more: bool },
     /// `0x1b` S→C. The next bytes of a download.
     DownloadChunk { file_id: u64, data: Vec<u8> },
-    /// `0x1c` S→C. All bytes of the download were sent.
-    DownloadEnd { file_id: u64 },
+    /// `0x1c` S→C. All bytes of the download were sent, and `sha256` is the hash the relay
+    /// verified for the whole file: the receiver checks its own hash of the bytes against it.
+    DownloadEnd { file_id: u64, sha256: [u8; 32] },
     /// `0x1d` S→C. The download cannot be served.
     DownloadFailed { file_id: u64, code: ErrorCode, message: String },
     /// `0x1e` S→C. A file that waited for you expired (`--retention`) before you received it.
@@ -163,8 +165,10 @@ pub struct FileInfo {
     pub name: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Its SHA-256.
-    pub sha256: [u8; 32],
+    /// Its SHA-256, or `None` while the file is still *arriving*: its sender is uploading it
+    /// right now, and the relay has not verified it yet. An arriving file can be downloaded; its
+    /// hash comes in the download's [`Frame::DownloadEnd`].
+    pub sha256: Option<[u8; 32]>,
 }
 
 // Kind bytes. Client-to-server kinds start at 0x01, server-to-client kinds at 0x10, so a capture
@@ -341,8 +345,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
             out.extend_from_slice(&a.to_be_bytes());
             out.extend_from_slice(&b.to_be_bytes());
         }
-        Frame::Received { file_id } | Frame::DownloadEnd { file_id } => {
-            out.extend_from_slice(&file_id.to_be_bytes())
+        Frame::Received { file_id } => out.extend_from_slice(&file_id.to_be_bytes()),
+        Frame::DownloadEnd { file_id, sha256 } => {
+            out.extend_from_slice(&file_id.to_be_bytes());
+            out.extend_from_slice(sha256);
         }
         Frame::UploadFailed { upload_id: id, code, message }
         | Frame::DownloadFailed { file_id: id, code, message } => {
@@ -491,7 +497,7 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
             Frame::FileList { files, more: f.flag()? }
         }
         DOWNLOAD_CHUNK => Frame::DownloadChunk { file_id: f.u64()?, data: f.bytes()?.to_vec() },
-        DOWNLOAD_END => Frame::DownloadEnd { file_id: f.u64()? },
+        DOWNLOAD_END => Frame::DownloadEnd { file_id: f.u64()?, sha256: f.array()? },
         DOWNLOAD_FAILED => Frame::DownloadFailed {
             file_id: f.u64()?,
             code: ErrorCode::from_byte(f.u8()?),

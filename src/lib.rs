@@ -21,7 +21,9 @@
 //!    it hold has a bound, checked before the resource is taken: `server/accept.rs` (connections),
 //!    `server/login.rs` (hellos, passwords, names), `server/throttle.rs` (request rates),
 //!    `server/hub/meter.rs` (memory queued per client), `server/store/` (disk, uploads, what waits
-//!    for whom). The README's "Limits" table lists them all.
+//!    for whom). The README's "Limits" table lists them all. File bytes move on each connection's
+//!    own threads (`server/transfer.rs`); a download may follow an upload that is still arriving
+//!    (`server/arrival.rs`).
 //! 6. [`client`]: the client library. Handshake, then a writer, a reader and an upload thread,
 //!    reporting everything as [`client::Event`]s; [`client::Session`] is the connection that
 //!    comes back after the link is lost, with one policy for both front ends. `client/identity.rs` keeps this machine's

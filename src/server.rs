@@ -26,6 +26,7 @@
 //! See [`Server::run`] for the shutdown sequence and `docs/ARCHITECTURE.md` for the whole picture.
 
 mod accept;
+mod arrival;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -9,6 +9,9 @@
 //! This matters most on a virtual machine like this project's, where the first write to a page of
 //! memory that the host has not backed yet is several times slower than the network copy.
 //!
+//! The relay's sinks also say how far they got ([`Sink::start_reporting`]): recipients may
+//! download an upload while it arrives, and must never read past what is written.
+//!
 //! Errors are sticky: once a write fails, the thread stops and every later call reports failure;
 //! [`Sink::finish`] returns the first error.
 
@@ -30,11 +33,25 @@ pub struct Sink {
 impl Sink {
     /// Starts the disk thread for `file` (already positioned where the next byte goes).
     pub fn start(file: File) -> io::Result<Sink> {
+        Sink::start_reporting(file, 0, |_| {})
+    }
+
+    /// Like [`Sink::start`], and after each chunk is written, calls `report` on the disk thread
+    /// with the file's length so far (`start`, the bytes already there, plus what it wrote).
+    /// `report` must be quick: it runs between two writes.
+    pub fn start_reporting(
+        file: File,
+        start: u64,
+        report: impl Fn(u64) + Send + 'static,
+    ) -> io::Result<Sink> {
         let (to_disk, chunks) = bounded::<Vec<u8>>(DEPTH);
         let thread = thread::Builder::new().name("disk".into()).spawn(move || {
             let mut file = file;
+            let mut written = start;
             for chunk in chunks {
                 file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                report(written);
             }
             Ok(file)
         })?;

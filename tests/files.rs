@@ -11,7 +11,7 @@ use common::{
     eventually, files_under, random_file, receive_into, wait_for, wait_uploaded, TempDir, TestServer,
 };
 use relaychat::client::{Client, ClientError, Event, DEFAULT_CHUNK};
-use relaychat::frame::{ErrorCode, Frame};
+use relaychat::frame::{ErrorCode, FileInfo, Frame};
 use relaychat::server::{ServerConfig, StoreLimits};
 use sha2::{Digest, Sha256};
 
@@ -23,9 +23,10 @@ fn relay_bytes(server: &TestServer) -> Vec<std::path::PathBuf> {
     all
 }
 
+/// The next file offered as stored (with its hash); offers of files still arriving are skipped.
 fn wait_new_file(client: &Client) -> relaychat::frame::FileInfo {
-    wait_for(client, "a [Newfile]", |e| match e {
-        Event::NewFile(info) => Some(info.clone()),
+    wait_for(client, "a [Newfile] of a stored file", |e| match e {
+        Event::NewFile(info) if info.sha256.is_some() => Some(info.clone()),
         _ => None,
     })
 }
@@ -46,7 +47,7 @@ fn every_size_arrives_intact() {
             (info.name.as_str(), info.size, info.from.as_str()),
             (format!("f{i}.bin").as_str(), size as u64, "alice")
         );
-        assert_eq!(info.sha256, common::sha256(&path), "the relay reports the sender's hash");
+        assert_eq!(info.sha256, Some(common::sha256(&path)), "the relay reports the sender's hash");
     }
     let downloads = TempDir::new("dl");
     let (paths, failures) = receive_into(&bob, &downloads.path);
@@ -455,7 +456,7 @@ fn raw_download(raw: &mut common::Raw, file_id: u64, offset: u64) -> (Vec<u8>, u
                 data.extend_from_slice(&piece);
                 chunks += 1;
             }
-            Frame::DownloadEnd { file_id: id } if id == file_id => return (data, chunks),
+            Frame::DownloadEnd { file_id: id, .. } if id == file_id => return (data, chunks),
             Frame::Chat { .. } | Frame::Joined { .. } | Frame::Left { .. } | Frame::Online { .. } => {}
             other => panic!("unexpected frame during a download: {other:?}"),
         }
@@ -482,7 +483,8 @@ fn plaintext_download_from_offsets(config: ServerConfig) {
     alice.send_file(&path, Some("bob")).unwrap();
     wait_uploaded(&alice, "slices.bin");
     let info = loop {
-        if let Frame::NewFile(info) = bob.recv() {
+        // The offer while it arrived comes first; the stored file's follows.
+        if let Frame::NewFile(info @ FileInfo { sha256: Some(_), .. }) = bob.recv() {
             break info;
         }
     };

@@ -12,7 +12,7 @@ fn protocol_doc() -> String {
 /// One frame of every kind, and its name as the spec's table writes it. The `match` has no
 /// wildcard, so a new variant does not compile until it is added here (and then to the spec).
 fn every_kind() -> Vec<(Frame, &'static str)> {
-    let info = FileInfo { file_id: 1, from: "a".into(), name: "f".into(), size: 1, sha256: [0; 32] };
+    let info = FileInfo { file_id: 1, from: "a".into(), name: "f".into(), size: 1, sha256: Some([0; 32]) };
     let frames = vec![
         Frame::hello("a", "r"),
         Frame::say("hi"),
@@ -37,7 +37,7 @@ fn every_kind() -> Vec<(Frame, &'static str)> {
         Frame::NewFile(info.clone()),
         Frame::FileList { files: vec![info], more: false },
         Frame::DownloadChunk { file_id: 1, data: vec![1] },
-        Frame::DownloadEnd { file_id: 1 },
+        Frame::DownloadEnd { file_id: 1, sha256: [0; 32] },
         Frame::DownloadFailed { file_id: 1, code: ErrorCode::Storage, message: "m".into() },
         Frame::FileExpired { from: "a".into(), name: "f".into() },
         Frame::Leave,

@@ -19,6 +19,7 @@
 //! `cli/client/chat.rs` for why, and how. The client library's own threads do the network
 //! (`client.rs`), so a flood of incoming messages never stops us typing.
 
+use std::collections::HashSet;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -176,7 +177,7 @@ pub fn run(cli: ClientCli) -> anyhow::Result<Exit> {
         config.on_event = Some(chat::event_hook(&shared));
     }
     let session = first_connect(&server, config, keep_trying)?;
-    let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads };
+    let mut ui = Ui { out: io::stdout(), bars: Bars::new(), downloads, offered: HashSet::new() };
     match cli.command {
         Some(Command::Send { paths, to }) => send_once(session, &paths, to.as_deref(), &mut ui),
         Some(Command::Receive) => receive_once(session, &mut ui),
@@ -249,6 +250,10 @@ struct Ui {
     out: io::Stdout,
     bars: Bars,
     downloads: PathBuf,
+    /// Files shown as `[Newfile]` while they were arriving. The relay offers such a file again
+    /// when its upload resumes and when it is stored; it is shown once. (Ids of uploads that
+    /// never complete stay here: a few bytes each, for the life of the process.)
+    offered: HashSet<u64>,
 }
 
 impl Ui {
@@ -267,6 +272,15 @@ impl Ui {
 
     /// Prints an event and keeps the progress bars in step.
     fn show(&mut self, event: &Event) -> anyhow::Result<()> {
+        if let Event::NewFile(info) = event {
+            let first = match info.sha256 {
+                None => self.offered.insert(info.file_id),
+                Some(_) => !self.offered.remove(&info.file_id),
+            };
+            if !first {
+                return Ok(());
+            }
+        }
         match event {
             Event::Progress { direction, name, done, total } => {
                 self.bars.update(*direction, name, *done, *total)

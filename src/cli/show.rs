@@ -66,9 +66,11 @@ mod tests {
             from: "alice".into(),
             name: "../report.pdf".into(),
             size: 1_258_291,
-            sha256: [0; 32],
+            sha256: Some([0; 32]),
         };
-        assert_eq!(out(Event::NewFile(info)), "[Newfile] alice: report.pdf (1.2 MiB)");
+        assert_eq!(out(Event::NewFile(info.clone())), "[Newfile] alice: report.pdf (1.2 MiB)");
+        let arriving = FileInfo { sha256: None, ..info };
+        assert_eq!(out(Event::NewFile(arriving)), "[Newfile] alice: report.pdf (1.2 MiB)", "the same offer");
         let done = Event::Downloaded { file_id: 1, name: "report (1).pdf".into(), path: "x".into() };
         assert_eq!(out(done), "[Download] File download complete: report (1).pdf");
         assert_eq!(out(Event::ReceiveFinished { received: 0, failed: 0 }), "no files waiting");

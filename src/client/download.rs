@@ -6,8 +6,17 @@
 //! match is the part renamed to its final name, and never over an existing file: `report.pdf`
 //! becomes `report (1).pdf` if that name is taken.
 //!
-//! Resume: when a receive starts and a sidecar in the downloads directory names the same file (id
-//! and hash), its part is re-hashed and the download asks the relay to continue from its length.
+//! A file may still be *arriving* (its sender is uploading it right now, and it has no hash yet):
+//! its bytes come as they reach the relay. Either way the relay ends a download with the SHA-256
+//! it verified (`DownloadEnd`), and the part is checked against that, so nothing is marked
+//! complete before the relay has verified the upload. If the sender's upload fails, the part is
+//! deleted; if the sender only stopped (its link dropped), the part is kept: the bytes are good,
+//! and the next receive of the same file resumes from them.
+//!
+//! Resume: when a receive starts and a sidecar in the downloads directory names the same file (id,
+//! size and sender), its part is re-hashed and the download asks the relay to continue from its
+//! length. (The hash is not in the sidecar: an arriving file has none yet. A part that is not a
+//! prefix of the file fails the final check and is thrown away.)
 //!
 //! The name is cleaned again here ([`filename::clean`]): the relay is not trusted to have done it,
 //! and the file is only ever created inside the downloads directory.
@@ -107,8 +116,8 @@ impl Receiving {
         Step::Nothing
     }
 
-    /// The relay sent the last byte: verify, then move into place.
-    pub(crate) fn end(&mut self, file_id: u64) -> Step {
+    /// The relay sent the last byte and the SHA-256 it verified: check ours, then move into place.
+    pub(crate) fn end(&mut self, file_id: u64, verified: [u8; 32]) -> Step {
         let Some(inc) = self.take_if(file_id) else { return Step::Nothing };
         let Incoming { info, name, part, sidecar, sink, hasher, written, .. } = inc;
         if let Err(e) = sink.finish() {
@@ -117,7 +126,8 @@ impl Receiving {
             return Step::Failed(failed(name, format!("cannot write {}: {e}", part.display())));
         }
         let actual: [u8; 32] = hasher.finalize().into();
-        if written != info.size || actual != info.sha256 {
+        let announced = info.sha256.unwrap_or(verified); // none yet if it was arriving
+        if written != info.size || actual != verified || announced != verified {
             remove_part(&part, &sidecar);
             self.failed += 1;
             return Step::Failed(failed(
@@ -140,14 +150,19 @@ impl Receiving {
         }
     }
 
-    /// The relay cannot serve the file.
+    /// The relay cannot serve the file. Its part stays for a resume only when the bytes are good
+    /// and the file may still come: the relay failed to read it, or its sender stopped sending
+    /// it while it arrived (`SenderStopped`).
     pub(crate) fn failed(&mut self, file_id: u64, code: ErrorCode, message: &str) -> Step {
-        let Some(inc) = self.take_if(file_id) else { return Step::Nothing };
-        if code == ErrorCode::NoSuchFile {
-            remove_part(&inc.part, &inc.sidecar); // nothing left to resume
+        let Some(Incoming { name, part, sidecar, sink, .. }) = self.take_if(file_id) else {
+            return Step::Nothing;
+        };
+        drop(sink); // writes what it holds and closes the file
+        if matches!(code, ErrorCode::NoSuchFile | ErrorCode::SenderFailed) {
+            remove_part(&part, &sidecar); // nothing left to resume, or bytes that were wrong
         }
         self.failed += 1;
-        Step::Failed(failed(inc.name, message.to_owned()))
+        Step::Failed(failed(name, message.to_owned()))
     }
 
     /// Takes the current file if it is `file_id` (frames for other ids are stale).
@@ -241,12 +256,7 @@ fn failed(name: String, reason: String) -> Event {
 }
 
 fn sidecar_text(info: &FileInfo) -> String {
-    format!(
-        "relaychat-part 1\nfile_id={}\nsha256={}\nsize={}\n",
-        info.file_id,
-        sha::hex(&info.sha256),
-        info.size
-    )
+    format!("relaychat-part 2\nfile_id={}\nsize={}\nfrom={:?}\n", info.file_id, info.size, info.from)
 }
 
 /// Looks for a sidecar with exactly this content; returns its part and sidecar paths.

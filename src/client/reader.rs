@@ -118,8 +118,8 @@ impl<S: Stream> Reader<S> {
                     self.advance(&mut receive, step);
                     None
                 }
-                Frame::DownloadEnd { file_id } => {
-                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.end(file_id));
+                Frame::DownloadEnd { file_id, sha256 } => {
+                    let step = receive.as_mut().map_or(Step::Nothing, |r| r.end(file_id, sha256));
                     self.advance(&mut receive, step);
                     None
                 }

@@ -69,6 +69,13 @@ pub enum ErrorCode {
     /// The relay speaks only TLS and the peer spoke plaintext (sent in plaintext, so that any
     /// client can read why).
     TlsRequired,
+    /// The file was being downloaded while it arrived, and its upload failed (its size or hash
+    /// did not match, or it was cancelled): the bytes received so far must be thrown away.
+    SenderFailed,
+    /// The file was being downloaded while it arrived, and its sender stopped sending (its link
+    /// dropped, or nothing came for the upload stall time). The file is offered again if it
+    /// completes; the bytes received so far are good and may be kept to resume.
+    SenderStopped,
     /// A code this build does not know.
     Other(u8),
 }
@@ -132,6 +139,8 @@ impl ErrorCode {
             ErrorCode::FieldTooLong => 28,
             ErrorCode::LoggedInElsewhere => 29,
             ErrorCode::TlsRequired => 30,
+            ErrorCode::SenderFailed => 31,
+            ErrorCode::SenderStopped => 32,
             ErrorCode::Other(b) => b,
         }
     }
@@ -168,6 +177,8 @@ impl ErrorCode {
             28 => ErrorCode::FieldTooLong,
             29 => ErrorCode::LoggedInElsewhere,
             30 => ErrorCode::TlsRequired,
+            31 => ErrorCode::SenderFailed,
+            32 => ErrorCode::SenderStopped,
             other => ErrorCode::Other(other),
         }
     }

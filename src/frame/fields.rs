@@ -24,7 +24,14 @@ pub(super) fn put_file_info(out: &mut Vec<u8>, info: &FileInfo) {
     put_str(out, &info.from);
     put_str(out, &info.name);
     out.extend_from_slice(&info.size.to_be_bytes());
-    out.extend_from_slice(&info.sha256);
+    // A flag says whether the hash follows: an arriving file has none yet.
+    match &info.sha256 {
+        Some(sha256) => {
+            out.push(1);
+            out.extend_from_slice(sha256);
+        }
+        None => out.push(0),
+    }
 }
 
 /// A cursor over one payload. Every read checks the remaining length first, so malformed input
@@ -86,7 +93,7 @@ impl<'a> Fields<'a> {
             from: self.string()?,
             name: self.string()?,
             size: self.u64()?,
-            sha256: self.array()?,
+            sha256: if self.flag()? { Some(self.array()?) } else { None },
         })
     }
 

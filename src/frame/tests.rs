@@ -51,17 +51,24 @@ fn samples() -> Vec<Frame> {
         Frame::UploadDone { upload_id: 7, file_id: 3 },
         Frame::UploadFailed { upload_id: 7, code: ErrorCode::QuotaExceeded, message: "over quota".into() },
         Frame::NewFile(info(3)),
+        Frame::NewFile(FileInfo { sha256: None, ..info(4) }),
         Frame::FileList { files: vec![], more: false },
-        Frame::FileList { files: vec![info(1), info(2)], more: true },
+        Frame::FileList { files: vec![info(1), FileInfo { sha256: None, ..info(2) }], more: true },
         Frame::DownloadChunk { file_id: 3, data: vec![9; 100] },
-        Frame::DownloadEnd { file_id: 3 },
+        Frame::DownloadEnd { file_id: 3, sha256: [3; 32] },
         Frame::DownloadFailed { file_id: 3, code: ErrorCode::NoSuchFile, message: "gone".into() },
         Frame::FileExpired { from: "alice".into(), name: "旧.txt".into() },
     ]
 }
 
 fn info(file_id: u64) -> FileInfo {
-    FileInfo { file_id, from: "alice".into(), name: "a b.txt".into(), size: 42, sha256: [file_id as u8; 32] }
+    FileInfo {
+        file_id,
+        from: "alice".into(),
+        name: "a b.txt".into(),
+        size: 42,
+        sha256: Some([file_id as u8; 32]),
+    }
 }
 
 #[test]

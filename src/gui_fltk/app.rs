@@ -242,10 +242,13 @@ impl App {
             Event::Warning { .. } => self.say_in_chat(said),
             Event::NewFile(info) => {
                 self.say_in_files(said);
-                if !self.waiting.iter().any(|w| w.file_id == info.file_id) {
-                    self.waiting.push(info);
-                    self.refresh_waiting();
+                // An arriving file listed earlier comes again, stored, if its upload stopped in
+                // between: update its line rather than add a second one.
+                match self.waiting.iter_mut().find(|w| w.file_id == info.file_id) {
+                    Some(listed) => *listed = info,
+                    None => self.waiting.push(info),
                 }
+                self.refresh_waiting();
             }
             Event::FileExpired { .. } => self.say_in_files(said),
             Event::Progress { direction, name, done, total } => self.progress(direction, &name, done, total),
@@ -327,10 +330,11 @@ impl App {
         self.w.waiting.clear();
         for info in &self.waiting {
             let line = format!(
-                "{} ({}) from {}",
+                "{} ({}) from {}{}",
                 visible(&filename::clean(&info.name)),
                 human_size(info.size),
-                visible(&info.from)
+                visible(&info.from),
+                if info.sha256.is_none() { ", arriving" } else { "" }
             );
             // `@` starts a format code in an FLTK browser line; `@.` turns them off.
             self.w.waiting.add(&format!("@.{line}"));

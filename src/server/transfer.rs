@@ -1,6 +1,10 @@
 //! Moving file bytes on the relay: receiving an upload into its `.part` file, and the download
 //! thread that streams stored files back out.
 //!
+//! A download may follow an upload that is still arriving (on another connection): it then reads
+//! only the bytes that upload has written, sleeps until there are more (`server/arrival.rs`), and
+//! ends with the SHA-256 only once the upload is verified and stored.
+//!
 //! Both run on a connection's own threads, never on the hub, so a slow disk or a big file only
 //! ever slows down the one connection that asked for it. Memory stays flat: an upload holds one
 //! decoded chunk at a time, and a download holds at most the writer's short bulk queue of chunks.
@@ -18,7 +22,8 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use sha2::{Digest, Sha256};
 
-use super::store::{DownloadPlan, Refusal, UploadPlan};
+use super::arrival::Seen;
+use super::store::{DownloadPlan, Refusal, Source, UploadPlan};
 use crate::frame::{self, chunk_frame, encode_to_vec, ErrorCode, Frame, CHUNK_HEADER, DOWNLOAD_CHUNK};
 use crate::outbox::{Bulk, FileSlice, ToWriter};
 use crate::sha;
@@ -57,7 +62,10 @@ impl UploadReceiver {
         let mut hasher = Sha256::new();
         file.seek(SeekFrom::Start(0))?;
         sha::hash_prefix(&mut file, have, &mut hasher)?;
-        let sink = Sink::start(file)?;
+        // Recipients may be downloading it as it arrives: they follow what the disk thread wrote.
+        plan.arrival.written_to(have);
+        let arrival = plan.arrival.clone();
+        let sink = Sink::start_reporting(file, have, move |written| arrival.written_to(written))?;
         self.active = Some(Inbound { plan, sink, hasher, written: have });
         Ok(have)
     }
@@ -164,62 +172,103 @@ pub(crate) fn download_loop(
 ) {
     for plan in jobs {
         let file_id = plan.file_id;
-        match send_file(&plan, &to_writer, settings, cancel) {
-            Ok(true) => {}
-            Ok(false) => return, // the writer is gone: the connection is closing
-            Err(e) => {
-                log::warn!("download of file {file_id} failed: {e}");
-                let (code, message) = (ErrorCode::Storage, format!("the relay cannot read the file: {e}"));
-                let frame = Frame::DownloadFailed { file_id, code, message };
-                if to_writer.send(Bulk::Frame(encode_to_vec(&frame).unwrap_or_default())).is_err() {
-                    return;
+        let (code, message) = match send_file(&plan, &to_writer, settings, cancel) {
+            Ok(true) => continue,
+            Ok(false) => return, // the writer is gone, or the connection is closing
+            Err(refusal) => refusal,
+        };
+        log::info!("download of file {file_id} failed: {message}");
+        let frame = Frame::DownloadFailed { file_id, code, message };
+        if to_writer.send(Bulk::Frame(encode_to_vec(&frame).unwrap_or_default())).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends one file, stored or arriving, and then its verified SHA-256. `Ok(false)` when the
+/// writer went away or the session cancelled.
+fn send_file(
+    plan: &DownloadPlan,
+    to_writer: &ToWriter<Bulk>,
+    settings: DownloadSettings,
+    cancel: &AtomicBool,
+) -> Result<bool, Refusal> {
+    let file = Arc::new(open(plan)?);
+    let mut out = Out { file, to_writer, settings, cancel, plan, chunks_sent: 0 };
+    if !out.zero_copy() {
+        (&*out.file).seek(SeekFrom::Start(plan.offset)).map_err(|e| unreadable(&e))?;
+    }
+    let mut at = plan.offset;
+    while at < plan.size {
+        let Some(have) = bytes_on_disk(plan, at, out.piece(), cancel)? else { return Ok(false) };
+        if !out.send(at, have)? {
+            return Ok(false);
+        }
+        at = have;
+    }
+    let Some(sha256) = verdict(plan, cancel)? else { return Ok(false) };
+    let end = encode_to_vec(&Frame::DownloadEnd { file_id: plan.file_id, sha256 })
+        .map_err(|e| (ErrorCode::Storage, e.to_string()))?;
+    Ok(to_writer.send(Bulk::Frame(end)).is_ok())
+}
+
+/// Opens the file a plan names. An arriving file may have been stored (moved) in the meantime,
+/// or deleted because its upload failed: then its `Arrival` says why.
+fn open(plan: &DownloadPlan) -> Result<File, Refusal> {
+    match &plan.source {
+        Source::Stored(_) => {
+            let file = File::open(&plan.path).map_err(|e| unreadable(&e))?;
+            let len = file.metadata().map_err(|e| unreadable(&e))?.len();
+            if len != plan.size {
+                let why = format!("stored file is {len} bytes, expected {}", plan.size);
+                return Err(unreadable(&io::Error::new(io::ErrorKind::InvalidData, why)));
+            }
+            Ok(file)
+        }
+        Source::Arriving { arrival, stored_path, .. } => File::open(&plan.path)
+            .or_else(|_| File::open(stored_path))
+            .map_err(|e| arrival.ended().unwrap_or_else(|| unreadable(&e))),
+    }
+}
+
+/// How far the download may read from `at`: the whole file when it is stored; for an arriving
+/// file, what its upload has written so far, waiting until that covers a whole `piece` (or the
+/// rest of the file), so the download sends full chunks or slices and wakes once per piece.
+/// `None` when the connection is closing.
+fn bytes_on_disk(
+    plan: &DownloadPlan,
+    at: u64,
+    piece: u64,
+    cancel: &AtomicBool,
+) -> Result<Option<u64>, Refusal> {
+    let Source::Arriving { arrival, patience, .. } = &plan.source else { return Ok(Some(plan.size)) };
+    match arrival.wait(at, plan.size.min(at + piece), *patience, cancel)? {
+        Seen::Bytes(have) => Ok(Some(have.min(plan.size))),
+        Seen::Cancelled => Ok(None),
+        Seen::Stored(_) => Err(unreadable(&io::Error::other("the stored file is shorter than announced"))),
+    }
+}
+
+/// The SHA-256 the relay verified, once every byte has been sent: at once for a stored file;
+/// for an arriving one, when its upload is verified and stored. `None` when the connection is
+/// closing.
+fn verdict(plan: &DownloadPlan, cancel: &AtomicBool) -> Result<Option<[u8; 32]>, Refusal> {
+    match &plan.source {
+        Source::Stored(sha256) => Ok(Some(*sha256)),
+        Source::Arriving { arrival, patience, .. } => {
+            match arrival.wait(plan.size, u64::MAX, *patience, cancel)? {
+                Seen::Stored(sha256) => Ok(Some(sha256)),
+                Seen::Cancelled => Ok(None),
+                Seen::Bytes(_) => {
+                    Err((ErrorCode::SenderFailed, "the sender sent more bytes than announced".into()))
                 }
             }
         }
     }
 }
 
-/// Sends one file. `Ok(false)` when the writer went away or the session cancelled.
-fn send_file(
-    plan: &DownloadPlan,
-    to_writer: &ToWriter<Bulk>,
-    settings: DownloadSettings,
-    cancel: &AtomicBool,
-) -> io::Result<bool> {
-    let mut file = File::open(&plan.path)?;
-    let len = file.metadata()?.len();
-    if len != plan.size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("stored file is {len} bytes, expected {}", plan.size),
-        ));
-    }
-    let chunk = settings.chunk.clamp(1, frame::MAX_CHUNK_DATA);
-    // The test hook needs the bytes in memory, to flip one: it takes the reading path.
-    if settings.zero_copy && settings.corrupt_chunk.is_none() {
-        if !queue_slices(plan, Arc::new(file), chunk, to_writer, cancel) {
-            return Ok(false);
-        }
-    } else {
-        file.seek(SeekFrom::Start(plan.offset))?;
-        let mut remaining = plan.size - plan.offset;
-        let mut index = 0u64;
-        while remaining > 0 {
-            let n = chunk.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            let mut buf = crate::wire::read_chunk(&mut file, n)?;
-            if settings.corrupt_chunk == Some(index) {
-                buf[CHUNK_HEADER] ^= 0xff;
-            }
-            chunk_frame(&mut buf, DOWNLOAD_CHUNK, plan.file_id).map_err(io::Error::other)?;
-            if cancel.load(Ordering::SeqCst) || to_writer.send(Bulk::Frame(buf)).is_err() {
-                return Ok(false);
-            }
-            remaining -= n as u64;
-            index += 1;
-        }
-    }
-    let end = encode_to_vec(&Frame::DownloadEnd { file_id: plan.file_id }).map_err(io::Error::other)?;
-    Ok(to_writer.send(Bulk::Frame(end)).is_ok())
+fn unreadable(e: &io::Error) -> Refusal {
+    (ErrorCode::Storage, format!("the relay cannot read the file: {e}"))
 }
 
 /// Chunks of the file one slice covers. A slice costs no memory however long it is, so it is
@@ -228,31 +277,74 @@ fn send_file(
 /// it sleeps, CPU the writer and the receiving client could use).
 const CHUNKS_PER_SLICE: u64 = 16;
 
-/// Queues the rest of the file as slices for the writer to `sendfile`. False when the writer
-/// went away or the session cancelled.
-fn queue_slices(
-    plan: &DownloadPlan,
+/// What one download sends its bytes with.
+struct Out<'a> {
     file: Arc<File>,
-    chunk: usize,
-    to_writer: &ToWriter<Bulk>,
-    cancel: &AtomicBool,
-) -> bool {
-    let span = chunk as u64 * CHUNKS_PER_SLICE;
-    let mut at = plan.offset;
-    while at < plan.size {
-        let len = span.min(plan.size - at);
-        let slice = FileSlice {
-            kind: DOWNLOAD_CHUNK,
-            id: plan.file_id,
-            file: file.clone(),
-            offset: at,
-            len,
-            frame_data: chunk,
-        };
-        if cancel.load(Ordering::SeqCst) || to_writer.send(Bulk::File(slice)).is_err() {
-            return false;
-        }
-        at += len;
+    to_writer: &'a ToWriter<Bulk>,
+    settings: DownloadSettings,
+    cancel: &'a AtomicBool,
+    plan: &'a DownloadPlan,
+    /// For the test hook that corrupts one chunk.
+    chunks_sent: u64,
+}
+
+impl Out<'_> {
+    /// Slices for `sendfile`, or chunks read into memory. The test hook needs the bytes in
+    /// memory, to flip one: it takes the reading path.
+    fn zero_copy(&self) -> bool {
+        self.settings.zero_copy && self.settings.corrupt_chunk.is_none()
     }
-    true
+
+    fn chunk(&self) -> usize {
+        self.settings.chunk.clamp(1, frame::MAX_CHUNK_DATA)
+    }
+
+    /// The bytes one queued item covers: a slice, or a chunk read into memory.
+    fn piece(&self) -> u64 {
+        let chunk = self.chunk() as u64;
+        if self.zero_copy() {
+            chunk * CHUNKS_PER_SLICE
+        } else {
+            chunk
+        }
+    }
+
+    /// Queues bytes `at..end` of the file for the writer. False when the writer went away or the
+    /// session cancelled.
+    fn send(&mut self, mut at: u64, end: u64) -> Result<bool, Refusal> {
+        let (chunk, span) = (self.chunk(), self.piece());
+        while at < end {
+            let len = span.min(end - at);
+            let bulk = if self.zero_copy() {
+                Bulk::File(FileSlice {
+                    kind: DOWNLOAD_CHUNK,
+                    id: self.plan.file_id,
+                    file: self.file.clone(),
+                    offset: at,
+                    len,
+                    frame_data: chunk,
+                })
+            } else {
+                Bulk::Frame(self.read(len)?)
+            };
+            if self.cancel.load(Ordering::SeqCst) || self.to_writer.send(bulk).is_err() {
+                return Ok(false);
+            }
+            at += len;
+        }
+        Ok(true)
+    }
+
+    /// Reads the next `len` bytes into a chunk frame.
+    fn read(&mut self, len: u64) -> Result<Vec<u8>, Refusal> {
+        let n = usize::try_from(len).unwrap_or(usize::MAX);
+        let mut buf = crate::wire::read_chunk(&mut &*self.file, n).map_err(|e| unreadable(&e))?;
+        if self.settings.corrupt_chunk == Some(self.chunks_sent) {
+            buf[CHUNK_HEADER] ^= 0xff;
+        }
+        self.chunks_sent += 1;
+        chunk_frame(&mut buf, DOWNLOAD_CHUNK, self.plan.file_id)
+            .map_err(|e| (ErrorCode::Storage, e.to_string()))?;
+        Ok(buf)
+    }
 }

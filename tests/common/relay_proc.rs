@@ -660,7 +660,7 @@ impl Raw {
         loop {
             match self.recv(deadline.saturating_duration_since(Instant::now())) {
                 Got::Frame(Frame::DownloadChunk { file_id: f, data: d }) if f == file_id => data.extend(d),
-                Got::Frame(Frame::DownloadEnd { file_id: f }) if f == file_id => return Ok(data),
+                Got::Frame(Frame::DownloadEnd { file_id: f, .. }) if f == file_id => return Ok(data),
                 Got::Frame(Frame::DownloadFailed { code, message, .. })
                 | Got::Frame(Frame::Error { code, message }) => return Err((code, message)),
                 Got::Frame(_) => {}

@@ -51,8 +51,13 @@ fn relay_seeds() -> Vec<(&'static str, Vec<Frame>)> {
 
 /// One frame of every kind, some with awkward contents: the `decode` seeds.
 fn decode_seeds() -> Vec<Frame> {
-    let info =
-        FileInfo { file_id: 3, from: "alice".into(), name: "报告.pdf".into(), size: 42, sha256: [7; 32] };
+    let info = FileInfo {
+        file_id: 3,
+        from: "alice".into(),
+        name: "报告.pdf".into(),
+        size: 42,
+        sha256: Some([7; 32]),
+    };
     let mut frames: Vec<Frame> = relay_seeds().into_iter().flat_map(|(_, frames)| frames).collect();
     frames.extend([
         Frame::Hello {
@@ -82,7 +87,7 @@ fn decode_seeds() -> Vec<Frame> {
         Frame::NewFile(info.clone()),
         Frame::FileList { files: vec![info.clone(), info], more: false },
         Frame::DownloadChunk { file_id: 3, data: vec![0, 255, 1] },
-        Frame::DownloadEnd { file_id: 3 },
+        Frame::DownloadEnd { file_id: 3, sha256: [7; 32] },
         Frame::DownloadFailed { file_id: 3, code: ErrorCode::NoSuchFile, message: "gone".into() },
         Frame::FileExpired { from: "alice".into(), name: "old.txt".into() },
         Frame::Sent { client_id: 7, message_id: 1 },

@@ -1,6 +1,8 @@
-//! The hub's side of files: who an upload is for, storing it when it is verified, the list of
-//! files waiting for someone, and telling them about expired ones. The bytes themselves move on
-//! the connections' own threads (`server/transfer.rs`).
+//! The hub's side of files: who an upload is for, telling them it is arriving, storing it when it
+//! is verified, the list of files waiting for someone, and telling them about expired ones. The
+//! bytes themselves move on the connections' own threads (`server/transfer.rs`), and a download
+//! that follows an arriving upload learns its progress from the upload itself
+//! (`server/arrival.rs`), never through the hub.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -15,16 +17,33 @@ impl Hub {
     /// The connection gave up on an upload: delete it and say why. Only the connection sending
     /// an upload can end it (the session checked that too).
     pub(super) fn abort_upload(&mut self, id: ConnId, upload_id: u64, code: ErrorCode, message: String) {
-        if self.records.store.abort_own_upload(id, upload_id) {
+        if self.records.store.abort_own_upload(id, upload_id, &message) {
             self.send_to(id, &Frame::UploadFailed { upload_id, code, message });
         }
     }
 
-    /// The files waiting for a client.
+    /// The files waiting for a client: those stored, then those arriving right now.
     pub(super) fn list_files(&mut self, id: ConnId) {
         let Some(peer) = self.peer(id) else { return };
-        let files = self.records.store.waiting_for(&peer.name);
+        let mut files = self.records.store.waiting_for(&peer.name);
+        files.extend(self.records.store.arriving_for(&peer.name));
         self.send_file_list(id, files);
+    }
+
+    /// Tells the online recipients of upload `upload_id` (just started or resumed) that the file
+    /// is arriving: they may download it while it does.
+    pub(super) fn announce_arriving(&mut self, upload_id: u64, recipients: &BTreeSet<String>) {
+        let Some(info) = self.records.store.arriving_info(upload_id) else { return };
+        self.tell_online(recipients, &Frame::NewFile(info));
+    }
+
+    /// Sends `frame` to each of `names` who is online.
+    fn tell_online<'a>(&mut self, names: impl IntoIterator<Item = &'a String>, frame: &Frame) {
+        for name in names {
+            if let Some(&target) = self.routing.names.get(name) {
+                self.send_to(target, frame);
+            }
+        }
     }
 
     /// Where a download of `file_id` comes from, or why not. `None` for a connection that has
@@ -126,7 +145,8 @@ impl Hub {
                 ),
             ));
         }
-        self.records.store.begin_upload(UploadRequest {
+        let announce = recipients.clone();
+        let plan = self.records.store.begin_upload(UploadRequest {
             conn: id,
             sender: &sender,
             key,
@@ -135,9 +155,13 @@ impl Hub {
             recipients,
             guests,
             addr,
-        })
+        })?;
+        self.announce_arriving(plan.upload_id, &announce);
+        Ok(plan)
     }
 
+    /// Stores a verified upload and tells its online recipients, with its hash (those told it was
+    /// arriving hear it again: it is stored now).
     pub(super) fn commit_upload(&mut self, id: ConnId, upload_id: u64, sha256: [u8; 32]) {
         match self.records.store.commit_upload(id, upload_id, sha256) {
             Ok(info) => {
@@ -151,12 +175,7 @@ impl Hub {
                     recipients.join(", ")
                 );
                 self.send_to(id, &Frame::UploadDone { upload_id, file_id: info.file_id });
-                let announce = Frame::NewFile(info);
-                for name in recipients {
-                    if let Some(&target) = self.routing.names.get(&name) {
-                        self.send_to(target, &announce);
-                    }
-                }
+                self.tell_online(&recipients, &Frame::NewFile(info));
             }
             Err((code, message)) => self.send_to(id, &Frame::UploadFailed { upload_id, code, message }),
         }

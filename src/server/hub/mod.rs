@@ -450,7 +450,7 @@ mod tests {
             from: "名".repeat(crate::rules::MAX_NAME_CHARS),
             name: "n".repeat(crate::filename::MAX_NAME_BYTES),
             size: u64::MAX,
-            sha256: [0xff; 32],
+            sha256: Some([0xff; 32]),
         };
         let list = Frame::FileList { files: vec![info; FILES_PER_FRAME], more: true };
         assert!(frame::encode_to_vec(&list).is_ok());

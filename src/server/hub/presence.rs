@@ -80,6 +80,9 @@ impl Hub {
         for info in self.records.store.waiting_for(&name) {
             self.send_to(id, &Frame::NewFile(info));
         }
+        for info in self.records.store.arriving_for(&name) {
+            self.send_to(id, &Frame::NewFile(info));
+        }
         self.tell_expired(id, &name);
         self.catch_up(id, &name, &room, account);
     }

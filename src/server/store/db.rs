@@ -159,32 +159,22 @@ impl Db {
         place: impl FnOnce(u64) -> Result<(), E>,
     ) -> Result<FileInfo, InsertError<E>> {
         let tx = self.conn.transaction().map_err(InsertError::Db)?;
-        let id = match file.id {
-            Some(id) => {
-                tx.execute(
-                    "INSERT INTO files (id, sender, name, size, sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id as i64, file.sender, file.name, file.size as i64, &file.sha256[..], file.created_ms as i64],
-                )
-                .map_err(InsertError::Db)?;
-                id
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO files (sender, name, size, sha256, created_ms, sender_addr)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        file.sender,
-                        file.name,
-                        file.size as i64,
-                        &file.sha256[..],
-                        file.created_ms as i64,
-                        file.sender_addr
-                    ],
-                )
-                .map_err(InsertError::Db)?;
-                tx.last_insert_rowid() as u64
-            }
-        };
+        // A NULL id lets SQLite pick the next one (AUTOINCREMENT: never one used before).
+        tx.execute(
+            "INSERT INTO files (id, sender, name, size, sha256, created_ms, sender_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                file.id.map(|id| id as i64),
+                file.sender,
+                file.name,
+                file.size as i64,
+                &file.sha256[..],
+                file.created_ms as i64,
+                file.sender_addr
+            ],
+        )
+        .map_err(InsertError::Db)?;
+        let id = tx.last_insert_rowid() as u64;
         for recipient in file.recipients {
             let guest = file.guests.contains(recipient);
             tx.execute(
@@ -200,8 +190,19 @@ impl Db {
             from: file.sender.to_owned(),
             name: file.name.to_owned(),
             size: file.size,
-            sha256: file.sha256,
+            sha256: Some(file.sha256),
         })
+    }
+
+    /// The highest file id ever given out (AUTOINCREMENT remembers it after the file is gone), or
+    /// 0. Uploads take their file id from above it when they start (see `Store::begin_upload`).
+    pub(crate) fn last_file_id(&self) -> rusqlite::Result<u64> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'files'", [], |row| row.get(0))
+            .optional()?;
+        let max: Option<i64> = self.conn.query_row("SELECT MAX(id) FROM files", [], |row| row.get(0))?;
+        Ok(seq.unwrap_or(0).max(max.unwrap_or(0)).max(0) as u64)
     }
 
     /// Every file waiting for `name` that was stored at or after `since_ms`, oldest first.
@@ -350,7 +351,8 @@ impl Db {
 
 /// A file about to be recorded.
 pub(crate) struct NewFile<'a> {
-    /// `Some` to keep an id (importing an older data dir); `None` for a fresh one.
+    /// `Some` for an id given out before (an upload's, when it started; or an older data dir's,
+    /// when importing it); `None` for a fresh one.
     pub id: Option<u64>,
     pub sender: &'a str,
     pub name: &'a str,
@@ -391,7 +393,7 @@ fn file_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileInfo> {
         from: row.get(1)?,
         name: row.get(2)?,
         size: row.get::<_, i64>(3)? as u64,
-        sha256,
+        sha256: Some(sha256),
     })
 }
 

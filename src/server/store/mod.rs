@@ -14,6 +14,9 @@
 //! own threads: an upload is written to its `.part` file by the connection's reader, a download is
 //! read by the connection's download thread. So the hub never waits on a large write.
 //!
+//! An upload gets its file id when it starts: its recipients may download it while it arrives,
+//! from its `.part` file (`uploads.rs`, and `server/arrival.rs` for how the download follows).
+//!
 //! A file is recorded in one database transaction that also moves its bytes into place, and the
 //! uploader is told "done" only after that transaction commits. At startup, bytes that no row
 //! claims (a crash between the move and the commit) are deleted, and rows whose bytes are missing
@@ -39,10 +42,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::now_ms;
 use crate::frame::{ErrorCode, FileInfo};
+use crate::server::arrival::{Arrival, Outcome};
 use crate::server::hub::ConnId;
 pub(crate) use db::Notice;
 use db::{Db, InsertError, NewFile};
@@ -103,6 +108,8 @@ pub(crate) struct UploadPlan {
     pub upload_id: u64,
     pub temp_path: PathBuf,
     pub size: u64,
+    /// Where the upload's disk thread tells followers how far it got (see `server/arrival.rs`).
+    pub arrival: Arc<Arrival>,
 }
 
 /// What the download thread needs to send a file.
@@ -112,6 +119,18 @@ pub(crate) struct DownloadPlan {
     pub path: PathBuf,
     pub size: u64,
     pub offset: u64,
+    pub source: Source,
+}
+
+/// Where a download's bytes come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A stored file (`path` is `files/<id>.bin`), verified with this SHA-256.
+    Stored([u8; 32]),
+    /// An upload still arriving (`path` is its `tmp/<upload_id>.part`): follow its progress.
+    /// `stored_path` is where the file moves when the upload completes, should it complete
+    /// before the download thread opens it.
+    Arriving { arrival: Arc<Arrival>, stored_path: PathBuf, patience: Duration },
 }
 
 /// The data directory and everything known about its contents.
@@ -123,6 +142,9 @@ pub(crate) struct Store {
     /// Uploads in progress, by upload id (in memory only; see the module docs).
     partials: HashMap<u64, Partial>,
     next_upload_id: u64,
+    /// The file id the next upload gets when it starts: recipients can download a file while it
+    /// arrives, so it needs its number before it is stored. Above every id the database ever gave.
+    next_file_id: u64,
     /// When [`Store::check_partials`] last looked at the unfinished uploads' files.
     partials_checked: Instant,
     /// See [`Store::keep_for`].
@@ -148,6 +170,7 @@ impl Store {
         legacy::import(&files_dir, &mut db)?;
         // Sessions do not survive a restart, so neither do files that waited for guests.
         let orphans = db.drop_all_guests().map_err(db_error)?;
+        let next_file_id = db.last_file_id().map_err(db_error)? + 1;
         let mut store = Store {
             files_dir,
             tmp_dir,
@@ -155,6 +178,7 @@ impl Store {
             db,
             partials: HashMap::new(),
             next_upload_id: 1,
+            next_file_id,
             partials_checked: Instant::now(),
             retention: Duration::MAX,
             remover: remover::Remover::start()?,
@@ -194,7 +218,8 @@ impl Store {
     }
 
     /// The connection verified size and SHA-256: record the file and move it into place, in one
-    /// transaction. Only after this returns may the uploader be told the file is stored.
+    /// transaction. Only after this returns may the uploader be told the file is stored. Whoever
+    /// follows the upload as it arrives learns the outcome (see `server/arrival.rs`).
     pub(crate) fn commit_upload(
         &mut self,
         conn: ConnId,
@@ -211,12 +236,22 @@ impl Store {
             .partials
             .remove(&upload_id)
             .ok_or_else(|| (ErrorCode::BadTransfer, format!("no upload {upload_id} in progress")))?;
-        if let Err(refusal) = self.check_commit(&partial) {
-            self.remover.remove(partial.temp_path);
-            return Err(refusal);
+        let result = self.record(&partial, sha256);
+        match &result {
+            Ok(_) => partial.arrival.finish(Outcome::Stored(sha256)),
+            Err((_, why)) => {
+                self.remover.remove(partial.temp_path.clone());
+                partial.arrival.finish(Outcome::Failed(why.clone()));
+            }
         }
+        result
+    }
+
+    /// Records a verified upload under its file id and moves its bytes into place.
+    fn record(&mut self, partial: &Partial, sha256: [u8; 32]) -> Result<FileInfo, Refusal> {
+        self.check_commit(partial)?;
         let file = NewFile {
-            id: None,
+            id: Some(partial.file_id),
             sender: &partial.sender,
             name: &partial.name,
             size: partial.size,
@@ -227,20 +262,15 @@ impl Store {
             sender_addr: Some(&partial.addr.to_string()),
         };
         let files_dir = &self.files_dir;
-        let result = self
-            .db
-            .insert_file(&file, |id| fs::rename(&partial.temp_path, files_dir.join(format!("{id}.bin"))));
-        match result {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                self.remover.remove(partial.temp_path);
+        self.db
+            .insert_file(&file, |id| fs::rename(&partial.temp_path, files_dir.join(format!("{id}.bin"))))
+            .map_err(|e| {
                 let why = match e {
                     InsertError::Db(e) => e.to_string(),
                     InsertError::Place(e) => e.to_string(),
                 };
-                Err((ErrorCode::Storage, format!("cannot store the file: {why}")))
-            }
-        }
+                (ErrorCode::Storage, format!("cannot store the file: {why}"))
+            })
     }
 
     /// What can change while an upload runs is checked again before it is recorded: someone must
@@ -297,22 +327,30 @@ impl Store {
         )
     }
 
-    /// Checks that `name` may download `file_id` from `offset`.
+    /// Checks that `name` may download `file_id` from `offset`: a stored file waiting for them,
+    /// or one still arriving for them (its upload running right now).
     pub(crate) fn plan_download(
         &self,
         name: &str,
         file_id: u64,
         offset: u64,
     ) -> Result<DownloadPlan, Refusal> {
-        let info = self
-            .db
-            .file_for(name, file_id, self.kept_since())
-            .map_err(refusal)?
-            .ok_or_else(|| (ErrorCode::NoSuchFile, format!("no file {file_id} is waiting for you")))?;
-        if offset > info.size {
+        let stored = self.db.file_for(name, file_id, self.kept_since()).map_err(refusal)?;
+        let (path, size, source) = match (stored, self.arriving(name, file_id)) {
+            (Some(FileInfo { size, sha256: Some(sha256), .. }), _) => {
+                (self.bin_path(file_id), size, Source::Stored(sha256))
+            }
+            (_, Some(partial)) => {
+                let arrival = partial.arrival.clone();
+                let (stored_path, patience) = (self.bin_path(file_id), self.limits.upload_stall);
+                (partial.temp_path.clone(), partial.size, Source::Arriving { arrival, stored_path, patience })
+            }
+            _ => return Err((ErrorCode::NoSuchFile, format!("no file {file_id} is waiting for you"))),
+        };
+        if offset > size {
             return Err((ErrorCode::BadTransfer, format!("offset {offset} is past the end of the file")));
         }
-        Ok(DownloadPlan { file_id, path: self.bin_path(file_id), size: info.size, offset })
+        Ok(DownloadPlan { file_id, path, size, offset, source })
     }
 
     /// `name` has the file, verified. When the last recipient has it, it is deleted: first its

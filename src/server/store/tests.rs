@@ -89,7 +89,7 @@ fn only_the_sending_connection_can_end_an_upload() {
     let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
     let plan = store.begin_upload(request("alice", "k", 3)).unwrap();
     fs::write(&plan.temp_path, b"abc").unwrap();
-    assert!(!store.abort_own_upload(2, plan.upload_id), "another connection cannot abort it");
+    assert!(!store.abort_own_upload(2, plan.upload_id, "test"), "another connection cannot abort it");
     assert_eq!(store.commit_upload(2, plan.upload_id, [1; 32]).unwrap_err().0, ErrorCode::BadTransfer);
     assert!(plan.temp_path.exists(), "and nothing changed");
     assert!(store.commit_upload(1, plan.upload_id, [1; 32]).is_ok());
@@ -195,7 +195,10 @@ fn an_older_data_dir_is_imported_with_its_ids() {
     let mut store = Store::open(&dir, StoreLimits::default()).unwrap();
     let waiting = store.waiting_for("bob");
     assert_eq!(waiting.len(), 1);
-    assert_eq!((waiting[0].file_id, waiting[0].name.as_str(), waiting[0].sha256), (7, "a.txt", [5; 32]));
+    assert_eq!(
+        (waiting[0].file_id, waiting[0].name.as_str(), waiting[0].sha256),
+        (7, "a.txt", Some([5; 32]))
+    );
     assert_eq!(store.recipients(7), vec!["bob".to_string(), "carol".to_string()]);
     assert!(!dir.join("files/7.meta").exists(), "imported once, then removed");
     // New files never reuse an imported id.

@@ -12,15 +12,21 @@
 //!   reservation: only the bytes it holds count;
 //! - an upload nobody sends that has not grown for `partial_ttl` is deleted;
 //! - only the connection sending an upload can end it or commit it.
+//!
+//! A running upload is also a file *arriving* for its recipients: it gets its file id when it
+//! starts, and recipients may download it while it arrives (`server/arrival.rs`). Whoever follows
+//! it learns here when it fails (aborted) or stops (put aside, or its connection ended).
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{free_space, refusal, Refusal, Store, UploadPlan};
-use crate::frame::ErrorCode;
+use crate::frame::{ErrorCode, FileInfo};
+use crate::server::arrival::{Arrival, Outcome};
 use crate::server::hub::ConnId;
 
 /// A request to start (or resume) an upload, as the hub passes it on.
@@ -42,6 +48,8 @@ pub(crate) struct UploadRequest<'a> {
 /// there.
 pub(super) struct Partial {
     pub(super) upload_id: u64,
+    /// The id the file is stored under when it completes, and downloaded by while it arrives.
+    pub(super) file_id: u64,
     pub(super) sender: String,
     pub(super) key: String,
     pub(super) name: String,
@@ -56,6 +64,9 @@ pub(super) struct Partial {
     pub(super) on_disk: u64,
     /// When `on_disk` last grew (or the upload started or resumed).
     pub(super) last_progress: Instant,
+    /// How far this run of the upload got, for recipients who download it as it arrives. A new
+    /// one each time the upload starts or resumes.
+    pub(super) arrival: Arc<Arrival>,
 }
 
 impl Partial {
@@ -69,6 +80,24 @@ impl Partial {
             self.on_disk + self.size.saturating_sub(self.on_disk).min(RESERVE_AHEAD)
         } else {
             self.on_disk
+        }
+    }
+
+    /// Its sender stopped sending it (its connection ended, or it started another upload):
+    /// whoever downloads it as it arrives stops too.
+    fn put_aside(&mut self) {
+        self.in_use_by = None;
+        self.arrival.finish(Outcome::Stopped);
+    }
+
+    /// How a recipient sees it while it arrives: no hash yet.
+    pub(super) fn info(&self) -> FileInfo {
+        FileInfo {
+            file_id: self.file_id,
+            from: self.sender.clone(),
+            name: self.name.clone(),
+            size: self.size,
+            sha256: None,
         }
     }
 }
@@ -115,7 +144,7 @@ impl Store {
         // One upload at a time per connection: starting another puts the previous one aside, still
         // resumable, but no longer holding a reservation.
         for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(req.conn)) {
-            partial.in_use_by = None;
+            partial.put_aside();
         }
         if let Some(plan) = self.resume(&req)? {
             return Ok(plan);
@@ -137,11 +166,14 @@ impl Store {
             ));
         }
         self.check_free_space(req.size)?;
-        let upload_id = self.next_upload_id;
+        let (upload_id, file_id) = (self.next_upload_id, self.next_file_id);
         self.next_upload_id += 1;
+        self.next_file_id += 1;
+        let arrival = Arrival::new();
         let temp_path = self.tmp_dir.join(format!("{upload_id}.part"));
         let partial = Partial {
             upload_id,
+            file_id,
             sender: req.sender.to_owned(),
             key: req.key.to_owned(),
             name: req.name.to_owned(),
@@ -153,9 +185,10 @@ impl Store {
             in_use_by: Some(req.conn),
             on_disk: 0,
             last_progress: Instant::now(),
+            arrival: arrival.clone(),
         };
         self.partials.insert(upload_id, partial);
-        Ok(UploadPlan { upload_id, temp_path, size: req.size })
+        Ok(UploadPlan { upload_id, temp_path, size: req.size, arrival })
     }
 
     /// Unfinished uploads are bounded per sender and in all: each holds a file (and, while it
@@ -224,7 +257,7 @@ impl Store {
         }
         for upload_id in dead {
             log::info!("store: unfinished upload {upload_id} abandoned for too long; deleted");
-            self.abort_upload(upload_id);
+            self.abort_upload(upload_id, "abandoned by its sender");
         }
     }
 
@@ -241,29 +274,32 @@ impl Store {
             return Err((ErrorCode::Busy, "this upload is already running on another connection".into()));
         }
         if partial.size != req.size || partial.name != req.name {
-            self.abort_upload(id);
+            self.abort_upload(id, "its sender started it over with another file");
             return Ok(None);
         }
         partial.in_use_by = Some(req.conn);
         partial.last_progress = Instant::now();
         partial.recipients = req.recipients.clone();
         partial.guests = req.guests.clone();
-        Ok(Some(UploadPlan { upload_id: id, temp_path: partial.temp_path.clone(), size: partial.size }))
+        partial.arrival = Arrival::new();
+        let (temp_path, size, arrival) = (partial.temp_path.clone(), partial.size, partial.arrival.clone());
+        Ok(Some(UploadPlan { upload_id: id, temp_path, size, arrival }))
     }
 
-    /// Connection `conn` gave up on its upload: forget it and delete its bytes. An upload that is
-    /// not this connection's is left alone (false).
-    pub(crate) fn abort_own_upload(&mut self, conn: ConnId, upload_id: u64) -> bool {
+    /// Connection `conn` gave up on its upload (`why`): forget it and delete its bytes. An upload
+    /// that is not this connection's is left alone (false).
+    pub(crate) fn abort_own_upload(&mut self, conn: ConnId, upload_id: u64, why: &str) -> bool {
         let owned = self.partials.get(&upload_id).is_some_and(|p| p.in_use_by == Some(conn));
         if owned {
-            self.abort_upload(upload_id);
+            self.abort_upload(upload_id, why);
         }
         owned
     }
 
-    /// Forgets an upload and deletes its bytes.
-    pub(crate) fn abort_upload(&mut self, upload_id: u64) {
+    /// Forgets an upload and deletes its bytes; whoever downloads it as it arrives hears `why`.
+    pub(crate) fn abort_upload(&mut self, upload_id: u64, why: &str) {
         if let Some(partial) = self.partials.remove(&upload_id) {
+            partial.arrival.finish(Outcome::Failed(why.to_owned()));
             self.remover.remove(partial.temp_path);
         }
     }
@@ -271,8 +307,32 @@ impl Store {
     /// A connection ended: its uploads stay on disk, free to be resumed by the next connection.
     pub(crate) fn release(&mut self, conn: ConnId) {
         for partial in self.partials.values_mut().filter(|p| p.in_use_by == Some(conn)) {
-            partial.in_use_by = None;
+            partial.put_aside();
         }
+    }
+
+    /// The running upload that is file `file_id`, if it is for `name`.
+    pub(super) fn arriving(&self, name: &str, file_id: u64) -> Option<&Partial> {
+        self.partials
+            .values()
+            .find(|p| p.file_id == file_id && p.in_use_by.is_some() && p.recipients.contains(name))
+    }
+
+    /// The files arriving for `name` right now (their uploads running), oldest first.
+    pub(crate) fn arriving_for(&self, name: &str) -> Vec<FileInfo> {
+        let mut files: Vec<FileInfo> = self
+            .partials
+            .values()
+            .filter(|p| p.in_use_by.is_some() && p.recipients.contains(name))
+            .map(Partial::info)
+            .collect();
+        files.sort_by_key(|f| f.file_id);
+        files
+    }
+
+    /// Upload `upload_id` as its recipients see it while it arrives.
+    pub(crate) fn arriving_info(&self, upload_id: u64) -> Option<FileInfo> {
+        self.partials.get(&upload_id).map(Partial::info)
     }
 }
 
@@ -284,7 +344,7 @@ impl Store {
         let own: Vec<u64> =
             self.partials.values().filter(|p| p.sender == name).map(|p| p.upload_id).collect();
         for upload_id in own {
-            self.abort_upload(upload_id);
+            self.abort_upload(upload_id, "its sender left");
         }
         for partial in self.partials.values_mut() {
             if partial.guests.remove(name) {
