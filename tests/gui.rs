@@ -101,7 +101,10 @@ fn window_against_a_terminal_client() {
     let report = random_file(&src.path, "report.pdf", 3 << 20, 12);
     bob.type_line(&format!("/send \"{}\"", report.display()));
     until(&mut app, "[Newfile]", |a| a.info_text().contains("[Newfile] bob: report.pdf (3.0 MiB)"));
-    assert_eq!(app.waiting_lines(), vec!["@.report.pdf (3.0 MiB) from bob".to_string()]);
+    // Offered as it arrives (", arriving"), then marked stored once the relay verified it.
+    until(&mut app, "the file stored", |a| {
+        a.waiting_lines() == vec!["@.report.pdf (3.0 MiB) from bob".to_string()]
+    });
     app.press(Action::Receive);
     until(&mut app, "[Download]", |a| {
         a.info_text().contains("[Download] File download complete: report.pdf")
