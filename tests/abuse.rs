@@ -38,17 +38,19 @@
 //! failure (each test still fails at its end).
 
 mod common;
-#[path = "common/relay_proc.rs"]
-mod relay_proc;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::attacker::{lo, Answer, Got, Raw, Tally};
 use common::client_config;
+use common::latency::{Latency, LatencyReport};
+use common::relay::RelayOptions;
+use common::watched::WatchedRelay;
+use common::{connect_from, free_bytes, hello_as};
 use common::{SmallDisk, TempDir};
-use relay_proc::{free_bytes, hello, lo, Answer, Got, Latency, LatencyReport, Raw, Relay, RelaySpec, Tally};
 use relaychat::client::{Client, ClientConfig, Event};
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame, MARK_OFFLINE};
 use relaychat::rules::MAX_TEXT_BYTES;
@@ -169,7 +171,7 @@ macro_rules! check {
 }
 
 /// Fails the test if the relay process is gone (crashed, or killed by the memory watchdog).
-fn assert_alive(relay: &mut Relay, class: &str) {
+fn assert_alive(relay: &mut WatchedRelay, class: &str) {
     if !relay.alive() {
         let why = match relay.killed_at_mib() {
             Some(at) => format!("killed by the test's watchdog at {at:.0} MiB of RSS: memory is unbounded"),
@@ -180,7 +182,7 @@ fn assert_alive(relay: &mut Relay, class: &str) {
 }
 
 /// Prints the RSS line and checks both memory targets. Call it after the attacker has left.
-fn assert_memory(relay: &mut Relay, class: &str) {
+fn assert_memory(relay: &mut WatchedRelay, class: &str) {
     let (peak, after) = relay.memory_report(RSS_AFTER_MIB, RSS_SETTLE);
     check!(
         relay.killed_at_mib().is_none() && peak < RSS_UNDER_ATTACK_MIB as f64,
@@ -217,7 +219,7 @@ fn assert_latency(report: &LatencyReport, class: &str, strict: bool) {
 }
 
 /// The victim's errand: a guest uploads a `size`-byte file to another guest, who receives it.
-fn assert_file_round_trip(relay: &Relay, class: &str, tag: &str, size: usize) {
+fn assert_file_round_trip(relay: &WatchedRelay, class: &str, tag: &str, size: usize) {
     let addr = relay.addr.to_string();
     let room = format!("v{tag}");
     let join = |name: String| {
@@ -257,12 +259,17 @@ fn has_big_number(text: &str) -> bool {
 
 /// An attacker's guest connection, `mallory<n>` in `room`. Retries for a few seconds while the
 /// relay is still counting the attacker's previous connection (RelayFull) or name (NameTaken).
-fn attacker(relay: &Relay, n: &mut usize, room: &str) -> Raw {
+fn attacker(relay: &WatchedRelay, n: &mut usize, room: &str) -> Raw {
     *n += 1;
     let name = format!("mallory{n}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match Raw::join_with(lo(ATTACKER), relay.addr, &hello(&name, room, "", ""), Duration::from_secs(10)) {
+        match Raw::join_with(
+            lo(ATTACKER),
+            relay.addr,
+            &hello_as(&name, room, "", ""),
+            Duration::from_secs(10),
+        ) {
             Ok(raw) => return raw,
             Err(Answer::Refused(ErrorCode::RelayFull | ErrorCode::NameTaken, _))
                 if Instant::now() < deadline =>
@@ -275,9 +282,9 @@ fn attacker(relay: &Relay, n: &mut usize, room: &str) -> Raw {
 }
 
 /// Claims account `name` with `password` (one hello), then leaves.
-fn claim_account(relay: &Relay, name: &str, room: &str, password: &str) {
+fn claim_account(relay: &WatchedRelay, name: &str, room: &str, password: &str) {
     let mut raw =
-        Raw::join_with(lo(1), relay.addr, &hello(name, room, password, ""), Duration::from_secs(10))
+        Raw::join_with(lo(1), relay.addr, &hello_as(name, room, password, ""), Duration::from_secs(10))
             .unwrap_or_else(|a| panic!("{name} cannot claim an account: {a:?}{}", relay.context()));
     let _ = raw.send(&Frame::Goodbye);
     raw.closed_within(Duration::from_secs(2));
@@ -324,7 +331,7 @@ const HUGE_FRAMES: usize = 400;
 fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
     let _test = begin();
     let class = "1 huge upload keys / unfinished uploads";
-    let mut relay = RelaySpec::new().start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     let latency = Latency::start(&relay, "1");
     let bob = Raw::join(lo(1), relay.addr, "bob", "lobby");
     let _bob_reads = Tally::start(&bob);
@@ -425,7 +432,7 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
 fn class02_other_peoples_upload_ids_are_not_theirs_to_touch() {
     let _test = begin();
     let class = "2 other people's upload ids";
-    let mut relay = RelaySpec::new().start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     let mut alice = Raw::join(lo(1), relay.addr, "alice", "lobby");
     let mut bob = Raw::join(lo(1), relay.addr, "bob", "lobby");
     let data: Vec<u8> = (0..3 * 65536u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -490,7 +497,7 @@ const OTHER_TOKEN: &str = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6
 fn class03_nothing_meant_for_one_person_reaches_another() {
     let _test = begin();
     let class = "3 files for someone else / look-alike names";
-    let mut relay = RelaySpec::new().start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     let addr = relay.addr;
     let mut sender = Raw::join(lo(1), addr, "sam", "lobby");
 
@@ -503,7 +510,7 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
     bob.closed_within(Duration::from_secs(3));
     thread::sleep(Duration::from_millis(200));
     let mut n = 0;
-    match Raw::join_with(lo(ATTACKER), addr, &hello("bob", "lobby", "", ""), Duration::from_secs(10)) {
+    match Raw::join_with(lo(ATTACKER), addr, &hello_as("bob", "lobby", "", ""), Duration::from_secs(10)) {
         Ok(mut fake) => {
             let early = fake.drain(Duration::from_millis(300), Duration::from_secs(2));
             let files = fake.list_files().unwrap_or_default();
@@ -542,7 +549,7 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
             let answer = match Raw::join_with(
                 lo(ATTACKER),
                 addr,
-                &hello(fake, "lobby", password, ""),
+                &hello_as(fake, "lobby", password, ""),
                 Duration::from_secs(10),
             ) {
                 Ok(_) => Answer::Welcome,
@@ -554,12 +561,12 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
             );
         }
     }
-    Raw::join_with(lo(1), addr, &hello("alice", "lobby", "alice-pw", ""), Duration::from_secs(10))
+    Raw::join_with(lo(1), addr, &hello_as("alice", "lobby", "alice-pw", ""), Duration::from_secs(10))
         .expect("the real alice still logs in");
 
     // (d) A name bound to a machine's token: files wait for it, and nobody else gets them.
     let mut dora =
-        Raw::join_with(lo(1), addr, &hello("dora", "lobby", "", DORA_TOKEN), Duration::from_secs(10))
+        Raw::join_with(lo(1), addr, &hello_as("dora", "lobby", "", DORA_TOKEN), Duration::from_secs(10))
             .expect("dora claims her name with her machine's token");
     let _ = dora.send(&Frame::Goodbye);
     dora.closed_within(Duration::from_secs(3));
@@ -568,12 +575,16 @@ fn class03_nothing_meant_for_one_person_reaches_another() {
     });
     for token in ["", OTHER_TOKEN] {
         n += 1;
-        let answer =
-            Raw::join_with(lo(ATTACKER), addr, &hello("dora", "lobby", "", token), Duration::from_secs(10));
+        let answer = Raw::join_with(
+            lo(ATTACKER),
+            addr,
+            &hello_as("dora", "lobby", "", token),
+            Duration::from_secs(10),
+        );
         check!(answer.is_err(), "{class}: a stranger (token {token:?}) logged in as dora ({n})");
     }
     let mut dora =
-        Raw::join_with(lo(1), addr, &hello("dora", "lobby", "", DORA_TOKEN), Duration::from_secs(10))
+        Raw::join_with(lo(1), addr, &hello_as("dora", "lobby", "", DORA_TOKEN), Duration::from_secs(10))
             .unwrap_or_else(|a| panic!("{class}: dora cannot log in with her token: {a:?}"));
     let got =
         dora.download(file_id).unwrap_or_else(|e| panic!("{class}: dora cannot download her file: {e:?}"));
@@ -592,11 +603,13 @@ const FLOOD_MESSAGES: u64 = 1500;
 fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
     let _test = begin();
     let class = "4 message flood to an offline account";
-    let mut relay = RelaySpec::new()
-        .flag(FLAG_MAX_PENDING, PENDING_CAP)
-        .flag(FLAG_MSG_RATE, 0)
-        .flag(FLAG_BYTE_RATE, 0)
-        .start(class);
+    let mut relay = WatchedRelay::start(
+        class,
+        RelayOptions::for_attacks()
+            .flag(FLAG_MAX_PENDING, PENDING_CAP)
+            .flag(FLAG_MSG_RATE, 0)
+            .flag(FLAG_BYTE_RATE, 0),
+    );
     claim_account(&relay, "vera", "home", "vera-pw");
     let latency = Latency::start(&relay, "4");
 
@@ -642,7 +655,7 @@ fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
     // vera logs in, takes everything that waited for her, and chats.
     let t0 = Instant::now();
     let mut vera =
-        Raw::join_with(lo(1), relay.addr, &hello("vera", "home", "vera-pw", ""), Duration::from_secs(10))
+        Raw::join_with(lo(1), relay.addr, &hello_as("vera", "home", "vera-pw", ""), Duration::from_secs(10))
             .unwrap_or_else(|a| {
                 panic!("{class}: vera cannot log in after the flood: {a:?}{}", relay.context())
             });
@@ -699,7 +712,10 @@ const TINY_FILES_MAX: usize = 600;
 fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
     let _test = begin();
     let class = "5 thousands of tiny files";
-    let mut relay = RelaySpec::new().flag(FLAG_MAX_WAITING_FILES, WAITING_FILES_CAP).start(class);
+    let mut relay = WatchedRelay::start(
+        class,
+        RelayOptions::for_attacks().flag(FLAG_MAX_WAITING_FILES, WAITING_FILES_CAP),
+    );
     claim_account(&relay, "rita", "lobby", "rita-pw");
     let legit: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
     let mut sam = Raw::join(lo(1), relay.addr, "sam", "lobby");
@@ -773,11 +789,13 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
     };
     let data = disk.dir.path.join("relay");
     std::fs::create_dir_all(&data).unwrap();
-    let mut relay = RelaySpec::new()
-        .data_dir(&data)
-        .flag(FLAG_MIN_FREE, "8M")
-        .flag(FLAG_MAX_FILE_SIZE, "100M")
-        .start(class);
+    let mut relay = WatchedRelay::start(
+        class,
+        RelayOptions::for_attacks()
+            .data_dir(&data)
+            .flag(FLAG_MIN_FREE, "8M")
+            .flag(FLAG_MAX_FILE_SIZE, "100M"),
+    );
     let bob = Raw::join(lo(1), relay.addr, "bob6", "lobby");
     let _bob_reads = Tally::start(&bob);
 
@@ -803,10 +821,7 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
             }
         }
     }
-    println!(
-        "abuse: {class}: the attacker declared {:.1} MiB of uploads on a 128 MiB disk",
-        relay_proc::mib(reserved)
-    );
+    println!("abuse: {class}: the attacker declared {:.1} MiB of uploads on a 128 MiB disk", mib(reserved));
 
     // The victim's 1 MiB upload still fits.
     assert_file_round_trip(&relay, class, "6", 1 << 20);
@@ -844,7 +859,8 @@ fn class06_four_gib_uploads_that_never_send_a_byte_do_not_lock_the_disk() {
         println!("abuse: {class}: skipped: only {:.1} GiB free here", free as f64 / (1u64 << 30) as f64);
         return;
     }
-    let mut relay = RelaySpec::new().flag(FLAG_MIN_FREE, free - usable).start(class);
+    let mut relay =
+        WatchedRelay::start(class, RelayOptions::for_attacks().flag(FLAG_MIN_FREE, free - usable));
     let bob = Raw::join(lo(1), relay.addr, "bob6c", "lobby");
     let _bob_reads = Tally::start(&bob);
     let mut n = 0;
@@ -890,7 +906,7 @@ fn class06_four_gib_uploads_that_never_send_a_byte_do_not_lock_the_disk() {
 fn class06_an_abandoned_upload_counts_only_its_stored_bytes() {
     let _test = begin();
     let class = "6b abandoned upload and quota";
-    let mut relay = RelaySpec::new().flag(FLAG_QUOTA, "4M").start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks().flag(FLAG_QUOTA, "4M"));
     let bob = Raw::join(lo(1), relay.addr, "bobq", "lobby");
     let _bob_reads = Tally::start(&bob);
     let mut quinn = Raw::join(lo(1), relay.addr, "quinn", "lobby");
@@ -934,7 +950,7 @@ fn class06_an_abandoned_upload_counts_only_its_stored_bytes() {
 fn class07_a_chat_flood_is_slowed_by_the_senders_token_bucket() {
     let _test = begin();
     let class = "7 chat flood (rate limit)";
-    let mut relay = RelaySpec::new().start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     let latency = Latency::start(&relay, "7");
     let watcher = Raw::join(lo(1), relay.addr, "watcher", "spam");
     let seen = Tally::start(&watcher);
@@ -977,14 +993,14 @@ fn class07_a_chat_flood_is_slowed_by_the_senders_token_bucket() {
         "abuse: {class}: in {secs:.1} s the attackers wrote {big_sent} big and {small_sent} small messages; \
          a reader in the room got {} messages, {:.1} MiB",
         got.chats,
-        relay_proc::mib(got.chat_bytes as u64)
+        mib(got.chat_bytes as u64)
     );
     let byte_bound = 2.0 * (BYTE_BURST + BYTE_RATE * secs);
     let msg_bound = 2.0 * (MSG_BURST + MSG_RATE * secs) + byte_bound / MAX_TEXT_BYTES as f64;
     check!(
         (got.chat_bytes as f64) < byte_bound,
         "{class}: one sender got {:.1} MiB of chat through in {secs:.1} s (bound {:.1} MiB){}",
-        relay_proc::mib(got.chat_bytes as u64),
+        mib(got.chat_bytes as u64),
         byte_bound / 1048576.0,
         relay.context()
     );
@@ -1012,12 +1028,14 @@ fn class07_chat_history_stops_at_min_free() {
     let min_free: u64 = 32 << 20;
     let data = disk.dir.path.join("relay");
     std::fs::create_dir_all(&data).unwrap();
-    let mut relay = RelaySpec::new()
-        .data_dir(&data)
-        .flag(FLAG_MIN_FREE, "32M")
-        .flag(FLAG_MSG_RATE, 0)
-        .flag(FLAG_BYTE_RATE, 0)
-        .start(class);
+    let mut relay = WatchedRelay::start(
+        class,
+        RelayOptions::for_attacks()
+            .data_dir(&data)
+            .flag(FLAG_MIN_FREE, "32M")
+            .flag(FLAG_MSG_RATE, 0)
+            .flag(FLAG_BYTE_RATE, 0),
+    );
     let mut n = 0;
     let mut evil = attacker(&relay, &mut n, "spam");
     let tally = Tally::start(&evil);
@@ -1044,12 +1062,12 @@ fn class07_chat_history_stops_at_min_free() {
         "abuse: {class}: {sent} messages of 64 KiB sent; {} stored, {} refused as not stored; {:.1} MiB left free",
         t.receipts,
         t.count(CODE_NOT_STORED),
-        relay_proc::mib(free)
+        mib(free)
     );
     check!(
         free >= min_free / 4,
         "{class}: chat filled the disk to {:.1} MiB free despite --min-free 32M (errors {:?}: {:?}){}",
-        relay_proc::mib(free),
+        mib(free),
         t.errors.iter().take(3).collect::<Vec<_>>(),
         t.messages,
         relay.context()
@@ -1058,8 +1076,12 @@ fn class07_chat_history_stops_at_min_free() {
 
     // A new account can still be made, and live chat still flows.
     let t0 = Instant::now();
-    let newbie =
-        Raw::join_with(lo(1), relay.addr, &hello("newbie", "lobby", "new-pw", ""), Duration::from_secs(10));
+    let newbie = Raw::join_with(
+        lo(1),
+        relay.addr,
+        &hello_as("newbie", "lobby", "new-pw", ""),
+        Duration::from_secs(10),
+    );
     check!(newbie.is_ok(), "{class}: a new account was refused: {:?}", newbie.as_ref().err());
     check!(t0.elapsed() < LOGIN_LIMIT, "{class}: the new account took {:?}", t0.elapsed());
     let mut a = Raw::join(lo(1), relay.addr, "amy", "lobby");
@@ -1084,7 +1106,7 @@ fn class07_chat_history_stops_at_min_free() {
 fn class08_a_client_id_above_2_63_cannot_poison_other_peoples_messages() {
     let _test = begin();
     let class = "8 client id >= 2^63 in a batch";
-    let relay = RelaySpec::new().start(class);
+    let relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     let poison = (1u64 << 63) + 7;
     // The same sender name before and after the restart: the database's uniqueness is per sender.
     let mut evil = Raw::join(lo(ATTACKER), relay.addr, "mallory1", "lobby");
@@ -1153,20 +1175,20 @@ fn class08_a_client_id_above_2_63_cannot_poison_other_peoples_messages() {
 const GUESS_PHASE: Duration = Duration::from_secs(4);
 
 /// One wrong guess from `from`; true if the relay checked it and said "wrong password".
-fn guess(relay: &Relay, from: Ipv4Addr, n: usize, until: Instant) -> Option<Answer> {
+fn guess(relay: &WatchedRelay, from: Ipv4Addr, n: usize, until: Instant) -> Option<Answer> {
     let left = until.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return None;
     }
     let mut raw = Raw::connect(from, relay.addr).ok()?;
-    Some(raw.say_hello(&hello("victor", "lobby", &format!("guess-{n}"), ""), left))
+    Some(raw.say_hello(&hello_as("victor", "lobby", &format!("guess-{n}"), ""), left))
 }
 
 #[test]
 fn class09_password_guessing_is_braked_per_address_and_per_account() {
     let _test = begin();
     let class = "9 password guessing";
-    let mut relay = RelaySpec::new().start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     claim_account(&relay, "victor", "lobby", "correct horse battery");
 
     // (a) From one address, with a guest login after every guess.
@@ -1181,7 +1203,7 @@ fn class09_password_guessing_is_braked_per_address_and_per_account() {
         }
         let left = until.saturating_duration_since(Instant::now());
         if let Ok(mut guest) =
-            Raw::join_with(lo(ATTACKER), relay.addr, &hello(&format!("g{n}"), "lobby", "", ""), left)
+            Raw::join_with(lo(ATTACKER), relay.addr, &hello_as(&format!("g{n}"), "lobby", "", ""), left)
         {
             let _ = guest.send(&Frame::Goodbye);
         }
@@ -1202,7 +1224,7 @@ fn class09_password_guessing_is_braked_per_address_and_per_account() {
     let real = Raw::join_with(
         lo(250),
         relay.addr,
-        &hello("victor", "lobby", "correct horse battery", ""),
+        &hello_as("victor", "lobby", "correct horse battery", ""),
         Duration::from_secs(35),
     );
     let took = t0.elapsed();
@@ -1240,7 +1262,7 @@ fn class09_password_guessing_is_braked_per_address_and_per_account() {
 fn class10_parallel_password_hellos_hold_bounded_memory_and_guests_still_get_in() {
     let _test = begin();
     let class = "10 parallel password hellos";
-    let mut relay = RelaySpec::new().start(class);
+    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
     claim_account(&relay, "victor", "lobby", "right-pw");
     let latency = Latency::start(&relay, "10");
 
@@ -1252,7 +1274,8 @@ fn class10_parallel_password_hellos_hold_bounded_memory_and_guests_still_get_in(
                 let mut conns: Vec<Raw> = Vec::new();
                 for i in 0..15 {
                     if let Ok(mut raw) = Raw::connect(lo(10 + a), addr) {
-                        let _ = raw.send(&hello(&format!("h{a}x{i}"), "lobby", &format!("pw-{a}-{i}"), ""));
+                        let _ =
+                            raw.send(&hello_as(&format!("h{a}x{i}"), "lobby", &format!("pw-{a}-{i}"), ""));
                         conns.push(raw);
                     }
                 }
@@ -1273,13 +1296,17 @@ fn class10_parallel_password_hellos_hold_bounded_memory_and_guests_still_get_in(
 
     // A guest walks in meanwhile; so does victor, retrying while the relay says it is busy.
     let t0 = Instant::now();
-    let guest = Raw::join_with(lo(1), addr, &hello("walkin", "lobby", "", ""), Duration::from_secs(20));
+    let guest = Raw::join_with(lo(1), addr, &hello_as("walkin", "lobby", "", ""), Duration::from_secs(20));
     let guest_took = t0.elapsed();
     let t0 = Instant::now();
     let mut victor = Err(Answer::Timeout);
     while t0.elapsed() < Duration::from_secs(15) {
-        victor =
-            Raw::join_with(lo(2), addr, &hello("victor", "lobby", "right-pw", ""), Duration::from_secs(15));
+        victor = Raw::join_with(
+            lo(2),
+            addr,
+            &hello_as("victor", "lobby", "right-pw", ""),
+            Duration::from_secs(15),
+        );
         match &victor {
             Err(Answer::Refused(ErrorCode::LoginBusy, _)) => thread::sleep(Duration::from_millis(200)),
             _ => break,
@@ -1322,7 +1349,7 @@ const NOFILE: u64 = 256;
 /// Sends a hello one byte every 700 ms; returns how long until the relay closed the connection,
 /// or `None` if it was still open after `give_up`.
 fn slow_hello(addr: SocketAddr, from: Ipv4Addr, i: usize, give_up: Duration) -> Option<Duration> {
-    let bytes = encode_to_vec(&hello(&format!("slowpoke{i}"), "lobby", "", "")).unwrap();
+    let bytes = encode_to_vec(&hello_as(&format!("slowpoke{i}"), "lobby", "", "")).unwrap();
     let mut raw = Raw::connect(from, addr).ok()?;
     let started = Instant::now();
     for byte in bytes {
@@ -1356,7 +1383,10 @@ fn sort_out(conns: &mut [Raw], code: ErrorCode, wait: Duration) -> (usize, usize
 fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
     let _test = begin();
     let class = "11 fd exhaustion / per-address cap / slow hello";
-    let mut relay = RelaySpec::new().nofile(NOFILE).flag(FLAG_MAX_PER_ADDRESS, PER_ADDRESS).start(class);
+    let mut relay = WatchedRelay::start(
+        class,
+        RelayOptions::for_attacks().nofile(NOFILE).flag(FLAG_MAX_PER_ADDRESS, PER_ADDRESS),
+    );
     let addr = relay.addr;
     let slow: Vec<_> = (0..4)
         .map(|i| thread::spawn(move || slow_hello(addr, lo(30), i, HELLO_DEADLINE + Duration::from_secs(4))))
@@ -1391,7 +1421,7 @@ fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
             if started.elapsed() > Duration::from_secs(8) || timeouts >= 3 {
                 break 'open;
             }
-            match relay_proc::connect_from(lo(40 + a), addr, Duration::from_secs(1)) {
+            match connect_from(lo(40 + a), addr, Duration::from_secs(1)) {
                 Ok(stream) => {
                     stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
                     many.push(Raw { reader: relaychat::wire::FrameReader::new(stream) });
@@ -1451,7 +1481,10 @@ const NEVER_READ_MESSAGES: usize = 4500;
 fn class12_clients_that_never_read_cost_bounded_memory() {
     let _test = begin();
     let class = "12 clients that never read";
-    let mut relay = RelaySpec::new().flag(FLAG_MSG_RATE, 0).flag(FLAG_BYTE_RATE, 0).start(class);
+    let mut relay = WatchedRelay::start(
+        class,
+        RelayOptions::for_attacks().flag(FLAG_MSG_RATE, 0).flag(FLAG_BYTE_RATE, 0),
+    );
     let latency = Latency::start(&relay, "12");
     let sinks: Vec<Raw> =
         (0..10).map(|i| Raw::join(lo(40), relay.addr, &format!("sink{i}"), "sink")).collect();
@@ -1487,4 +1520,9 @@ fn class12_clients_that_never_read_cost_bounded_memory() {
     assert_latency(&latency.finish(), class, false);
     drop((tally, flooder, sinks));
     assert_memory(&mut relay, class);
+}
+
+/// Bytes in MiB, for messages.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }

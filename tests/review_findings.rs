@@ -14,8 +14,6 @@
 //! cycle kept instead of ~350.
 
 mod common;
-#[path = "common/relay_proc.rs"]
-mod relay_proc;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::relay::RelayOptions;
+use common::watched::WatchedRelay;
 use common::{Raw, TestServer};
 use relaychat::frame::{ErrorCode, Frame};
 use relaychat::server::ServerConfig;
@@ -739,12 +739,14 @@ fn f9_guest_names_each_get_a_fresh_quota() {
 #[test]
 fn f10_hub_memory_grows_with_every_guest_name_and_room_ever_used() {
     let _serial = serial();
-    let relay = relay_proc::RelaySpec::new()
-        .flag("--msg-rate", 0)
-        .flag("--connect-rate", 0)
-        .flag("--text-rate", 0)
-        .flag("--request-rate", 0)
-        .start("review-f10");
+    let relay = WatchedRelay::start(
+        "review-f10",
+        RelayOptions::for_attacks()
+            .flag("--msg-rate", 0)
+            .flag("--connect-rate", 0)
+            .flag("--text-rate", 0)
+            .flag("--request-rate", 0),
+    );
     let addr = relay.addr;
     let done = Arc::new(AtomicUsize::new(0));
     let run = |first: usize, count: usize| {
@@ -834,7 +836,7 @@ fn f11_a_trickle_keeps_4_gib_reservations_and_every_upload_is_refused() {
     std::fs::create_dir_all(&data_dir.path).unwrap();
     let server = TestServer::start_in(config(), data_dir);
     let limits = relaychat::server::StoreLimits::default();
-    let free = relay_proc::free_bytes(&server.data_dir.path);
+    let free = common::free_bytes(&server.data_dir.path);
     let _sink = join(server.addr, "sink", "attic", "");
     // 4 GiB pieces while they fit, then halves (the refusal does not say how much is left, but
     // halving finds it), each on a connection and guest name of its own, three addresses.

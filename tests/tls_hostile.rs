@@ -36,8 +36,6 @@
 //! memory for each attack).
 
 mod common;
-#[path = "common/relay_proc.rs"]
-mod relay_proc;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -45,9 +43,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::attacker::{lo, Got};
 use common::proc::Proc;
-use common::{client_config, hello_as, test_keys, TempDir};
-use relay_proc::{connect_from, lo, Got, Relay, RelaySpec};
+use common::relay::{threads_of, RelayOptions};
+use common::watched::WatchedRelay;
+use common::{client_config, connect_from, hello_as, test_keys, try_until, TempDir};
 use relaychat::client::{Client, Event, Trust};
 use relaychat::frame::{self, encode_to_vec, ErrorCode, Frame};
 use relaychat::tls::TlsStream;
@@ -75,7 +75,7 @@ const THREADS_SETTLE: Duration = Duration::from_secs(6);
 #[test]
 fn handshakes_that_never_finish_are_closed_by_the_hello_deadline() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().start("tls-stalled-handshakes");
+    let mut relay = WatchedRelay::start("tls-stalled-handshakes", RelayOptions::for_attacks());
     let baseline = idle_threads(&relay);
     let hello = client_hello();
     let addr = relay.addr;
@@ -122,7 +122,7 @@ fn handshakes_that_never_finish_are_closed_by_the_hello_deadline() {
 #[test]
 fn garbage_after_the_tls_byte_is_refused_at_once() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().start("tls-garbage");
+    let mut relay = WatchedRelay::start("tls-garbage", RelayOptions::for_attacks());
     let baseline = idle_threads(&relay);
     let hello = client_hello();
     let mut absurd_record = vec![0x16, 0x03, 0x01, 0xff, 0xff];
@@ -177,7 +177,7 @@ fn garbage_after_the_tls_byte_is_refused_at_once() {
 #[test]
 fn close_notify_with_the_clients_finished_does_not_spin_the_relay() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().start("tls-close-notify-in-handshake");
+    let mut relay = WatchedRelay::start("tls-close-notify-in-handshake", RelayOptions::for_attacks());
     let baseline = idle_threads(&relay);
     let mut attacker = Manual::up_to_finished(lo(4), relay.addr);
     attacker.tls.send_close_notify();
@@ -192,7 +192,7 @@ fn close_notify_with_the_clients_finished_does_not_spin_the_relay() {
     let cpu = cpu_seconds(relay.pid) - cpu_before;
     let took = bystanders_chat(relay.addr, 1);
     let closed = closed_within(&mut attacker.tcp, start, HELLO_TIMEOUT + SLACK);
-    let threads = settle_threads(&relay, baseline, THREADS_SETTLE);
+    let threads = settle_threads(relay.pid, baseline, THREADS_SETTLE);
     let busiest = busiest_thread(relay.pid);
     drop(attacker);
     assert!(
@@ -217,7 +217,7 @@ fn close_notify_with_the_clients_finished_does_not_spin_the_relay() {
 #[test]
 fn one_record_trickled_a_byte_at_a_time_is_cut_at_the_hello_deadline() {
     let _one = one_at_a_time();
-    let relay = RelaySpec::new().start("tls-trickled-record");
+    let relay = WatchedRelay::start("tls-trickled-record", RelayOptions::for_attacks());
     let mut attacker = Manual::up_to_finished(lo(9), relay.addr);
     let finished = attacker.take_records();
     attacker.tcp.write_all(&finished).expect("send the Finished");
@@ -255,7 +255,7 @@ fn one_record_trickled_a_byte_at_a_time_is_cut_at_the_hello_deadline() {
 #[test]
 fn close_notify_after_the_handshake_ends_the_connection_at_once() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().start("tls-close-notify-after-handshake");
+    let mut relay = WatchedRelay::start("tls-close-notify-after-handshake", RelayOptions::for_attacks());
     let baseline = idle_threads(&relay);
     let mut attacker = Manual::up_to_finished(lo(4), relay.addr);
     let finished = attacker.take_records();
@@ -376,11 +376,13 @@ fn a_relay_that_says_close_notify_in_its_first_flight_does_not_hang_the_client()
 fn many_half_open_handshakes_from_one_address_stay_bounded() {
     const ATTACKERS: usize = 150;
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new()
-        .flag("--max-per-address", 400)
-        .flag("--connect-rate", 1000)
-        .flag("--connect-burst", 1000)
-        .start("tls-half-open-flood");
+    let mut relay = WatchedRelay::start(
+        "tls-half-open-flood",
+        RelayOptions::for_attacks()
+            .flag("--max-per-address", 400)
+            .flag("--connect-rate", 1000)
+            .flag("--connect-burst", 1000),
+    );
     let baseline = idle_threads(&relay);
     let cpu_before = cpu_seconds(relay.pid);
     let start = Instant::now();
@@ -438,7 +440,7 @@ fn many_half_open_handshakes_from_one_address_stay_bounded() {
 #[test]
 fn tls_application_data_that_is_not_a_frame_ends_only_that_connection() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().start("tls-bad-application-data");
+    let mut relay = WatchedRelay::start("tls-bad-application-data", RelayOptions::for_attacks());
     let baseline = idle_threads(&relay);
     let bob = connect(relay.addr, "bob");
 
@@ -499,12 +501,14 @@ fn tls_application_data_that_is_not_a_frame_ends_only_that_connection() {
 fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
     const FLOOD: usize = 40;
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new()
-        .flag("--msg-rate", 0)
-        .flag("--text-rate", 0)
-        .flag("--max-queued-bytes", "64M")
-        .flag("--max-queued-total", "256M")
-        .start("tls-never-reads");
+    let mut relay = WatchedRelay::start(
+        "tls-never-reads",
+        RelayOptions::for_attacks()
+            .flag("--msg-rate", 0)
+            .flag("--text-rate", 0)
+            .flag("--max-queued-bytes", "64M")
+            .flag("--max-queued-total", "256M"),
+    );
     let baseline = idle_threads(&relay);
     let bob = connect(relay.addr, "bob");
     let carol = connect(relay.addr, "carol");
@@ -581,7 +585,7 @@ fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
 #[test]
 fn rst_and_close_notify_in_the_middle_of_an_upload_free_the_connection() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().start("tls-cut-uploads");
+    let mut relay = WatchedRelay::start("tls-cut-uploads", RelayOptions::for_attacks());
     let bob = connect(relay.addr, "bob");
     let baseline = idle_threads(&relay);
     let fds = relay.fd_count();
@@ -620,7 +624,7 @@ fn rst_and_close_notify_in_the_middle_of_an_upload_free_the_connection() {
             |e| matches!(e, Event::Left { name, .. } if name == "mallory"),
         );
     }
-    let threads = settle_threads(&relay, baseline, THREADS_SETTLE);
+    let threads = settle_threads(relay.pid, baseline, THREADS_SETTLE);
     let fds_after = relay.fd_count();
     assert!(threads <= baseline, "{threads} relay threads after six cut uploads (before: {baseline})");
     assert!(fds_after <= fds + 2, "{fds_after} relay fds after six cut uploads (before: {fds})");
@@ -639,9 +643,8 @@ fn rst_and_close_notify_in_the_middle_of_an_upload_free_the_connection() {
 #[test]
 fn a_plaintext_peer_that_keeps_talking_after_tls_required_is_cut_off() {
     let _one = one_at_a_time();
-    let (relay, addr) = Proc::server();
-    let addr: SocketAddr = addr.parse().expect("the relay's address");
-    let pid = relay.child.id();
+    let relay = RelayOptions::new().start();
+    let (addr, pid) = (relay.addr, relay.pid());
     thread::sleep(Duration::from_millis(300));
     let baseline = threads_of(pid);
     for round in 0..10 {
@@ -673,12 +676,9 @@ fn a_plaintext_peer_that_keeps_talking_after_tls_required_is_cut_off() {
     }
     let took = bystanders_chat(addr, 1);
     assert!(took < BYSTANDER_LIMIT, "bystanders needed {took:?}");
-    let deadline = Instant::now() + THREADS_SETTLE;
-    while threads_of(pid) > baseline && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(threads_of(pid) <= baseline, "{} relay threads (before: {baseline})", threads_of(pid));
-    let log: Vec<String> = relay.stderr.try_iter().collect();
+    let threads = settle_threads(pid, baseline, THREADS_SETTLE);
+    assert!(threads <= baseline, "{threads} relay threads (before: {baseline})");
+    let log: Vec<String> = relay.log.try_iter().collect();
     assert!(!log.iter().any(|l| l.contains("panicked")), "the relay panicked:\n{}", log.join("\n"));
 }
 
@@ -693,7 +693,8 @@ fn a_plaintext_peer_that_keeps_talking_after_tls_required_is_cut_off() {
 #[test]
 fn application_data_sent_with_the_clients_finished_is_not_lost() {
     let _one = one_at_a_time();
-    let mut relay = RelaySpec::new().flag("--text-rate", 0).start("tls-pipelined-hello");
+    let mut relay =
+        WatchedRelay::start("tls-pipelined-hello", RelayOptions::for_attacks().flag("--text-rate", 0));
     let pipelined = |name: &str| {
         let hello = encode_to_vec(&hello_as(name, "lobby", "", "")).unwrap();
         let line = Frame::Say { client_id: 7, to: String::new(), text: "z".repeat(40 * 1024) };
@@ -738,7 +739,8 @@ fn application_data_sent_with_the_clients_finished_is_not_lost() {
 #[test]
 fn a_tls_client_turned_away_by_the_per_address_cap_is_told_why() {
     let _one = one_at_a_time();
-    let relay = RelaySpec::new().flag("--max-per-address", 2).start("tls-turned-away");
+    let relay =
+        WatchedRelay::start("tls-turned-away", RelayOptions::for_attacks().flag("--max-per-address", 2));
     let holders: Vec<TcpStream> = (0..2)
         .map(|_| connect_from(Ipv4Addr::LOCALHOST, relay.addr, Duration::from_secs(5)).expect("connect"))
         .collect();
@@ -1157,25 +1159,20 @@ fn bystanders_chat(addr: SocketAddr, n: u32) -> Duration {
 }
 
 /// The relay's thread count once it has settled after starting.
-fn idle_threads(relay: &Relay) -> usize {
+fn idle_threads(relay: &WatchedRelay) -> usize {
     thread::sleep(Duration::from_millis(300));
     relay.thread_count()
 }
 
-/// Waits up to `within` for the relay's thread count to fall to `baseline`; the last count.
-fn settle_threads(relay: &Relay, baseline: usize, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = relay.thread_count();
-        if now <= baseline || Instant::now() >= deadline {
-            return now;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+/// Waits up to `within` for the thread count of the relay `pid` to fall to `baseline`; the last
+/// count.
+fn settle_threads(pid: u32, baseline: usize, within: Duration) -> usize {
+    try_until(within, || Some(threads_of(pid)).filter(|&now| now <= baseline))
+        .unwrap_or_else(|| threads_of(pid))
 }
 
-fn assert_threads_back(relay: &Relay, baseline: usize) {
-    let threads = settle_threads(relay, baseline, THREADS_SETTLE);
+fn assert_threads_back(relay: &WatchedRelay, baseline: usize) {
+    let threads = settle_threads(relay.pid, baseline, THREADS_SETTLE);
     assert!(
         threads <= baseline,
         "the relay has {threads} threads {THREADS_SETTLE:?} after the attack (before it: {baseline}){}",
@@ -1183,17 +1180,9 @@ fn assert_threads_back(relay: &Relay, baseline: usize) {
     );
 }
 
-fn assert_no_panic(relay: &Relay) {
+fn assert_no_panic(relay: &WatchedRelay) {
     let log = relay.log_tail(300);
     assert!(!log.contains("panicked"), "the relay panicked:\n{log}");
-}
-
-/// Threads of process `pid` (`Threads:` in `/proc/<pid>/status`).
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse().ok())))
-        .unwrap_or(0)
 }
 
 /// CPU time (user + system) process `pid` has used so far, in seconds.
