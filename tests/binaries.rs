@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::client_config;
 use common::proc::Proc;
 use common::relay::RelayOptions;
-use common::{TempDir, WAIT};
+use common::{receive_until, TempDir, WAIT};
 use relaychat::client::Client;
 
 /// `[HH:MM:SS] ` at the start of a line.
@@ -240,23 +240,24 @@ fn events_reach_the_screen_in_order_whichever_thread_prints_them() {
     }
     std::thread::sleep(Duration::from_millis(300)); // stored, so alice gets them as history
     let mut alice = Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", &addr, "--name", "alice"], &[]);
-    let deadline = Instant::now() + WAIT;
-    while !matches!(lib.events().recv_deadline(deadline), Ok(relaychat::client::Event::Joined { .. })) {
-        assert!(Instant::now() < deadline, "alice never joined");
-    }
+    let started = Instant::now();
+    let (_, joined) =
+        receive_until(lib.events(), WAIT, |e| matches!(e, relaychat::client::Event::Joined { .. }));
+    assert!(joined, "alice never joined");
     for n in 0..40 {
         lib.send_text(&format!("live {n:03}")).unwrap();
     }
     alice.type_line("typing meanwhile");
     let mut seen = Vec::new();
-    while seen.len() < 90 {
-        let Ok(line) = alice.stdout.recv_deadline(deadline) else { break };
+    // The same time limit covers the join and all 90 lines.
+    receive_until(&alice.stdout, WAIT.saturating_sub(started.elapsed()), |line| {
         for (marker, kind) in [("lib (history): early ", "early"), ("lib: live ", "live")] {
             if let Some(at) = line.find(marker) {
                 seen.push(format!("{kind} {}", &line[at + marker.len()..]));
             }
         }
-    }
+        seen.len() >= 90
+    });
     let sent: Vec<String> =
         (0..50).map(|n| format!("early {n:03}")).chain((0..40).map(|n| format!("live {n:03}"))).collect();
     assert_eq!(seen, sent);

@@ -11,16 +11,21 @@
 //! - [`proc`]: the `client` binary (and any other one-shot command) with its output on channels;
 //! - [`wait`]: waiting with a time limit ([`wait_until`] and friends);
 //! - [`netns`]: a private network namespace per test, where links can vanish;
-//! - the attack tests' tools: [`attacker`] (raw connections from any `127.x.y.z`, tallies),
-//!   [`watched`] (a relay with a memory watchdog) and [`latency`] (bystanders' pings).
+//! - the attack tests' tools: [`abuse`] (the abuse tests' limits and checks), [`review`] (the
+//!   review tests' joins and uploads), [`attacker`] (raw connections from any `127.x.y.z`, tallies),
+//!   [`watched`] (a relay with a memory watchdog), [`latency`] (bystanders' pings) and
+//!   [`tls_attack`] (TLS by hand, and the relay's health after an attack).
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod abuse;
 pub mod attacker;
 pub mod latency;
 pub mod netns;
 pub mod proc;
 pub mod relay;
+pub mod review;
+pub mod tls_attack;
 pub mod wait;
 pub mod watched;
 
