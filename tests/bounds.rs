@@ -1,7 +1,7 @@
 //! The relay's bounds behave as documented for honest users: long lists arrive whole, in pages;
 //! offline messages arrive whole, in order, a page at a time; caps refuse with a clear error and
 //! keep the connection; nobody can touch an upload that is not theirs; things wait only for
-//! names someone owns. (The attacks themselves are played in `abuse.rs`.)
+//! names someone owns. (The attacks themselves are played in `abuse_*.rs`.)
 
 mod common;
 

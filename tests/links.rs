@@ -304,6 +304,7 @@ fn a_one_shot_send_survives_a_relay_restart() {
     netns::isolated(|| {
         let data = TempDir::new("relay-data");
         let mut relay = relay_options().data_dir(&data.path).start();
+        let addr = relay.addr.to_string();
         bob_claims_his_name(&relay);
         let files = TempDir::new("to-send");
         let path = random_file(&files.path, "photos.tar", 2 * 1024 * 1024, 7);
@@ -311,16 +312,7 @@ fn a_one_shot_send_survives_a_relay_restart() {
 
         let mut send = Proc::spawn(
             CLIENT,
-            &[
-                "send",
-                path.to_str().unwrap(),
-                "--to",
-                "bob",
-                "--server",
-                &relay.addr.to_string(),
-                "--name",
-                "alice",
-            ],
+            &["send", path.to_str().unwrap(), "--to", "bob", "--server", &addr, "--name", "alice"],
             &[("RELAYCHAT_TEST_CHUNK_DELAY_MS", "50"), ("RELAYCHAT_RECONNECT_FOR", "30")],
         );
         drop(send.stdin.take());
@@ -329,7 +321,7 @@ fn a_one_shot_send_survives_a_relay_restart() {
         relay.kill();
         println!("the relay was killed with {part} bytes of the upload on its disk");
 
-        let relay = relay_options().bind(relay.addr).data_dir(&data.path).start();
+        let _relay = relay_options().bind(relay.addr).data_dir(&data.path).start();
         let back_at = Instant::now();
         let status = exits_within(&mut send.child, secs(40)).expect("the send finishes after the restart");
         thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
@@ -345,11 +337,7 @@ fn a_one_shot_send_survives_a_relay_restart() {
 
         let downloads = TempDir::new("bob-downloads");
         let dir = downloads.path.to_str().unwrap();
-        one_shot(
-            &["receive", "--server", &relay.addr.to_string(), "--name", "bob", "--downloads", dir],
-            &[BOB_PASSWORD],
-            WAIT,
-        );
+        one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dir], &[BOB_PASSWORD], WAIT);
         let got = files_under(&downloads.path);
         assert_eq!(got.len(), 1, "bob should get exactly one file: {got:?}");
         assert!(sha256(&got[0]) == sent_sha, "bob's copy differs from the file sent");
@@ -367,21 +355,13 @@ fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
     netns::isolated(|| {
         netns::slow_link();
         let relay = relay_options().flag("--idle-timeout", format!("{IDLE}s")).start();
+        let addr = relay.addr.to_string();
         bob_claims_his_name(&relay);
         let files = TempDir::new("to-send");
         let path = random_file(&files.path, "holiday.mp4", 12 * 1024 * 1024, 11);
 
         let started = Instant::now();
-        let args = [
-            "send",
-            path.to_str().unwrap(),
-            "--to",
-            "bob",
-            "--server",
-            &relay.addr.to_string(),
-            "--name",
-            "alice",
-        ];
+        let args = ["send", path.to_str().unwrap(), "--to", "bob", "--server", &addr, "--name", "alice"];
         let (out, err) = one_shot(&[&args[..], &CLIENT_IDLE[..]].concat(), &[], secs(60));
         let took = started.elapsed();
         println!("figure: 12 MiB went up a 16 Mbit/s link in {:.1} s", took.as_secs_f64());
@@ -393,15 +373,8 @@ fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
 
         let downloads = TempDir::new("bob-downloads");
         let started = Instant::now();
-        let args = [
-            "receive",
-            "--server",
-            &relay.addr.to_string(),
-            "--name",
-            "bob",
-            "--downloads",
-            downloads.path.to_str().unwrap(),
-        ];
+        let args =
+            ["receive", "--server", &addr, "--name", "bob", "--downloads", downloads.path.to_str().unwrap()];
         let (out, err) = one_shot(&[&args[..], &CLIENT_IDLE[..]].concat(), &[BOB_PASSWORD], secs(60));
         println!("figure: and came down in {:.1} s", started.elapsed().as_secs_f64());
         assert!(

@@ -327,25 +327,11 @@ fn f12_file_lists_of_a_full_inbox_at_500_per_second_load_the_hub() {
     thread::sleep(Duration::from_secs(1));
     let mut v1 = join_from([127, 0, 0, 91], addr, "bystander1", "quiet");
     let mut v2 = join_from([127, 0, 0, 92], addr, "bystander2", "quiet");
-    let mut times = Vec::new();
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_secs(6) {
-        n += 1;
-        let text = format!("ping {n}");
-        let t = Instant::now();
-        v1.send(&Frame::Say { client_id: 0, to: String::new(), text: text.clone() });
-        let _ = recv_until(&mut v2, Duration::from_secs(20), |f| {
-            matches!(f, Frame::Chat { text: t, .. } if *t == text).then_some(())
-        });
-        times.push(t.elapsed());
-        thread::sleep(Duration::from_millis(50));
-    }
+    let times = ping_times(&mut v1, &mut v2, Duration::from_secs(6));
     stop.store(true, Ordering::SeqCst);
     for a in attackers {
         let _ = a.join();
     }
-    times.sort();
     let p99 = times[(times.len() * 99).div_ceil(100) - 1];
     let median = times[times.len() / 2];
     println!(

@@ -25,7 +25,7 @@ use common::attacker::{lo, Got};
 use common::relay::RelayOptions;
 use common::tls_attack::*;
 use common::watched::WatchedRelay;
-use common::{connect_from, hello_as};
+use common::{connect_from, hello_as, receive_until};
 use relaychat::client::Event;
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame};
 use relaychat::wire::{FrameReader, Stream};
@@ -214,15 +214,18 @@ fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
         mallory.send(&Frame::say(&format!("mallory line {n}"))).expect("mallory talks");
     }
     let mut heard = Vec::new();
-    let deadline = sent_at + Duration::from_secs(3);
-    while heard.len() < 5 {
-        match bob.events().recv_deadline(deadline) {
-            Ok(Event::Chat { from, text, .. }) if from == "mallory" => heard.push(text),
-            Ok(Event::Left { name, .. }) if name == "mallory" => break,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
+    receive_until(
+        bob.events(),
+        Duration::from_secs(3).saturating_sub(sent_at.elapsed()),
+        |event| match event {
+            Event::Chat { from, text, .. } if from == "mallory" => {
+                heard.push(text.clone());
+                heard.len() == 5
+            }
+            Event::Left { name, .. } => name == "mallory",
+            _ => false,
+        },
+    );
     assert_eq!(
         heard.len(),
         5,

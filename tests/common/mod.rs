@@ -363,18 +363,24 @@ pub fn receive_into(client: &Client, dir: &std::path::Path) -> (Vec<std::path::P
 
 /// Writes `size` pseudo-random bytes (seeded, so reproducible) to `dir/name`.
 pub fn random_file(dir: &std::path::Path, name: &str, size: usize, seed: u64) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, xorshift_bytes(size, seed)).unwrap();
+    path
+}
+
+/// `len` pseudo-random bytes from a xorshift generator started at `seed` (made odd): cheap,
+/// reproducible, and not compressible, which is all a test's data needs.
+pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
-    let mut data = Vec::with_capacity(size + 8);
-    while data.len() < size {
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         data.extend_from_slice(&state.to_le_bytes());
     }
-    data.truncate(size);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).unwrap();
-    path
+    data.truncate(len);
+    data
 }
 
 /// Files (not directories) anywhere under `dir`.

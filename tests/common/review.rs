@@ -152,25 +152,11 @@ pub fn bystanders_during_join_loops(
             })
         })
         .collect();
-    let started = Instant::now();
-    let mut times = Vec::new();
-    let mut n = 0;
-    while started.elapsed() < window {
-        n += 1;
-        let text = format!("ping {n}");
-        let t = Instant::now();
-        v1.send(&Frame::Say { client_id: 0, to: String::new(), text: text.clone() });
-        let _ = recv_until(&mut v2, Duration::from_secs(20), |f| {
-            matches!(f, Frame::Chat { text: t, .. } if *t == text).then_some(())
-        });
-        times.push(t.elapsed());
-        thread::sleep(Duration::from_millis(50));
-    }
+    let times = ping_times(&mut v1, &mut v2, window);
     stop.store(true, Ordering::SeqCst);
     for a in attackers {
         let _ = a.join();
     }
-    times.sort();
     let p99 = times.get((times.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
     let median = times.get(times.len() / 2).copied().unwrap_or_default();
     (cycles.load(Ordering::SeqCst), p99, median)
@@ -222,4 +208,30 @@ pub fn upload(raw: &mut Raw, key: &str, data: &[u8], to: &str) -> Result<u64, (E
         _ => None,
     })
     .expect("an answer to UploadEnd")
+}
+
+/// Bystander `v1` sends `ping {n}` to the room it shares with `v2`: how long it took to reach
+/// `v2`, and whether it did within 20 s.
+pub fn ping(v1: &mut Raw, v2: &mut Raw, n: u64) -> (Duration, bool) {
+    let text = format!("ping {n}");
+    let t = Instant::now();
+    v1.send(&Frame::Say { client_id: 0, to: String::new(), text: text.clone() });
+    let got = recv_until(v2, Duration::from_secs(20), |f| {
+        matches!(f, Frame::Chat { text: t, .. } if *t == text).then_some(())
+    });
+    (t.elapsed(), got.is_some())
+}
+
+/// [`ping`]s 50 ms apart for `window`: the delivery times, sorted.
+pub fn ping_times(v1: &mut Raw, v2: &mut Raw, window: Duration) -> Vec<Duration> {
+    let started = Instant::now();
+    let mut times = Vec::new();
+    let mut n = 0;
+    while started.elapsed() < window {
+        n += 1;
+        times.push(ping(v1, v2, n).0);
+        thread::sleep(Duration::from_millis(50));
+    }
+    times.sort();
+    times
 }

@@ -27,7 +27,7 @@ use rustls::pki_types::ServerName;
 use super::attacker::{lo, Got};
 use super::relay::threads_of;
 use super::watched::WatchedRelay;
-use super::{client_config, connect_from, hello_as, receive_until, test_keys, try_until};
+use super::{client_config, connect_from, hello_as, receive_until, test_keys, try_until, xorshift_bytes};
 
 /// The relay's hello deadline (`ServerConfig::hello_timeout`; the binary has no flag for it): the
 /// TLS handshake and the hello must both be done this long after the connection starts.
@@ -161,16 +161,7 @@ pub fn is_timeout(e: &io::Error) -> bool {
 
 /// `len` reproducible pseudo-random bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    xorshift_bytes(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// The attackers' TLS configuration: the real client's (TLS 1.3 with ring, and its pinning
