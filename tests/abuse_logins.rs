@@ -44,7 +44,7 @@ const OTHER_TOKEN: &str = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6
 fn class03_nothing_meant_for_one_person_reaches_another() {
     let _test = begin();
     let class = "3 files for someone else / look-alike names";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched(class);
     let addr = relay.addr;
     let mut sender = Raw::join(lo(1), addr, "sam", "lobby");
 
@@ -156,7 +156,7 @@ fn guess(relay: &WatchedRelay, from: Ipv4Addr, n: usize, until: Instant) -> Opti
 fn class09_password_guessing_is_braked_per_address_and_per_account() {
     let _test = begin();
     let class = "9 password guessing";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched(class);
     claim_account(&relay, "victor", "lobby", "correct horse battery");
 
     // (a) From one address, with a guest login after every guess.
@@ -226,7 +226,7 @@ fn class09_password_guessing_is_braked_per_address_and_per_account() {
 fn class10_parallel_password_hellos_hold_bounded_memory_and_guests_still_get_in() {
     let _test = begin();
     let class = "10 parallel password hellos";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched(class);
     claim_account(&relay, "victor", "lobby", "right-pw");
     let latency = Latency::start(&relay, "10");
 
@@ -343,10 +343,8 @@ fn sort_out(conns: &mut [Raw], code: ErrorCode, wait: Duration) -> (usize, usize
 fn class11_connections_are_capped_and_a_hello_has_a_deadline() {
     let _test = begin();
     let class = "11 fd exhaustion / per-address cap / slow hello";
-    let mut relay = WatchedRelay::start(
-        class,
-        RelayOptions::for_attacks().nofile(NOFILE).flag(FLAG_MAX_PER_ADDRESS, PER_ADDRESS),
-    );
+    let mut relay =
+        RelayOptions::for_attacks().nofile(NOFILE).flag(FLAG_MAX_PER_ADDRESS, PER_ADDRESS).watched(class);
     let addr = relay.addr;
     let slow: Vec<_> = (0..4)
         .map(|i| thread::spawn(move || slow_hello(addr, lo(30), i, HELLO_DEADLINE + Duration::from_secs(4))))

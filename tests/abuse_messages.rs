@@ -32,7 +32,6 @@ use common::abuse::*;
 use common::attacker::{lo, Got, Raw, Tally};
 use common::latency::Latency;
 use common::relay::RelayOptions;
-use common::watched::WatchedRelay;
 use common::SmallDisk;
 use common::{free_bytes, hello_as};
 use relaychat::frame::{encode_to_vec, Frame, MARK_OFFLINE};
@@ -47,13 +46,11 @@ const FLOOD_MESSAGES: u64 = 1500;
 fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
     let _test = begin();
     let class = "4 message flood to an offline account";
-    let mut relay = WatchedRelay::start(
-        class,
-        RelayOptions::for_attacks()
-            .flag(FLAG_MAX_PENDING, PENDING_CAP)
-            .flag(FLAG_MSG_RATE, 0)
-            .flag(FLAG_BYTE_RATE, 0),
-    );
+    let mut relay = RelayOptions::for_attacks()
+        .flag(FLAG_MAX_PENDING, PENDING_CAP)
+        .flag(FLAG_MSG_RATE, 0)
+        .flag(FLAG_BYTE_RATE, 0)
+        .watched(class);
     claim_account(&relay, "vera", "home", "vera-pw");
     let latency = Latency::start(&relay, "4");
 
@@ -149,7 +146,7 @@ fn class04_a_message_flood_cannot_lock_an_account_holder_out() {
 fn class07_a_chat_flood_is_slowed_by_the_senders_token_bucket() {
     let _test = begin();
     let class = "7 chat flood (rate limit)";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched(class);
     let latency = Latency::start(&relay, "7");
     let watcher = Raw::join(lo(1), relay.addr, "watcher", "spam");
     let seen = Tally::start(&watcher);
@@ -227,14 +224,12 @@ fn class07_chat_history_stops_at_min_free() {
     let min_free: u64 = 32 << 20;
     let data = disk.dir.path.join("relay");
     std::fs::create_dir_all(&data).unwrap();
-    let mut relay = WatchedRelay::start(
-        class,
-        RelayOptions::for_attacks()
-            .data_dir(&data)
-            .flag(FLAG_MIN_FREE, "32M")
-            .flag(FLAG_MSG_RATE, 0)
-            .flag(FLAG_BYTE_RATE, 0),
-    );
+    let mut relay = RelayOptions::for_attacks()
+        .data_dir(&data)
+        .flag(FLAG_MIN_FREE, "32M")
+        .flag(FLAG_MSG_RATE, 0)
+        .flag(FLAG_BYTE_RATE, 0)
+        .watched(class);
     let mut n = 0;
     let mut evil = attacker(&relay, &mut n, "spam");
     let tally = Tally::start(&evil);
@@ -301,7 +296,7 @@ fn class07_chat_history_stops_at_min_free() {
 fn class08_a_client_id_above_2_63_cannot_poison_other_peoples_messages() {
     let _test = begin();
     let class = "8 client id >= 2^63 in a batch";
-    let relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let relay = RelayOptions::for_attacks().watched(class);
     let poison = (1u64 << 63) + 7;
     // The same sender name before and after the restart: the database's uniqueness is per sender.
     let mut evil = Raw::join(lo(ATTACKER), relay.addr, "mallory1", "lobby");
@@ -369,10 +364,7 @@ const NEVER_READ_MESSAGES: usize = 4500;
 fn class12_clients_that_never_read_cost_bounded_memory() {
     let _test = begin();
     let class = "12 clients that never read";
-    let mut relay = WatchedRelay::start(
-        class,
-        RelayOptions::for_attacks().flag(FLAG_MSG_RATE, 0).flag(FLAG_BYTE_RATE, 0),
-    );
+    let mut relay = RelayOptions::for_attacks().flag(FLAG_MSG_RATE, 0).flag(FLAG_BYTE_RATE, 0).watched(class);
     let latency = Latency::start(&relay, "12");
     let sinks: Vec<Raw> =
         (0..10).map(|i| Raw::join(lo(40), relay.addr, &format!("sink{i}"), "sink")).collect();

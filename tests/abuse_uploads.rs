@@ -34,7 +34,6 @@ use common::client_config;
 use common::free_bytes;
 use common::latency::Latency;
 use common::relay::RelayOptions;
-use common::watched::WatchedRelay;
 use common::{SmallDisk, TempDir};
 use relaychat::client::{Client, ClientConfig};
 use relaychat::frame::{ErrorCode, Frame};
@@ -51,7 +50,7 @@ const HUGE_FRAMES: usize = 400;
 fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
     let _test = begin();
     let class = "1 huge upload keys / unfinished uploads";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched(class);
     let latency = Latency::start(&relay, "1");
     let bob = Raw::join(lo(1), relay.addr, "bob", "lobby");
     let _bob_reads = Tally::start(&bob);
@@ -148,7 +147,7 @@ fn class01_huge_upload_fields_and_piles_of_unfinished_uploads_are_refused() {
 fn class02_other_peoples_upload_ids_are_not_theirs_to_touch() {
     let _test = begin();
     let class = "2 other people's upload ids";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched(class);
     let mut alice = Raw::join(lo(1), relay.addr, "alice", "lobby");
     let mut bob = Raw::join(lo(1), relay.addr, "bob", "lobby");
     let data: Vec<u8> = (0..3 * 65536u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -208,10 +207,8 @@ const TINY_FILES_MAX: usize = 600;
 fn class05_thousands_of_tiny_files_cannot_block_a_receive() {
     let _test = begin();
     let class = "5 thousands of tiny files";
-    let mut relay = WatchedRelay::start(
-        class,
-        RelayOptions::for_attacks().flag(FLAG_MAX_WAITING_FILES, WAITING_FILES_CAP),
-    );
+    let mut relay =
+        RelayOptions::for_attacks().flag(FLAG_MAX_WAITING_FILES, WAITING_FILES_CAP).watched(class);
     claim_account(&relay, "rita", "lobby", "rita-pw");
     let legit: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
     let mut sam = Raw::join(lo(1), relay.addr, "sam", "lobby");
@@ -281,13 +278,11 @@ fn class06_uploads_that_never_send_a_byte_reserve_nothing() {
     };
     let data = disk.dir.path.join("relay");
     std::fs::create_dir_all(&data).unwrap();
-    let mut relay = WatchedRelay::start(
-        class,
-        RelayOptions::for_attacks()
-            .data_dir(&data)
-            .flag(FLAG_MIN_FREE, "8M")
-            .flag(FLAG_MAX_FILE_SIZE, "100M"),
-    );
+    let mut relay = RelayOptions::for_attacks()
+        .data_dir(&data)
+        .flag(FLAG_MIN_FREE, "8M")
+        .flag(FLAG_MAX_FILE_SIZE, "100M")
+        .watched(class);
     let bob = Raw::join(lo(1), relay.addr, "bob6", "lobby");
     let _bob_reads = Tally::start(&bob);
 
@@ -351,8 +346,7 @@ fn class06_four_gib_uploads_that_never_send_a_byte_do_not_lock_the_disk() {
         println!("abuse: {class}: skipped: only {:.1} GiB free here", free as f64 / (1u64 << 30) as f64);
         return;
     }
-    let mut relay =
-        WatchedRelay::start(class, RelayOptions::for_attacks().flag(FLAG_MIN_FREE, free - usable));
+    let mut relay = RelayOptions::for_attacks().flag(FLAG_MIN_FREE, free - usable).watched(class);
     let bob = Raw::join(lo(1), relay.addr, "bob6c", "lobby");
     let _bob_reads = Tally::start(&bob);
     let mut n = 0;
@@ -398,7 +392,7 @@ fn class06_four_gib_uploads_that_never_send_a_byte_do_not_lock_the_disk() {
 fn class06_an_abandoned_upload_counts_only_its_stored_bytes() {
     let _test = begin();
     let class = "6b abandoned upload and quota";
-    let mut relay = WatchedRelay::start(class, RelayOptions::for_attacks().flag(FLAG_QUOTA, "4M"));
+    let mut relay = RelayOptions::for_attacks().flag(FLAG_QUOTA, "4M").watched(class);
     let bob = Raw::join(lo(1), relay.addr, "bobq", "lobby");
     let _bob_reads = Tally::start(&bob);
     let mut quinn = Raw::join(lo(1), relay.addr, "quinn", "lobby");

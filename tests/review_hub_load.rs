@@ -21,7 +21,6 @@ mod common;
 
 use common::relay::RelayOptions;
 use common::review::*;
-use common::watched::WatchedRelay;
 use common::{Raw, TestServer};
 use relaychat::frame::Frame;
 use relaychat::server::ServerConfig;
@@ -212,14 +211,12 @@ fn f7_history_on_join_walks_every_direct_message_stored_under_the_room() {
 #[test]
 fn f10_hub_memory_grows_with_every_guest_name_and_room_ever_used() {
     let _serial = serial();
-    let relay = WatchedRelay::start(
-        "review-f10",
-        RelayOptions::for_attacks()
-            .flag("--msg-rate", 0)
-            .flag("--connect-rate", 0)
-            .flag("--text-rate", 0)
-            .flag("--request-rate", 0),
-    );
+    let relay = RelayOptions::for_attacks()
+        .flag("--msg-rate", 0)
+        .flag("--connect-rate", 0)
+        .flag("--text-rate", 0)
+        .flag("--request-rate", 0)
+        .watched("review-f10");
     let addr = relay.addr;
     let done = Arc::new(AtomicUsize::new(0));
     let run = |first: usize, count: usize| {

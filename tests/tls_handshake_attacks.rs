@@ -25,7 +25,6 @@ mod common;
 use common::attacker::lo;
 use common::relay::{threads_of, RelayOptions};
 use common::tls_attack::*;
-use common::watched::WatchedRelay;
 use common::{client_config, connect_from, hello_as};
 use relaychat::client::Client;
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame};
@@ -40,7 +39,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn handshakes_that_never_finish_are_closed_by_the_hello_deadline() {
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start("tls-stalled-handshakes", RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched("tls-stalled-handshakes");
     let baseline = idle_threads(&relay);
     let hello = client_hello();
     let addr = relay.addr;
@@ -87,7 +86,7 @@ fn handshakes_that_never_finish_are_closed_by_the_hello_deadline() {
 #[test]
 fn garbage_after_the_tls_byte_is_refused_at_once() {
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start("tls-garbage", RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched("tls-garbage");
     let baseline = idle_threads(&relay);
     let hello = client_hello();
     let mut absurd_record = vec![0x16, 0x03, 0x01, 0xff, 0xff];
@@ -142,7 +141,7 @@ fn garbage_after_the_tls_byte_is_refused_at_once() {
 #[test]
 fn close_notify_with_the_clients_finished_does_not_spin_the_relay() {
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start("tls-close-notify-in-handshake", RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched("tls-close-notify-in-handshake");
     let baseline = idle_threads(&relay);
     let mut attacker = Manual::up_to_finished(lo(4), relay.addr);
     attacker.tls.send_close_notify();
@@ -181,13 +180,11 @@ fn close_notify_with_the_clients_finished_does_not_spin_the_relay() {
 fn many_half_open_handshakes_from_one_address_stay_bounded() {
     const ATTACKERS: usize = 150;
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start(
-        "tls-half-open-flood",
-        RelayOptions::for_attacks()
-            .flag("--max-per-address", 400)
-            .flag("--connect-rate", 1000)
-            .flag("--connect-burst", 1000),
-    );
+    let mut relay = RelayOptions::for_attacks()
+        .flag("--max-per-address", 400)
+        .flag("--connect-rate", 1000)
+        .flag("--connect-burst", 1000)
+        .watched("tls-half-open-flood");
     let baseline = idle_threads(&relay);
     let cpu_before = cpu_seconds(relay.pid);
     let start = Instant::now();
@@ -290,8 +287,7 @@ fn a_plaintext_peer_that_keeps_talking_after_tls_required_is_cut_off() {
 #[test]
 fn a_tls_client_turned_away_by_the_per_address_cap_is_told_why() {
     let _one = one_at_a_time();
-    let relay =
-        WatchedRelay::start("tls-turned-away", RelayOptions::for_attacks().flag("--max-per-address", 2));
+    let relay = RelayOptions::for_attacks().flag("--max-per-address", 2).watched("tls-turned-away");
     let holders: Vec<TcpStream> = (0..2)
         .map(|_| connect_from(Ipv4Addr::LOCALHOST, relay.addr, Duration::from_secs(5)).expect("connect"))
         .collect();

@@ -24,7 +24,6 @@ mod common;
 use common::attacker::{lo, Got};
 use common::relay::RelayOptions;
 use common::tls_attack::*;
-use common::watched::WatchedRelay;
 use common::{connect_from, hello_as, receive_until};
 use relaychat::client::Event;
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame};
@@ -41,7 +40,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn one_record_trickled_a_byte_at_a_time_is_cut_at_the_hello_deadline() {
     let _one = one_at_a_time();
-    let relay = WatchedRelay::start("tls-trickled-record", RelayOptions::for_attacks());
+    let relay = RelayOptions::for_attacks().watched("tls-trickled-record");
     let mut attacker = Manual::up_to_finished(lo(9), relay.addr);
     let finished = attacker.take_records();
     attacker.tcp.write_all(&finished).expect("send the Finished");
@@ -79,7 +78,7 @@ fn one_record_trickled_a_byte_at_a_time_is_cut_at_the_hello_deadline() {
 #[test]
 fn close_notify_after_the_handshake_ends_the_connection_at_once() {
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start("tls-close-notify-after-handshake", RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched("tls-close-notify-after-handshake");
     let baseline = idle_threads(&relay);
     let mut attacker = Manual::up_to_finished(lo(4), relay.addr);
     let finished = attacker.take_records();
@@ -107,7 +106,7 @@ fn close_notify_after_the_handshake_ends_the_connection_at_once() {
 #[test]
 fn tls_application_data_that_is_not_a_frame_ends_only_that_connection() {
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start("tls-bad-application-data", RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched("tls-bad-application-data");
     let baseline = idle_threads(&relay);
     let bob = connect(relay.addr, "bob");
 
@@ -168,14 +167,12 @@ fn tls_application_data_that_is_not_a_frame_ends_only_that_connection() {
 fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
     const FLOOD: usize = 40;
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start(
-        "tls-never-reads",
-        RelayOptions::for_attacks()
-            .flag("--msg-rate", 0)
-            .flag("--text-rate", 0)
-            .flag("--max-queued-bytes", "64M")
-            .flag("--max-queued-total", "256M"),
-    );
+    let mut relay = RelayOptions::for_attacks()
+        .flag("--msg-rate", 0)
+        .flag("--text-rate", 0)
+        .flag("--max-queued-bytes", "64M")
+        .flag("--max-queued-total", "256M")
+        .watched("tls-never-reads");
     let baseline = idle_threads(&relay);
     let bob = connect(relay.addr, "bob");
     let carol = connect(relay.addr, "carol");
@@ -255,7 +252,7 @@ fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
 #[test]
 fn rst_and_close_notify_in_the_middle_of_an_upload_free_the_connection() {
     let _one = one_at_a_time();
-    let mut relay = WatchedRelay::start("tls-cut-uploads", RelayOptions::for_attacks());
+    let mut relay = RelayOptions::for_attacks().watched("tls-cut-uploads");
     let bob = connect(relay.addr, "bob");
     let baseline = idle_threads(&relay);
     let fds = relay.fd_count();
@@ -319,8 +316,7 @@ fn rst_and_close_notify_in_the_middle_of_an_upload_free_the_connection() {
 #[test]
 fn application_data_sent_with_the_clients_finished_is_not_lost() {
     let _one = one_at_a_time();
-    let mut relay =
-        WatchedRelay::start("tls-pipelined-hello", RelayOptions::for_attacks().flag("--text-rate", 0));
+    let mut relay = RelayOptions::for_attacks().flag("--text-rate", 0).watched("tls-pipelined-hello");
     let pipelined = |name: &str| {
         let hello = encode_to_vec(&hello_as(name, "lobby", "", "")).unwrap();
         let line = Frame::Say { client_id: 7, to: String::new(), text: "z".repeat(40 * 1024) };

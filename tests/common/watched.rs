@@ -22,6 +22,15 @@ pub const RSS_KILL_MIB: u64 = 768;
 /// How often the watchdog samples `/proc/<pid>/status`.
 const RSS_SAMPLE: Duration = Duration::from_millis(10);
 
+impl RelayOptions {
+    /// Starts the relay with these options for the attack `class`, watched: see
+    /// [`WatchedRelay::start`]. (Written here, beside the watchdog, so that the starter in
+    /// `relay.rs` knows nothing of attacks.)
+    pub fn watched(self, class: &str) -> WatchedRelay {
+        WatchedRelay::start(class, self)
+    }
+}
+
 /// What the watchdog thread shares with the test.
 struct Watch {
     pid: u32,
