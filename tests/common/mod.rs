@@ -319,10 +319,11 @@ pub fn wait_for<T>(client: &Client, what: &str, mut pick: impl FnMut(&Event) -> 
     let limit = Duration::from_secs(60);
     let mut found = None;
     let (seen, _) = receive_until(client.events(), limit, |event| {
-        if let Event::Disconnected(why) = event {
+        found = pick(event);
+        // A disconnect is what some callers wait for; for the others it ends the wait at once.
+        if let (None, Event::Disconnected(why)) = (&found, event) {
             panic!("disconnected ({why:?}) while waiting for {what}");
         }
-        found = pick(event);
         found.is_some()
     });
     found.unwrap_or_else(|| {
