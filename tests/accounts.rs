@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::client_config;
 use common::proc::Proc;
-use common::{TempDir, TestServer};
+use common::relay::RelayOptions;
+use common::TestServer;
 use relaychat::client::{Client, ClientError};
 use relaychat::frame::ErrorCode;
 use relaychat::server::ServerConfig;
@@ -101,14 +102,8 @@ fn repeated_wrong_passwords_from_one_address_are_slowed_down() {
 
 #[test]
 fn the_binaries_take_passwords_from_flags_and_the_environment() {
-    let data = TempDir::new("acct-bin");
-    let dir = data.path.to_str().unwrap().to_owned();
-    let keys = common::tls_flags();
-    let mut args = vec!["--bind", "127.0.0.1:0", "--data-dir", &dir];
-    args.extend(keys.iter().map(String::as_str));
-    let server = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[("RELAYCHAT_ACCESS_PASSWORD", "door")]);
-    let line = server.expect(&server.stderr, "relay listening on ");
-    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    let server = RelayOptions::new().env("RELAYCHAT_ACCESS_PASSWORD", "door").start();
+    let addr = server.addr.to_string();
     let client = env!("CARGO_BIN_EXE_client");
 
     let mut no_access = Proc::spawn(client, &["--server", &addr, "--name", "carol"], &[]);

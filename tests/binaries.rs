@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::client_config;
 use common::proc::Proc;
-use common::{TempDir, WAIT};
+use common::relay::RelayOptions;
+use common::{receive_until, TempDir, WAIT};
 use relaychat::client::Client;
 
 /// `[HH:MM:SS] ` at the start of a line.
@@ -18,7 +19,8 @@ fn has_clock(line: &str) -> bool {
 
 #[test]
 fn two_terminal_clients_chat_through_the_real_relay() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let mut alice = Proc::client(&addr, "alice", &[]);
     let mut bob = Proc::client(&addr, "bob", &["--room", "lobby"]);
     let joined = alice.expect(&alice.stdout, "* bob joined lobby");
@@ -54,7 +56,8 @@ fn two_terminal_clients_chat_through_the_real_relay() {
 
 #[test]
 fn multi_line_messages_are_indented_and_own_lines_not_echoed() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let mut alice = Proc::client(&addr, "alice", &[]);
     let lib = Client::connect_tcp(&addr, &client_config("lib", "lobby")).unwrap();
     alice.expect(&alice.stdout, "* lib joined lobby");
@@ -76,7 +79,8 @@ fn multi_line_messages_are_indented_and_own_lines_not_echoed() {
 
 #[test]
 fn someone_elses_name_exits_non_zero_with_one_error_line() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let _alice = Proc::client(&addr, "alice", &[]);
     // Another machine (its own identity secret) asking for alice's machine-bound name.
     let elsewhere = TempDir::new("other-machine");
@@ -94,7 +98,8 @@ fn someone_elses_name_exits_non_zero_with_one_error_line() {
 
 #[test]
 fn a_login_elsewhere_ends_the_old_client_without_a_fight() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     // The old client would reconnect for 30 s after a lost link; a takeover must not count.
     let mut first = Proc::spawn(
         env!("CARGO_BIN_EXE_client"),
@@ -141,7 +146,8 @@ fn a_bad_name_is_refused_before_connecting() {
 
 #[test]
 fn environment_variables_choose_server_and_name() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let client = Proc::spawn(
         env!("CARGO_BIN_EXE_client"),
         &[],
@@ -152,7 +158,8 @@ fn environment_variables_choose_server_and_name() {
 
 #[test]
 fn sigterm_stops_the_relay_within_five_seconds_and_clients_exit_non_zero() {
-    let (mut server, addr) = Proc::server();
+    let mut server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let mut alice = Proc::client(&addr, "alice", &[]);
     let mut bob = Proc::client(&addr, "bob", &["--room", "elsewhere"]);
     let started = Instant::now();
@@ -161,7 +168,7 @@ fn sigterm_stops_the_relay_within_five_seconds_and_clients_exit_non_zero() {
     let took = started.elapsed();
     assert!(status.success(), "server exit status {status:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    server.expect(&server.stderr, "relay stopped");
+    server.expect("relay stopped");
     for client in [&mut alice, &mut bob] {
         assert!(!client.wait().success());
         client.expect(&client.stderr, "error: the server said goodbye");
@@ -172,8 +179,9 @@ fn sigterm_stops_the_relay_within_five_seconds_and_clients_exit_non_zero() {
 /// show again what it had already shown, and chats on.
 #[test]
 fn the_terminal_client_reconnects_after_the_relay_restarts() {
-    let (mut server, addr) = Proc::server();
-    let data = server.data_dir.take().expect("the relay's data dir");
+    let mut server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
+    let data = server.take_data_dir();
     let mut alice = Proc::spawn(
         env!("CARGO_BIN_EXE_client"),
         &["--server", &addr, "--name", "alice"],
@@ -185,15 +193,9 @@ fn the_terminal_client_reconnects_after_the_relay_restarts() {
     bob.send_text("before the restart").unwrap();
     alice.expect(&alice.stdout, "bob: before the restart");
 
-    server.child.kill().unwrap();
-    server.wait();
+    server.kill();
     drop(bob);
-    let dir = data.path.to_str().unwrap().to_owned();
-    let keys = common::tls_flags();
-    let mut args = vec!["--bind", addr.as_str(), "--data-dir", &dir];
-    args.extend(keys.iter().map(String::as_str));
-    let restarted = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
-    restarted.expect(&restarted.stderr, "relay listening on");
+    let restarted = RelayOptions::new().bind(&addr).data_dir(&data.path).start();
     alice.expect(&alice.stdout, "* connection lost");
     alice.expect(&alice.stdout, "* reconnected");
 
@@ -230,30 +232,32 @@ fn events_reach_the_screen_in_order_whichever_thread_prints_them() {
     // queued, and more live lines follow at once, while the main thread is still printing the
     // queue. The screen must show them all in the order they were sent. (The relay lets one
     // address send 100 messages in a burst: all of these fit.)
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let lib = Client::connect_tcp(&addr, &client_config("lib", "lobby")).unwrap();
     for n in 0..50 {
         lib.send_text(&format!("early {n:03}")).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300)); // stored, so alice gets them as history
     let mut alice = Proc::spawn(env!("CARGO_BIN_EXE_client"), &["--server", &addr, "--name", "alice"], &[]);
-    let deadline = Instant::now() + WAIT;
-    while !matches!(lib.events().recv_deadline(deadline), Ok(relaychat::client::Event::Joined { .. })) {
-        assert!(Instant::now() < deadline, "alice never joined");
-    }
+    let started = Instant::now();
+    let (_, joined) =
+        receive_until(lib.events(), WAIT, |e| matches!(e, relaychat::client::Event::Joined { .. }));
+    assert!(joined, "alice never joined");
     for n in 0..40 {
         lib.send_text(&format!("live {n:03}")).unwrap();
     }
     alice.type_line("typing meanwhile");
     let mut seen = Vec::new();
-    while seen.len() < 90 {
-        let Ok(line) = alice.stdout.recv_deadline(deadline) else { break };
+    // The same time limit covers the join and all 90 lines.
+    receive_until(&alice.stdout, WAIT.saturating_sub(started.elapsed()), |line| {
         for (marker, kind) in [("lib (history): early ", "early"), ("lib: live ", "live")] {
             if let Some(at) = line.find(marker) {
                 seen.push(format!("{kind} {}", &line[at + marker.len()..]));
             }
         }
-    }
+        seen.len() >= 90
+    });
     let sent: Vec<String> =
         (0..50).map(|n| format!("early {n:03}")).chain((0..40).map(|n| format!("live {n:03}"))).collect();
     assert_eq!(seen, sent);

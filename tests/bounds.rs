@@ -1,7 +1,7 @@
 //! The relay's bounds behave as documented for honest users: long lists arrive whole, in pages;
 //! offline messages arrive whole, in order, a page at a time; caps refuse with a clear error and
 //! keep the connection; nobody can touch an upload that is not theirs; things wait only for
-//! names someone owns. (The attacks themselves are played in `abuse.rs`.)
+//! names someone owns. (The attacks themselves are played in `abuse_*.rs`.)
 
 mod common;
 
@@ -131,7 +131,7 @@ fn things_wait_only_for_names_someone_owns() {
     wait_for(&gus, "the announcement", |e| matches!(e, Event::NewFile(_)).then_some(()));
     gus.close();
     let files = server.data_dir.path.join("files");
-    eventually("gus's file to go with his session", || files_under(&files).is_empty());
+    wait_until("gus's file to go with his session", WAIT, || files_under(&files).is_empty().then_some(()));
     let gus = server.client("gus", "lobby");
     let dl = TempDir::new("dl");
     let (paths, failures) = receive_into(&gus, &dl.path);

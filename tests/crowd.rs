@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Raw, TestServer, WAIT};
+use common::{Raw, TestServer};
 use relaychat::frame::Frame;
 use relaychat::server::ServerConfig;
 
@@ -32,19 +32,14 @@ fn join(server: &TestServer, name: &str) -> (Raw, Frame) {
 /// (a Joined or Left in a big room) fails the test.
 fn crowds_until(raw: &mut Raw, online: u32) -> Vec<(u32, u32, u32)> {
     let mut seen = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        match raw.recv() {
-            Frame::Crowd { online: n, joined, left, .. } => {
-                seen.push((n, joined, left));
-                if n == online {
-                    return seen;
-                }
-            }
-            other => panic!("a big room announced {other:?}"),
+    raw.recv_until(&format!("Crowd with {online} online"), |frame| match frame {
+        Frame::Crowd { online: n, joined, left, .. } => {
+            seen.push((*n, *joined, *left));
+            *n == online
         }
-    }
-    panic!("no Crowd with {online} online; saw {seen:?}");
+        other => panic!("a big room announced {other:?}"),
+    });
+    seen
 }
 
 #[test]
@@ -115,17 +110,16 @@ fn filling_a_room_of_300_costs_each_member_a_bounded_number_of_presence_frames()
     }
     let mut joined = 0;
     let mut frames = 0;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "the room did not settle: {frames} frames, {joined} joined");
+    first.recv_until("the room to settle at 300 online", |frame| {
         frames += 1;
-        match first.recv() {
+        match frame {
             Frame::Joined { .. } => joined += 1,
-            Frame::Crowd { online: 300, .. } => break,
+            Frame::Crowd { online: 300, .. } => return true,
             Frame::Crowd { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
-    }
+        false
+    });
     assert_eq!(joined, 99, "one by one only while the room was small (2..=100 people)");
     assert!(frames <= 99 + 12, "{frames} presence frames for 299 arrivals");
 }

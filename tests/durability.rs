@@ -10,14 +10,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::client_config;
-use common::proc::Proc;
-use common::{random_file, TempDir};
+use common::relay::{Relay, RelayOptions};
+use common::{random_file, wait_until, TempDir};
 use relaychat::client::{Client, Event};
 
 const CLIENTS: usize = 20;
@@ -35,42 +36,24 @@ struct Ledger {
     uploaded: Vec<(String, u64)>,
 }
 
-fn start_relay(addr: &str, data: &str) -> Proc {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // No rate limit: 20 clients resend everything unconfirmed at each restart, and this test is
-        // about what survives SIGKILL, not about how fast one sender may go.
+/// The relay on `addr` with the records in `data`. Right after a SIGKILL its port can still be
+/// busy for a moment (the relay then exits at once), so it is started again until it listens.
+fn start_relay(addr: &str, data: &Path) -> Relay {
+    let options = RelayOptions::new()
+        .bind(addr)
+        .data_dir(data)
+        // No rate limit: 20 clients resend everything unconfirmed at each restart, and this test
+        // is about what survives SIGKILL, not about how fast one sender may go.
+        .flag("--msg-rate", 0)
+        .flag("--text-rate", 0)
         // And 23 connections from one address, past the default per-address cap.
-        let args = [
-            "--bind",
-            addr,
-            "--data-dir",
-            data,
-            "--msg-rate",
-            "0",
-            "--text-rate",
-            "0",
-            "--max-per-address",
-            "64",
-            "--connect-rate",
-            "0",
-            // 21 names, each kept for its client, from one address.
-            "--accounts-per-hour",
-            "100",
-        ];
-        let keys = common::tls_flags();
-        let mut args = args.to_vec();
-        args.extend(keys.iter().map(String::as_str));
-        let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
-        // Its log ends in "relay listening on" once it serves, or the process ends (port busy).
-        while let Ok(line) = relay.stderr.recv_timeout(Duration::from_secs(10)) {
-            if line.contains("relay listening on") {
-                return relay;
-            }
-        }
-        assert!(Instant::now() < deadline, "the relay did not restart on {addr}");
-        thread::sleep(Duration::from_millis(50));
-    }
+        .flag("--max-per-address", 64)
+        .flag("--connect-rate", 0)
+        // 21 names, each kept for its client, from one address.
+        .flag("--accounts-per-hour", 100);
+    wait_until(&format!("the relay to restart on {addr}"), Duration::from_secs(10), || {
+        options.clone().try_start().ok()
+    })
 }
 
 fn connect(addr: &str, name: &str) -> Option<Client> {
@@ -161,7 +144,6 @@ fn everything_receipted(ledger: &Mutex<Ledger>) -> bool {
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing_acknowledged() {
     let data = TempDir::new("durability");
-    let data_dir = data.path.to_str().unwrap().to_owned();
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let src = TempDir::new("durability-src");
     let files: Vec<_> = (0..UPLOADERS)
@@ -177,7 +159,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing_acknowledged() {
     };
 
     for round in 0..=KILLS {
-        let mut relay = start_relay(&addr, &data_dir);
+        let mut relay = start_relay(&addr, &data.path);
         if round == 0 {
             // Files wait only for names someone owns: "archive" claims its name once.
             let mut config = client_config("archive", "vault");
@@ -204,8 +186,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing_acknowledged() {
             assert!(relay.wait().success());
         } else {
             thread::sleep(Duration::from_millis(random_ms(80, 400)));
-            relay.child.kill().unwrap(); // SIGKILL: no goodbye, no flush, no cleanup
-            relay.wait();
+            relay.kill(); // SIGKILL: no goodbye, no flush, no cleanup
             for w in workers {
                 w.join().unwrap();
             }

@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::proc::Proc;
-use common::{files_under, random_file, TempDir, WAIT};
+use common::relay::RelayOptions;
+use common::{files_under, random_file, wait_for_part, TempDir};
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 
@@ -20,24 +20,6 @@ fn one_shot(args: &[&str], envs: &[(&str, &str)]) -> (bool, Vec<String>, Vec<Str
     let ok = p.wait().success();
     thread::sleep(Duration::from_millis(20)); // let the line readers catch the last lines
     (ok, p.stdout.try_iter().collect(), p.stderr.try_iter().collect())
-}
-
-/// The one `*.part` file under `dir` (relay tmp dir or a downloads dir), with its size.
-fn part_size(dir: &Path) -> Option<u64> {
-    files_under(dir)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "part"))
-        .and_then(|p| fs::metadata(p).ok())
-        .map(|m| m.len())
-}
-
-/// Waits until a part file under `dir` holds at least `min` bytes.
-fn wait_for_part(dir: &Path, min: u64) {
-    let deadline = Instant::now() + WAIT;
-    while part_size(dir).is_none_or(|n| n < min) {
-        assert!(Instant::now() < deadline, "no part of {min} bytes appeared under {}", dir.display());
-        thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Bob's password: files wait on the relay only for names someone owns, so bob claims his.
@@ -68,7 +50,8 @@ fn one_shot_after_kill(args: &[&str], envs: &[(&str, &str)]) -> (bool, Vec<Strin
 
 #[test]
 fn one_shot_send_and_receive_meet_through_to() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let src = TempDir::new("src");
     let a = random_file(&src.path, "my report.pdf", 700_000, 1);
     let b = random_file(&src.path, "照片.jpg", 5, 2);
@@ -99,7 +82,8 @@ fn one_shot_send_and_receive_meet_through_to() {
 
 #[test]
 fn one_shot_failures_exit_non_zero() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let dir = TempDir::new("dir");
     let dir_str = dir.path.to_str().unwrap();
     let (ok, _, err) = one_shot(&["send", dir_str, "--to", "bob", "--server", &addr, "--name", "a"], &[]);
@@ -117,7 +101,8 @@ fn one_shot_failures_exit_non_zero() {
 
 #[test]
 fn interactive_send_and_receive_with_quoted_paths() {
-    let (_server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let src = TempDir::new("src");
     let file = random_file(&src.path, "a file with spaces.txt", 1234, 4);
     let dl = TempDir::new("dl");
@@ -150,8 +135,9 @@ fn interactive_send_and_receive_with_quoted_paths() {
 /// Kill the sender mid-upload; sending again continues from what the relay already has.
 #[test]
 fn an_upload_resumes_after_the_client_is_killed() {
-    let (server, addr) = Proc::server();
-    let relay_tmp: PathBuf = server.data_dir.as_ref().unwrap().path.join("tmp");
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
+    let relay_tmp: PathBuf = server.data_dir().join("tmp");
     let src = TempDir::new("src");
     let file = random_file(&src.path, "big.bin", 10 << 20, 6);
     let file_str = file.to_str().unwrap();
@@ -162,12 +148,12 @@ fn an_upload_resumes_after_the_client_is_killed() {
     wait_for_part(&relay_tmp, 1 << 20);
     slow.child.kill().unwrap(); // SIGKILL: no goodbye, no cleanup
     slow.wait();
-    let kept = part_size(&relay_tmp).unwrap();
+    let kept = wait_for_part(&relay_tmp, 0); // the part as the killed upload left it
     assert!(kept < 10 << 20, "killed in the middle");
 
     let (ok, _, err) = one_shot_after_kill(&args, &[]);
     assert!(ok, "{err:?}");
-    server.expect(&server.stderr, "resuming upload");
+    server.expect("resuming upload");
 
     let dl = TempDir::new("dl");
     let (ok, _, err) = one_shot(
@@ -181,7 +167,8 @@ fn an_upload_resumes_after_the_client_is_killed() {
 /// Kill the receiver mid-download; receiving again continues from its `.part` file.
 #[test]
 fn a_download_resumes_after_the_client_is_killed() {
-    let (server, addr) = Proc::server();
+    let server = RelayOptions::new().start();
+    let addr = server.addr.to_string();
     let src = TempDir::new("src");
     let file = random_file(&src.path, "big.bin", 10 << 20, 7);
     bob_claims_his_name(&addr);
@@ -200,7 +187,7 @@ fn a_download_resumes_after_the_client_is_killed() {
     let (ok, out, err) = one_shot_after_kill(&args, &[BOB]);
     assert!(ok, "{err:?}");
     assert!(out.iter().any(|l| l.ends_with("File download complete: big.bin")), "{out:?}");
-    server.expect(&server.stderr, "resuming download");
+    server.expect("resuming download");
     assert_eq!(common::sha256(&dl.path.join("big.bin")), common::sha256(&file));
     assert_eq!(files_under(&dl.path), vec![dl.path.join("big.bin")], "no part or sidecar left");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::client_config;
 use common::{
-    eventually, files_under, random_file, receive_into, wait_for, wait_uploaded, TempDir, TestServer,
+    files_under, random_file, receive_into, wait_for, wait_until, wait_uploaded, TempDir, TestServer, WAIT,
 };
 use relaychat::client::{Client, ClientError, Event, DEFAULT_CHUNK};
 use relaychat::frame::{ErrorCode, FileInfo, Frame};
@@ -57,7 +57,9 @@ fn every_size_arrives_intact() {
         assert_eq!(path, &downloads.path.join(format!("f{i}.bin")));
         assert_eq!(common::sha256(path), common::sha256(&src.path.join(format!("f{i}.bin"))), "f{i}.bin");
     }
-    eventually("deleted from the relay once received", || relay_bytes(&server).is_empty());
+    wait_until("deleted from the relay once received", WAIT, || {
+        relay_bytes(&server).is_empty().then_some(())
+    });
     let leftovers: Vec<_> = files_under(&downloads.path).into_iter().filter(|p| !paths.contains(p)).collect();
     assert!(leftovers.is_empty(), "no .part files left: {leftovers:?}");
 }
@@ -89,8 +91,8 @@ fn two_recipients_each_get_it_and_it_stays_until_both_have() {
     let carol_dl = TempDir::new("carol");
     let (paths, _) = receive_into(&carol, &carol_dl.path);
     assert_eq!(common::sha256(&paths[0]), common::sha256(&path));
-    eventually("deleted after the last recipient", || {
-        files_under(&server.data_dir.path.join("files")).is_empty()
+    wait_until("deleted after the last recipient", WAIT, || {
+        files_under(&server.data_dir.path.join("files")).is_empty().then_some(())
     });
 }
 
@@ -421,7 +423,7 @@ fn expired_files_are_deleted_and_their_recipients_told() {
     let path = random_file(&src.path, "old news.txt", 2000, 14);
     alice.send_file(&path, Some("dave")).unwrap();
     wait_uploaded(&alice, "old news.txt");
-    eventually("the janitor deletes the file", || relay_bytes(&server).is_empty());
+    wait_until("the janitor deletes the file", WAIT, || relay_bytes(&server).is_empty().then_some(()));
 
     let dave = server.account("dave", "pw", "lobby");
     let (from, name) = wait_for(&dave, "the expiry notice", |e| match e {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::client_config;
 use common::proc::Proc;
-use common::{eventually, next_event, Raw, TempDir, TestServer, WAIT};
+use common::relay::{Keys, RelayOptions};
+use common::{next_event, wait_until, Raw, TempDir, TestServer, WAIT};
 use relaychat::client::{Client, ClientConfig, ClientError, Event};
 use relaychat::frame::{encode_to_vec, ErrorCode, Frame};
 use relaychat::server::ServerConfig;
@@ -94,10 +95,10 @@ fn over_the_connection_cap_a_newcomer_gets_relay_full_and_a_slot_frees_when_some
     let message = expect_refusal(&mut late, ErrorCode::RelayFull);
     assert!(message.contains("full"), "{message}");
     idle.pop(); // its thread ends, and the accept thread counts it out at the next connection
-    eventually("a freed slot is given to a newcomer", || {
+    wait_until("a freed slot is given to a newcomer", WAIT, || {
         let mut raw = Raw::connect(server.addr);
         raw.send(&Frame::hello("newcomer", "lobby"));
-        matches!(raw.reader.read_frame(), Ok(Some(Frame::Welcome { .. })))
+        matches!(raw.reader.read_frame(), Ok(Some(Frame::Welcome { .. }))).then_some(())
     });
 }
 
@@ -178,33 +179,19 @@ fn peak_rss(pid: u32) -> u64 {
 #[test]
 fn a_flood_of_password_hellos_holds_bounded_memory_and_guests_still_get_in() {
     // The real relay binary, so its memory is its own.
-    let data = TempDir::new("flood");
-    let dir = data.path.to_string_lossy().into_owned();
     // One address plays many strangers here: its own caps on connections, new connections and
-    // password checks are lifted, so what is measured is the hash pool itself.
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir,
-        "--max-per-address",
-        "1000",
-        "--connect-rate",
-        "0",
-        "--password-rate",
-        "0",
-        // The flood speaks raw frames.
-        "--allow-plaintext",
-    ];
-    let keys = common::tls_flags();
-    let mut args = args.to_vec();
-    args.extend(keys.iter().map(String::as_str));
-    let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
-    let line = relay.expect(&relay.stderr, "relay listening on ");
-    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    // password checks are lifted, so what is measured is the hash pool itself. The flood speaks
+    // raw frames.
+    let relay = RelayOptions::new()
+        .keys(Keys::SharedAndPlaintext)
+        .flag("--max-per-address", 1000)
+        .flag("--connect-rate", 0)
+        .flag("--password-rate", 0)
+        .start();
+    let addr = relay.addr;
     let server_addr = addr.to_string();
     Client::connect_tcp(&server_addr, &config("victim", "hunter2", "")).unwrap().close();
-    let before = peak_rss(relay.child.id());
+    let before = peak_rss(relay.pid());
 
     // 150 hellos at once, each with the right password: nothing here is a failure for the brake
     // to slow down, so every one of them wants an argon2 check right away.
@@ -226,7 +213,7 @@ fn a_flood_of_password_hellos_holds_bounded_memory_and_guests_still_get_in() {
     let guest_took = started.elapsed();
     let codes: Vec<Option<ErrorCode>> = flood.into_iter().map(|t| t.join().unwrap()).collect();
     let busy = codes.iter().filter(|c| **c == Some(ErrorCode::LoginBusy)).count();
-    let peak = peak_rss(relay.child.id());
+    let peak = peak_rss(relay.pid());
     assert!(guest_took < Duration::from_secs(2), "the guest waited {guest_took:?}");
     assert!(busy > 0, "a full hash queue answers LoginBusy: {codes:?}");
     assert!(
@@ -376,14 +363,8 @@ fn look_alike_names_are_refused() {
     assert_eq!(refused(login(&server, "b\u{043e}b", "", "")).0, ErrorCode::NameConfusable);
     bob.close();
     // ...and only while it is online: once bob has left, his look-alike may join.
-    common::eventually("bob's look-alike to be let in once bob left", || {
-        match login(&server, "b\u{043e}b", "", "") {
-            Ok(client) => {
-                client.close();
-                true
-            }
-            Err(_) => false,
-        }
+    wait_until("bob's look-alike to be let in once bob left", WAIT, || {
+        login(&server, "b\u{043e}b", "", "").ok().map(Client::close)
     });
     // Different names are fine.
     joined(login(&server, "alicia", "", "").unwrap()).close();
@@ -409,7 +390,8 @@ fn new_accounts_per_address_are_capped_per_hour() {
 
 #[test]
 fn the_terminal_client_keeps_its_name_with_an_identity_file() {
-    let (_relay, addr) = Proc::server();
+    let relay = RelayOptions::new().start();
+    let addr = relay.addr.to_string();
     let home = TempDir::new("identity-home");
     let other = TempDir::new("identity-other");
     let dir = home.path.to_string_lossy().into_owned();

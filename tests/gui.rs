@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::client_config;
 use common::proc::Proc;
-use common::{random_file, TempDir, TestServer};
+use common::{random_file, try_until, wait_until, TempDir, TestServer};
 use relaychat::gui_fltk::window::{Action, STYLE_MINE, STYLE_THEIRS};
 use relaychat::gui_fltk::{display_available, App, GuiOptions};
 
@@ -36,15 +36,15 @@ fn main() {
 
 /// Turns the event loop until `condition` holds; fails with `what` after [`WAIT`].
 fn until(app: &mut App, what: &str, mut condition: impl FnMut(&App) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition(app) {
-        assert!(
-            Instant::now() < deadline,
-            "the window never showed: {what}\nlog:\n{}\ninfo:\n{}",
-            app.log_text(),
-            app.info_text()
-        );
+    let shown = try_until(WAIT, || {
+        if condition(app) {
+            return Some(());
+        }
         app.turn(0.02);
+        None
+    });
+    if shown.is_none() {
+        panic!("the window never showed: {what}\nlog:\n{}\ninfo:\n{}", app.log_text(), app.info_text());
     }
 }
 
@@ -141,10 +141,7 @@ fn window_against_a_terminal_client() {
 
     // 7. Closing the window disconnects cleanly: the other side sees us leave.
     app.press(Action::Close);
-    let deadline = Instant::now() + WAIT;
-    while app.turn(0.02) {
-        assert!(Instant::now() < deadline, "the window did not close");
-    }
+    wait_until("the window to close", WAIT, || (!app.turn(0.02)).then_some(()));
     app.shut_down();
     bob.expect(&bob.stdout, "* alice left lobby");
     drop(server);

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use common::netns::{self, Cut};
 use common::proc::Proc;
-use common::{files_under, random_file, sha256, TempDir, WAIT};
+use common::{exits_within, files_under, lines_until, random_file, sha256, wait_for_part, TempDir, WAIT};
 use drive::{
-    assert_running, bob_claims_his_name, client, connected_or_exit, exits_within, expect_within, joined,
-    lines_for, lines_until, one_shot, secs, wait_for_part, Relay, BOB_PASSWORD, CLIENT,
+    assert_running, bob_claims_his_name, client, connected_or_exit, expect_within, joined, lines_for,
+    one_shot, relay_options, secs, BOB_PASSWORD, CLIENT,
 };
 
 /// The idle timeout of the tests that wait for one, in seconds: the smallest the client accepts.
@@ -75,14 +75,14 @@ const RECONNECT: (&str, &str) = ("RELAYCHAT_RECONNECT_FOR", "60");
 #[test]
 fn a_vanished_client_is_freed_and_its_name_taken_back() {
     netns::isolated(|| {
-        let relay = Relay::start(&["--idle-timeout", &format!("{IDLE}s")]);
+        let relay = relay_options().flag("--idle-timeout", format!("{IDLE}s")).start();
         let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &CLIENT_IDLE, &[]);
         let alice_home = TempDir::new("alice-home");
         let alice = joined(&relay, "alice", &alice_home.path, &CLIENT_IDLE, &[]);
         let mut bob_saw = lines_until(&bob.stdout, "* alice joined lobby", WAIT)
             .unwrap_or_else(|seen| panic!("bob never saw alice join; saw {seen:#?}"));
 
-        let cut = Cut::port(netns::source_port(alice.child.id(), relay.port));
+        let cut = Cut::port(netns::source_port(alice.child.id(), relay.port()));
         let cut_at = Instant::now();
         // Frozen, her client cannot notice the dead link and reconnect (which would take her old
         // connection over, and the relay's timeout would go untested).
@@ -90,13 +90,8 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
         unsafe { libc::kill(alice.child.id() as libc::pid_t, libc::SIGSTOP) };
 
         // The relay's log says when it gave up on her; bob's screen, when that reached the room.
-        let noticed = expect_within(
-            &relay.proc.stderr,
-            "relay",
-            "silent past the idle timeout",
-            cut_at,
-            secs(IDLE) + SLACK,
-        );
+        let noticed =
+            expect_within(&relay.log, "relay", "silent past the idle timeout", cut_at, secs(IDLE) + SLACK);
         bob_saw.extend(
             lines_until(&bob.stdout, "* alice left lobby", secs(IDLE) + SLACK)
                 .unwrap_or_else(|seen| panic!("bob never saw alice leave; saw {seen:#?}")),
@@ -138,12 +133,12 @@ fn a_vanished_client_is_freed_and_its_name_taken_back() {
 #[test]
 fn a_vanished_relay_is_noticed_and_rejoined() {
     netns::isolated(|| {
-        let relay = Relay::start(&[]);
+        let relay = relay_options().start();
         let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[RECONNECT]);
         let mut alice = joined(&relay, "alice", &TempDir::new("alice-home").path, &CLIENT_IDLE, &[RECONNECT]);
         expect_within(&bob.stdout, "bob", "* alice joined lobby", Instant::now(), WAIT);
 
-        let cut = Cut::port(relay.port);
+        let cut = Cut::port(relay.port());
         let cut_at = Instant::now();
         let noticed = expect_within(&alice.stdout, "alice", "* connection lost", cut_at, secs(IDLE) + SLACK);
         println!("figure: client noticed a vanished relay after {:.1} s", noticed.as_secs_f64());
@@ -186,7 +181,7 @@ fn a_vanished_relay_is_noticed_and_rejoined() {
 fn twenty_crash_restart_cycles_all_get_back_in() {
     netns::isolated(|| {
         const CYCLES: usize = 20;
-        let relay = Relay::start(&[]);
+        let relay = relay_options().start();
         let home = TempDir::new("alice-home");
         let mut alice = joined(&relay, "alice", &home.path, &[], &[]);
         let mut refused = Vec::new();
@@ -200,12 +195,12 @@ fn twenty_crash_restart_cycles_all_get_back_in() {
                 (true, true) => "hard crash",
             };
             let cut =
-                (kind == "hard crash").then(|| Cut::port(netns::source_port(alice.child.id(), relay.port)));
+                (kind == "hard crash").then(|| Cut::port(netns::source_port(alice.child.id(), relay.port())));
             // SIGKILL; a restart that was turned away has exited already, which `kill` ignores.
             let _ = alice.child.kill();
             alice.child.wait().expect("reap alice");
             alice = client(&relay, "alice", &home.path, &[], &[]);
-            match connected_or_exit(&mut alice, &relay.addr, "alice", WAIT) {
+            match connected_or_exit(&mut alice, &relay.addr.to_string(), "alice", WAIT) {
                 Ok(took) => slowest = slowest.max(took),
                 Err(why) => refused.push(format!("restart {cycle} ({kind}): {why}")),
             }
@@ -235,7 +230,7 @@ fn twenty_crash_restart_cycles_all_get_back_in() {
 #[test]
 fn takeover_with_a_password() {
     netns::isolated(|| {
-        let relay = Relay::start(&[]);
+        let relay = relay_options().start();
         let mut bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[]);
         let password = ["--password", "alice's password"];
         // Both alices would reconnect after a lost link: the first must leave because it was told
@@ -248,7 +243,8 @@ fn takeover_with_a_password() {
         let mut second = joined(&relay, "alice", &second_home.path, &password, &[RECONNECT]);
         let told =
             expect_within(&first.stderr, "the first alice", "logged in elsewhere", second_started, WAIT);
-        let status = exits_within(&mut first, secs(5)).expect("the first alice exits after the takeover");
+        let status =
+            exits_within(&mut first.child, secs(5)).expect("the first alice exits after the takeover");
         assert!(!status.success(), "the first alice exited 0 after being taken over ({status})");
         println!(
             "figure: a password takeover reached the old client {:.2} s after the new one started",
@@ -278,17 +274,18 @@ fn takeover_with_a_password() {
 #[test]
 fn takeover_as_a_guest() {
     netns::isolated(|| {
-        let relay = Relay::start(&["--accounts-per-hour", "0"]);
+        let relay = relay_options().flag("--accounts-per-hour", 0).start();
         let home = TempDir::new("guest-home");
         let mut first = joined(&relay, "alice", &home.path, &[], &[RECONNECT]);
 
         let mut second = joined(&relay, "alice", &home.path, &[], &[RECONNECT]);
         expect_within(&first.stderr, "the first alice", "logged in elsewhere", Instant::now(), WAIT);
-        let status = exits_within(&mut first, secs(5)).expect("the first alice exits after the takeover");
+        let status =
+            exits_within(&mut first.child, secs(5)).expect("the first alice exits after the takeover");
         assert!(!status.success(), "the first alice exited 0 after being taken over ({status})");
 
         let mut stranger = client(&relay, "alice", &TempDir::new("another-machine").path, &[], &[]);
-        let why = connected_or_exit(&mut stranger, &relay.addr, "alice", WAIT)
+        let why = connected_or_exit(&mut stranger, &relay.addr.to_string(), "alice", WAIT)
             .expect_err("a guest's name must be refused to another machine");
         assert!(why.contains("taken"), "the other machine was refused, but not as name taken: {why}");
         assert_running(&mut second, "the second alice");
@@ -306,7 +303,8 @@ fn takeover_as_a_guest() {
 fn a_one_shot_send_survives_a_relay_restart() {
     netns::isolated(|| {
         let data = TempDir::new("relay-data");
-        let mut relay = Relay::start_in(&data.path, "127.0.0.1:0", &[]);
+        let mut relay = relay_options().data_dir(&data.path).start();
+        let addr = relay.addr.to_string();
         bob_claims_his_name(&relay);
         let files = TempDir::new("to-send");
         let path = random_file(&files.path, "photos.tar", 2 * 1024 * 1024, 7);
@@ -314,19 +312,18 @@ fn a_one_shot_send_survives_a_relay_restart() {
 
         let mut send = Proc::spawn(
             CLIENT,
-            &["send", path.to_str().unwrap(), "--to", "bob", "--server", &relay.addr, "--name", "alice"],
+            &["send", path.to_str().unwrap(), "--to", "bob", "--server", &addr, "--name", "alice"],
             &[("RELAYCHAT_TEST_CHUNK_DELAY_MS", "50"), ("RELAYCHAT_RECONNECT_FOR", "30")],
         );
         drop(send.stdin.take());
         let part = wait_for_part(&data.path.join("tmp"), 256 * 1024);
         assert!(send.child.try_wait().unwrap().is_none(), "the send ended before the relay could be killed");
-        relay.proc.child.kill().expect("SIGKILL the relay");
-        relay.proc.child.wait().expect("reap the relay");
+        relay.kill();
         println!("the relay was killed with {part} bytes of the upload on its disk");
 
-        let relay = Relay::start_in(&data.path, &relay.addr, &[]);
+        let _relay = relay_options().bind(relay.addr).data_dir(&data.path).start();
         let back_at = Instant::now();
-        let status = exits_within(&mut send, secs(40)).expect("the send finishes after the restart");
+        let status = exits_within(&mut send.child, secs(40)).expect("the send finishes after the restart");
         thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
         let (out, err): (Vec<String>, Vec<String>) =
             (send.stdout.try_iter().collect(), send.stderr.try_iter().collect());
@@ -340,11 +337,7 @@ fn a_one_shot_send_survives_a_relay_restart() {
 
         let downloads = TempDir::new("bob-downloads");
         let dir = downloads.path.to_str().unwrap();
-        one_shot(
-            &["receive", "--server", &relay.addr, "--name", "bob", "--downloads", dir],
-            &[BOB_PASSWORD],
-            WAIT,
-        );
+        one_shot(&["receive", "--server", &addr, "--name", "bob", "--downloads", dir], &[BOB_PASSWORD], WAIT);
         let got = files_under(&downloads.path);
         assert_eq!(got.len(), 1, "bob should get exactly one file: {got:?}");
         assert!(sha256(&got[0]) == sent_sha, "bob's copy differs from the file sent");
@@ -361,14 +354,14 @@ fn a_one_shot_send_survives_a_relay_restart() {
 fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
     netns::isolated(|| {
         netns::slow_link();
-        let relay = Relay::start(&["--idle-timeout", &format!("{IDLE}s")]);
+        let relay = relay_options().flag("--idle-timeout", format!("{IDLE}s")).start();
+        let addr = relay.addr.to_string();
         bob_claims_his_name(&relay);
         let files = TempDir::new("to-send");
         let path = random_file(&files.path, "holiday.mp4", 12 * 1024 * 1024, 11);
 
         let started = Instant::now();
-        let args =
-            ["send", path.to_str().unwrap(), "--to", "bob", "--server", &relay.addr, "--name", "alice"];
+        let args = ["send", path.to_str().unwrap(), "--to", "bob", "--server", &addr, "--name", "alice"];
         let (out, err) = one_shot(&[&args[..], &CLIENT_IDLE[..]].concat(), &[], secs(60));
         let took = started.elapsed();
         println!("figure: 12 MiB went up a 16 Mbit/s link in {:.1} s", took.as_secs_f64());
@@ -380,15 +373,8 @@ fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
 
         let downloads = TempDir::new("bob-downloads");
         let started = Instant::now();
-        let args = [
-            "receive",
-            "--server",
-            &relay.addr,
-            "--name",
-            "bob",
-            "--downloads",
-            downloads.path.to_str().unwrap(),
-        ];
+        let args =
+            ["receive", "--server", &addr, "--name", "bob", "--downloads", downloads.path.to_str().unwrap()];
         let (out, err) = one_shot(&[&args[..], &CLIENT_IDLE[..]].concat(), &[BOB_PASSWORD], secs(60));
         println!("figure: and came down in {:.1} s", started.elapsed().as_secs_f64());
         assert!(
@@ -408,7 +394,7 @@ fn a_long_transfer_on_a_slow_link_is_not_taken_for_a_dead_link() {
 fn an_interactive_send_on_a_slow_link_arrives() {
     netns::isolated(|| {
         netns::slow_link();
-        let relay = Relay::start(&[]);
+        let relay = relay_options().start();
         let bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[]);
         let mut alice = joined(&relay, "alice", &TempDir::new("alice-home").path, &CLIENT_IDLE, &[RECONNECT]);
         let files = TempDir::new("to-send");
@@ -438,7 +424,7 @@ fn an_interactive_send_on_a_slow_link_arrives() {
 fn an_interactive_send_cut_off_mid_file_is_resumed() {
     netns::isolated(|| {
         let data = TempDir::new("relay-data");
-        let relay = Relay::start_in(&data.path, "127.0.0.1:0", &[]);
+        let relay = relay_options().data_dir(&data.path).start();
         let bob = joined(&relay, "bob", &TempDir::new("bob-home").path, &[], &[]);
         let slow = ("RELAYCHAT_TEST_CHUNK_DELAY_MS", "300");
         let mut alice =
@@ -448,7 +434,7 @@ fn an_interactive_send_cut_off_mid_file_is_resumed() {
 
         alice.type_line(&format!("/send --to bob {}", path.display()));
         wait_for_part(&data.path.join("tmp"), 256 * 1024);
-        let cut = Cut::port(relay.port);
+        let cut = Cut::port(relay.port());
         expect_within(&alice.stdout, "alice", "* connection lost", Instant::now(), secs(IDLE) + SLACK);
         cut.restore();
         expect_within(&alice.stdout, "alice", "* reconnected", Instant::now(), secs(15));

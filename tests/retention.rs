@@ -46,8 +46,8 @@ fn a_few_seconds_of_retention_are_kept_exactly() {
     let dl = TempDir::new("dl");
     let (paths, failures) = receive_into(&bob, &dl.path);
     assert!(paths.is_empty() && failures.is_empty());
-    eventually("the janitor deletes the bytes", || {
-        files_under(&server.data_dir.path.join("files")).is_empty()
+    wait_until("the janitor deletes the bytes", WAIT, || {
+        files_under(&server.data_dir.path.join("files")).is_empty().then_some(())
     });
 
     // Fresh things still arrive.

@@ -172,8 +172,8 @@ fn a_file_is_downloaded_while_it_arrives_and_kept_only_once_verified() {
         assert!(fs::read(&path).unwrap() == data, "the exact bytes (plaintext: {plaintext})");
         assert_eq!(files_under(&dl.path), vec![path], "no part or sidecar left");
         // The recipient sent its receipt, so the relay forgets the file.
-        common::eventually("the relay deletes the received file", || {
-            files_under(&server.data_dir.path.join("files")).is_empty()
+        common::wait::wait_until("the relay to delete the received file", common::WAIT, || {
+            files_under(&server.data_dir.path.join("files")).is_empty().then_some(())
         });
     }
 }

@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::proc::Proc;
+use common::relay::{Keys, RelayOptions, SERVER};
 use common::*;
 use relaychat::client::{
     Client, ClientConfig, ClientError, Event, FirstContact, Security, Trust, TrustError,
@@ -344,11 +345,9 @@ fn a_plaintext_hello_to_a_tls_only_relay_gets_a_clear_error() {
     // fingerprint before it listens.
     let data = TempDir::new("own-binary");
     let dir = data.path.to_str().unwrap();
-    let relay = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--bind", "127.0.0.1:0", "--data-dir", dir], &[]);
-    let logged = relay.expect(&relay.stderr, "relay fingerprint: ");
-    let line = relay.expect(&relay.stderr, "relay listening on ");
-    let addr = line.rsplit(' ').next().unwrap().to_owned();
-    let mut raw = Raw::connect(addr.parse().unwrap());
+    let relay = RelayOptions::new().keys(Keys::Own).data_dir(&data.path).start();
+    let logged = relay.expect("relay fingerprint: ");
+    let mut raw = Raw::connect(relay.addr);
     raw.send(&Frame::hello("frank", "lobby"));
     match raw.recv() {
         Frame::Error { code: ErrorCode::TlsRequired, message } => {
@@ -357,7 +356,7 @@ fn a_plaintext_hello_to_a_tls_only_relay_gets_a_clear_error() {
         other => panic!("expected TlsRequired, got {other:?}"),
     }
     // `--fingerprint` prints the same one and exits; the key file is the owner's only.
-    let mut printed = Proc::spawn(env!("CARGO_BIN_EXE_server"), &["--fingerprint", "--data-dir", dir], &[]);
+    let mut printed = Proc::spawn(SERVER, &["--fingerprint", "--data-dir", dir], &[]);
     assert!(printed.wait().success());
     let fingerprint = printed.expect(&printed.stdout, "SHA256:");
     assert!(logged.ends_with(fingerprint.trim()), "logged {logged:?}, printed {fingerprint:?}");

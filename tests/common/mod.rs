@@ -2,11 +2,35 @@
 //! connection for poking at it.
 //!
 //! Every read has a timeout, so a bug makes a test fail with a message instead of hanging.
+//!
+//! # Layout
+//!
+//! - this file: [`TestServer`] (the relay as a library, on a thread of the test), library
+//!   clients, [`Raw`] frames, temp dirs, files and small disks;
+//! - [`relay`]: the one way to start the real `server` binary ([`relay::RelayOptions`]);
+//! - [`proc`]: the `client` binary (and any other one-shot command) with its output on channels;
+//! - [`wait`]: waiting with a time limit ([`wait_until`] and friends);
+//! - [`netns`]: a private network namespace per test, where links can vanish;
+//! - the attack tests' tools: [`abuse`] (the abuse tests' limits and checks), [`review`] (the
+//!   review tests' joins and uploads), [`attacker`] (raw connections from any `127.x.y.z`, tallies),
+//!   [`watched`] (a relay with a memory watchdog), [`latency`] (bystanders' pings) and
+//!   [`tls_attack`] (TLS by hand, and the relay's health after an attack).
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod abuse;
+pub mod attacker;
+pub mod latency;
 pub mod netns;
 pub mod proc;
+pub mod relay;
+pub mod review;
+pub mod tls_attack;
+pub mod wait;
+pub mod watched;
+
+#[allow(unused_imports)] // each test file uses a different subset
+pub use wait::{exits_within, expect_line, lines_until, receive_until, try_until, wait_until};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -292,23 +316,20 @@ impl Raw {
 
 /// Waits for the first event that `pick` accepts, skipping the others (progress, notices...).
 pub fn wait_for<T>(client: &Client, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut skipped = Vec::new();
-    loop {
-        let event = client
-            .events()
-            .recv_deadline(deadline)
-            .unwrap_or_else(|_| panic!("no {what} within 60 s; skipped {skipped:?}"));
-        if let Some(found) = pick(&event) {
-            return found;
-        }
-        if let Event::Disconnected(why) = &event {
+    let limit = Duration::from_secs(60);
+    let mut found = None;
+    let (seen, _) = receive_until(client.events(), limit, |event| {
+        found = pick(event);
+        // A disconnect is what some callers wait for; for the others it ends the wait at once.
+        if let (None, Event::Disconnected(why)) = (&found, event) {
             panic!("disconnected ({why:?}) while waiting for {what}");
         }
-        if !matches!(event, Event::Progress { .. }) {
-            skipped.push(event);
-        }
-    }
+        found.is_some()
+    });
+    found.unwrap_or_else(|| {
+        let skipped: Vec<&Event> = seen.iter().filter(|e| !matches!(e, Event::Progress { .. })).collect();
+        panic!("no {what} within {limit:?}; skipped {skipped:?}")
+    })
 }
 
 /// Waits until `client` reports the upload of `name` done; panics if it fails.
@@ -343,18 +364,24 @@ pub fn receive_into(client: &Client, dir: &std::path::Path) -> (Vec<std::path::P
 
 /// Writes `size` pseudo-random bytes (seeded, so reproducible) to `dir/name`.
 pub fn random_file(dir: &std::path::Path, name: &str, size: usize, seed: u64) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, xorshift_bytes(size, seed)).unwrap();
+    path
+}
+
+/// `len` pseudo-random bytes from a xorshift generator started at `seed` (made odd): cheap,
+/// reproducible, and not compressible, which is all a test's data needs.
+pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
-    let mut data = Vec::with_capacity(size + 8);
-    while data.len() < size {
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         data.extend_from_slice(&state.to_le_bytes());
     }
-    data.truncate(size);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).unwrap();
-    path
+    data.truncate(len);
+    data
 }
 
 /// Files (not directories) anywhere under `dir`.
@@ -371,6 +398,21 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found.sort();
     found
+}
+
+/// Waits until an upload's `.part` file under `dir` (the relay's tmp dir or a downloads dir)
+/// holds at least `min` bytes; its size then. Fails after [`WAIT`].
+pub fn wait_for_part(dir: &std::path::Path, min: u64) -> u64 {
+    let what = format!("a .part of {min} bytes under {}", dir.display());
+    wait_until(&what, WAIT, || {
+        let size = files_under(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "part"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .max();
+        size.filter(|&n| n >= min)
+    })
 }
 
 /// A TCP connection to `to` from the loopback source address `from` (127.0.0.x), so the relay
@@ -424,12 +466,14 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Polls `condition` until it holds, failing after 10 s. For effects that the relay applies
-/// after it has answered (such as deleting a file once its last receipt arrives).
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(5));
+/// Free bytes on the file system holding `path` (what an unprivileged user may use).
+pub fn free_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string and a plain struct for statvfs to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return 0;
     }
+    (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
 }

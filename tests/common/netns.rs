@@ -34,9 +34,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::TempDir;
+use super::{exits_within, try_until, TempDir};
 
 /// Set (to `1`) in the child that runs inside the namespace.
 pub const INSIDE: &str = "RELAYCHAT_NETNS";
@@ -132,19 +132,12 @@ fn run_child(test: &str) {
     // the other would block forever.
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + CHILD_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for unshare") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            // Killing `unshare` kills the test (--kill-child), whose PID namespace then dies whole.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = exits_within(&mut child, CHILD_LIMIT);
+    if status.is_none() {
+        // Killing `unshare` kills the test (--kill-child), whose PID namespace then dies whole.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let out = stdout.join().unwrap_or_default();
     let err = stderr.join().unwrap_or_default();
     print!("{out}");
@@ -247,21 +240,18 @@ impl Drop for Cut {
 /// what to cut to vanish that one client. Found with `ss -tnp`, which lists each socket's owner.
 pub fn source_port(pid: u32, peer_port: u16) -> u16 {
     let owner = format!("pid={pid},");
-    // The client prints "connected" after its handshake, so the socket is there; the retries only
-    // cover a busy machine.
-    for _ in 0..50 {
+    // The client prints "connected" after its handshake, so the socket is there; looking again
+    // for a second (what 50 tries 20 ms apart used to give) only covers a busy machine.
+    let found = try_until(Duration::from_secs(1), || {
         let table = output("ss -Htnp state established");
         // With a state filter the columns are: Recv-Q Send-Q Local Peer Process.
-        for line in table.lines().filter(|l| l.contains(&owner)) {
+        table.lines().filter(|l| l.contains(&owner)).find_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-            if fields.len() >= 5 && port_of(fields[3]) == Some(peer_port) {
-                if let Some(port) = port_of(fields[2]) {
-                    return port;
-                }
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("process {pid} has no connection to port {peer_port}: {}", output("ss -tnp"));
+            (fields.len() >= 5 && port_of(fields[3]) == Some(peer_port)).then(|| port_of(fields[2])).flatten()
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!("process {pid} has no connection to port {peer_port}: {}", output("ss -tnp"))
+    })
 }

@@ -1,20 +1,18 @@
-//! Running the real `server` and `client` binaries from tests, with their output lines arriving on
-//! channels so a test can wait for a line without hanging forever.
+//! Running the real `client` binary (and any other one-shot command, such as `server
+//! --fingerprint`) from tests, with its output lines arriving on channels so a test can wait for a
+//! line without hanging forever. The relay itself is started by `tests/common/relay.rs`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
 
-use super::{TempDir, WAIT};
+use super::{exits_within, expect_line, WAIT};
 
 /// A running binary with its output lines arriving on channels.
 pub struct Proc {
     pub child: Child,
-    /// The relay's data dir, removed when the process is gone.
-    pub data_dir: Option<TempDir>,
     pub stdin: Option<ChildStdin>,
     pub stdout: Receiver<String>,
     pub stderr: Receiver<String>,
@@ -42,22 +40,7 @@ impl Proc {
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
         let stdin = child.stdin.take();
-        Proc { child, data_dir: None, stdin, stdout, stderr }
-    }
-
-    /// The relay binary on a free loopback port, with the shared test keys (see
-    /// [`super::test_keys`]), TLS only.
-    pub fn server() -> (Proc, String) {
-        let data_dir = TempDir::new("bin");
-        let dir = data_dir.path.to_string_lossy().into_owned();
-        let mut args = vec!["--bind".to_string(), "127.0.0.1:0".into(), "--data-dir".into(), dir];
-        args.extend(super::tls_flags());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut server = Proc::spawn(env!("CARGO_BIN_EXE_server"), &args, &[]);
-        server.data_dir = Some(data_dir);
-        let line = server.expect(&server.stderr, "relay listening on ");
-        let addr = line.rsplit(' ').next().unwrap().to_owned();
-        (server, addr)
+        Proc { child, stdin, stdout, stderr }
     }
 
     pub fn client(addr: &str, name: &str, extra: &[&str]) -> Proc {
@@ -76,26 +59,13 @@ impl Proc {
 
     /// Waits for a line containing `needle` on `stream`; fails after [`WAIT`].
     pub fn expect(&self, stream: &Receiver<String>, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        while let Ok(line) = stream.recv_deadline(deadline) {
-            if line.contains(needle) {
-                return line;
-            }
-            seen.push(line);
-        }
-        panic!("no line containing {needle:?}; saw {seen:#?}");
+        expect_line(stream, "the process", needle, WAIT)
     }
 
+    /// Waits for the process to exit; fails after [`WAIT`].
     pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process did not exit");
-            thread::sleep(Duration::from_millis(10));
-        }
+        exits_within(&mut self.child, WAIT)
+            .unwrap_or_else(|| panic!("the process did not exit within {WAIT:?}"))
     }
 
     pub fn terminate(&self) {

@@ -1,53 +1,24 @@
-//! Driving the real binaries for `tests/links.rs`: a relay, terminal and one-shot clients, and
-//! waits on their output lines, every one with a time limit (a regression fails, never hangs).
+//! Driving the real binaries for `tests/links.rs`: how its relays are started, terminal and
+//! one-shot clients, and waits on their output lines, every one with a time limit (a regression
+//! fails, never hangs).
 
 use std::path::Path;
-use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use crate::common::proc::Proc;
-use crate::common::{files_under, TempDir, WAIT};
+use crate::common::relay::{Keys, Relay, RelayOptions};
+use crate::common::{exits_within, expect_line, receive_until, try_until, TempDir, WAIT};
 
-pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 
-// =============================================================================================
-// The relay
-// =============================================================================================
-
-/// A `server` binary with a data dir, killed on drop (by [`Proc`]).
-pub struct Relay {
-    pub proc: Proc,
-    /// `127.0.0.1:PORT`, as clients are given it.
-    pub addr: String,
-    pub port: u16,
-    /// Its own data dir, if it was not given one.
-    _data: Option<TempDir>,
-}
-
-impl Relay {
-    /// A relay on a free port with a fresh data dir and `flags`.
-    pub fn start(flags: &[&str]) -> Relay {
-        let data = TempDir::new("relay");
-        let relay = Relay::start_in(&data.path, "127.0.0.1:0", flags);
-        Relay { _data: Some(data), ..relay }
-    }
-
-    /// A relay on `bind` (a fixed port, to come back where clients expect it) and `data_dir`.
-    pub fn start_in(data_dir: &Path, bind: &str, flags: &[&str]) -> Relay {
-        let dir = data_dir.to_str().expect("a UTF-8 temp path");
-        let mut args = vec!["--bind", bind, "--data-dir", dir];
-        args.extend_from_slice(flags);
-        // The tests read its `info` log (the listening line, idle closes), whatever RUST_LOG says.
-        let proc = Proc::spawn(SERVER, &args, &[("RUST_LOG", "info")]);
-        let line = proc.expect(&proc.stderr, "relay listening on ");
-        let addr = line.rsplit(' ').next().expect("an address at the end").to_owned();
-        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the address");
-        Relay { proc, addr, port, _data: None }
-    }
+/// The relay as these tests run it: with keys of its own, made in its data dir on first start, as
+/// a relay in the wild has them (each client machine, a home dir of its own, pins it on first
+/// contact). Its address is `127.0.0.1` inside the test's private network namespace.
+pub fn relay_options() -> RelayOptions {
+    RelayOptions::new().keys(Keys::Own)
 }
 
 // =============================================================================================
@@ -60,7 +31,8 @@ pub const BOB_PASSWORD: (&str, &str) = ("RELAYCHAT_PASSWORD", "bob's password");
 /// A terminal client of `relay` as `name` on the machine whose identity lives in `home`, with
 /// extra `args` and `envs`; not waited for.
 pub fn client(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let mut all = vec!["--server", relay.addr.as_str(), "--name", name];
+    let addr = relay.addr.to_string();
+    let mut all = vec!["--server", addr.as_str(), "--name", name];
     all.extend_from_slice(args);
     let home = home.to_str().expect("a UTF-8 temp path");
     let mut env = vec![("RELAYCHAT_CONFIG_DIR", home)];
@@ -71,7 +43,7 @@ pub fn client(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&s
 /// [`client`], once it has printed that it is connected (the test fails if it does not).
 pub fn joined(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     let mut proc = client(relay, name, home, args, envs);
-    if let Err(why) = connected_or_exit(&mut proc, &relay.addr, name, WAIT) {
+    if let Err(why) = connected_or_exit(&mut proc, &relay.addr.to_string(), name, WAIT) {
         panic!("{name} did not get in: {why}");
     }
     proc
@@ -80,11 +52,11 @@ pub fn joined(relay: &Relay, name: &str, home: &Path, args: &[&str], envs: &[(&s
 /// Bob visits once with his password, which makes "bob" an account that files can wait for.
 pub fn bob_claims_his_name(relay: &Relay) {
     let mut bob = client(relay, "bob", &TempDir::new("bob-home").path, &[], &[BOB_PASSWORD]);
-    if let Err(why) = connected_or_exit(&mut bob, &relay.addr, "bob", WAIT) {
+    if let Err(why) = connected_or_exit(&mut bob, &relay.addr.to_string(), "bob", WAIT) {
         panic!("bob could not claim his name: {why}");
     }
     drop(bob.stdin.take()); // end of input: the client quits
-    let status = exits_within(&mut bob, WAIT).expect("bob quits at the end of his input");
+    let status = exits_within(&mut bob.child, WAIT).expect("bob quits at the end of his input");
     assert!(status.success(), "bob's first visit ended with {status}");
 }
 
@@ -96,7 +68,7 @@ pub fn one_shot(args: &[&str], envs: &[(&str, &str)], within: Duration) -> (Vec<
     env.extend_from_slice(envs);
     let mut proc = Proc::spawn(CLIENT, args, &env);
     drop(proc.stdin.take());
-    let status = exits_within(&mut proc, within);
+    let status = exits_within(&mut proc.child, within);
     thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
     let (out, err): (Vec<String>, Vec<String>) =
         (proc.stdout.try_iter().collect(), proc.stderr.try_iter().collect());
@@ -118,20 +90,20 @@ pub fn connected_or_exit(
     let needle = format!("* connected to {addr} as {name} in ");
     let start = Instant::now();
     let mut seen = Vec::new();
-    while start.elapsed() < within {
-        if let Ok(line) = proc.stdout.recv_timeout(Duration::from_millis(50)) {
+    let outcome = try_until(within, || {
+        for line in proc.stdout.try_iter() {
             if line.contains(&needle) {
-                return Ok(start.elapsed());
+                return Some(Ok(start.elapsed()));
             }
             seen.push(line);
-        } else if let Some(status) = proc.child.try_wait().expect("poll the client") {
-            thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
-            seen.extend(proc.stdout.try_iter());
-            let err: Vec<String> = proc.stderr.try_iter().collect();
-            return Err(format!("exited ({status}); stderr {err:?}, stdout {seen:?}"));
         }
-    }
-    Err(format!("no connected line within {within:?}; stdout {seen:?}"))
+        let status = proc.child.try_wait().expect("poll the client")?;
+        thread::sleep(Duration::from_millis(50)); // let the line readers catch the last lines
+        seen.extend(proc.stdout.try_iter());
+        let err: Vec<String> = proc.stderr.try_iter().collect();
+        Some(Err(format!("exited ({status}); stderr {err:?}, stdout {seen:?}")))
+    });
+    outcome.unwrap_or_else(|| Err(format!("no connected line within {within:?}; stdout {seen:?}")))
 }
 
 // =============================================================================================
@@ -147,82 +119,19 @@ pub fn expect_within(
     since: Instant,
     limit: Duration,
 ) -> Duration {
-    let deadline = since + limit;
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_deadline(deadline) {
-        if line.contains(needle) {
-            return since.elapsed();
-        }
-        seen.push(line);
-    }
-    panic!("{who}: no {needle:?} within {limit:?}; saw {seen:#?}");
-}
-
-/// Every line on `lines` up to and including the first one containing `needle`, or (after
-/// `within`) the lines seen instead.
-pub fn lines_until(
-    lines: &Receiver<String>,
-    needle: &str,
-    within: Duration,
-) -> Result<Vec<String>, Vec<String>> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_deadline(deadline) {
-        let found = line.contains(needle);
-        seen.push(line);
-        if found {
-            return Ok(seen);
-        }
-    }
-    Err(seen)
+    expect_line(lines, who, needle, limit.saturating_sub(since.elapsed()));
+    since.elapsed()
 }
 
 /// Every line that arrives on `lines` during `period`.
 pub fn lines_for(lines: &Receiver<String>, period: Duration) -> Vec<String> {
-    let deadline = Instant::now() + period;
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_deadline(deadline) {
-        seen.push(line);
-    }
-    seen
-}
-
-/// The exit status, if `proc` exits within `within`.
-pub fn exits_within(proc: &mut Proc, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = proc.child.try_wait().expect("poll the process") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    receive_until(lines, period, |_| false).0
 }
 
 pub fn assert_running(proc: &mut Proc, who: &str) {
     if let Some(status) = proc.child.try_wait().expect("poll the process") {
         let err: Vec<String> = proc.stderr.try_iter().collect();
         panic!("{who} exited ({status}) but should still be connected; stderr {err:?}");
-    }
-}
-
-/// Waits until an upload's `.part` file under `dir` holds at least `min` bytes; its size then.
-pub fn wait_for_part(dir: &Path, min: u64) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let size = files_under(dir)
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "part"))
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .max();
-        if let Some(size) = size.filter(|&n| n >= min) {
-            return size;
-        }
-        assert!(Instant::now() < deadline, "no upload of {min} bytes appeared under {}", dir.display());
-        thread::sleep(Duration::from_millis(2));
     }
 }
 
