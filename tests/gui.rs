@@ -121,14 +121,26 @@ fn window_against_a_terminal_client() {
         take_screenshot(&mut app, &src.path, &path);
     }
 
-    // 6. The relay restarts: the window says so, reconnects by itself, and carries on.
-    let server = server.restart();
-    until(&mut app, "the reconnecting status", |a| a.status_text().0.contains("reconnecting"));
+    // 6. The relay goes away for a while: the window says so, keeps a line typed meanwhile,
+    //    reconnects by itself, sends the line then, and carries on.
+    let server = server.restart_after(|| {
+        until(&mut app, "the reconnecting status", |a| a.status_text().0.contains("reconnecting"));
+        until(&mut app, "a failed attempt", |a| a.status_text().0.contains("reconnecting in"));
+        app.type_message("typed while the relay was away");
+        app.press(Action::Send);
+        until(&mut app, "the held line shown", |a| {
+            a.log_text().contains("alice: typed while the relay was away")
+        });
+    });
     assert!(!bob.wait().success(), "the terminal client exits non-zero when the relay goes away");
     until(&mut app, "the reconnection", |a| a.log_text().contains("* reconnected"));
     until(&mut app, "connected again", |a| a.status_text().0.contains("connected to"));
     let bob = Proc::client(&addr, "bob", &["--cli"]);
     until(&mut app, "bob joining again", |a| a.log_text().matches("bob joined lobby").count() == 2);
+    // The held line reached the relay after the reconnect: bob, back after it, gets it as a
+    // message that waited for him, and the window did not complain about it.
+    bob.expect(&bob.stdout, "alice (offline): typed while the relay was away");
+    assert!(!app.log_text().contains("not connected"), "the held line was refused:\n{}", app.log_text());
     assert!(
         !app.log_text().contains("(history)"),
         "history already shown is not shown again:\n{}",

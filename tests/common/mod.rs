@@ -71,8 +71,15 @@ impl TestServer {
     /// Stops this relay and starts a new one on the same address and data dir: what clients see
     /// when the relay host restarts.
     pub fn restart(self) -> TestServer {
+        self.restart_after(|| {})
+    }
+
+    /// Like [`TestServer::restart`], with the relay away while `meanwhile` runs: what clients see
+    /// when the relay host is down for a while.
+    pub fn restart_after(self, meanwhile: impl FnOnce()) -> TestServer {
         let addr = self.addr;
         let data_dir = self.stop_and_keep_data();
+        meanwhile();
         TestServer::launch(ServerConfig { bind: addr, ..ServerConfig::default() }, data_dir)
     }
 
