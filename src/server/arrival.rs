@@ -127,11 +127,7 @@ impl Arrival {
 
     /// Why a follower must stop, if the upload failed or stopped.
     pub(crate) fn ended(&self) -> Option<Refusal> {
-        match &self.lock().outcome {
-            Outcome::Failed(why) => Some(failed(why)),
-            Outcome::Stopped => Some(stopped("the sender's upload stopped")),
-            _ => None,
-        }
+        self.lock().outcome.refusal()
     }
 
     /// Sleeps until the upload has at least `until` bytes on disk (or more than `at` that have
@@ -151,14 +147,14 @@ impl Arrival {
         let mut seen = state.written;
         let mut gathered = false;
         loop {
-            match &state.outcome {
-                Outcome::Failed(why) => return Err(failed(why)),
-                Outcome::Stopped => return Err(stopped("the sender's upload stopped")),
-                _ if state.written >= until || (gathered && state.written > at) => {
-                    return Ok(Seen::Bytes(state.written))
-                }
-                Outcome::Stored(sha256) => return Ok(Seen::Stored(*sha256)),
-                Outcome::Arriving => {}
+            if let Some(refusal) = state.outcome.refusal() {
+                return Err(refusal);
+            }
+            if state.written >= until || (gathered && state.written > at) {
+                return Ok(Seen::Bytes(state.written));
+            }
+            if let Outcome::Stored(sha256) = state.outcome {
+                return Ok(Seen::Stored(sha256));
             }
             if cancel.load(Ordering::SeqCst) {
                 return Ok(Seen::Cancelled);
@@ -175,6 +171,18 @@ impl Arrival {
             gathered = state.written > at;
             let nap = if gathered { GATHER } else { CANCEL_CHECK }.min(patience - waited);
             state = self.moved.wait_timeout(state, nap).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+impl Outcome {
+    /// What a follower is told when the upload failed or stopped; `None` while it arrives or
+    /// once it is stored.
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Outcome::Failed(why) => Some(failed(why)),
+            Outcome::Stopped => Some(stopped("the sender's upload stopped")),
+            Outcome::Arriving | Outcome::Stored(_) => None,
         }
     }
 }

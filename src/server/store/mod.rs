@@ -240,8 +240,8 @@ impl Store {
         match &result {
             Ok(_) => partial.arrival.finish(Outcome::Stored(sha256)),
             Err((_, why)) => {
-                self.remover.remove(partial.temp_path.clone());
                 partial.arrival.finish(Outcome::Failed(why.clone()));
+                self.remover.remove(partial.temp_path);
             }
         }
         result

@@ -90,6 +90,11 @@ impl Partial {
         self.arrival.finish(Outcome::Stopped);
     }
 
+    /// Whether `name` can download it as it arrives: its upload is running and it is for them.
+    fn followable_by(&self, name: &str) -> bool {
+        self.in_use_by.is_some() && self.recipients.contains(name)
+    }
+
     /// How a recipient sees it while it arrives: no hash yet.
     pub(super) fn info(&self) -> FileInfo {
         FileInfo {
@@ -313,19 +318,13 @@ impl Store {
 
     /// The running upload that is file `file_id`, if it is for `name`.
     pub(super) fn arriving(&self, name: &str, file_id: u64) -> Option<&Partial> {
-        self.partials
-            .values()
-            .find(|p| p.file_id == file_id && p.in_use_by.is_some() && p.recipients.contains(name))
+        self.partials.values().find(|p| p.file_id == file_id && p.followable_by(name))
     }
 
     /// The files arriving for `name` right now (their uploads running), oldest first.
     pub(crate) fn arriving_for(&self, name: &str) -> Vec<FileInfo> {
-        let mut files: Vec<FileInfo> = self
-            .partials
-            .values()
-            .filter(|p| p.in_use_by.is_some() && p.recipients.contains(name))
-            .map(Partial::info)
-            .collect();
+        let mut files: Vec<FileInfo> =
+            self.partials.values().filter(|p| p.followable_by(name)).map(Partial::info).collect();
         files.sort_by_key(|f| f.file_id);
         files
     }
