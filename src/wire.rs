@@ -294,8 +294,10 @@ impl std::error::Error for ReadError {
 /// frames arrives in one system call.
 const READ_CHUNK: usize = 64 * 1024;
 /// How much a reader asks for at first. It doubles each time a read fills the buffer (more was
-/// waiting), up to [`READ_CHUNK`]: a quiet connection keeps 4 KiB, a busy one gets big reads.
-const FIRST_READ: usize = 4 * 1024;
+/// waiting), up to [`READ_CHUNK`]: a quiet connection keeps 1 KiB (a chat frame is a few hundred
+/// bytes; every KiB here is 10 MiB for 10,000 idle connections), a busy one gets big reads, and
+/// one that goes quiet again goes back to 1 KiB.
+const FIRST_READ: usize = 1024;
 
 /// Reads whole frames from a byte stream, buffering partial ones.
 ///
@@ -393,6 +395,8 @@ impl<R: Read> FrameReader<R> {
             self.end += n;
             if self.end == self.buf.len() {
                 self.read_size = (2 * self.read_size).min(READ_CHUNK); // more was waiting
+            } else if n < FIRST_READ {
+                self.read_size = FIRST_READ; // the peer has gone quiet: see `make_room`
             }
         }
     }
@@ -409,7 +413,11 @@ impl<R: Read> FrameReader<R> {
         }
         let growing = (2 * self.end).max(self.end + self.read_size);
         let want = needed.min(growing).max(self.end + 1).max(self.read_size);
-        if self.buf.len() < want {
+        if self.end == 0 && self.read_size == FIRST_READ && self.buf.len() > FIRST_READ && want <= FIRST_READ
+        {
+            // Nothing pending and the peer is quiet after a burst: back to the small buffer.
+            self.buf = vec![0; FIRST_READ];
+        } else if self.buf.len() < want {
             self.buf.resize(want, 0);
         } else if self.buf.len() > 2 * READ_CHUNK
             && self.end < READ_CHUNK

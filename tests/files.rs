@@ -332,7 +332,10 @@ fn limits_refuse_before_storing_and_everyone_carries_on() {
     alice.send_file(&over_quota, None).unwrap();
     assert!(failure(&alice).contains("quota"));
 
-    assert!(files_under(&server.data_dir.path.join("tmp")).is_empty(), "no partial files");
+    // The relay's remover thread deletes refused parts, a moment after the refusal.
+    wait_until("no partial files", WAIT, || {
+        files_under(&server.data_dir.path.join("tmp")).is_empty().then_some(())
+    });
     alice.send_text("still here").unwrap();
     let text = wait_for(&bob, "chat", |e| match e {
         Event::Chat { text, .. } => Some(text.clone()),
@@ -398,7 +401,10 @@ fn hostile_transfer_frames_get_errors_not_crashes() {
     let Frame::UploadReady { upload_id, .. } = evil.recv() else { panic!() };
     evil.send(&Frame::UploadEnd { upload_id, sha256: [0; 32] });
     assert!(matches!(evil.recv(), Frame::UploadFailed { code: ErrorCode::HashMismatch, .. }));
-    assert!(files_under(&server.data_dir.path.join("tmp")).is_empty());
+    // The relay's remover thread deletes the failed parts, a moment after the refusal.
+    wait_until("the failed parts to go", WAIT, || {
+        files_under(&server.data_dir.path.join("tmp")).is_empty().then_some(())
+    });
     evil.send(&Frame::say("still connected"));
     let chat = wait_for(&bob, "chat", |e| match e {
         Event::Chat { from, text, .. } => Some((from.clone(), text.clone())),

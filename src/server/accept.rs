@@ -396,7 +396,10 @@ fn start_connection(
     }
     let to_hub = to_hub.clone();
     let pool = pool.clone();
-    let config = config.clone();
+    // Boxed: everything the closure captures is moved onto the new thread's stack when it starts,
+    // and a stack page once touched stays resident for the connection's life (see
+    // `tuning::memory::release_unused_stack`). The configuration is over 500 bytes.
+    let config = Box::new(config.clone());
     let tls = tls.clone();
     let spawned = thread::Builder::new().name(format!("conn-{id}")).spawn(move || {
         let _departure = departure; // dropped last: tells the accept thread this slot is free

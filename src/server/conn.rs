@@ -61,7 +61,7 @@ pub(crate) fn serve_tcp(
     info: ConnInfo,
     to_hub: Sender<ToHub>,
     pool: HashPool,
-    config: ServerConfig,
+    config: Box<ServerConfig>,
     tls: Arc<rustls::ServerConfig>,
 ) {
     let deadline = Instant::now() + config.hello_timeout;
@@ -73,23 +73,13 @@ pub(crate) fn serve_tcp(
     }
     let addr = info.addr;
     match first_byte(&stream, deadline) {
-        Ok(Some(TLS_HANDSHAKE_BYTE)) => {
-            let session = match rustls::ServerConnection::new(tls) {
-                Ok(session) => session,
-                Err(e) => {
-                    log::error!("{addr}: cannot start a TLS session: {e}");
-                    let _ = to_hub.send(ToHub::Closed { id: info.id });
-                    return;
-                }
-            };
-            match TlsStream::handshake(stream, session, deadline) {
-                Ok(stream) => serve_announced(stream, &info, deadline, &to_hub, &pool, &config),
-                Err(e) => {
-                    log::info!("{addr}: TLS handshake failed: {e}");
-                    let _ = to_hub.send(ToHub::Closed { id: info.id });
-                }
+        Ok(Some(TLS_HANDSHAKE_BYTE)) => match tls_handshake(stream, tls, deadline) {
+            Ok(stream) => serve_announced(stream, &info, deadline, &to_hub, &pool, &config),
+            Err(e) => {
+                log::info!("{addr}: TLS handshake failed: {e}");
+                let _ = to_hub.send(ToHub::Closed { id: info.id });
             }
-        }
+        },
         Ok(Some(_)) if config.allow_plaintext => {
             serve_announced(stream, &info, deadline, &to_hub, &pool, &config)
         }
@@ -112,6 +102,24 @@ pub(crate) fn serve_tcp(
             let _ = to_hub.send(ToHub::Closed { id: info.id });
         }
     }
+}
+
+/// The TLS handshake, in a stack frame of its own (never inlined into the caller).
+///
+/// The handshake is the deepest thing a connection thread ever does (key exchange, signing,
+/// a `rustls::ServerConnection` of over 1 KiB moved about by value), and it happens once. Done
+/// in a function of its own, all of that lies *below* the frames the connection keeps for its
+/// whole life, and [`crate::tuning::memory::release_unused_stack`] can give it back once the
+/// hello is through. Inlined, it would widen `serve_tcp`'s own frame for good.
+#[inline(never)]
+fn tls_handshake(
+    stream: Socket,
+    tls: Arc<rustls::ServerConfig>,
+    deadline: Instant,
+) -> Result<TlsStream, String> {
+    let session =
+        rustls::ServerConnection::new(tls).map_err(|e| format!("cannot start a TLS session: {e}"))?;
+    TlsStream::handshake(stream, session, deadline).map_err(|e| e.to_string())
 }
 
 /// The first byte the peer sent, left in the socket (peeked). `None`: it closed first.
@@ -341,6 +349,7 @@ fn joined_phase<S: Stream>(
             corrupt_chunk: config.corrupt_download_chunk,
             zero_copy: S::SENDS_FILES_WITHOUT_COPY && config.sendfile,
         };
+        crate::tuning::memory::release_unused_stack();
         Session::new(id, addr, to_hub.clone(), to_writer, settings, info.throttle.clone()).run(&mut reader);
     }
     // `_reader_alive` is dropped here, telling a lingering writer that the client has closed.
