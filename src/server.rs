@@ -402,7 +402,7 @@ impl Server {
 }
 
 /// Starts the janitor: a thread that asks the hub to delete expired files every `every`, and
-/// gives freed memory back to the system every [`TRIM_EVERY`] (see `server/memory.rs`). It ends
+/// gives freed memory back to the system every [`TRIM_EVERY`] (see `tuning/memory.rs`). It ends
 /// when the returned sender is dropped (or the hub is gone).
 fn start_janitor(to_hub: &Sender<ToHub>, every: Duration) -> io::Result<(Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = bounded::<()>(0);

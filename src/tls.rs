@@ -33,7 +33,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Closer, Socket, Stream};
+use crate::wire::{Closer, Socket, Stream, QUIET_AFTER};
 
 /// The first byte of every TLS record that starts a handshake. A relaychat frame starts with its
 /// length (big-endian, at most 1 MiB), so its first byte is always 0: the relay tells the two
@@ -47,8 +47,9 @@ pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 /// connections.
 const RAW_READ: usize = 64 * 1024;
 const FIRST_RAW: usize = 1024;
-/// The writer's record buffer grows to the biggest write (file data: 64 KiB and more); after a
-/// write of at most this many bytes it is let go, so that it grows again only for the next burst.
+/// The writer's record buffer grows to the biggest write (file data: 64 KiB and more); once the
+/// writes have stayed at most this big for [`QUIET_AFTER`], it is let go, so that it grows again
+/// only for the next burst.
 const OUT_KEPT: usize = 16 * 1024;
 
 /// The crypto provider both ends use: ring (see the module docs for why).
@@ -75,8 +76,10 @@ pub struct TlsStream {
     raw: Vec<u8>,
     start: usize,
     end: usize,
-    /// How many bytes the last socket read returned: a short one means the peer is quiet.
-    last_read: usize,
+    /// When a socket read last brought [`FIRST_RAW`] or more, and when a write last needed more than
+    /// [`OUT_KEPT`]: the bursts after which the buffers may shrink ([`QUIET_AFTER`]).
+    read_busy_at: Instant,
+    write_busy_at: Instant,
     /// The writer's buffer of finished records, reused between writes.
     out: Vec<u8>,
     /// The read timeout the connection's code asked for ([`Stream::set_read_timeout`]). One
@@ -158,7 +161,8 @@ impl TlsStream {
             raw: Vec::new(),
             start: 0,
             end: 0,
-            last_read: 0,
+            read_busy_at: Instant::now(),
+            write_busy_at: Instant::now(),
             out: Vec::new(),
             read_timeout: Default::default(),
         }
@@ -191,7 +195,9 @@ impl TlsStream {
             result
         };
         self.tcp.write_all(&self.out)?;
-        if self.out.capacity() > OUT_KEPT && self.out.len() <= OUT_KEPT {
+        if self.out.len() > OUT_KEPT {
+            self.write_busy_at = Instant::now();
+        } else if self.out.capacity() > OUT_KEPT && self.write_busy_at.elapsed() >= QUIET_AFTER {
             // A burst of records (a download) is over: don't keep its buffer for the chat after.
             self.out = Vec::new();
         }
@@ -238,13 +244,16 @@ impl Read for TlsStream {
                 }
                 self.tcp.set_read_timeout(Some(left))?;
             }
-            if self.raw.len() > FIRST_RAW && self.last_read < FIRST_RAW {
+            if self.raw.len() > FIRST_RAW && self.read_busy_at.elapsed() >= QUIET_AFTER {
                 // The peer went quiet after a burst (a file): a connection that now only chats
                 // goes back to the small buffer instead of keeping up to 64 KiB for good.
                 self.raw = vec![0u8; FIRST_RAW];
             }
             let n = self.tcp.read(&mut self.raw)?;
-            (self.start, self.end, self.last_read) = (0, n, n);
+            (self.start, self.end) = (0, n);
+            if n >= FIRST_RAW {
+                self.read_busy_at = Instant::now();
+            }
             if n == self.raw.len() && n < RAW_READ {
                 self.raw.resize(2 * n, 0); // the socket had more: read more at once next time
             }

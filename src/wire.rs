@@ -298,6 +298,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// bytes; every KiB here is 10 MiB for 10,000 idle connections), a busy one gets big reads, and
 /// one that goes quiet again goes back to 1 KiB.
 const FIRST_READ: usize = 1024;
+/// How long after its last burst a connection counts as quiet, and a read buffer that grew for
+/// the burst is let go. Not sooner: in the middle of a file a read can come back short now and
+/// then, and shrinking there would make the buffer grow again, a reallocation at a time.
+pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(1);
 
 /// Reads whole frames from a byte stream, buffering partial ones.
 ///
@@ -312,6 +316,8 @@ pub struct FrameReader<R> {
     end: usize,
     /// The room kept free for one read: [`FIRST_READ`], doubling up to [`READ_CHUNK`].
     read_size: usize,
+    /// When a read last brought more than a chat frame's worth: see [`QUIET_AFTER`].
+    busy_at: Instant,
     /// The size of the last frame decoded: while big frames follow each other (a file), the
     /// buffer keeps its size between them instead of shrinking and growing back for each.
     last_len: usize,
@@ -329,6 +335,7 @@ impl<R: Read> FrameReader<R> {
             start: 0,
             end: 0,
             read_size: FIRST_READ,
+            busy_at: Instant::now(),
             last_len: 0,
             limit: frame::MAX_FRAME_LEN,
         }
@@ -393,10 +400,11 @@ impl<R: Read> FrameReader<R> {
                 return if have == 0 { Ok(None) } else { Err(ReadError::TruncatedAtEof { have }) };
             }
             self.end += n;
+            if n >= FIRST_READ {
+                self.busy_at = Instant::now(); // not quiet: see `make_room`
+            }
             if self.end == self.buf.len() {
                 self.read_size = (2 * self.read_size).min(READ_CHUNK); // more was waiting
-            } else if n < FIRST_READ {
-                self.read_size = FIRST_READ; // the peer has gone quiet: see `make_room`
             }
         }
     }
@@ -413,10 +421,9 @@ impl<R: Read> FrameReader<R> {
         }
         let growing = (2 * self.end).max(self.end + self.read_size);
         let want = needed.min(growing).max(self.end + 1).max(self.read_size);
-        if self.end == 0 && self.read_size == FIRST_READ && self.buf.len() > FIRST_READ && want <= FIRST_READ
-        {
-            // Nothing pending and the peer is quiet after a burst: back to the small buffer.
-            self.buf = vec![0; FIRST_READ];
+        if self.end == 0 && self.buf.len() > FIRST_READ && self.busy_at.elapsed() >= QUIET_AFTER {
+            // Nothing pending, and the last burst is over: back to the small buffer.
+            (self.buf, self.read_size) = (vec![0; FIRST_READ], FIRST_READ);
         } else if self.buf.len() < want {
             self.buf.resize(want, 0);
         } else if self.buf.len() > 2 * READ_CHUNK
@@ -495,6 +502,29 @@ mod tests {
             <Socket as Stream>::SENDS_FILES_WITHOUT_COPY,
             <TcpStream as Stream>::SENDS_FILES_WITHOUT_COPY
         );
+    }
+
+    #[test]
+    fn a_reader_lets_its_big_buffer_go_once_the_burst_is_over() {
+        // A file chunk, a chat line straight after it, and another chat line after a pause.
+        let big = encode_to_vec(&Frame::UploadChunk { upload_id: 1, data: vec![7; 200_000] }).unwrap();
+        let line = encode_to_vec(&Frame::say("hi")).unwrap();
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut reader = FrameReader::new(theirs);
+        std::thread::spawn(move || {
+            ours.write_all(&[&big[..], &line[..]].concat()).unwrap();
+            std::thread::sleep(QUIET_AFTER + Duration::from_millis(200));
+            ours.write_all(&line).unwrap();
+            std::thread::sleep(Duration::from_secs(5)); // keeps the socket open meanwhile
+        });
+        assert!(matches!(reader.read_frame(), Ok(Some(Frame::UploadChunk { .. }))));
+        assert!(matches!(reader.read_frame(), Ok(Some(Frame::Say { .. }))));
+        assert!(reader.buf.len() > 64 * 1024, "right after the chunk the buffer is kept");
+        assert!(matches!(reader.read_frame(), Ok(Some(Frame::Say { .. }))));
+        // Reading on now (it waits for more) starts from the small buffer again.
+        reader.inner.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        assert!(reader.read_frame().is_err());
+        assert_eq!(reader.buf.len(), FIRST_READ);
     }
 
     #[test]

@@ -8,8 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{client_config, next_event, wait_for, TestServer};
+use relaychat::client::ClientError;
 use relaychat::client::{DialError, Disconnect, Event, KeepTrying, Mark, Session};
 use relaychat::frame::ErrorCode;
+use relaychat::server::ServerConfig;
 
 /// Waits for the session's connection to end, skipping other events, and returns why.
 fn wait_lost(session: &mut Session) -> Disconnect {
@@ -90,4 +92,27 @@ fn a_session_gives_up_when_the_relay_stays_away_and_never_comes_back_after_a_tak
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(5), "gave up after {took:?}");
+}
+
+#[test]
+fn a_relay_that_refuses_the_reconnect_ends_the_session_with_its_reason() {
+    let relay = TestServer::start();
+    let addr = relay.addr.to_string();
+    let keep = KeepTrying::For(Duration::from_secs(20));
+    let mut ann = Session::connect(&addr, client_config("ann", "lobby"), keep).expect("ann connects");
+    assert!(matches!(next_event(ann.client()), Event::Online { .. }));
+
+    // The relay comes back private, and ann has no access password: trying again cannot help,
+    // so the session must stop at the first refusal instead of retrying for 20 s.
+    let _relay =
+        relay.restart_as(ServerConfig { access_password: Some("members only".into()), ..Default::default() });
+    let why = wait_lost(&mut ann);
+    let started = std::time::Instant::now();
+    match ann.reconnect(&why, sleep_through) {
+        Err(DialError::Refused(ClientError::Refused { code, .. })) => {
+            assert_eq!(code, ErrorCode::AccessDenied)
+        }
+        other => panic!("expected the relay's refusal, got {:?}", other.err()),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
 }

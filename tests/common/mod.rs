@@ -83,6 +83,13 @@ impl TestServer {
         TestServer::launch(ServerConfig { bind: addr, ..ServerConfig::default() }, data_dir)
     }
 
+    /// Like [`TestServer::restart`], on the same address and data, with other settings.
+    pub fn restart_as(self, config: ServerConfig) -> TestServer {
+        let addr = self.addr;
+        let data_dir = self.stop_and_keep_data();
+        TestServer::launch(ServerConfig { bind: addr, ..config }, data_dir)
+    }
+
     /// Every test relay uses this process's shared TLS keys ([`test_keys`]) and also speaks
     /// plaintext, for the tests that talk raw frames to it.
     fn launch(config: ServerConfig, data_dir: TempDir) -> TestServer {
