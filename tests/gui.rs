@@ -6,6 +6,8 @@
 //! RELAYCHAT_SCREENSHOT=docs/screenshot.png xvfb-run -a -s "-screen 0 1280x800x24" cargo test --features gui --test gui
 //! ```
 //!
+//! The link thread is also tested on its own, without a window (it needs no display).
+//!
 //! All scenarios run in this one process, in order, on the main thread: FLTK's state is global and
 //! wants the thread that created the window. Without a display the test says so and is skipped.
 
@@ -17,21 +19,78 @@ use std::time::{Duration, Instant};
 use common::client_config;
 use common::proc::Proc;
 use common::{random_file, try_until, wait_until, TempDir, TestServer};
+use relaychat::client::Event;
+use relaychat::gui_fltk::link::{Command, Link, LinkEvent};
 use relaychat::gui_fltk::window::{Action, STYLE_MINE, STYLE_THEIRS};
 use relaychat::gui_fltk::{display_available, App, GuiOptions};
+use relaychat::server::ServerConfig;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn main() {
+    // The link thread needs no window: this part runs with or without a display.
+    link_holds_what_is_asked_while_away_up_to_its_limit();
+    println!("gui: the link holds at most 64 requests while away: ok");
     if !display_available() {
-        println!("gui: skipped: no display (DISPLAY is not set); run it under xvfb-run");
-        println!("gui: 0 passed, 0 failed, 1 skipped");
+        println!("gui: the window: skipped: no display (DISPLAY is not set); run it under xvfb-run");
+        println!("gui: 1 passed, 0 failed, 1 skipped");
         return;
     }
     let started = Instant::now();
     window_against_a_terminal_client();
     println!("gui: the window scenario took {:.1} s", started.elapsed().as_secs_f64());
-    println!("gui: 1 passed, 0 failed");
+    println!("gui: 2 passed, 0 failed");
+}
+
+/// The window's link thread without a window: while the relay is away it holds what the person
+/// asks for, up to 64 requests (as many as its command channel holds); each one beyond that is
+/// answered with a problem saying it was not kept; once the relay is back the held ones are
+/// carried out, all of them, once, and no more.
+fn link_holds_what_is_asked_while_away_up_to_its_limit() {
+    const HELD: usize = 64;
+    const EXTRA: usize = 6;
+    // Room history longer than the held lines, so that bob, joining after the relay is back,
+    // sees every one of them whether it was stored before or after he came.
+    let config = || ServerConfig { history: 2 * HELD, ..ServerConfig::default() };
+    let server = TestServer::start_with(config());
+    let link =
+        Link::start(server.addr.to_string(), client_config("ann", "lobby"), || {}).expect("the link starts");
+    let next = |what: &str| link.events.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no event: {what}"));
+    while !matches!(next("connected"), LinkEvent::Connected { .. }) {}
+    let server = server.restart_as(config(), || {
+        // A failed attempt: the link now waits for its next one, holding what it is asked.
+        while !matches!(next("a failed attempt"), LinkEvent::Retrying { .. }) {}
+        for i in 0..HELD + EXTRA {
+            link.to_link.send(Command::Text(format!("held {i}"))).expect("the link takes commands");
+        }
+        let mut refused = 0;
+        while refused < EXTRA {
+            match next("a problem for each request beyond the limit") {
+                LinkEvent::Problem(why) if why.contains("not kept") => refused += 1,
+                LinkEvent::Problem(why) => panic!("unexpected problem: {why}"),
+                _ => {}
+            }
+        }
+    });
+    while !matches!(next("connected again"), LinkEvent::Connected { again: true, .. }) {}
+    let bob = server.client("bob", "lobby");
+    let mut seen = Vec::new();
+    while seen.len() < HELD {
+        match bob.events().recv_timeout(WAIT).expect("every held line reaches the room") {
+            Event::Chat { from, text, .. } if from == "ann" => seen.push(text),
+            _ => {}
+        }
+    }
+    let expected: Vec<String> = (0..HELD).map(|i| format!("held {i}")).collect();
+    assert_eq!(seen, expected, "the held lines, in order, each once");
+    // Nothing of what was refused.
+    let more = bob.events().recv_timeout(Duration::from_millis(500));
+    assert!(
+        !matches!(&more, Ok(Event::Chat { from, .. }) if from == "ann"),
+        "a line beyond the limit: {more:?}"
+    );
+    link.shut_down();
+    drop(server);
 }
 
 /// Turns the event loop until `condition` holds; fails with `what` after [`WAIT`].

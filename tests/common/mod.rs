@@ -77,16 +77,14 @@ impl TestServer {
     /// Like [`TestServer::restart`], with the relay away while `meanwhile` runs: what clients see
     /// when the relay host is down for a while.
     pub fn restart_after(self, meanwhile: impl FnOnce()) -> TestServer {
+        self.restart_as(ServerConfig::default(), meanwhile)
+    }
+
+    /// Like [`TestServer::restart_after`], on the same address and data, with other settings.
+    pub fn restart_as(self, config: ServerConfig, meanwhile: impl FnOnce()) -> TestServer {
         let addr = self.addr;
         let data_dir = self.stop_and_keep_data();
         meanwhile();
-        TestServer::launch(ServerConfig { bind: addr, ..ServerConfig::default() }, data_dir)
-    }
-
-    /// Like [`TestServer::restart`], on the same address and data, with other settings.
-    pub fn restart_as(self, config: ServerConfig) -> TestServer {
-        let addr = self.addr;
-        let data_dir = self.stop_and_keep_data();
         TestServer::launch(ServerConfig { bind: addr, ..config }, data_dir)
     }
 
