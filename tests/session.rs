@@ -104,8 +104,8 @@ fn a_relay_that_refuses_the_reconnect_ends_the_session_with_its_reason() {
 
     // The relay comes back private, and ann has no access password: trying again cannot help,
     // so the session must stop at the first refusal instead of retrying for 20 s.
-    let _relay =
-        relay.restart_as(ServerConfig { access_password: Some("members only".into()), ..Default::default() });
+    let private = ServerConfig { access_password: Some("members only".into()), ..Default::default() };
+    let _relay = relay.restart_as(private, || {});
     let why = wait_lost(&mut ann);
     let started = std::time::Instant::now();
     match ann.reconnect(&why, sleep_through) {
