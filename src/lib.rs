@@ -42,8 +42,8 @@
 //! `examples/` holds numbered lessons that climb to this design, one idea each: the seed's
 //! two-thread relay, framing, a minimal client, a hub with N clients, clean shutdown, the client
 //! that stops reading, what a capture sees with and without TLS, the TLS threads' lock rule, and
-//! (after the tuning appendix's lesson 9) how to wake thousands of writer threads cheaply. Read
-//! them in order before this tour.
+//! (after the tuning appendix's lesson 9) how to wake thousands of writer threads cheaply, and
+//! what an idle thread's stack costs (lesson 11). Read them in order before this tour.
 
 pub mod cli;
 pub mod client;

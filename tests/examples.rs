@@ -105,3 +105,19 @@ fn lesson_10_wakes_thousands_of_threads_both_ways() {
         "{out}"
     );
 }
+
+#[test]
+fn lesson_11_a_waiting_thread_costs_less_once_it_gave_its_deep_pages_back() {
+    let out = run("11_stack_pages", &["--demo"]);
+    if out.contains("Linux only") {
+        return; // nothing to measure on this platform
+    }
+    let per_thread = |label: &str| -> f64 {
+        let line = out.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no '{label}' in {out}"));
+        line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("no figure in {line}"))
+    };
+    let (kept, given_back) = (per_thread("keeping the pages"), per_thread("giving them back"));
+    // Each thread touched 64 KiB once: keeping them costs at least most of that, and giving
+    // them back leaves a few pages (the thread's own data and its shallow frames).
+    assert!(kept > 48.0 && given_back < kept - 32.0, "{out}");
+}
