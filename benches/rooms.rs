@@ -266,6 +266,11 @@ fn run(s: &Scenario) {
             rss_kib(pid, "VmRSS") as f64 / 1024.0,
             idle_before as f64 / 1024.0
         );
+        if let Some(hold) = std::env::var("HOLD_SECS").ok().and_then(|v| v.parse().ok()) {
+            std::fs::write("/tmp/relay.pid", pid.to_string()).unwrap();
+            println!("holding {hold} s; pid {pid}");
+            thread::sleep(Duration::from_secs(hold));
+        }
     }
     let peak = rss_kib(pid, "VmHWM");
 

@@ -32,7 +32,15 @@ pub fn start_relay(args: &[&str]) -> (Relay, String) {
 
 /// [`start_relay`] with another build's `server` binary (the files benchmark's `--before`).
 pub fn start_relay_binary(binary: &std::path::Path, args: &[&str]) -> (Relay, String) {
-    let mut child = Command::new(binary)
+    let mut child = match std::env::var("WRAP") {
+        Ok(w) => {
+            let mut c = Command::new(w);
+            c.arg(binary);
+            c
+        }
+        Err(_) => Command::new(binary),
+    };
+    let mut child = child
         .args(["--bind", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")

@@ -56,6 +56,9 @@ pub(crate) struct ConnInfo {
 /// is read; then the connection goes on exactly like a plaintext one, over a [`TlsStream`].
 /// Plaintext is served only with `--allow-plaintext`; without it the peer gets one plaintext
 /// error frame saying so (which any relaychat client can read) and the connection closes.
+///
+/// `config` comes boxed so that it lives on the heap and not in this thread's stack, whose pages
+/// stay with the thread for the whole connection (see `tuning::memory::release_unused_stack`).
 pub(crate) fn serve_tcp(
     stream: TcpStream,
     info: ConnInfo,
@@ -349,6 +352,8 @@ fn joined_phase<S: Stream>(
             corrupt_chunk: config.corrupt_download_chunk,
             zero_copy: S::SENDS_FILES_WITHOUT_COPY && config.sendfile,
         };
+        // The handshake and the hello are over, and this thread now reads frames for as long as
+        // the connection lasts: the stack pages they touched below this frame go back.
         crate::tuning::memory::release_unused_stack();
         Session::new(id, addr, to_hub.clone(), to_writer, settings, info.throttle.clone()).run(&mut reader);
     }
