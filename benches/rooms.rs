@@ -3,7 +3,8 @@
 //! ```text
 //! cargo bench --bench rooms                     # 5,000 in one room, TLS and plaintext; 10,000 idle in 100 rooms
 //! cargo bench --bench rooms -- --clients 1000   # one size, both paths (also: --rooms R, --lines L,
-//!                                               # --path tls|plain, --relay ARGS... for the relay)
+//!                                               # --path tls|plain, --relay ARGS... for the relay,
+//!                                               # --hold SECS to look at the idle relay)
 //! ```
 //!
 //! Each scenario starts the real `server` binary and connects `--clients` protocol clients to it,
@@ -64,6 +65,8 @@ struct Scenario {
     relay_args: Vec<String>,
     settle_limit: Duration,
     idle: bool,
+    /// `--hold SECS`: keep everyone connected this long after the idle measurement.
+    hold: Option<Duration>,
 }
 
 fn main() {
@@ -85,8 +88,9 @@ fn main() {
             Some("plain") => vec![Path::Plain],
             _ => vec![Path::Tls, Path::Plain],
         };
+        let hold = value("--hold").and_then(|v| v.parse().ok()).map(Duration::from_secs);
         for path in paths {
-            scenarios.push(scenario(path, clients, rooms, lines, &relay, true));
+            scenarios.push(Scenario { hold, ..scenario(path, clients, rooms, lines, &relay, true) });
         }
     } else {
         scenarios.push(Scenario {
@@ -122,6 +126,7 @@ fn scenario(path: Path, clients: usize, rooms: usize, lines: usize, extra: &[&st
         relay_args: extra.iter().map(|s| s.to_string()).collect(),
         settle_limit: Duration::from_secs(60),
         idle,
+        hold: None,
     }
 }
 
@@ -266,10 +271,10 @@ fn run(s: &Scenario) {
             rss_kib(pid, "VmRSS") as f64 / 1024.0,
             idle_before as f64 / 1024.0
         );
-        if let Some(hold) = std::env::var("HOLD_SECS").ok().and_then(|v| v.parse().ok()) {
-            std::fs::write("/tmp/relay.pid", pid.to_string()).unwrap();
-            println!("holding {hold} s; pid {pid}");
-            thread::sleep(Duration::from_secs(hold));
+        if let Some(hold) = s.hold {
+            // Time for a look at the idle relay: /proc/PID/smaps, gdb, malloc_stats.
+            println!("relay pid {pid}: holding {} s", hold.as_secs());
+            thread::sleep(hold);
         }
     }
     let peak = rss_kib(pid, "VmHWM");

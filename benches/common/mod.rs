@@ -31,16 +31,20 @@ pub fn start_relay(args: &[&str]) -> (Relay, String) {
 }
 
 /// [`start_relay`] with another build's `server` binary (the files benchmark's `--before`).
+///
+/// With `RELAYCHAT_BENCH_WRAP=PROGRAM` in the environment the relay runs as `PROGRAM server
+/// ARGS...`: under `heaptrack` (who holds the heap), or through a script that runs another build
+/// instead (`exec /elsewhere/server "$@"` after a `shift`), for a before/after in any benchmark.
 pub fn start_relay_binary(binary: &std::path::Path, args: &[&str]) -> (Relay, String) {
-    let mut child = match std::env::var("WRAP") {
-        Ok(w) => {
-            let mut c = Command::new(w);
-            c.arg(binary);
-            c
+    let mut command = match std::env::var_os("RELAYCHAT_BENCH_WRAP") {
+        Some(wrapper) => {
+            let mut wrapped = Command::new(wrapper);
+            wrapped.arg(binary);
+            wrapped
         }
-        Err(_) => Command::new(binary),
+        None => Command::new(binary),
     };
-    let mut child = child
+    let mut child = command
         .args(["--bind", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
