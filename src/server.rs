@@ -70,12 +70,12 @@ pub struct ServerConfig {
     /// A connection must send its hello within this time or it is closed. Default 10 s.
     pub hello_timeout: Duration,
     /// Frames each client's writer queue holds before the hub starts to hold frames back for it.
-    /// Default 32. The queue's slots are allocated when the connection joins, whether they are
+    /// Default 64. The queue's slots are allocated when the connection joins, whether they are
     /// ever used or not (about 40 bytes each), so this is memory every idle connection pays:
-    /// 1024 slots cost 10,000 connections 400 MiB, 128 cost 50 MiB, 32 cost 12 MiB. Bursts
-    /// beyond it wait in the hub's backlog, which grows only while it is used (see
-    /// `hub/delivery.rs`); a writer takes a whole queue at a time, so 32 frames are already
-    /// several kilobytes per system call.
+    /// 1024 slots cost 10,000 connections 400 MiB, 128 cost 50 MiB, 64 cost 25 MiB. 64 holds what
+    /// a joining client is sent at once (its welcome and the room's history, 50 lines by
+    /// default), so that a join does not go through the backlog. Bursts beyond it wait in the
+    /// hub's backlog, which grows only while it is used (see `hub/delivery.rs`).
     pub client_queue: usize,
     /// How long a client's queue may stay full (no progress at all) before the client is
     /// disconnected as too slow. Default 5 s.
@@ -183,7 +183,7 @@ impl Default for ServerConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
             idle_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
-            client_queue: 32,
+            client_queue: 64,
             stall_limit: Duration::from_secs(5),
             max_queued_bytes: 4 * 1024 * 1024,
             max_queued_total: 96 * 1024 * 1024,

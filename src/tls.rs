@@ -251,7 +251,7 @@ impl Read for TlsStream {
             }
             let n = self.tcp.read(&mut self.raw)?;
             (self.start, self.end) = (0, n);
-            if n >= FIRST_RAW {
+            if n >= FIRST_RAW || n == self.raw.len() {
                 self.read_busy_at = Instant::now();
             }
             if n == self.raw.len() && n < RAW_READ {

@@ -298,8 +298,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// bytes; every KiB here is 10 MiB for 10,000 idle connections), a busy one gets big reads, and
 /// one that goes quiet again goes back to 1 KiB.
 const FIRST_READ: usize = 1024;
-/// How long after its last burst a connection counts as quiet, and a read buffer that grew for
-/// the burst is let go. Not sooner: in the middle of a file a read can come back short now and
+/// How long after its last burst a connection counts as quiet: a buffer that grew for the burst
+/// is let go at its next read (or, for the TLS writer's buffer, its next write) after that. (A
+/// reader blocked in `read` still holds its buffer; the client's ping every 20 s is what comes
+/// next on an idle connection.) Not sooner: in the middle of a file a read can come back short now and
 /// then, and shrinking there would make the buffer grow again, a reallocation at a time.
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(1);
 
@@ -400,10 +402,11 @@ impl<R: Read> FrameReader<R> {
                 return if have == 0 { Ok(None) } else { Err(ReadError::TruncatedAtEof { have }) };
             }
             self.end += n;
-            if n >= FIRST_READ {
+            let filled = self.end == self.buf.len();
+            if n >= FIRST_READ || filled {
                 self.busy_at = Instant::now(); // not quiet: see `make_room`
             }
-            if self.end == self.buf.len() {
+            if filled {
                 self.read_size = (2 * self.read_size).min(READ_CHUNK); // more was waiting
             }
         }
@@ -513,7 +516,7 @@ mod tests {
         let mut reader = FrameReader::new(theirs);
         std::thread::spawn(move || {
             ours.write_all(&[&big[..], &line[..]].concat()).unwrap();
-            std::thread::sleep(QUIET_AFTER + Duration::from_millis(200));
+            std::thread::sleep(QUIET_AFTER + Duration::from_secs(1));
             ours.write_all(&line).unwrap();
             std::thread::sleep(Duration::from_secs(5)); // keeps the socket open meanwhile
         });

@@ -24,14 +24,18 @@ const TUNABLES: &str = "GLIBC_TUNABLES";
 /// glibc's per-thread cache of freed blocks, turned off.
 const NO_THREAD_CACHE: &str = "glibc.malloc.tcache_count=0";
 /// Set for the second start, so that a glibc that ignores [`TUNABLES`] cannot make the relay
-/// start itself over and over.
+/// start itself over and over. Set it yourself (to anything) and the relay never restarts.
 const RESTARTED: &str = "RELAYCHAT_TUNED_RESTART";
 
 /// Starts this program again, in place (same process, same arguments, same open files), with
-/// glibc's per-thread cache of freed blocks turned off, unless it is off already or
-/// `GLIBC_TUNABLES` sets it some other way (which is how an operator keeps the cache:
-/// `GLIBC_TUNABLES=glibc.malloc.tcache_count=7`). Returns when there is nothing to do or the
-/// restart failed; the relay then simply runs with the cache. Call it first thing in `main`.
+/// glibc's per-thread cache of freed blocks turned off. Returns at once, doing nothing, when the
+/// cache is off already, when `GLIBC_TUNABLES` sets it some other way (which is how an operator
+/// keeps the cache: `GLIBC_TUNABLES=glibc.malloc.tcache_count=7`), when `RELAYCHAT_TUNED_RESTART`
+/// is set, and where a restart could not work or would not count: a setuid or file-capability
+/// program (glibc ignores the variable there), or a program started through the dynamic loader
+/// (`ld-linux.so ./server`: starting "this program" again would start the loader). Returns after
+/// a failed restart too, with one line on stderr; the relay then runs with the cache. Call it
+/// first thing in `main`, before any thread starts.
 ///
 /// Why: glibc keeps up to seven freed blocks of each small size per thread, for that thread
 /// to reuse without taking a lock. The blocks stay in the thread's cache while it lives. A relay
@@ -40,30 +44,63 @@ const RESTARTED: &str = "RELAYCHAT_TUNED_RESTART";
 /// connection's memory (measured with `cargo bench --bench rooms -- --clients 2000 --rooms 20
 /// --lines 0 --path tls`: 56 KiB per connection with the cache, 46 without). glibc reads this
 /// setting only from the environment, when a program starts, so the only way for the relay to
-/// set it for itself is to start again with it set (`exec` of its own binary). What the cache
-/// saves, a lock per small allocation, does not show in the relay's benchmarks (see README).
+/// set it for itself is to start again with it set (`exec` of its own binary, by the name it was
+/// started with, so that `ps` and `pgrep` see the same name). What the cache saves, a lock per
+/// small allocation, does not show in the relay's benchmarks (see README).
 pub fn restart_without_thread_caches() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        use std::ffi::{CStr, OsStr};
+        use std::os::unix::ffi::OsStrExt;
         use std::os::unix::process::CommandExt;
 
-        let tunables = std::env::var(TUNABLES).unwrap_or_default();
-        if std::env::var_os(RESTARTED).is_some() || tunables.contains("glibc.malloc.tcache_count") {
+        let tunables = std::env::var_os(TUNABLES).unwrap_or_default();
+        let setting = b"glibc.malloc.tcache_count";
+        let mentions_cache = tunables.as_bytes().windows(setting.len()).any(|w| w == setting);
+        // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process; the
+        // AT_EXECFN string it points to lives as long as the process.
+        let (secure, loader, started_as) = unsafe {
+            let execfn = libc::getauxval(libc::AT_EXECFN) as *const libc::c_char;
+            let started_as =
+                (!execfn.is_null()).then(|| OsStr::from_bytes(CStr::from_ptr(execfn).to_bytes()));
+            (libc::getauxval(libc::AT_SECURE) != 0, libc::getauxval(libc::AT_BASE), started_as)
+        };
+        // AT_BASE is where the kernel put the dynamic loader; 0 when the loader *is* the program
+        // (started by hand) or there is none (a static build).
+        if std::env::var_os(RESTARTED).is_some() || mentions_cache || secure || loader == 0 {
             return;
         }
-        let Ok(program) = std::env::current_exe() else { return };
-        let tunables = if tunables.is_empty() {
-            NO_THREAD_CACHE.to_owned()
-        } else {
-            format!("{tunables}:{NO_THREAD_CACHE}")
+        let program = match started_as {
+            Some(path) => path.to_owned(),
+            None => match std::env::current_exe() {
+                Ok(path) => path.into_os_string(),
+                Err(_) => return,
+            },
         };
+        let mut value = tunables;
+        if !value.is_empty() {
+            value.push(":");
+        }
+        value.push(NO_THREAD_CACHE);
         let mut args = std::env::args_os();
-        let mut again = std::process::Command::new(program);
+        let mut again = std::process::Command::new(&program);
         if let Some(name) = args.next() {
             again.arg0(name);
         }
         // `exec` replaces this program and returns only if it could not.
-        let _failed = again.args(args).env(TUNABLES, tunables).env(RESTARTED, "1").exec();
+        let failed = again.args(args).env(TUNABLES, &value).env(RESTARTED, "1").exec();
+        // Before trying, `exec` set SIGPIPE back to the system's default (which kills the
+        // process); Rust programs ignore it and get an error from the write instead. A relay that
+        // failed to restart must not die the first time a client hangs up in the middle of a
+        // write, so it is ignored again.
+        // SAFETY: no other thread exists yet; this only sets this process's SIGPIPE disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        eprintln!(
+            "note: could not restart {} without glibc's thread caches ({failed}); running with them",
+            program.to_string_lossy()
+        );
     }
 }
 
@@ -119,16 +156,26 @@ pub fn keep_freed_memory() {
 /// Measured with `cargo bench --bench rooms -- --clients 2000 --rooms 20 --lines 0 --path tls`
 /// and the relay's `/proc/PID/smaps`: each reader's stack went from 28 KiB resident (24 KiB
 /// with the handshake in a frame of its own) to 12 KiB.
+///
+/// Only for threads the program started (on the main thread it does nothing: glibc describes
+/// that stack from `/proc/self/maps` and the stack limit, slowly and only roughly). Never
+/// inlined: the address of its own local must lie below every live frame of its caller.
+#[inline(never)]
 pub fn release_unused_stack() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: pthread_getattr_np and pthread_attr_getstack only describe the calling thread's own
-    // stack mapping. Everything below the stack pointer is dead by the ABI (nothing may point
-    // into frames that have returned, and signal handlers run on their own alternate stack or
-    // build a new frame after this call returns). One page below `here` is kept for this
-    // function's own callees (madvise itself), and glibc's thread data lives at the top of the
-    // mapping, above every frame. MADV_DONTNEED on private anonymous memory only makes the next
-    // touch of those pages read zeros, which is what unused stack holds anyway.
+    // stack mapping (one that grows down, as on every platform this is compiled for). Everything
+    // below this function's frame is dead: the function is never inlined, so every live frame of
+    // its callers lies above its own local; nothing may point into frames that have returned; and
+    // a signal handler builds its frame below the stack pointer only while it runs. One page
+    // below `here` is kept for this function's own callees (madvise itself); glibc's thread data
+    // lives at the top of the mapping, above every frame, and the guard page is outside the range
+    // glibc reports. MADV_DONTNEED on private anonymous memory only makes the next touch of those
+    // pages read zeros, which is all unused stack is.
     unsafe {
+        if libc::syscall(libc::SYS_gettid) == libc::c_long::from(libc::getpid()) {
+            return; // the main thread (see above)
+        }
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
             return;

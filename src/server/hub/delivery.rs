@@ -92,6 +92,9 @@ impl Hub {
                 }
             }
             if peer.backlog.is_empty() {
+                // Drained: give its room back, or every client that once had a burst (a join
+                // with history does) would keep it for the rest of its connection.
+                peer.backlog = Default::default();
                 return false;
             }
             let stalled = peer.last_progress.elapsed();
