@@ -36,6 +36,14 @@ impl Hub {
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
+        // Few recipients and an idle writer: the hub writes it itself (see `direct.rs`).
+        if fanout <= super::direct::MAX_FANOUT && peer.backlog.is_empty() {
+            if let Some(direct) = peer.direct.as_mut() {
+                if direct.try_write(&bytes, &peer.to_client, &peer.meter) {
+                    return;
+                }
+            }
+        }
         let item = Outgoing::new(bytes, &peer.meter, fanout);
         let over_total = peer.meter.total_bytes() > max_total;
         if !peer.backlog.is_empty() {
