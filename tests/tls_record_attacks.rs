@@ -249,8 +249,8 @@ fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
 
 /// The hub writes a chat line into an idle client's socket itself (`server/hub/direct.rs`), and
 /// over TLS the records it made and the socket did not take wait in the stream for the writer.
-/// Mallory (a 4 KiB receive window) stops reading while carol's lines fill her socket, so the
-/// hub's writes go in part, then not at all, and the rest queue. When she reads again, every
+/// Mallory (a 4 KiB receive window) stops reading while carol's lines, one every 2 ms, fill her
+/// socket, so the hub's writes go in part, then not at all, and the rest queue. When she reads again, every
 /// line must be there, whole and in order: one record out of place would not even decrypt.
 #[test]
 fn a_tls_client_that_reads_late_gets_every_line_whole_and_in_order() {
@@ -270,8 +270,11 @@ fn a_tls_client_that_reads_late_gets_every_line_whole_and_in_order() {
         |e| matches!(e, Event::Joined { name, .. } if name == "mallory"),
     );
     let line = |n: usize| format!("line {n:04} {}", "y".repeat(2000));
+    // At a typing pace, so the hub is idle for each line and writes it itself (in a burst it
+    // leaves the lines to the writer).
     for n in 0..LINES {
         carol.send_text(&line(n)).expect("carol talks");
+        thread::sleep(Duration::from_millis(2));
     }
     // Once bob has them all, mallory's socket (4 KiB window, 128 KiB unsent) has been full.
     for _ in 0..LINES {
