@@ -35,7 +35,9 @@
 //! and the writer thread takes it *before* it takes anything from a queue and lets it go only
 //! after it has written and flushed all it took. A caller that gets the turn while the urgent
 //! queue is empty therefore knows that nothing is waiting or half-written, and may write its
-//! frame now; otherwise it queues the frame as usual.
+//! frame now; otherwise it queues the frame as usual. The relay's hub takes the same turn to
+//! write a small frame into an idle client's socket without waking its writer
+//! (`server/hub/direct.rs`), with a write that never waits.
 //!
 //! ## How a writer sleeps: [`ToWriter`]
 //!

@@ -16,7 +16,10 @@
 //!   as the network needs.
 //! - Only the writer ever takes records out of the session, so they reach the socket in the
 //!   order rustls made them. (Records rustls makes while reading, such as a KeyUpdate answer, go
-//!   out with the writer's next write.)
+//!   out with the writer's next write.) On the relay the hub may stand in for an idle writer,
+//!   holding the writer's turn (`server/hub/direct.rs`, `NowWriter`): it never waits for the
+//!   socket, and records the socket did not take wait in the stream for the writer to send
+//!   first.
 //!
 //! The handshake happens before the threads start, on one thread, so it needs no lock at all.
 //! `tests/tls.rs` checks the design with both sides writing megabytes at once.
@@ -33,7 +36,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Closer, Socket, Stream, QUIET_AFTER};
+use crate::wire::{Closer, Socket, Stream, WriteNow, Written, QUIET_AFTER};
 
 /// The first byte of every TLS record that starts a handshake. A relaychat frame starts with its
 /// length (big-endian, at most 1 MiB), so its first byte is always 0: the relay tells the two
@@ -82,6 +85,9 @@ pub struct TlsStream {
     write_busy_at: Instant,
     /// The writer's buffer of finished records, reused between writes.
     out: Vec<u8>,
+    /// Records the relay's hub made and the socket did not take at once (`NowWriter`), shared
+    /// between clones: whoever writes next sends these first. Empty nearly always.
+    unsent: Arc<Mutex<Vec<u8>>>,
     /// The read timeout the connection's code asked for ([`Stream::set_read_timeout`]). One
     /// `read` of a TLS stream may take several socket reads (a record arrives in pieces), so the
     /// socket's own timeout, which restarts at every piece, is not enough: `read` spends at most
@@ -149,12 +155,16 @@ impl TlsStream {
         }
         tcp.flush()?;
         tcp.set_write_timeout(None)?; // the connection's own code sets the one it wants
-        let mut stream = TlsStream::from_parts(tcp, Arc::new(Mutex::new(session)));
+        let mut stream = TlsStream::from_parts(tcp, Arc::new(Mutex::new(session)), Arc::default());
         (stream.raw, stream.start, stream.end) = (raw, start, end);
         Ok(stream)
     }
 
-    fn from_parts(tcp: Socket, session: Arc<Mutex<rustls::Connection>>) -> TlsStream {
+    fn from_parts(
+        tcp: Socket,
+        session: Arc<Mutex<rustls::Connection>>,
+        unsent: Arc<Mutex<Vec<u8>>>,
+    ) -> TlsStream {
         TlsStream {
             tcp,
             session,
@@ -164,6 +174,7 @@ impl TlsStream {
             read_busy_at: Instant::now(),
             write_busy_at: Instant::now(),
             out: Vec::new(),
+            unsent,
             read_timeout: Default::default(),
         }
     }
@@ -185,6 +196,7 @@ impl TlsStream {
         &mut self,
         encrypt: impl FnOnce(&mut rustls::Connection) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        self.send_unsent()?;
         self.out.clear();
         let result = {
             let mut session = lock(&self.session);
@@ -202,6 +214,59 @@ impl TlsStream {
             self.out = Vec::new();
         }
         result
+    }
+
+    /// Sends the records the hub left behind (`NowWriter`) before anything newer. Whoever
+    /// calls this holds the writer's turn, so nothing can be added meanwhile.
+    fn send_unsent(&self) -> io::Result<()> {
+        let unsent = std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+        if !unsent.is_empty() {
+            (&*self.tcp).write_all(&unsent)?;
+        }
+        Ok(())
+    }
+}
+
+/// The relay hub's way into a TLS connection without waiting ([`WriteNow`]): it encrypts under
+/// the session's lock as the writer does, then offers the records to the socket without
+/// waiting; what the socket does not take at once waits in the stream's `unsent`, and the
+/// writer thread sends it before its own next records. (Records cannot be handed back: rustls
+/// has numbered them, and the next ones must follow them.)
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct NowWriter {
+    tcp: Socket,
+    session: Arc<Mutex<rustls::Connection>>,
+    unsent: Arc<Mutex<Vec<u8>>>,
+    out: Vec<u8>,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl WriteNow for NowWriter {
+    fn write_now(&mut self, frame: &[u8]) -> io::Result<Written> {
+        self.out.clear();
+        {
+            let mut session = lock(&self.session);
+            let mut rest = frame;
+            while !rest.is_empty() {
+                let n = session.writer().write(rest)?;
+                while session.wants_write() {
+                    session.write_tls(&mut self.out)?;
+                }
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "the TLS session took nothing"));
+                }
+                rest = &rest[n..];
+            }
+        }
+        let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        // Something of an earlier frame still waits (its writer failed before sending it): stay
+        // behind it. Otherwise offer the records to the socket, which never waits here.
+        let sent = if unsent.is_empty() { crate::wire::send_now(&self.tcp, &self.out)? } else { 0 };
+        if sent == self.out.len() {
+            return Ok(Written::All);
+        }
+        unsent.extend_from_slice(&self.out[sent..]);
+        Ok(Written::Held)
     }
 }
 
@@ -289,7 +354,16 @@ impl Write for TlsStream {
 
 impl Stream for TlsStream {
     fn try_clone_stream(&self) -> io::Result<Self> {
-        Ok(TlsStream::from_parts(self.tcp.clone(), self.session.clone()))
+        Ok(TlsStream::from_parts(self.tcp.clone(), self.session.clone(), self.unsent.clone()))
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn write_now_handle(&self) -> Option<Box<dyn WriteNow>> {
+        Some(Box::new(NowWriter {
+            tcp: self.tcp.clone(),
+            session: self.session.clone(),
+            unsent: self.unsent.clone(),
+            out: Vec::new(),
+        }))
     }
     fn closer(&self) -> io::Result<Closer> {
         self.tcp.closer()
@@ -303,6 +377,7 @@ impl Stream for TlsStream {
     }
     /// Says close_notify (TLS's "I will send no more"), then half-closes the socket.
     fn shutdown_write(&self) -> io::Result<()> {
+        self.send_unsent()?;
         let mut records = Vec::new();
         {
             let mut session = self.lock();

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{self, Frame, FrameError};
 
+mod now;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use now::send_now;
+pub use now::{WriteNow, Written};
+
 /// A bidirectional byte stream that a connection can be built on.
 ///
 /// A connection has one reader thread and one writer thread, so it needs a second handle to the
@@ -42,6 +47,13 @@ pub trait Stream: Read + Write + Send + Sized + 'static {
     fn write_file_slice(&mut self, header: &[u8], file: &File, offset: u64, len: usize) -> io::Result<()> {
         self.write_all(header)?;
         copy_file_slice(file, offset, len, self)
+    }
+
+    /// A handle that writes into this stream without ever waiting ([`WriteNow`]), for the relay's
+    /// hub (`server/hub/direct.rs`); `None` where the stream has no such way (then the hub always
+    /// queues for the writer thread, as it did before).
+    fn write_now_handle(&self) -> Option<Box<dyn WriteNow>> {
+        None
     }
 }
 
@@ -228,6 +240,11 @@ impl Stream for Socket {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn write_file_slice(&mut self, header: &[u8], file: &File, offset: u64, len: usize) -> io::Result<()> {
         send_file_slice(&self.0, header, file, offset, len)
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn write_now_handle(&self) -> Option<Box<dyn WriteNow>> {
+        Some(Box::new(self.clone()))
     }
 }
 

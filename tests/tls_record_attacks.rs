@@ -13,6 +13,7 @@
 //! | `close_notify_after_the_handshake_…` | close_notify once the handshake is over (the contrast to close_notify *in* it) |
 //! | `tls_application_data_that_is_not_a_frame_…` | absurd frame length inside TLS, 4 MiB of random plaintext, broken and oversized records after joining |
 //! | `a_tls_client_that_never_reads_…` | a joined client that never reads while the room floods it, but keeps talking |
+//! | `a_tls_client_that_reads_late_gets_…` | a client that stops reading while lines for it fill its socket, then reads them all |
 //! | `rst_and_close_notify_in_the_middle_of_an_upload_…` | RST, and close_notify mid-frame, during uploads, six times |
 //! | `application_data_sent_with_the_clients_finished_…` | a client that sends its first frames (over 32 KiB) with its Finished |
 //!
@@ -244,6 +245,60 @@ fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
     assert_threads_back(&relay, baseline);
     assert_no_panic(&relay);
     relay.memory_report(64, Duration::from_secs(5));
+}
+
+/// The hub writes a chat line into an idle client's socket itself (`server/hub/direct.rs`), and
+/// over TLS the records it made and the socket did not take wait in the stream for the writer.
+/// Mallory (a 4 KiB receive window) stops reading while carol's lines, one every 2 ms, fill her
+/// socket, so the hub's writes go in part, then not at all, and the rest queue. When she reads again, every
+/// line must be there, whole and in order: one record out of place would not even decrypt.
+#[test]
+fn a_tls_client_that_reads_late_gets_every_line_whole_and_in_order() {
+    const LINES: usize = 150;
+    let _one = one_at_a_time();
+    let relay =
+        RelayOptions::for_attacks().flag("--msg-rate", 0).flag("--text-rate", 0).watched("tls-reads-late");
+    let bob = connect(relay.addr, "bob");
+    let carol = connect(relay.addr, "carol");
+    let mut mallory = TlsConn::handshake(small_window(lo(9), relay.addr));
+    mallory.send(&hello_as("mallory", "lobby", "", "")).expect("mallory says hello");
+    assert!(matches!(mallory.recv(Duration::from_secs(5)), Got::Frame(Frame::Welcome { .. })));
+    wait_event(
+        &bob,
+        "mallory joining",
+        Duration::from_secs(5),
+        |e| matches!(e, Event::Joined { name, .. } if name == "mallory"),
+    );
+    let line = |n: usize| format!("line {n:04} {}", "y".repeat(2000));
+    // At a typing pace, so the hub is idle for each line and writes it itself (in a burst it
+    // leaves the lines to the writer).
+    for n in 0..LINES {
+        carol.send_text(&line(n)).expect("carol talks");
+        thread::sleep(Duration::from_millis(2));
+    }
+    // Once bob has them all, mallory's socket (4 KiB window, 128 KiB unsent) has been full.
+    for _ in 0..LINES {
+        wait_event(
+            &bob,
+            "carol's lines",
+            Duration::from_secs(10),
+            |e| matches!(e, Event::Chat { from, .. } if from == "carol"),
+        );
+    }
+    let mut next = 0;
+    while next < LINES {
+        match mallory.recv(Duration::from_secs(5)) {
+            Got::Frame(Frame::Chat { from, text, .. }) if from == "carol" => {
+                assert!(text == line(next), "line {next} arrived as {:?}…", &text[..text.len().min(20)]);
+                next += 1;
+            }
+            Got::Frame(_) => {}
+            other => panic!("mallory got {next} of {LINES} lines, then {other:?}{}", relay.context()),
+        }
+    }
+    bob.close();
+    carol.close();
+    assert_no_panic(&relay);
 }
 
 /// Uploads cut off in the middle, six times: by a TCP reset (SO_LINGER 0), and by close_notify

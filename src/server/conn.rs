@@ -19,13 +19,13 @@
 
 use std::io::BufWriter;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::hub::{ConnId, Outgoing, ToHub};
+use super::hub::{ConnId, Direct, Outgoing, ToHub};
 use super::login::{self, Credentials, Door, HashPool};
 use super::session::Session;
 use super::throttle::SharedThrottle;
@@ -327,14 +327,20 @@ fn joined_phase<S: Stream>(
     // Bounded and short: file chunks wait here, so a download holds at most this many in memory.
     // (A plaintext download queues file slices here instead, a few bytes each; see `transfer.rs`.)
     let (to_writer, from_conn) = bounded::<Bulk>(BULK_QUEUE);
+    // The writer's turn at the socket, which the hub may take to write a small frame itself
+    // while the writer is idle (`hub/direct.rs`); the hub looks at the bulk queue only to see
+    // whether a file is on its way.
+    let turn = Arc::new(Mutex::new(()));
+    let (writer_turn, bulk_seen) = (turn.clone(), from_conn.clone());
     // The reader keeps `_reader_alive` until it returns; the writer watches the other end to know
     // when the client has closed its side (see `write_loop`).
     let (_reader_alive, reader_gone) = bounded::<()>(0);
     let linger = config.linger;
     let options = outbox::Options { spin: config.spin, heartbeat: None, piece: config.pacing.piece };
-    let writer = thread::Builder::new()
-        .name(format!("conn-{id}-writer"))
-        .spawn(move || write_loop(writer_stream, from_hub, from_conn, reader_gone, linger, options));
+    let writer = thread::Builder::new().name(format!("conn-{id}-writer")).spawn(move || {
+        let queues = Queues { from_hub, from_conn, turn: writer_turn };
+        write_loop(writer_stream, queues, reader_gone, linger, options)
+    });
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -345,8 +351,10 @@ fn joined_phase<S: Stream>(
     // Whoever queues something for the writer wakes it (see `outbox`, "How a writer sleeps").
     let to_client = ToWriter::new(to_client, writer.thread().clone());
     let to_writer = ToWriter::new(to_writer, writer.thread().clone());
+    let direct = reader.get_ref().write_now_handle().map(|out| Direct { turn, out, bulk: bulk_seen });
     let Joiner { name, room, account, token } = joiner;
-    if to_hub.send(ToHub::Hello { id, name, room, account, token, to_client }).is_ok() {
+    let hello = ToHub::Hello { id, name, room, account, token, to_client, direct };
+    if to_hub.send(hello).is_ok() {
         let settings = DownloadSettings {
             chunk: config.chunk_size,
             corrupt_chunk: config.corrupt_download_chunk,
@@ -371,6 +379,14 @@ fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConf
     stream.try_clone_stream()
 }
 
+/// What the writer thread writes from: the hub's queue, the connection's bulk queue, and the
+/// turn it shares with the hub (see `hub/direct.rs`).
+struct Queues {
+    from_hub: Receiver<Outgoing>,
+    from_conn: Receiver<Bulk>,
+    turn: Arc<Mutex<()>>,
+}
+
 /// The writer thread: drains the hub's queue and the connection's bulk queue into the socket (see
 /// [`crate::outbox`]) until the hub drops its sender.
 ///
@@ -379,16 +395,16 @@ fn prepare_writer_stream<S: Stream>(reader: &FrameReader<S>, config: &ServerConf
 /// shuts the socket down completely, which also wakes a reader whose client never closes.
 fn write_loop<S: Stream>(
     stream: S,
-    from_hub: Receiver<Outgoing>,
-    from_conn: Receiver<Bulk>,
+    queues: Queues,
     reader_gone: Receiver<()>,
     linger: Duration,
     options: outbox::Options,
 ) {
     let closer = stream.closer().ok();
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    let result =
-        outbox::pump(&mut out, &from_hub, from_conn, &options).and_then(|()| out.get_ref().shutdown_write());
+    let Queues { from_hub, from_conn, turn } = queues;
+    let result = outbox::pump_sharing(&mut out, &from_hub, from_conn, &options, Some(&turn))
+        .and_then(|()| out.get_ref().shutdown_write());
     if let Err(e) = result {
         log::debug!("writer ended: {e}");
     } else {

@@ -33,9 +33,19 @@ impl Hub {
     /// many clients share these bytes (for the relay-wide count; see [`meter`]).
     pub(super) fn push(&mut self, id: ConnId, bytes: Bytes, fanout: usize) {
         let (max_client, max_total) = (self.config.max_queued_bytes, self.config.max_queued_total);
+        // Nothing else waiting for the hub, few recipients, an idle writer: the hub writes it
+        // itself (see `direct.rs`).
+        let hub_idle = self.events.is_empty();
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
+        if hub_idle && fanout <= super::direct::MAX_FANOUT && peer.backlog.is_empty() {
+            if let Some(direct) = peer.direct.as_mut() {
+                if direct.try_write(&bytes, &peer.to_client, &peer.meter) {
+                    return;
+                }
+            }
+        }
         let item = Outgoing::new(bytes, &peer.meter, fanout);
         let over_total = peer.meter.total_bytes() > max_total;
         if !peer.backlog.is_empty() {

@@ -42,10 +42,12 @@ pub(crate) mod brake;
 mod chat;
 mod crowd;
 mod delivery;
+mod direct;
 mod files;
 mod meter;
 mod presence;
 
+pub(crate) use direct::Direct;
 use meter::Meter;
 pub(crate) use meter::Outgoing;
 
@@ -70,7 +72,8 @@ pub(crate) enum ToHub {
     /// A valid hello arrived (version, name rules and credentials already checked by the
     /// connection thread). `account`: it proved it owns the account; `token`: SHA-256 of its
     /// identity token, a guest's resume secret. `to_client` is the sending half of the new
-    /// writer thread's queue.
+    /// writer thread's queue; `direct` the hub's own way into its socket, when the stream has
+    /// one (see `direct.rs`).
     Hello {
         id: ConnId,
         name: String,
@@ -78,6 +81,7 @@ pub(crate) enum ToHub {
         account: bool,
         token: Option<TokenHash>,
         to_client: ToWriter<Outgoing>,
+        direct: Option<Direct>,
     },
     /// Chat text from a joined client (already checked against the text rules), for its room
     /// (`to` empty) or one user. A non-zero `client_id` asks for a `Sent` receipt.
@@ -150,6 +154,8 @@ struct Peer {
     /// [`Hub::may_take_over`]).
     token: Option<TokenHash>,
     to_client: ToWriter<Outgoing>,
+    /// Writes small frames straight into the socket while the writer is idle (`direct.rs`).
+    direct: Option<Direct>,
     /// Frames waiting because `to_client` was full.
     backlog: VecDeque<Outgoing>,
     /// Bytes queued and held back for this client (and for everyone).
@@ -170,6 +176,7 @@ struct Joining {
     room: String,
     account: bool,
     token: Option<TokenHash>,
+    direct: Option<Direct>,
 }
 
 /// How many of its receipts a guest's session remembers.
@@ -322,6 +329,11 @@ impl Hub {
             if !self.records.batch.is_empty()
                 && (self.events.is_empty() || self.records.batch.len() >= chat::MAX_BATCH)
             {
+                // Deliver before storing, in time too: the writers `say` just woke usually wait
+                // for this very core (the kernel wakes a thread near its waker), and a commit
+                // keeps it for tens of µs. Stepping aside once lets them write first (measured
+                // with `perf sched`: a writer's wait for the CPU went from 87 to 38 µs at p99).
+                std::thread::yield_now();
                 self.flush_messages();
             }
             self.retry_backlogs();
@@ -350,8 +362,8 @@ impl Hub {
     fn handle(&mut self, event: ToHub) {
         match event {
             ToHub::Connected { id, addr, closer } => self.connected(id, addr, closer),
-            ToHub::Hello { id, name, room, account, token, to_client } => {
-                self.join(id, Joining { name, room, account, token }, to_client)
+            ToHub::Hello { id, name, room, account, token, to_client, direct } => {
+                self.join(id, Joining { name, room, account, token, direct }, to_client)
             }
             ToHub::Say { id, client_id, to, text } => self.say(id, client_id, to, text),
             ToHub::Seen { id, message_id } => self.seen(id, message_id),

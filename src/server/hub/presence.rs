@@ -32,7 +32,7 @@ impl Hub {
     }
 
     pub(super) fn join(&mut self, id: ConnId, joining: Joining, to_client: ToWriter<Outgoing>) {
-        let Joining { name, room, account, token } = joining;
+        let Joining { name, room, account, token, direct } = joining;
         let Some(addr) = self.routing.conns.get(&id).map(|c| c.addr) else {
             return;
         };
@@ -65,6 +65,7 @@ impl Hub {
             account,
             token,
             to_client,
+            direct,
             backlog: VecDeque::new(),
             meter: Meter::new(self.routing.queued_total.clone()),
             last_progress: Instant::now(),
