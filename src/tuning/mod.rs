@@ -17,7 +17,7 @@
 //!   `main` calls the one it wants; the library never changes the allocator by itself. The relay
 //!   also turns off glibc's per-thread caches of freed blocks and gives back the stack pages a
 //!   connection's TLS handshake touched once: together with smaller buffers, an idle TLS
-//!   connection went from 83 to 46 KiB (lesson 11 shows the stack part on your machine).
+//!   connection went from 83 to 48 KiB (lesson 11 shows the stack part on your machine).
 
 pub mod memory;
 pub mod spin;
