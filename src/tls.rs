@@ -436,3 +436,59 @@ fn stalled() -> io::Error {
 pub fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Both ends of a TLS connection over loopback, the client pinning the relay's own key.
+    fn pair() -> (TlsStream, TlsStream) {
+        let dir = std::env::temp_dir().join(format!("relaychat-tls-unit-{}", std::process::id()));
+        let keys = crate::server::keys::load_or_create(&dir).expect("a key pair");
+        let server_config = crate::server::keys::server_config(&keys).expect("a server config");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let trust =
+            crate::client::trust::Trust { fingerprint: Some(keys.fingerprint.clone()), ..Default::default() };
+        let client_config = crate::client::trust::client_config(&addr, &trust).expect("a client config");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            TlsStream::handshake(tcp, rustls::ServerConnection::new(server_config).unwrap(), deadline)
+                .unwrap()
+        });
+        let name = crate::client::trust::server_name(&addr).unwrap();
+        let session = rustls::ClientConnection::new(client_config, name).unwrap();
+        let client = TlsStream::handshake(TcpStream::connect(&addr).unwrap(), session, deadline).unwrap();
+        let server = server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (client, server)
+    }
+
+    #[test]
+    fn a_tls_stream_lets_its_burst_buffers_go_once_the_peer_is_quiet() {
+        let (mut client, mut server) = pair();
+        let burst = vec![7u8; 256 * 1024];
+        let sender = std::thread::spawn(move || {
+            client.write_all(&burst).unwrap();
+            client.flush().unwrap();
+            client
+        });
+        let mut got = vec![0u8; 256 * 1024];
+        server.read_exact(&mut got).unwrap();
+        let mut client = sender.join().unwrap();
+        assert!(server.raw.len() > FIRST_RAW, "the read buffer grew for the burst: {}", server.raw.len());
+        assert!(client.out.capacity() > OUT_KEPT, "the record buffer grew: {}", client.out.capacity());
+
+        // A second of quiet, then a chat-sized line: both buffers go back to small.
+        std::thread::sleep(QUIET_AFTER + Duration::from_millis(500));
+        client.write_all(b"hi").unwrap();
+        client.flush().unwrap();
+        let mut line = [0u8; 2];
+        server.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"hi");
+        assert_eq!(server.raw.len(), FIRST_RAW);
+        assert!(client.out.capacity() <= OUT_KEPT, "still {} bytes", client.out.capacity());
+    }
+}
