@@ -177,16 +177,7 @@ fn a_tls_client_that_never_reads_cannot_stall_its_own_reader() {
     let baseline = idle_threads(&relay);
     let bob = connect(relay.addr, "bob");
     let carol = connect(relay.addr, "carol");
-    let tcp = small_window(lo(8), relay.addr);
-    let mut mallory = TlsConn::handshake(tcp);
-    mallory.send(&hello_as("mallory", "lobby", "", "")).expect("mallory says hello");
-    assert!(matches!(mallory.recv(Duration::from_secs(5)), Got::Frame(Frame::Welcome { .. })));
-    wait_event(
-        &bob,
-        "mallory joining",
-        Duration::from_secs(5),
-        |e| matches!(e, Event::Joined { name, .. } if name == "mallory"),
-    );
+    let mut mallory = mallory_joins(small_window(lo(8), relay.addr), &bob);
 
     let line = "x".repeat(60 * 1024);
     for _ in 0..FLOOD {
@@ -260,15 +251,7 @@ fn a_tls_client_that_reads_late_gets_every_line_whole_and_in_order() {
         RelayOptions::for_attacks().flag("--msg-rate", 0).flag("--text-rate", 0).watched("tls-reads-late");
     let bob = connect(relay.addr, "bob");
     let carol = connect(relay.addr, "carol");
-    let mut mallory = TlsConn::handshake(small_window(lo(9), relay.addr));
-    mallory.send(&hello_as("mallory", "lobby", "", "")).expect("mallory says hello");
-    assert!(matches!(mallory.recv(Duration::from_secs(5)), Got::Frame(Frame::Welcome { .. })));
-    wait_event(
-        &bob,
-        "mallory joining",
-        Duration::from_secs(5),
-        |e| matches!(e, Event::Joined { name, .. } if name == "mallory"),
-    );
+    let mut mallory = mallory_joins(small_window(lo(9), relay.addr), &bob);
     let line = |n: usize| format!("line {n:04} {}", "y".repeat(2000));
     // At a typing pace, so the hub is idle for each line and writes it itself (in a burst it
     // leaves the lines to the writer).
@@ -408,4 +391,18 @@ fn application_data_sent_with_the_clients_finished_is_not_lost() {
     );
     assert_no_panic(&relay);
     relay.memory_report(64, Duration::from_secs(5));
+}
+
+/// Mallory says hello over `tcp` (TLS) and is welcomed to the lobby, and bob sees her come.
+fn mallory_joins(tcp: std::net::TcpStream, bob: &relaychat::client::Client) -> TlsConn {
+    let mut mallory = TlsConn::handshake(tcp);
+    mallory.send(&hello_as("mallory", "lobby", "", "")).expect("mallory says hello");
+    assert!(matches!(mallory.recv(Duration::from_secs(5)), Got::Frame(Frame::Welcome { .. })));
+    wait_event(
+        bob,
+        "mallory joining",
+        Duration::from_secs(5),
+        |e| matches!(e, Event::Joined { name, .. } if name == "mallory"),
+    );
+    mallory
 }
