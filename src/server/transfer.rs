@@ -193,7 +193,8 @@ fn send_file(
     settings: DownloadSettings,
     cancel: &AtomicBool,
 ) -> Result<bool, Refusal> {
-    let file = Arc::new(open(plan)?);
+    let Some(file) = open(plan, cancel)? else { return Ok(false) };
+    let file = Arc::new(file);
     let mut out = Out { file, to_writer, settings, cancel, plan, chunks_sent: 0 };
     if !out.zero_copy() {
         (&*out.file).seek(SeekFrom::Start(plan.offset)).map_err(|e| unreadable(&e))?;
@@ -213,8 +214,14 @@ fn send_file(
 }
 
 /// Opens the file a plan names. An arriving file may have been stored (moved) in the meantime,
-/// or deleted because its upload failed: then its `Arrival` says why.
-fn open(plan: &DownloadPlan) -> Result<File, Refusal> {
+/// or deleted because its upload failed: then its `Arrival` says why. `None` when the connection
+/// is closing.
+///
+/// The hub announces an arriving file as soon as it accepts the upload, and the uploader's reader
+/// creates the `.part` file a moment later (the hub does no file I/O). A recipient quick enough
+/// to ask in between finds no file yet: it waits until the upload has written its first byte (or
+/// ended) and tries once more.
+fn open(plan: &DownloadPlan, cancel: &AtomicBool) -> Result<Option<File>, Refusal> {
     match &plan.source {
         Source::Stored(_) => {
             let file = File::open(&plan.path).map_err(|e| unreadable(&e))?;
@@ -223,11 +230,18 @@ fn open(plan: &DownloadPlan) -> Result<File, Refusal> {
                 let why = format!("stored file is {len} bytes, expected {}", plan.size);
                 return Err(unreadable(&io::Error::new(io::ErrorKind::InvalidData, why)));
             }
-            Ok(file)
+            Ok(Some(file))
         }
-        Source::Arriving { arrival, stored_path, .. } => File::open(&plan.path)
-            .or_else(|_| File::open(stored_path))
-            .map_err(|e| arrival.ended().unwrap_or_else(|| unreadable(&e))),
+        Source::Arriving { arrival, stored_path, patience } => {
+            let try_open = || File::open(&plan.path).or_else(|_| File::open(stored_path));
+            if let Ok(file) = try_open() {
+                return Ok(Some(file));
+            }
+            if arrival.wait(0, 1, *patience, cancel)? == Seen::Cancelled {
+                return Ok(None);
+            }
+            try_open().map(Some).map_err(|e| arrival.ended().unwrap_or_else(|| unreadable(&e)))
+        }
     }
 }
 
@@ -346,5 +360,67 @@ impl Out<'_> {
         chunk_frame(&mut buf, DOWNLOAD_CHUNK, self.plan.file_id)
             .map_err(|e| (ErrorCode::Storage, e.to_string()))?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::arrival::{Arrival, Outcome};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn arriving_plan(tag: &str, arrival: &Arc<Arrival>) -> (PathBuf, DownloadPlan) {
+        let dir = std::env::temp_dir().join(format!("relaychat-transfer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = Source::Arriving {
+            arrival: arrival.clone(),
+            stored_path: dir.join("1.bin"),
+            patience: Duration::from_secs(10),
+        };
+        let plan = DownloadPlan { file_id: 1, path: dir.join("1.part"), size: 5, offset: 0, source };
+        (dir, plan)
+    }
+
+    /// The hub announces an arriving file before the uploader's reader has created its `.part`
+    /// file; a download asked for in between waits for the file instead of failing with "cannot
+    /// read the file" (the files benchmark in CI hit this race once).
+    #[test]
+    fn a_download_that_asks_before_the_part_file_exists_waits_for_it() {
+        let arrival = Arrival::new();
+        let (dir, plan) = arriving_plan("early", &arrival);
+        let uploader = {
+            let (arrival, part) = (arrival.clone(), plan.path.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::write(&part, b"hello").unwrap();
+                arrival.written_to(5);
+            })
+        };
+        let file = open(&plan, &AtomicBool::new(false)).expect("opened").expect("not cancelled");
+        assert_eq!(file.metadata().unwrap().len(), 5);
+        uploader.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An upload that fails before its file exists tells the waiting download why, rather than
+    /// "no such file".
+    #[test]
+    fn a_download_waiting_for_a_part_file_learns_why_the_upload_failed() {
+        let arrival = Arrival::new();
+        let (dir, plan) = arriving_plan("failed", &arrival);
+        let hub = {
+            let arrival = arrival.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                arrival.finish(Outcome::Failed("cancelled by the sender".into()));
+            })
+        };
+        let (code, why) = open(&plan, &AtomicBool::new(false)).expect_err("refused");
+        assert_eq!(code, ErrorCode::SenderFailed, "{why}");
+        assert!(why.contains("cancelled by the sender"), "{why}");
+        hub.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
