@@ -36,7 +36,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Closer, Socket, Stream, WriteNow, Written, QUIET_AFTER};
+use crate::wire::{Bursts, Closer, Socket, Stream, WriteNow, Written};
 
 /// The first byte of every TLS record that starts a handshake. A relaychat frame starts with its
 /// length (big-endian, at most 1 MiB), so its first byte is always 0: the relay tells the two
@@ -51,7 +51,7 @@ pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 const RAW_READ: usize = 64 * 1024;
 const FIRST_RAW: usize = 1024;
 /// The writer's record buffer grows to the biggest write (file data: 64 KiB and more); once the
-/// writes have stayed at most this big for [`QUIET_AFTER`], it is let go, so that it grows again
+/// writes have stayed at most this big for a second ([`Bursts`]), it is let go, so that it grows again
 /// only for the next burst.
 const OUT_KEPT: usize = 16 * 1024;
 
@@ -80,9 +80,9 @@ pub struct TlsStream {
     start: usize,
     end: usize,
     /// When a socket read last brought [`FIRST_RAW`] or more, and when a write last needed more than
-    /// [`OUT_KEPT`]: the bursts after which the buffers may shrink ([`QUIET_AFTER`]).
-    read_busy_at: Instant,
-    write_busy_at: Instant,
+    /// [`OUT_KEPT`]: once these bursts are over, the buffers shrink back.
+    read_bursts: Bursts,
+    write_bursts: Bursts,
     /// The writer's buffer of finished records, reused between writes.
     out: Vec<u8>,
     /// Records the relay's hub made and the socket did not take at once (`NowWriter`), shared
@@ -171,8 +171,8 @@ impl TlsStream {
             raw: Vec::new(),
             start: 0,
             end: 0,
-            read_busy_at: Instant::now(),
-            write_busy_at: Instant::now(),
+            read_bursts: Bursts::new(),
+            write_bursts: Bursts::new(),
             out: Vec::new(),
             unsent,
             read_timeout: Default::default(),
@@ -208,8 +208,8 @@ impl TlsStream {
         };
         self.tcp.write_all(&self.out)?;
         if self.out.len() > OUT_KEPT {
-            self.write_busy_at = Instant::now();
-        } else if self.out.capacity() > OUT_KEPT && self.write_busy_at.elapsed() >= QUIET_AFTER {
+            self.write_bursts.seen();
+        } else if self.out.capacity() > OUT_KEPT && self.write_bursts.over() {
             // A burst of records (a download) is over: don't keep its buffer for the chat after.
             self.out = Vec::new();
         }
@@ -309,7 +309,7 @@ impl Read for TlsStream {
                 }
                 self.tcp.set_read_timeout(Some(left))?;
             }
-            if self.raw.len() > FIRST_RAW && self.read_busy_at.elapsed() >= QUIET_AFTER {
+            if self.raw.len() > FIRST_RAW && self.read_bursts.over() {
                 // The peer went quiet after a burst (a file): a connection that now only chats
                 // goes back to the small buffer instead of keeping up to 64 KiB for good.
                 self.raw = vec![0u8; FIRST_RAW];
@@ -317,7 +317,7 @@ impl Read for TlsStream {
             let n = self.tcp.read(&mut self.raw)?;
             (self.start, self.end) = (0, n);
             if n >= FIRST_RAW || n == self.raw.len() {
-                self.read_busy_at = Instant::now();
+                self.read_bursts.seen();
             }
             if n == self.raw.len() && n < RAW_READ {
                 self.raw.resize(2 * n, 0); // the socket had more: read more at once next time
@@ -482,7 +482,7 @@ mod tests {
         assert!(client.out.capacity() > OUT_KEPT, "the record buffer grew: {}", client.out.capacity());
 
         // A second of quiet, then a chat-sized line: both buffers go back to small.
-        std::thread::sleep(QUIET_AFTER + Duration::from_millis(500));
+        std::thread::sleep(crate::wire::QUIET_AFTER + Duration::from_millis(500));
         client.write_all(b"hi").unwrap();
         client.flush().unwrap();
         let mut line = [0u8; 2];

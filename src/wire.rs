@@ -322,6 +322,31 @@ const FIRST_READ: usize = 1024;
 /// then, and shrinking there would make the buffer grow again, a reallocation at a time.
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(1);
 
+/// When a buffer was last needed at its grown size: the frame reader, the TLS reader and the TLS
+/// writer each keep one, and let their buffer go once the bursts are over (see [`QUIET_AFTER`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bursts {
+    last: Instant,
+}
+
+impl Bursts {
+    /// Starts as if a burst had just ended, so a new connection keeps what it was given for a
+    /// second (its hello and the welcome after it come in that time).
+    pub(crate) fn new() -> Bursts {
+        Bursts { last: Instant::now() }
+    }
+
+    /// A read or write just needed more than the small buffer.
+    pub(crate) fn seen(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Whether nothing big has come for [`QUIET_AFTER`].
+    pub(crate) fn over(&self) -> bool {
+        self.last.elapsed() >= QUIET_AFTER
+    }
+}
+
 /// Reads whole frames from a byte stream, buffering partial ones.
 ///
 /// The buffer holds at most one frame plus one read's worth of bytes: it never grows past
@@ -335,8 +360,8 @@ pub struct FrameReader<R> {
     end: usize,
     /// The room kept free for one read: [`FIRST_READ`], doubling up to [`READ_CHUNK`].
     read_size: usize,
-    /// When a read last brought more than a chat frame's worth: see [`QUIET_AFTER`].
-    busy_at: Instant,
+    /// Reads that brought more than a chat frame's worth: see [`QUIET_AFTER`].
+    bursts: Bursts,
     /// The size of the last frame decoded: while big frames follow each other (a file), the
     /// buffer keeps its size between them instead of shrinking and growing back for each.
     last_len: usize,
@@ -354,7 +379,7 @@ impl<R: Read> FrameReader<R> {
             start: 0,
             end: 0,
             read_size: FIRST_READ,
-            busy_at: Instant::now(),
+            bursts: Bursts::new(),
             last_len: 0,
             limit: frame::MAX_FRAME_LEN,
         }
@@ -421,7 +446,7 @@ impl<R: Read> FrameReader<R> {
             self.end += n;
             let filled = self.end == self.buf.len();
             if n >= FIRST_READ || filled {
-                self.busy_at = Instant::now(); // not quiet: see `make_room`
+                self.bursts.seen(); // not quiet: see `make_room`
             }
             if filled {
                 self.read_size = (2 * self.read_size).min(READ_CHUNK); // more was waiting
@@ -441,7 +466,7 @@ impl<R: Read> FrameReader<R> {
         }
         let growing = (2 * self.end).max(self.end + self.read_size);
         let want = needed.min(growing).max(self.end + 1).max(self.read_size);
-        if self.end == 0 && self.buf.len() > FIRST_READ && self.busy_at.elapsed() >= QUIET_AFTER {
+        if self.end == 0 && self.buf.len() > FIRST_READ && self.bursts.over() {
             // Nothing pending, and the last burst is over: back to the small buffer.
             (self.buf, self.read_size) = (vec![0; FIRST_READ], FIRST_READ);
         } else if self.buf.len() < want {
