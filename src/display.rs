@@ -114,8 +114,8 @@ pub enum Said {
     Chat { label: String, sent_at_ms: u64, text: String },
     /// About the room: who joined, left, is online.
     Room(String),
-    /// About files, in the seed's words where the seed had some ("[Newfile] …",
-    /// "[Download] File download complete: …", "File sent complete: …").
+    /// About files, in the seed's words where the seed had some ("\[Newfile] …",
+    /// "\[Download] File download complete: …", "File sent complete: …").
     File(String),
     /// A refusal or a failure, starting with `error: `.
     Error(String),

@@ -15,7 +15,7 @@
 //!
 //! ## Threads
 //! A keyboard thread reads stdin and handles each line itself; the main thread handles the
-//! [`Client`]'s events. They take turns with one session (the connection and the screen): see
+//! [`Client`](crate::client::Client)'s events. They take turns with one session (the connection and the screen): see
 //! `cli/client/chat.rs` for why, and how. The client library's own threads do the network
 //! (`client.rs`), so a flood of incoming messages never stops us typing.
 

@@ -28,7 +28,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// How long to wait before the next attempt; each call doubles the one after, up to
-    /// [`MAX_PAUSE`].
+    /// `MAX_PAUSE` (5 s).
     pub fn next_pause(&mut self) -> Duration {
         let pause = self.next;
         self.next = (self.next * 2).min(MAX_PAUSE);

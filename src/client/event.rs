@@ -40,11 +40,11 @@ pub enum Event {
     Joined { name: String, room: String },
     /// Someone left our room.
     Left { name: String, room: String },
-    /// Who is online in our room (after joining, and in answer to [`Client::who`]).
+    /// Who is online in our room (after joining, and in answer to [`Client::who`](super::Client::who)).
     Online { room: String, names: Vec<String> },
     /// Our room is big: it has `online` people, and `joined` came and `left` went since the last
     /// count (both 0 in the count we get on joining). Big rooms announce arrivals and departures
-    /// this way, at most once a second, instead of one by one; [`Client::who`] still lists
+    /// this way, at most once a second, instead of one by one; [`Client::who`](super::Client::who) still lists
     /// everyone.
     Crowd { room: String, online: u32, joined: u32, left: u32 },
     /// The server rejected one of our requests but kept the connection.
@@ -60,11 +60,11 @@ pub enum Event {
     /// A transfer failed; `reason` says why. Partial data is kept only where it can be resumed.
     TransferFailed { direction: Direction, name: String, reason: String },
     /// The relay stored our message `client_id` as `message_id`: it will reach everyone. Only with
-    /// [`ClientConfig::receipts`].
+    /// [`ClientConfig::receipts`](super::ClientConfig::receipts).
     Sent { client_id: u64, message_id: u64 },
     /// A file from `from` expired on the relay before we received it.
     FileExpired { from: String, name: String },
-    /// A [`Client::receive_all`] is over.
+    /// A [`Client::receive_all`](super::Client::receive_all) is over.
     ReceiveFinished { received: usize, failed: usize },
     /// The connection is over. Always the last event.
     Disconnected(Disconnect),
@@ -135,7 +135,7 @@ impl fmt::Display for Disconnect {
     }
 }
 
-/// What can go wrong when using a [`Client`].
+/// What can go wrong when using a [`Client`](super::Client).
 #[derive(Debug)]
 pub enum ClientError {
     /// Our own name, room or text breaks the rules; nothing was sent.

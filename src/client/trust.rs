@@ -11,7 +11,7 @@
 //!      terminal client asks the person; a script accepts it with a notice on stderr; the
 //!      window asks in a dialog. Once accepted, it is written to `known_relays`.
 //!
-//! The decision is made *inside* the TLS handshake, in the certificate check ([`Pinning`]), so a
+//! The decision is made *inside* the TLS handshake, in the certificate check (`Pinning`, below), so a
 //! refused relay never gets our Finished message, let alone a byte of application data: the
 //! password in our hello never leaves this machine. (`tls::TlsStream::handshake` also skips the
 //! alert rustls would send, so nothing at all follows the ClientHello.)

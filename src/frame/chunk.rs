@@ -16,7 +16,7 @@ pub const MAX_CHUNK_DATA: usize = MAX_FRAME_LEN - (CHUNK_HEADER - LEN_PREFIX);
 ///
 /// This is the fast path for file bytes: the sender reads the file straight into the buffer after
 /// the header space, calls this, and writes the buffer. The bytes are identical to
-/// `encode(&Frame::UploadChunk { .. })` (or `DownloadChunk` with [`DOWNLOAD_CHUNK`]), without a copy.
+/// `encode(&Frame::UploadChunk { .. })` (or `DownloadChunk` with [`DOWNLOAD_CHUNK`](super::DOWNLOAD_CHUNK)), without a copy.
 pub fn chunk_frame(buf: &mut [u8], kind: u8, id: u64) -> Result<(), FrameError> {
     let data_len = buf.len().checked_sub(CHUNK_HEADER).ok_or(FrameError::Truncated { kind })?;
     buf[..CHUNK_HEADER].copy_from_slice(&chunk_header(kind, id, data_len)?);

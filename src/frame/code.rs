@@ -1,6 +1,6 @@
 //! The error codes carried in `Error`, `UploadFailed` and `DownloadFailed` frames.
 
-/// Why the server refused or ended a connection; carried in [`Frame::Error`].
+/// Why the server refused or ended a connection; carried in [`Frame::Error`](super::Frame::Error).
 ///
 /// Unknown codes decode as [`ErrorCode::Other`] so that an older client can still show the message
 /// of a newer server.

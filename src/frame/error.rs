@@ -4,13 +4,13 @@ use std::fmt;
 
 /// Why bytes could not be decoded (or a frame could not be encoded).
 ///
-/// "Not enough bytes yet" is *not* an error: [`decode`] returns `Ok(None)` for it, because on a
+/// "Not enough bytes yet" is *not* an error: [`decode`](super::decode) returns `Ok(None)` for it, because on a
 /// stream it is the normal state between two reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The length prefix was 0: a frame needs at least its kind byte.
     Empty,
-    /// The length prefix (or an encoded frame) exceeds [`MAX_FRAME_LEN`].
+    /// The length prefix (or an encoded frame) exceeds [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).
     TooLarge { len: usize, max: usize },
     /// The kind byte names no frame.
     UnknownKind(u8),

@@ -93,7 +93,7 @@ pub(crate) fn derived_max_connections(soft_limit: u64) -> usize {
 /// (not Linux). A thread that cannot get its memory mappings does not fail politely: Rust's
 /// thread start aborts the whole process when it cannot map the thread's signal stack. So the
 /// cap must hold *before* a thread is started, like every other bound here. The limits:
-/// `vm.max_map_count` (mappings per process, [`MAPS_PER_THREAD`] per thread) and
+/// `vm.max_map_count` (mappings per process, `MAPS_PER_THREAD` = 4 per thread) and
 /// `kernel.threads-max` and `kernel.pid_max` (threads in the whole system).
 pub fn thread_cap() -> Option<usize> {
     let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();

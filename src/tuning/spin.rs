@@ -51,7 +51,7 @@ impl Drop for Slot {
     }
 }
 
-/// For the many (writers): like [`spin_for`], but only while this thread holds the process's one
+/// For the many (writers): like `spin_for` (below), but only while this thread holds the process's one
 /// polling slot. Without it, `poll` is called once and the caller then blocks.
 pub fn poll_for<T>(window: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
     if window.is_zero() {
