@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::attacker::{lo, Got, Raw};
 use common::relay::RelayOptions;
-use relaychat::frame::Frame;
+use common::watched::WatchedRelay;
+use common::xorshift_bytes;
+use relaychat::frame::{ErrorCode, Frame};
+use sha2::{Digest, Sha256};
 
 /// A line of `len` bytes that says which one it is at its start.
 fn line(n: usize, len: usize) -> String {
@@ -86,5 +89,192 @@ fn settled_rss(relay: &common::watched::WatchedRelay) -> f64 {
     lowest
 }
 
-#[allow(dead_code)]
-fn unused(_: Got) {}
+/// An upload sent by hand, so that a test decides when it pauses, restarts or ends.
+struct Upload {
+    raw: Raw,
+    upload_id: u64,
+    data: Vec<u8>,
+}
+
+impl Upload {
+    /// `name` joins `room` from `from` and starts uploading `size` random bytes to `to` (one
+    /// name, or "": everyone else in the room); returns the upload and where the relay said to
+    /// start.
+    fn start(
+        relay: &WatchedRelay,
+        from: u8,
+        (name, room): (&str, &str),
+        to: &str,
+        size: usize,
+    ) -> (Upload, u64) {
+        let raw = Raw::join(lo(from), relay.addr, name, room);
+        let data = xorshift_bytes(size, size as u64);
+        let mut upload = Upload { raw, upload_id: 0, data };
+        let offset = upload.begin(to);
+        (upload, offset)
+    }
+
+    /// Says `UploadStart` (again: a restart of the same upload) and takes the relay's answer.
+    fn begin(&mut self, to: &str) -> u64 {
+        let start = Frame::UploadStart {
+            key: "k".into(),
+            name: "f.bin".into(),
+            size: self.data.len() as u64,
+            to: to.into(),
+        };
+        self.raw.send(&start).expect("UploadStart");
+        let (upload_id, offset) = self.raw.upload_answer(Duration::from_secs(10)).expect("the upload starts");
+        self.upload_id = upload_id;
+        offset
+    }
+
+    /// Sends bytes `from..to` of the file.
+    fn send(&mut self, from: usize, to: usize) {
+        for piece in self.data[from..to].chunks(64 * 1024) {
+            let chunk = Frame::UploadChunk { upload_id: self.upload_id, data: piece.to_vec() };
+            self.raw.send(&chunk).expect("a chunk");
+        }
+    }
+
+    /// Sends the rest from `from` and the hash; the stored file's id.
+    fn finish(&mut self, from: usize) -> u64 {
+        self.send(from, self.data.len());
+        let sha256: [u8; 32] = Sha256::digest(&self.data).into();
+        self.raw.send(&Frame::UploadEnd { upload_id: self.upload_id, sha256 }).expect("UploadEnd");
+        self.raw.upload_done(self.upload_id, Duration::from_secs(10)).expect("the upload is stored")
+    }
+}
+
+/// The id of the file arriving for `raw` (its `NewFile` offer without a hash).
+fn arriving_offer(raw: &mut Raw) -> u64 {
+    raw.recv_until(Duration::from_secs(10), |f| match f {
+        Frame::NewFile(info) if info.sha256.is_none() => Some(info.file_id),
+        _ => None,
+    })
+    .expect("the arriving file is offered")
+}
+
+/// Reads one download of `file_id` to its end: the bytes and the hash, or the refusal.
+fn download_result(raw: &mut Raw, file_id: u64) -> Result<(Vec<u8>, [u8; 32]), (ErrorCode, String)> {
+    let mut data = Vec::new();
+    loop {
+        match raw.recv(Duration::from_secs(10)) {
+            Got::Frame(Frame::DownloadChunk { file_id: f, data: d }) if f == file_id => data.extend(d),
+            Got::Frame(Frame::DownloadEnd { file_id: f, sha256 }) if f == file_id => {
+                return Ok((data, sha256))
+            }
+            Got::Frame(Frame::DownloadFailed { code, message, .. }) => return Err((code, message)),
+            Got::Frame(_) => {}
+            other => return Err((ErrorCode::Other(0), format!("the download ended: {other:?}"))),
+        }
+    }
+}
+
+/// Two recipients follow one upload at once, bob from the start and dora from a byte the
+/// upload has not reached yet; carol, who is not a recipient, asks for it too. Both recipients
+/// get exactly their bytes and the verified hash; carol gets a refusal and not a byte.
+#[test]
+fn two_followers_one_from_past_what_arrived_get_their_bytes_and_a_stranger_none() {
+    const SIZE: usize = 1 << 20;
+    let relay = RelayOptions::for_attacks().watched("recent-two-followers");
+    let mut bob = Raw::join(lo(40), relay.addr, "bob", "films");
+    let mut dora = Raw::join(lo(41), relay.addr, "dora", "films");
+    let mut carol = Raw::join(lo(42), relay.addr, "carol", "lobby");
+    let (mut alice, offset) = Upload::start(&relay, 43, ("alice", "films"), "", SIZE);
+    assert_eq!(offset, 0);
+    let file_id = arriving_offer(&mut bob);
+    assert_eq!(arriving_offer(&mut dora), file_id);
+    alice.send(0, 64 * 1024);
+
+    let past = 700 * 1024; // the upload is at 64 KiB
+    bob.send(&Frame::Download { file_id, offset: 0 }).unwrap();
+    dora.send(&Frame::Download { file_id, offset: past as u64 }).unwrap();
+    carol.send(&Frame::Download { file_id, offset: 0 }).unwrap();
+    let refused = download_result(&mut carol, file_id);
+    assert!(matches!(refused, Err((ErrorCode::NoSuchFile, _))), "carol, no recipient, got {refused:?}");
+
+    std::thread::sleep(Duration::from_millis(300)); // both downloads are waiting for bytes
+    let stored_as = alice.finish(64 * 1024);
+    assert_eq!(stored_as, file_id);
+    let sha256: [u8; 32] = Sha256::digest(&alice.data).into();
+    let (bobs, bob_hash) = download_result(&mut bob, file_id).expect("bob's download");
+    let (doras, dora_hash) = download_result(&mut dora, file_id).expect("dora's download");
+    assert!(bobs == alice.data, "bob got {} bytes, not the file", bobs.len());
+    assert!(doras == alice.data[past..], "dora got {} bytes, not the file from {past}", doras.len());
+    assert_eq!((bob_hash, dora_hash), (sha256, sha256));
+    assert!(carol
+        .drain(Duration::from_millis(300), Duration::from_secs(2))
+        .iter()
+        .all(|f| !matches!(f, Frame::DownloadChunk { .. } | Frame::NewFile(_))));
+}
+
+/// The sender starts its upload over on the same connection while bob follows it: the upload
+/// resumes under a new `Arrival`, bob's download stops with `SenderStopped` (not a hang, not
+/// wrong bytes), and a download from what bob has then follows the resumed upload to the end.
+#[test]
+fn an_upload_restarted_while_followed_stops_the_follower_who_then_resumes_it() {
+    const SIZE: usize = 1 << 20;
+    let relay = RelayOptions::for_attacks().watched("recent-restart-followed");
+    let mut bob = Raw::join(lo(44), relay.addr, "bob", "lobby");
+    let (mut alice, _) = Upload::start(&relay, 45, ("alice", "lobby"), "bob", SIZE);
+    let file_id = arriving_offer(&mut bob);
+    alice.send(0, 256 * 1024);
+    bob.send(&Frame::Download { file_id, offset: 0 }).unwrap();
+    let mut have = Vec::new();
+    while have.len() < 256 * 1024 {
+        match bob.recv(Duration::from_secs(10)) {
+            Got::Frame(Frame::DownloadChunk { data, .. }) => have.extend(data),
+            Got::Frame(_) => {}
+            other => panic!("bob's download of what arrived ended: {other:?}"),
+        }
+    }
+    let resumed_at = alice.begin("bob");
+    assert_eq!(resumed_at, 256 * 1024, "the relay resumes where the upload was");
+    let stopped = download_result(&mut bob, file_id);
+    assert!(matches!(stopped, Err((ErrorCode::SenderStopped, _))), "bob's download: {stopped:?}");
+
+    bob.send(&Frame::Download { file_id, offset: have.len() as u64 }).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(alice.finish(resumed_at as usize), file_id);
+    let (rest, hash) = download_result(&mut bob, file_id).expect("the resumed download");
+    have.extend(rest);
+    assert!(have == alice.data, "bob has {} bytes, not the file", have.len());
+    assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(&alice.data)));
+}
+
+/// A recipient asks for an arriving file many times over while its sender has stalled (still
+/// connected, pinging, sending nothing). The relay holds one download thread and a few queued
+/// requests per connection; a request past those must be refused at once. It was queued with a
+/// blocking `send` by the connection's reader, which so stopped reading: the recipient's Ping
+/// (and chat, and its close) went unread until the stalled download gave up, 30 s later.
+#[test]
+fn a_recipient_asking_again_and_again_for_a_stalled_arrival_is_still_read() {
+    let relay = RelayOptions::for_attacks().watched("recent-download-requests");
+    let mut bob = Raw::join(lo(46), relay.addr, "bob", "lobby");
+    let (mut alice, _) = Upload::start(&relay, 47, ("alice", "lobby"), "bob", 1 << 20);
+    let file_id = arriving_offer(&mut bob);
+    alice.send(0, 64 * 1024); // then nothing
+
+    for _ in 0..8 {
+        bob.send(&Frame::Download { file_id, offset: 0 }).unwrap();
+    }
+    let asked = Instant::now();
+    bob.send(&Frame::Ping).unwrap();
+    let mut busy = 0;
+    let pong = bob.recv_until(Duration::from_secs(5), |f| match f {
+        Frame::DownloadFailed { code: ErrorCode::Busy, .. } => {
+            busy += 1;
+            None
+        }
+        Frame::Pong => Some(()),
+        _ => None,
+    });
+    assert!(
+        pong.is_some(),
+        "bob's Ping went unanswered for {:?} while his download requests waited{}",
+        asked.elapsed(),
+        relay.context()
+    );
+    assert!(busy >= 1, "the requests past the queue were refused as Busy");
+    drop(alice);
+}
