@@ -510,5 +510,8 @@ fn wait<U, B>(urgent: &Receiver<U>, bulk: &Receiver<B>, spin: Duration, beat_due
     }
 }
 
+mod batch;
+pub(crate) use batch::Batched;
+
 #[cfg(test)]
 mod tests;

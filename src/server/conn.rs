@@ -17,7 +17,6 @@
 //! Everything after the first byte is generic over [`Stream`]: the same code serves TLS
 //! ([`TlsStream`]) and plaintext ([`TcpStream`]) connections ([`serve_tcp`]).
 
-use std::io::BufWriter;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -401,7 +400,8 @@ fn write_loop<S: Stream>(
     options: outbox::Options,
 ) {
     let closer = stream.closer().ok();
-    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    // Not a `BufWriter`: its 64 KiB would stay for the whole connection (see `outbox/batch.rs`).
+    let mut out = outbox::Batched::new(stream);
     let Queues { from_hub, from_conn, turn } = queues;
     let result = outbox::pump_sharing(&mut out, &from_hub, from_conn, &options, Some(&turn))
         .and_then(|()| out.get_ref().shutdown_write());

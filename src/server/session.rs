@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Sender, TrySendError};
 
 use super::hub::{ConnId, ToHub};
 use super::store::{DownloadPlan, Refusal};
@@ -38,6 +38,10 @@ pub(crate) const MAX_KEY_BYTES: usize = 128;
 /// The longest file name an upload may carry on the wire; the relay cleans and shortens it to
 /// [`filename::MAX_NAME_BYTES`] anyway, but will not read a novel to do so.
 pub(crate) const MAX_FILE_NAME_BYTES: usize = 1024;
+
+/// Download requests a connection may have waiting behind the one being sent; past them a
+/// request is refused with `Busy` (see `Session::download`).
+const DOWNLOADS_QUEUED: usize = 4;
 
 /// Whether to keep reading.
 enum Flow {
@@ -275,18 +279,24 @@ impl Session {
                 }
             },
         };
-        let sent = downloader.jobs.send(plan).is_ok();
+        // `try_send`, never `send`: the download thread may follow a stalled upload for up to
+        // 30 s per request, and this thread waiting for room would stop reading the client (its
+        // pings, its chat, its close) all that time. A request past the queue is refused.
+        let sent = downloader.jobs.try_send(plan);
         self.downloader = Some(downloader);
-        if sent {
-            Flow::Continue
-        } else {
-            Flow::Stop
+        match sent {
+            Ok(()) => Flow::Continue,
+            Err(TrySendError::Full(_)) => {
+                let message = format!("{DOWNLOADS_QUEUED} downloads are waiting already; ask again later");
+                self.reply(&Frame::DownloadFailed { file_id, code: ErrorCode::Busy, message })
+            }
+            Err(TrySendError::Disconnected(_)) => Flow::Stop,
         }
     }
 
     fn start_downloader(&self) -> std::io::Result<Downloader> {
         // A few queued requests at most; a client asks for one file at a time.
-        let (jobs, from_session) = bounded(4);
+        let (jobs, from_session) = bounded(DOWNLOADS_QUEUED);
         let cancel = Arc::new(AtomicBool::new(false));
         let (to_writer, settings, stop) = (self.to_writer.clone(), self.settings, cancel.clone());
         let thread = thread::Builder::new()
