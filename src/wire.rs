@@ -403,6 +403,15 @@ impl<R: Read> FrameReader<R> {
         &mut self.inner
     }
 
+    /// Whether a whole frame is already buffered, so that the next [`FrameReader::read_frame`]
+    /// returns it without reading the stream. False means the next call reads (and may wait):
+    /// the moment to send what was held back for a batch (the client's `Seen`, see
+    /// `client/reader.rs`).
+    pub fn has_frame(&self) -> bool {
+        let pending = &self.buf[self.start..self.end];
+        matches!(frame::frame_size(pending), Ok(Some(size)) if size <= pending.len())
+    }
+
     /// Returns the next frame, or `Ok(None)` on a clean EOF (the peer closed between frames).
     pub fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
         self.read_frame_with(|_| Ok(()))

@@ -1,16 +1,20 @@
-//! Stored messages: offline delivery, history, direct messages, receipts, /leave, and what
-//! survives a restart of the relay.
+//! Stored messages: offline delivery (and how the client confirms it), history, direct
+//! messages, receipts, /leave, and what survives a restart of the relay.
 
 mod common;
 
-use std::time::Duration;
+use std::io::Write;
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::client_config;
 use common::{assert_no_event, next_event, wait_for, Raw, TestServer};
-use relaychat::client::{Client, Event, Mark};
+use relaychat::client::{Client, ClientConfig, Event, Mark, Security};
 use relaychat::clock::now_ms;
-use relaychat::frame::Frame;
+use relaychat::frame::{encode_to_vec, Frame};
 use relaychat::server::ServerConfig;
+use relaychat::wire::FrameReader;
 
 /// An account holder (password `pw-NAME`) in `room`, with the online list taken.
 fn member(server: &TestServer, name: &str, room: &str) -> Client {
@@ -168,4 +172,98 @@ fn stored_messages_survive_a_restart_of_the_relay() {
     let server = server.restart();
     let bob = member(&server, "bob", "lobby");
     assert_eq!(next_message(&bob), ("raw".into(), String::new(), Mark::Offline, "before the restart".into()));
+}
+
+/// Seen means "everything up to here", so a client answers a run of offline messages with a few
+/// Seens, not one each: every Seen is a database write on the relay and a request under its rate
+/// limit, with the client's own lines queued behind it. A fake relay sends 300 offline messages
+/// in one write and counts what comes back.
+#[test]
+fn a_run_of_offline_messages_is_confirmed_with_a_few_seens_up_to_the_last() {
+    const OFFLINE: u64 = 300;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = FrameReader::new(stream);
+        assert!(matches!(reader.read_frame(), Ok(Some(Frame::Hello { .. }))));
+        let mut flight = encode_to_vec(&Frame::Welcome { name: "bob".into(), room: "lobby".into() }).unwrap();
+        let online = Frame::Online { room: "lobby".into(), names: vec!["bob".into()], more: false };
+        flight.extend(encode_to_vec(&online).unwrap());
+        for id in 1..=OFFLINE {
+            let chat = Frame::Chat {
+                id,
+                from: "alice".into(),
+                to: String::new(),
+                sent_at_ms: now_ms(),
+                mark: relaychat::frame::MARK_OFFLINE,
+                text: format!("while you were out {id}"),
+            };
+            flight.extend(encode_to_vec(&chat).unwrap());
+        }
+        reader.get_mut().write_all(&flight).unwrap();
+        let mut seens = Vec::new();
+        while let Ok(Some(frame)) = reader.read_frame() {
+            if let Frame::Seen { message_id } = frame {
+                seens.push(message_id);
+                if message_id == OFFLINE {
+                    break;
+                }
+            }
+        }
+        seens
+    });
+    let mut config = ClientConfig::new("bob", "lobby");
+    config.security = Security::Plaintext; // the fake relay speaks no TLS
+    let bob = Client::connect_tcp(&addr.to_string(), &config).unwrap();
+    for want in 1..=OFFLINE {
+        let (id, mark) = wait_for(&bob, "an offline message", |e| match e {
+            Event::Chat { id, mark, .. } => Some((*id, *mark)),
+            _ => None,
+        });
+        assert_eq!((id, mark), (want, Mark::Offline));
+    }
+    let seens = fake.join().unwrap();
+    assert_eq!(seens.last(), Some(&OFFLINE), "the last Seen confirms them all: {seens:?}");
+    assert!(seens.windows(2).all(|w| w[0] < w[1]), "each Seen goes further: {seens:?}");
+    // One per socket read at most; the client reads 1 KiB first, doubling while reads fill it.
+    assert!(seens.len() <= 30, "{} Seens for {OFFLINE} offline messages: {seens:?}", seens.len());
+    drop(bob);
+}
+
+/// What the Seens cost a person, on a real relay with its default request rate (500 a second
+/// per address, bursts of 1000): after a login that brings 4000 waiting messages, the user's
+/// first line is stored at once, not after the relay has read (and paced) a Seen for each
+/// message in front of it: 3000 over the burst would be 6 s.
+#[test]
+fn after_a_big_catch_up_the_first_line_is_not_stuck_behind_the_seens() {
+    const WAITING: usize = 4000;
+    let server =
+        TestServer::start_with(ServerConfig { msg_rate: 0, text_rate: 0, ..ServerConfig::default() });
+    member(&server, "bob", "lobby").close();
+    let alice = server.client("alice", "lobby");
+    for i in 0..WAITING {
+        alice.send_text(&format!("message {i}")).unwrap();
+    }
+    alice.who().unwrap();
+    wait_for(&alice, "the messages to be handled", |e| matches!(e, Event::Online { .. }).then_some(()));
+
+    let mut config = client_config("bob", "lobby");
+    config.password = "pw-bob".into();
+    config.receipts = true;
+    let bob = Client::connect_tcp(&server.addr.to_string(), &config).expect("connects");
+    let mut offline = 0;
+    while offline < WAITING {
+        offline += wait_for(&bob, "the offline messages", |e| match e {
+            Event::Chat { mark: Mark::Offline, .. } => Some(1),
+            Event::Chat { .. } | Event::Online { .. } => Some(0),
+            _ => None,
+        });
+    }
+    let sent = Instant::now();
+    bob.send_with_id(1, "", "back, and caught up").unwrap();
+    wait_for(&bob, "the receipt", |e| matches!(e, Event::Sent { client_id: 1, .. }).then_some(()));
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(2), "bob's first line waited {took:?} for its receipt");
 }

@@ -43,6 +43,8 @@ impl<S: Stream> Reader<S> {
         // Long lists arrive in pages (`more` set on all but the last); these collect them.
         let mut online_so_far: Vec<String> = Vec::new();
         let mut files_so_far: Vec<crate::frame::FileInfo> = Vec::new();
+        // The highest offline message not yet confirmed with a Seen (see `confirm_offline`).
+        let mut unconfirmed: Option<u64> = None;
         let end = loop {
             let frame = match self.frames.read_frame() {
                 Ok(Some(frame)) => frame,
@@ -60,8 +62,7 @@ impl<S: Stream> Reader<S> {
                 Frame::Chat { id, from, to, sent_at_ms, mark, text } => {
                     let mark = match mark {
                         MARK_OFFLINE => {
-                            // Tell the relay it can stop keeping this one for us.
-                            self.send(&Frame::Seen { message_id: id });
+                            unconfirmed = Some(unconfirmed.map_or(id, |seen| seen.max(id)));
                             Mark::Offline
                         }
                         MARK_HISTORY => Mark::History,
@@ -100,14 +101,13 @@ impl<S: Stream> Reader<S> {
                 Frame::UploadFailed { message, .. } => self.to_uploader(Reply::Failed { message }),
                 Frame::FileList { files, more } => {
                     files_so_far.extend(files);
-                    if more {
-                        continue;
+                    if !more {
+                        let files = std::mem::take(&mut files_so_far);
+                        if let Ok(Command::ReceiveAll { dir }) = self.commands.try_recv() {
+                            receive = Some(Receiving::new(dir, files));
+                            self.advance(&mut receive, Step::Next);
+                        } // else: a list nobody asked for
                     }
-                    let files = std::mem::take(&mut files_so_far);
-                    if let Ok(Command::ReceiveAll { dir }) = self.commands.try_recv() {
-                        receive = Some(Receiving::new(dir, files));
-                        self.advance(&mut receive, Step::Next);
-                    } // else: a list nobody asked for
                     None
                 }
                 Frame::DownloadChunk { file_id, data } => {
@@ -135,6 +135,10 @@ impl<S: Stream> Reader<S> {
                     ))
                 }
             };
+            let offline = matches!(event, Some(Event::Chat { mark: Mark::Offline, .. }));
+            if !(offline && self.frames.has_frame()) {
+                self.confirm_offline(&mut unconfirmed);
+            }
             if let Some(event) = event {
                 if !self.deliver(event) {
                     return; // the application dropped the client
@@ -149,6 +153,23 @@ impl<S: Stream> Reader<S> {
         }
         self.receiving.store(false, Ordering::SeqCst);
         self.deliver(Event::Disconnected(end));
+    }
+
+    /// Tells the relay it can stop keeping the offline messages up to `unconfirmed` for us.
+    ///
+    /// Seen means "everything up to this id" (docs/PROTOCOL.md), so one answers a whole run of
+    /// offline messages, and `run` holds it back only while the next frame is already in memory
+    /// and this one was offline too. One per message, as this reader once sent, cost the relay
+    /// a database write each, and each is a request under the relay's rate limit (500 a second
+    /// per address): after a login with thousands waiting, the client's own lines, queued
+    /// behind the Seens, waited seconds for the relay to read them (`tests/durability.rs` ran
+    /// out of time on it). Held back no longer than that, a Seen is queued before the reader
+    /// reads the socket again, and before any other event reaches the application, so one
+    /// that closes after its offline messages still queues its goodbye behind the Seen.
+    fn confirm_offline(&self, unconfirmed: &mut Option<u64>) {
+        if let Some(message_id) = unconfirmed.take() {
+            self.send(&Frame::Seen { message_id });
+        }
     }
 
     /// Hands an event to the hook if there is one, and queues what it gives back (or the event

@@ -104,3 +104,24 @@ fn oversize_prefix_fails_without_waiting_for_the_payload() {
     assert!(matches!(r.read_frame(), Err(ReadError::Frame(FrameError::TooLarge { .. }))));
     assert!(r.buf.len() <= READ_CHUNK, "nothing was allocated for the claimed length");
 }
+
+#[test]
+fn has_frame_says_whether_the_next_frame_needs_a_read() {
+    // Two small frames arrive in one read, a third in pieces: `has_frame` is true exactly when
+    // `read_frame` can answer from the buffer, which `Trickle`'s position shows (it moves only
+    // when the stream is read).
+    let two: Vec<u8> =
+        [Frame::say("a"), Frame::say("b")].iter().flat_map(|f| encode_to_vec(f).unwrap()).collect();
+    let third = encode_to_vec(&Frame::say("c")).unwrap();
+    let data = [&two[..], &third[..]].concat();
+    let mut r = FrameReader::new(Trickle { data, at: 0, step: two.len() + 2 });
+    assert!(!r.has_frame(), "nothing read yet");
+    assert_eq!(r.read_frame().unwrap(), Some(Frame::say("a")));
+    assert!(r.has_frame(), "b came in the same read");
+    let read_so_far = r.inner.at;
+    assert_eq!(r.read_frame().unwrap(), Some(Frame::say("b")));
+    assert_eq!(r.inner.at, read_so_far, "b was answered from the buffer");
+    assert!(!r.has_frame(), "only two bytes of c are here");
+    assert_eq!(r.read_frame().unwrap(), Some(Frame::say("c")));
+    assert!(!r.has_frame());
+}
