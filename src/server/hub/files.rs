@@ -6,12 +6,17 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use super::{offline_stranger, paged, ConnId, Hub, FILES_PER_FRAME};
 use crate::frame::{ErrorCode, FileInfo, Frame};
 use crate::rules;
 use crate::server::accept::address_key;
 use crate::server::store::{DownloadPlan, Refusal, UploadPlan, UploadRequest};
+
+/// While other events keep coming, a batch of expired messages is deleted at most this often
+/// (see [`Hub::continue_expiry`]): a batch takes some ms, so expiry gets a small share of the hub.
+const EXPIRY_SHARE: Duration = Duration::from_millis(50);
 
 impl Hub {
     /// The connection gave up on an upload: delete it and say why. Only the connection sending
@@ -67,11 +72,12 @@ impl Hub {
 
     /// The janitor's turn: unfinished uploads past their time, and everything older than the
     /// retention; whoever is online hears which of their files expired.
+    /// Messages expire a batch at a time (see [`Hub::continue_expiry`]); this starts the first.
     pub(super) fn expire(&mut self) {
         self.records.store.check_partials();
-        // Counts change behind the cache's back when messages expire: recount on use.
-        self.records.pending_counts.clear();
-        let notices = self.records.store.expire(self.config.retention);
+        self.records.expiring = true;
+        self.continue_expiry();
+        let notices = self.records.store.expire_files(self.config.retention);
         let online: BTreeSet<String> =
             notices.into_iter().map(|n| n.recipient).filter(|r| self.routing.names.contains_key(r)).collect();
         for name in online {
@@ -79,6 +85,22 @@ impl Hub {
                 self.tell_expired(id, &name);
             }
         }
+    }
+
+    /// Deletes the next batch of expired messages, if some are left: when nothing else waits for
+    /// the hub, or when the last batch is [`EXPIRY_SHARE`] ago (so a steady stream of events
+    /// cannot put expiry off for ever, and expiry takes at most a small share of the hub while
+    /// they come).
+    pub(super) fn continue_expiry(&mut self) {
+        if !self.records.expiring
+            || (!self.events.is_empty() && self.records.expired_at.elapsed() < EXPIRY_SHARE)
+        {
+            return;
+        }
+        // Counts change behind the cache's back when messages expire: recount on use.
+        self.records.pending_counts.clear();
+        self.records.expiring = self.records.store.expire_messages(self.config.retention);
+        self.records.expired_at = Instant::now();
     }
 
     /// Sends `name` every "your file expired" notice waiting for it.

@@ -267,6 +267,10 @@ struct Records {
     disk_budget: (u64, Option<Instant>),
     /// Clients still being sent the messages that waited for them, a page at a time.
     catching_up: BTreeSet<ConnId>,
+    /// Expired messages may be left to delete (a batch at a time: `files.rs`, `continue_expiry`),
+    /// and when the last batch went.
+    expiring: bool,
+    expired_at: Instant,
 }
 
 impl Hub {
@@ -293,6 +297,8 @@ impl Hub {
             pending_counts: HashMap::new(),
             disk_budget: (0, None),
             catching_up: BTreeSet::new(),
+            expiring: false,
+            expired_at: Instant::now(),
         };
         Hub { config, events, routing, records, brake }
     }
@@ -338,6 +344,7 @@ impl Hub {
             }
             self.retry_backlogs();
             self.continue_catch_ups();
+            self.continue_expiry();
             self.count_crowds();
             // Whoever the last two pushed over a limit is cut now, not at the next event.
             self.cut_too_slow();
@@ -350,6 +357,9 @@ impl Hub {
     /// offline messages are still going out, when a big room's counts are due, or never (`None`).
     fn wake_at(&self) -> Option<Instant> {
         let tick = if self.routing.backlog_moving { DRAINING_TICK } else { BACKLOG_TICK };
+        if self.records.expiring {
+            return Some(Instant::now()); // more expired messages to delete: don't sleep
+        }
         let retry =
             (self.any_backlog() || !self.records.catching_up.is_empty()).then(|| Instant::now() + tick);
         match (retry, self.routing.crowds.due()) {

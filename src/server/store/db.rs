@@ -505,4 +505,33 @@ mod tests {
         assert!(db.members("lobby").unwrap().is_empty());
         assert!(db.pending_for("bob").unwrap().is_empty(), "leaving drops what was pending");
     }
+
+    /// Expiry deletes a bounded batch, oldest first, with what was pending for each; the hub
+    /// calls it until it comes back short.
+    #[test]
+    fn expired_messages_go_a_batch_at_a_time_oldest_first() {
+        let mut db = Db { conn: Connection::open_in_memory().unwrap() };
+        db.migrate().unwrap();
+        let batch: Vec<NewMessage<'_>> = (1..=10)
+            .map(|id| NewMessage {
+                id,
+                room: "lobby",
+                sender: "alice",
+                recipient: None,
+                sent_ms: 100 + id,
+                text: "old",
+                client_id: 0,
+                offline: vec!["bob".into()],
+            })
+            .collect();
+        db.insert_messages(&batch).unwrap();
+        let pending = |db: &Db| db.pending_for("bob").unwrap().into_iter().map(|m| m.id).collect::<Vec<_>>();
+        // Messages 1..=8 are older than the cutoff (sent_ms < 109), 9 and 10 are not.
+        assert_eq!(db.expire_messages(109, 3).unwrap(), 3);
+        assert_eq!(pending(&db), [4, 5, 6, 7, 8, 9, 10], "the oldest went, with their pending rows");
+        assert_eq!(db.expire_messages(109, 3).unwrap(), 3);
+        assert_eq!(db.expire_messages(109, 3).unwrap(), 2, "short: nothing older is left");
+        assert_eq!(db.expire_messages(109, 3).unwrap(), 0);
+        assert_eq!(pending(&db), [9, 10], "what is not old enough stays");
+    }
 }

@@ -169,9 +169,15 @@ impl Db {
         tx.commit()
     }
 
-    /// Deletes messages stored before `cutoff_ms` (and with them, what was pending).
-    pub(crate) fn expire_messages(&mut self, cutoff_ms: u64) -> rusqlite::Result<usize> {
-        self.conn.execute("DELETE FROM messages WHERE sent_ms < ?1", [cutoff_ms as i64])
+    /// Deletes at most `limit` of the messages stored before `cutoff_ms`, oldest first (and with
+    /// them, what was pending); returns how many went.
+    pub(crate) fn expire_messages(&mut self, cutoff_ms: u64, limit: usize) -> rusqlite::Result<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn.execute(
+            "DELETE FROM messages WHERE id IN
+             (SELECT id FROM messages WHERE sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
+            [cutoff_ms as i64, limit],
+        )
     }
 }
 
