@@ -340,7 +340,8 @@ impl Server {
     /// 4. We wait up to `shutdown_grace` for the connections to end by themselves. Any that did not
     ///    (a client that stopped reading) are cut with their `Closer`.
     /// 5. Every connection thread and the hub thread are joined. The hub drops the store, which
-    ///    joins its remover thread once the files queued for deletion are gone.
+    ///    stops and joins its checkpointer thread, closes the database, and joins its remover
+    ///    thread once the files queued for deletion are gone.
     /// 6. The last sender of the hash pool's queue is dropped, so its threads end; they are
     ///    joined. Nothing is left running.
     pub fn run(self) -> io::Result<()> {

@@ -45,8 +45,8 @@ use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame};
 use crate::wire::write_frame;
 
-/// File descriptors kept back from the connection cap: the listener, the database and its WAL,
-/// the log, files being moved by the hub, the janitor's and the signal thread's needs.
+/// File descriptors kept back from the connection cap: the listener, the database and its WAL
+/// (opened twice: by the hub and by the store's checkpointer), the log, files being moved by the hub, the janitor's and the signal thread's needs.
 pub(crate) const FD_RESERVE: u64 = 64;
 /// File descriptors one connection may use: the socket (one descriptor, shared by its reader,
 /// writer and kill switches: see `wire::Socket`), a file being uploaded, a file being
@@ -59,7 +59,7 @@ const MAPS_PER_THREAD: u64 = 4;
 /// thread of an upload.
 const THREADS_PER_CONNECTION: u64 = 4;
 /// Threads kept back from the connection cap: the hub, the accept thread, the janitor, the hash
-/// pool, the signal thread, and spares.
+/// pool, the store's remover and checkpointer, the signal thread, and spares.
 const THREAD_RESERVE: u64 = 64;
 
 /// How long the accept thread may spend writing the `RelayFull` frame. The socket's send buffer

@@ -131,12 +131,23 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The store's checkpointer thread copies the log into the file; this connection (the
+        // hub's) does it only when the log has grown this far regardless (`checkpointer.rs`).
+        conn.pragma_update(None, "wal_autocheckpoint", super::checkpointer::HUB_BACKSTOP_PAGES)?;
         // SQLite's page cache: 2 MiB (negative means KiB). Its default, written down because it is
         // part of the relay's memory bound: a growing database fills it, and no further.
         conn.pragma_update(None, "cache_size", -2048)?;
         let mut db = Db { conn };
         db.migrate()?;
         Ok(db)
+    }
+
+    /// Calls `ring` after every commit on this connection (the store rings its checkpointer).
+    pub(crate) fn on_commit(&self, mut ring: impl FnMut() + Send + 'static) {
+        self.conn.commit_hook(Some(move || {
+            ring();
+            false // false: let the commit go ahead
+        }));
     }
 
     fn migrate(&mut self) -> rusqlite::Result<()> {

@@ -10,7 +10,8 @@
 //!
 //! The hub thread owns the [`Store`] and is the only one to decide to create, rename or delete
 //! anything here; those are small, quick operations, except deleting a big file, which the store
-//! hands to a thread of its own (`remover.rs`). The *bytes* of a transfer are moved by the connection's
+//! hands to a thread of its own (`remover.rs`), and the database's checkpoints, which wait for the
+//! disk and run on another (`checkpointer.rs`). The *bytes* of a transfer are moved by the connection's
 //! own threads: an upload is written to its `.part` file by the connection's reader, a download is
 //! read by the connection's download thread. So the hub never waits on a large write.
 //!
@@ -31,6 +32,7 @@
 //! their `.part` files are deleted and those uploads start again from zero.
 
 mod accounts;
+mod checkpointer;
 mod db;
 mod legacy;
 mod messages;
@@ -143,6 +145,10 @@ pub(crate) struct Store {
     files_dir: PathBuf,
     tmp_dir: PathBuf,
     limits: StoreLimits,
+    /// Copies the database's log into the file on its own thread (see `checkpointer.rs`); held
+    /// only to be dropped. Declared before `db` because fields drop in order: it stops first, so
+    /// the hub's connection is the last to close and SQLite folds the log in and deletes it.
+    _checkpointer: checkpointer::Checkpointer,
     db: Db,
     /// Uploads in progress, by upload id (in memory only; see the module docs).
     partials: HashMap<u64, Partial>,
@@ -171,7 +177,10 @@ impl Store {
         for entry in fs::read_dir(&tmp_dir)? {
             let _ = fs::remove_file(entry?.path());
         }
-        let mut db = Db::open(&root.join("relay.db")).map_err(db_error)?;
+        let db_path = root.join("relay.db");
+        let mut db = Db::open(&db_path).map_err(db_error)?;
+        let checkpointer = checkpointer::Checkpointer::start(&db_path)?;
+        db.on_commit(checkpointer.ringer());
         legacy::import(&files_dir, &mut db)?;
         // Sessions do not survive a restart, so neither do files that waited for guests.
         let orphans = db.drop_all_guests().map_err(db_error)?;
@@ -180,6 +189,7 @@ impl Store {
             files_dir,
             tmp_dir,
             limits,
+            _checkpointer: checkpointer,
             db,
             partials: HashMap::new(),
             next_upload_id: 1,
