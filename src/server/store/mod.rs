@@ -146,8 +146,8 @@ pub(crate) struct Store {
     tmp_dir: PathBuf,
     limits: StoreLimits,
     /// Copies the database's log into the file on its own thread (see `checkpointer.rs`); held
-    /// only to be dropped. Declared before `db` because fields drop in order: it stops first, so
-    /// the hub's connection is the last to close and SQLite folds the log in and deletes it.
+    /// only to be dropped. Declared before `db` because fields drop in order: its thread ends
+    /// first, and the hub's connection, the last one open, folds the log in and deletes it.
     _checkpointer: checkpointer::Checkpointer,
     db: Db,
     /// Uploads in progress, by upload id (in memory only; see the module docs).
