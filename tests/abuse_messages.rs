@@ -219,8 +219,10 @@ fn class07_chat_history_stops_at_min_free() {
         println!("abuse: {class}: skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    // The relay checks free space before it stores a batch, and a batch may be up to 256 messages
-    // of 64 KiB: the test allows the disk to dip to a quarter of --min-free, not to empty.
+    // The relay counts what its batch and its database log will still write, so the disk stays
+    // at --min-free; the test allows it to dip by an eighth of it (the relay's per-message cost is
+    // an estimate), not further. (It once sank to 3 MiB: the log, which checkpoints do not shrink,
+    // and a batch not yet committed were not counted.)
     let min_free: u64 = 32 << 20;
     let data = disk.dir.path.join("relay");
     std::fs::create_dir_all(&data).unwrap();
@@ -259,7 +261,7 @@ fn class07_chat_history_stops_at_min_free() {
         mib(free)
     );
     check!(
-        free >= min_free / 4,
+        free >= min_free / 8 * 7,
         "{class}: chat filled the disk to {:.1} MiB free despite --min-free 32M (errors {:?}: {:?}){}",
         mib(free),
         t.errors.iter().take(3).collect::<Vec<_>>(),

@@ -67,6 +67,11 @@ const DISK_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Bytes of disk one byte of message text is assumed to take once stored (row, indexes, WAL).
 const STORE_OVERHEAD: u64 = 3;
 
+/// The disk a message of `bytes` of text is assumed to take once stored.
+fn stored_cost(bytes: usize) -> u64 {
+    (bytes as u64 + 256).saturating_mul(STORE_OVERHEAD)
+}
+
 /// A message delivered live and waiting for the next commit.
 pub(crate) struct Queued {
     id: u64,
@@ -185,12 +190,20 @@ impl Hub {
     /// A system call per message would cost more than the message, so the free space is read
     /// once and spent as a budget: each message spends [`STORE_OVERHEAD`] times its size (the
     /// row, its index entries, and the WAL copy), and the disk is read again when the budget runs
-    /// out or after [`DISK_CHECK_EVERY`] (files and other programs use the disk too).
+    /// out or after [`DISK_CHECK_EVERY`] (files and other programs use the disk too). A fresh
+    /// reading cannot see the messages still in `batch`, which reach the disk at the next
+    /// commit, so their cost comes off it: under load a batch holds up to [`MAX_BATCH`] messages
+    /// (16 MiB of them at most), and a flood once took the disk that far below `--min-free`.
     fn disk_has_room(&mut self, bytes: usize) -> bool {
-        let cost = (bytes as u64 + 256).saturating_mul(STORE_OVERHEAD);
+        let cost = stored_cost(bytes);
         let (budget, checked) = self.records.disk_budget;
         let fresh = checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY);
-        let budget = if fresh && budget >= cost { budget } else { self.records.store.writable_bytes() };
+        let budget = if fresh && budget >= cost {
+            budget
+        } else {
+            let queued: u64 = self.records.batch.iter().map(|q| stored_cost(q.text.len())).sum();
+            self.records.store.writable_bytes().saturating_sub(queued)
+        };
         let ok = budget >= cost;
         self.records.disk_budget = (if ok { budget - cost } else { 0 }, Some(Instant::now()));
         ok

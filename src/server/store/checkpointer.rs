@@ -56,6 +56,12 @@ pub(crate) const GATHER: Duration = Duration::from_millis(100);
 /// backstop that bounds the log when this thread cannot catch up (see the module docs).
 pub(crate) const HUB_BACKSTOP_PAGES: u32 = 4096;
 
+/// The size the log file goes back to after a burst (SQLite's `journal_size_limit`). A log that
+/// grew during a burst would otherwise keep its size on disk for good, and the store counts that
+/// size as spent (`Store::free_space`); SQLite truncates it at the first commit after the log
+/// starts over.
+pub(crate) const LOG_KEPT_BYTES: i64 = 4 << 20;
+
 /// The checkpointing thread and the two ways to reach it.
 pub(crate) struct Checkpointer {
     doorbell: Sender<()>,

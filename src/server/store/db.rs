@@ -134,6 +134,7 @@ impl Db {
         // The store's checkpointer thread copies the log into the file; this connection (the
         // hub's) does it only when the log has grown this far regardless (`checkpointer.rs`).
         conn.pragma_update(None, "wal_autocheckpoint", super::checkpointer::HUB_BACKSTOP_PAGES)?;
+        conn.pragma_update(None, "journal_size_limit", super::checkpointer::LOG_KEPT_BYTES)?;
         // SQLite's page cache: 2 MiB (negative means KiB). Its default, written down because it is
         // part of the relay's memory bound: a growing database fills it, and no further.
         conn.pragma_update(None, "cache_size", -2048)?;

@@ -144,6 +144,9 @@ pub(crate) enum Source {
 pub(crate) struct Store {
     files_dir: PathBuf,
     tmp_dir: PathBuf,
+    /// The database's write-ahead log (`relay.db-wal`), whose size counts as spent disk space
+    /// (see [`Store::free_space`]).
+    log_path: PathBuf,
     limits: StoreLimits,
     /// Copies the database's log into the file on its own thread (see `checkpointer.rs`); held
     /// only to be dropped. Declared before `db` because fields drop in order: its thread ends
@@ -188,6 +191,7 @@ impl Store {
         let mut store = Store {
             files_dir,
             tmp_dir,
+            log_path: root.join("relay.db-wal"),
             limits,
             _checkpointer: checkpointer,
             db,
@@ -430,13 +434,28 @@ impl Store {
     /// Bytes that may still be written before the disk is down to `min_free` (0 if it is, or if
     /// the free space cannot be read).
     pub(crate) fn writable_bytes(&self) -> u64 {
-        match free_space(&self.files_dir) {
+        match self.free_space(&self.files_dir) {
             Ok(free) => free.saturating_sub(self.limits.min_free),
             Err(e) => {
                 log::error!("store: cannot check free space: {e}");
                 0
             }
         }
+    }
+
+    /// The free space on the disk that holds `dir`, less what the database's log may still take.
+    ///
+    /// Every page in `relay.db-wal` may yet be copied into `relay.db` by a checkpoint, and the
+    /// log file does not shrink when it is copied (SQLite writes over it from the start), so the
+    /// whole log counts as spent: otherwise a burst of messages, already in the log, would take
+    /// the disk below `--min-free` a second time on their way into the file. After a burst the
+    /// log goes back to [`checkpointer::LOG_KEPT_BYTES`], and with it the space it held.
+    fn free_space(&self, dir: &Path) -> io::Result<u64> {
+        // Bytes available to an unprivileged user on the file system holding `dir` (statvfs on
+        // Unix, GetDiskFreeSpaceEx on Windows, through fs4).
+        let free = fs4::available_space(dir)?;
+        let log = fs::metadata(&self.log_path).map_or(0, |m| m.len());
+        Ok(free.saturating_sub(log))
     }
 
     /// Whether `name` is an account. A database failure counts as "no": nothing is kept for it.
@@ -551,12 +570,6 @@ fn db_error(e: rusqlite::Error) -> io::Error {
 
 fn refusal(e: rusqlite::Error) -> Refusal {
     (ErrorCode::Storage, format!("the relay's database failed: {e}"))
-}
-
-/// Bytes available to an unprivileged user on the file system holding `path` (statvfs on Unix,
-/// GetDiskFreeSpaceEx on Windows, through fs4).
-fn free_space(path: &Path) -> io::Result<u64> {
-    fs4::available_space(path)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{free_space, refusal, Refusal, Store, UploadPlan};
+use super::{refusal, Refusal, Store, UploadPlan};
 use crate::frame::{ErrorCode, FileInfo};
 use crate::server::arrival::{Arrival, Outcome};
 use crate::server::hub::ConnId;
@@ -230,7 +230,8 @@ impl Store {
     fn check_free_space(&self, size: u64) -> Result<(), Refusal> {
         let stall = self.limits.upload_stall;
         let reserved: u64 = self.partials.values().map(|p| p.counted(stall).saturating_sub(p.on_disk)).sum();
-        let free = free_space(&self.tmp_dir)
+        let free = self
+            .free_space(&self.tmp_dir)
             .map_err(|e| (ErrorCode::Storage, format!("cannot check free space: {e}")))?;
         let needed = size.saturating_add(reserved).saturating_add(self.limits.min_free);
         if free < needed {
