@@ -52,8 +52,10 @@ const RAW_READ: usize = 64 * 1024;
 const FIRST_RAW: usize = 1024;
 /// The writer's record buffer grows to the biggest write (file data: 64 KiB and more); once the
 /// writes have stayed at most this big for a second ([`Bursts`]), it is let go, so that it grows again
-/// only for the next burst.
-const OUT_KEPT: usize = 16 * 1024;
+/// only for the next burst. A few chat lines' records, as the frame buffer in front of it keeps
+/// (`outbox::batch`): at 16 KiB, one 15 KiB line said to a big room stayed resident on every
+/// connection in it for good (`tests/review_recent_attacks.rs` measured 17.8 KiB each).
+const OUT_KEPT: usize = 4 * 1024;
 
 /// The crypto provider both ends use: ring (see the module docs for why).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -262,11 +264,18 @@ impl WriteNow for NowWriter {
         // Something of an earlier frame still waits (its writer failed before sending it): stay
         // behind it. Otherwise offer the records to the socket, which never waits here.
         let sent = if unsent.is_empty() { crate::wire::send_now(&self.tcp, &self.out)? } else { 0 };
-        if sent == self.out.len() {
-            return Ok(Written::All);
+        let written = if sent == self.out.len() {
+            Written::All
+        } else {
+            unsent.extend_from_slice(&self.out[sent..]);
+            Written::Held
+        };
+        // The hub writes lone frames here, and a long one (up to 16 KiB) may not be followed by
+        // another for hours: its records are not kept, as the writer's are after a burst.
+        if self.out.capacity() > OUT_KEPT {
+            self.out = Vec::new();
         }
-        unsent.extend_from_slice(&self.out[sent..]);
-        Ok(Written::Held)
+        Ok(written)
     }
 }
 
@@ -444,7 +453,10 @@ mod tests {
 
     /// Both ends of a TLS connection over loopback, the client pinning the relay's own key.
     fn pair() -> (TlsStream, TlsStream) {
-        let dir = std::env::temp_dir().join(format!("relaychat-tls-unit-{}", std::process::id()));
+        // One key directory per pair: the tests run in parallel, and each removes its own.
+        static PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("relaychat-tls-unit-{}-{n}", std::process::id()));
         let keys = crate::server::keys::load_or_create(&dir).expect("a key pair");
         let server_config = crate::server::keys::server_config(&keys).expect("a server config");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -490,5 +502,38 @@ mod tests {
         assert_eq!(&line, b"hi");
         assert_eq!(server.raw.len(), FIRST_RAW);
         assert!(client.out.capacity() <= OUT_KEPT, "still {} bytes", client.out.capacity());
+    }
+
+    /// A long chat line (12 KiB: more than [`OUT_KEPT`], less than a file's writes) is a burst
+    /// too: the writer lets its records go at the first write after a quiet second, and the
+    /// hub's direct writer (`NowWriter`) does not keep them at all. Both used to stay for the
+    /// life of the connection, on every connection a long line was said to.
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn a_long_line_leaves_no_record_buffer_behind() {
+        let (mut client, mut server) = pair();
+        let line = vec![b'z'; 12 * 1024];
+        server.write_all(&line).unwrap();
+        let mut got = vec![0u8; line.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, line);
+        assert!(server.out.capacity() > OUT_KEPT, "the record buffer grew: {}", server.out.capacity());
+        std::thread::sleep(crate::wire::QUIET_AFTER + Duration::from_millis(500));
+        server.write_all(b"hi").unwrap();
+        let mut hi = [0u8; 2];
+        client.read_exact(&mut hi).unwrap();
+        assert_eq!(&hi, b"hi");
+        assert!(server.out.capacity() <= OUT_KEPT, "the writer kept {} bytes", server.out.capacity());
+
+        let mut now = NowWriter {
+            tcp: server.tcp.clone(),
+            session: server.session.clone(),
+            unsent: server.unsent.clone(),
+            out: Vec::new(),
+        };
+        assert!(matches!(now.write_now(&line).unwrap(), Written::All), "loopback takes 12 KiB at once");
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, line);
+        assert!(now.out.capacity() <= OUT_KEPT, "the hub's writer kept {} bytes", now.out.capacity());
     }
 }

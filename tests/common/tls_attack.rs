@@ -295,7 +295,8 @@ impl TlsConn {
         TlsConn { reader: FrameReader::new(stream), tcp: raw }
     }
 
-    /// Handshake and hello: joined as a guest, with the welcome and the online list read.
+    /// Handshake and hello: joined as a guest, with the welcome and the room's presence read
+    /// (the online list, or a big room's count: PROTOCOL.md, "Big rooms").
     pub fn join(from: Ipv4Addr, to: SocketAddr, name: &str, room: &str) -> TlsConn {
         let mut conn = TlsConn::connect(from, to);
         conn.send(&hello_as(name, room, "", "")).expect("say hello");
@@ -304,8 +305,8 @@ impl TlsConn {
             other => panic!("{name}: expected a welcome, got {other:?}"),
         }
         match conn.recv(Duration::from_secs(5)) {
-            Got::Frame(Frame::Online { .. }) => {}
-            other => panic!("{name}: expected the online list, got {other:?}"),
+            Got::Frame(Frame::Online { .. } | Frame::Crowd { .. }) => {}
+            other => panic!("{name}: expected the room's presence, got {other:?}"),
         }
         conn
     }
