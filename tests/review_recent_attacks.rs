@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::attacker::{lo, Got, Raw};
@@ -36,13 +37,18 @@ fn got_line(raw: &mut Raw, text: &str) -> bool {
 }
 
 /// One of the big room's people, over plaintext ([`Raw`]) or TLS ([`TlsConn`]).
-trait Person {
+trait Person: Sized {
+    /// A guest joins `room` as `name` from `from`; panics if refused.
+    fn join(from: Ipv4Addr, to: SocketAddr, name: &str, room: &str) -> Self;
     fn say(&mut self, text: &str);
     /// Reads until the chat line `text` arrives (other frames skipped); false on a timeout or close.
     fn hears(&mut self, text: &str) -> bool;
 }
 
 impl Person for Raw {
+    fn join(from: Ipv4Addr, to: SocketAddr, name: &str, room: &str) -> Raw {
+        Raw::join(from, to, name, room)
+    }
     fn say(&mut self, text: &str) {
         self.send(&Frame::say(text)).expect("the speaker talks");
     }
@@ -52,6 +58,9 @@ impl Person for Raw {
 }
 
 impl Person for TlsConn {
+    fn join(from: Ipv4Addr, to: SocketAddr, name: &str, room: &str) -> TlsConn {
+        TlsConn::join(from, to, name, room)
+    }
     fn say(&mut self, text: &str) {
         self.send(&Frame::say(text)).expect("the speaker talks");
     }
@@ -68,17 +77,15 @@ impl Person for TlsConn {
 }
 
 /// Every KiB a connection keeps after a burst is 10 MiB at the README's 10,000 connections. An
-/// attacker says one long line in a room of many, waits a second, then says a short one: every
-/// recipient's connection has had its burst, and its next write came after a quiet second, so
-/// by the table (what a connection's buffers keep between bursts) each must be back to its idle
-/// size. Returns the relay's settled RSS before and after the long line, and the difference per
-/// person in KiB.
-fn kept_after_a_long_line<P: Person>(
-    relay: &WatchedRelay,
-    people: &mut [P],
-    speaker: &mut P,
-    long: usize,
-) -> (f64, f64, f64) {
+/// attacker says one line of `long` bytes in a room of `people`, waits a second, then says a
+/// short one: every recipient's connection has had its burst, and its next write came after a
+/// quiet second, so by the table (what a connection's buffers keep between bursts) each must be
+/// back to its idle size. Returns the relay's settled growth per person in KiB, and the relay.
+fn kept_after_a_long_line<P: Person>(class: &str, people: usize, long: usize) -> (f64, WatchedRelay) {
+    let relay = RelayOptions::for_attacks().flag("--msg-rate", 0).flag("--text-rate", 0).watched(class);
+    let mut people: Vec<P> =
+        (0..people).map(|i| P::join(lo(100 + (i / 16) as u8), relay.addr, &format!("p{i}"), "big")).collect();
+    let mut speaker = P::join(lo(90), relay.addr, "speaker", "big");
     // Everyone hears one round of short lines (every writer has written, the store has a page),
     // with quiet seconds between, so what is measured next is only what a long line leaves.
     let mut round = |n: usize, len: usize| {
@@ -91,12 +98,17 @@ fn kept_after_a_long_line<P: Person>(
     };
     round(0, 100);
     round(1, 100);
-    let before = settled_rss(relay);
+    let before = settled_rss(&relay);
     round(2, long);
     round(3, 100);
     round(4, 100);
-    let after = settled_rss(relay);
-    (before, after, (after - before) * 1024.0 / people.len() as f64)
+    let after = settled_rss(&relay);
+    let kept_kib = (after - before) * 1024.0 / people.len() as f64;
+    println!(
+        "{class}: {before:.1} MiB -> {after:.1} MiB for {} people, {kept_kib:.1} KiB per connection",
+        people.len()
+    );
+    (kept_kib, relay)
 }
 
 /// Plaintext: the writer thread's 64 KiB `BufWriter` never shrank, so a 60 KiB line stayed
@@ -104,24 +116,13 @@ fn kept_after_a_long_line<P: Person>(
 #[test]
 fn a_long_line_to_a_big_room_leaves_no_big_buffer_on_every_connection() {
     let _one = one_at_a_time();
-    const PEOPLE: usize = 640;
-    let mut relay = RelayOptions::for_attacks()
-        .flag("--msg-rate", 0)
-        .flag("--text-rate", 0)
-        .watched("recent-burst-buffers");
-    let mut people: Vec<Raw> = (0..PEOPLE)
-        .map(|i| Raw::join(lo(100 + (i / 16) as u8), relay.addr, &format!("p{i}"), "big"))
-        .collect();
-    let mut speaker = Raw::join(lo(90), relay.addr, "speaker", "big");
-    let (before, after, kept_kib) = kept_after_a_long_line(&relay, &mut people, &mut speaker, 60 * 1024);
-    println!("recent-burst-buffers: {before:.1} MiB -> {after:.1} MiB, {kept_kib:.1} KiB per connection");
+    let (kept_kib, mut relay) = kept_after_a_long_line::<Raw>("recent-burst-buffers", 640, 60 * 1024);
     // Measured 59 KiB before the fix and 1-10 after. The rest is the allocator's: glibc keeps
     // up to 4 MiB free at the top of each of its arenas resident (`tuning/memory.rs`), a few
     // MiB whatever the number of connections, so there are many connections to spread it over.
     assert!(
         kept_kib < 30.0,
-        "each connection kept {kept_kib:.1} KiB after a 60 KiB line and a quiet second \
-         ({before:.1} -> {after:.1} MiB for {PEOPLE}){}",
+        "each connection kept {kept_kib:.1} KiB after a 60 KiB line and a quiet second{}",
         relay.context()
     );
     relay.memory_report(1024, Duration::from_secs(1));
@@ -134,25 +135,13 @@ fn a_long_line_to_a_big_room_leaves_no_big_buffer_on_every_connection() {
 #[test]
 fn a_long_line_to_a_big_tls_room_leaves_no_record_buffer_on_every_connection() {
     let _one = one_at_a_time();
-    const PEOPLE: usize = 1000;
-    let mut relay = RelayOptions::for_attacks()
-        .flag("--msg-rate", 0)
-        .flag("--text-rate", 0)
-        .watched("recent-tls-record-buffers");
-    let mut people: Vec<TlsConn> = (0..PEOPLE)
-        .map(|i| TlsConn::join(lo(100 + (i / 16) as u8), relay.addr, &format!("p{i}"), "big"))
-        .collect();
-    let mut speaker = TlsConn::join(lo(90), relay.addr, "speaker", "big");
-    let (before, after, kept_kib) = kept_after_a_long_line(&relay, &mut people, &mut speaker, 15 * 1024);
-    println!(
-        "recent-tls-record-buffers: {before:.1} MiB -> {after:.1} MiB, {kept_kib:.1} KiB per connection"
-    );
+    let (kept_kib, mut relay) =
+        kept_after_a_long_line::<TlsConn>("recent-tls-record-buffers", 1000, 15 * 1024);
     // Measured 17.8 KiB before the fix and 5.3-7.0 after: the same allocator remainder as above,
     // spread over 1,000 connections.
     assert!(
         kept_kib < 12.0,
-        "each TLS connection kept {kept_kib:.1} KiB after a 15 KiB line and a quiet second \
-         ({before:.1} -> {after:.1} MiB for {PEOPLE}){}",
+        "each TLS connection kept {kept_kib:.1} KiB after a 15 KiB line and a quiet second{}",
         relay.context()
     );
     relay.memory_report(1024, Duration::from_secs(1));
