@@ -86,6 +86,12 @@ pub struct ServerConfig {
     /// Bytes queued for all clients together past which any client with frames held back is
     /// disconnected. Bounds what many slow readers cost together. Default 96 MiB.
     pub max_queued_total: usize,
+    /// Bytes that the readers of all connections together may hold for big frames (upload
+    /// chunks), past the first 128 KiB of each reader's buffer, which chat needs: a frame that
+    /// finds no room gets `RelayFull` and its connection is closed. Bounds what peers that send
+    /// most of a 1 MiB frame and trickle the rest can hold together (`wire::ReadBudget`). Default
+    /// 256 MiB.
+    pub max_reading_total: usize,
     /// Messages that may wait for one offline recipient. Default 10 000.
     pub max_pending_messages: u64,
     /// Chat messages per second one address (all its connections together) may send, on average
@@ -187,6 +193,7 @@ impl Default for ServerConfig {
             stall_limit: Duration::from_secs(5),
             max_queued_bytes: 4 * 1024 * 1024,
             max_queued_total: 96 * 1024 * 1024,
+            max_reading_total: 256 * 1024 * 1024,
             max_pending_messages: 10_000,
             msg_rate: 20,
             msg_burst: 100,

@@ -9,11 +9,14 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Frame, FrameError};
 
+mod budget;
 mod now;
+pub use budget::ReadBudget;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use now::send_now;
 pub use now::{WriteNow, Written};
@@ -276,6 +279,9 @@ pub enum ReadError {
     Frame(FrameError),
     /// The peer closed the stream in the middle of a frame, `have` bytes into it.
     TruncatedAtEof { have: usize },
+    /// A frame of `len` bytes is arriving, and the budget that every reader of the relay shares
+    /// for big frames is spent ([`ReadBudget`]): the reader did not grow its buffer for it.
+    NoRoom { len: usize },
 }
 
 impl ReadError {
@@ -293,6 +299,12 @@ impl fmt::Display for ReadError {
             ReadError::TruncatedAtEof { have } => {
                 write!(f, "connection closed in the middle of a frame ({have} bytes into it)")
             }
+            ReadError::NoRoom { len } => {
+                write!(
+                    f,
+                    "no room for a frame of {len} bytes now: the relay's memory for big frames is in use"
+                )
+            }
         }
     }
 }
@@ -302,7 +314,7 @@ impl std::error::Error for ReadError {
         match self {
             ReadError::Io(e) => Some(e),
             ReadError::Frame(e) => Some(e),
-            ReadError::TruncatedAtEof { .. } => None,
+            ReadError::TruncatedAtEof { .. } | ReadError::NoRoom { .. } => None,
         }
     }
 }
@@ -368,6 +380,10 @@ pub struct FrameReader<R> {
     /// The largest frame (kind + payload) accepted now: [`frame::MAX_FRAME_LEN`] unless lowered
     /// with [`FrameReader::set_limit`] (the relay does before the hello).
     limit: usize,
+    /// Where the buffer's bytes past [`budget::FREE_BELOW`] come from, if they are counted (the
+    /// relay's readers: [`FrameReader::share_budget`]), and how many of them this reader holds.
+    budget: Option<Arc<ReadBudget>>,
+    charged: usize,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -382,7 +398,18 @@ impl<R: Read> FrameReader<R> {
             bursts: Bursts::new(),
             last_len: 0,
             limit: frame::MAX_FRAME_LEN,
+            budget: None,
+            charged: 0,
         }
+    }
+
+    /// From now on, the buffer's bytes past what chat needs are taken from `budget` before the
+    /// buffer grows, and given back when it shrinks or the reader is dropped: see [`ReadBudget`].
+    /// A frame the budget has no room for fails with [`ReadError::NoRoom`].
+    pub fn share_budget(&mut self, budget: Arc<ReadBudget>) {
+        self.settle(0);
+        self.budget = Some(budget);
+        self.settle(self.buf.len());
     }
 
     /// Accepts frames of at most `limit` bytes (kind + payload) from now on; a longer one is
@@ -441,7 +468,7 @@ impl<R: Read> FrameReader<R> {
                 let len = needed - frame::LEN_PREFIX;
                 return Err(ReadError::Frame(FrameError::TooLarge { len, max: self.limit }));
             }
-            self.make_room(needed);
+            self.make_room(needed)?;
             before_read(&self.inner).map_err(ReadError::Io)?;
             let n = match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(n) => n,
@@ -467,7 +494,10 @@ impl<R: Read> FrameReader<R> {
     /// `needed` bytes. The room grows as the frame's bytes arrive (at most doubling per read),
     /// not to `needed` at once: a peer that announces a 1 MiB frame and sends five bytes gets a
     /// few KiB, not a mebibyte it never fills.
-    fn make_room(&mut self, needed: usize) {
+    ///
+    /// With a budget ([`FrameReader::share_budget`]) the growth is taken from it first; if it is
+    /// not there, nothing grows and the frame fails with [`ReadError::NoRoom`].
+    fn make_room(&mut self, needed: usize) -> Result<(), ReadError> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -478,7 +508,13 @@ impl<R: Read> FrameReader<R> {
         if self.end == 0 && self.buf.len() > FIRST_READ && self.bursts.over() {
             // Nothing pending, and the last burst is over: back to the small buffer.
             (self.buf, self.read_size) = (vec![0; FIRST_READ], FIRST_READ);
+            self.settle(FIRST_READ);
         } else if self.buf.len() < want {
+            if !self.settle(want) {
+                return Err(ReadError::NoRoom { len: needed });
+            }
+            // Exactly `want`, not the doubling `resize` alone may pick: the budget counts it.
+            self.buf.reserve_exact(want - self.buf.len());
             self.buf.resize(want, 0);
         } else if self.buf.len() > 2 * READ_CHUNK
             && self.end < READ_CHUNK
@@ -488,6 +524,34 @@ impl<R: Read> FrameReader<R> {
             // Big frames passed through earlier, and a small one came after; give the memory back.
             self.buf.truncate(READ_CHUNK);
             self.buf.shrink_to_fit();
+            self.settle(READ_CHUNK);
+        }
+        Ok(())
+    }
+
+    /// Brings what this reader holds of its budget to what a buffer of `len` bytes costs: takes
+    /// the difference (false, and nothing changed, if the budget has not got it) or gives it back.
+    /// Without a budget, always true.
+    fn settle(&mut self, len: usize) -> bool {
+        let Some(budget) = &self.budget else { return true };
+        let cost = len.saturating_sub(budget::FREE_BELOW);
+        if cost > self.charged {
+            if !budget.take(cost - self.charged) {
+                return false;
+            }
+        } else {
+            budget.give(self.charged - cost);
+        }
+        self.charged = cost;
+        true
+    }
+}
+
+/// A reader gives back what it holds of a shared budget when it goes.
+impl<R> Drop for FrameReader<R> {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.charged);
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | `class02_…` | 2. chunks, ends, downloads and receipts for other people's upload and file ids |
 //! | `class05_…` | 5. thousands of tiny files for one recipient, then their Receive |
 //! | `class06_…` (three) | 6. uploads that never send a byte (tmpfs, and 4 GiB on the real disk); quota after an abandoned upload |
+//! | `half_sent_…` | found in review: 1 MiB frames sent but for their last bytes, held open |
 //!
 //! Tests that need a small disk mount their own tmpfs (root only, as in CI); elsewhere they print
 //! a skip line.
@@ -29,14 +30,14 @@
 mod common;
 
 use common::abuse::*;
-use common::attacker::{lo, Raw, Tally};
+use common::attacker::{lo, Got, Raw, Tally};
 use common::client_config;
 use common::free_bytes;
 use common::latency::Latency;
 use common::relay::RelayOptions;
 use common::{SmallDisk, TempDir};
 use relaychat::client::{Client, ClientConfig};
-use relaychat::frame::{ErrorCode, Frame};
+use relaychat::frame::{encode_to_vec, ErrorCode, Frame, MAX_CHUNK_DATA};
 use sha2::{Digest, Sha256};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -425,5 +426,70 @@ fn class06_an_abandoned_upload_counts_only_its_stored_bytes() {
     {
         check!(!has_big_number(&message), "{class}: a {code:?} refusal tells a byte count: {message:?}");
     }
+    assert_memory(&mut relay, class);
+}
+
+/// Found by a review in stop 19: a frame is read whole before it is handled, so a peer that sends
+/// all of a 1 MiB chunk but its last bytes (and trickles those, a byte inside each idle timeout)
+/// holds a mebibyte of the relay on each of its connections for as long as it likes: 64 such
+/// connections held 73 MiB more at four times the idle timeout (1.2 MiB each), and ten thousand
+/// would hold twelve GiB. Now what readers hold past what chat needs comes from one budget
+/// (`--max-reading-total`, here 8 MiB): 48 half-sent chunks from three addresses hold no more
+/// than it, the connections past it are told RelayFull and closed, bystanders chat on, and a
+/// victim's upload goes through once the attackers are gone. (Checked to fail without the budget:
+/// every connection held its chunk and none was refused.)
+#[test]
+fn half_sent_big_frames_hold_no_more_than_the_reading_budget() {
+    const ATTACKERS: usize = 48;
+    let _test = begin();
+    let class = "half-sent 1 MiB frames";
+    let mut relay = RelayOptions::for_attacks().flag("--max-reading-total", "8M").watched(class);
+    let latency = Latency::start(&relay, "hs");
+    let mut half: Vec<Raw> = (0..ATTACKERS)
+        .map(|i| Raw::join(lo(120 + (i / 16) as u8), relay.addr, &format!("half{i}"), "lobby"))
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let before = relay.rss_mib();
+    let chunk =
+        encode_to_vec(&Frame::UploadChunk { upload_id: 777, data: vec![b'x'; MAX_CHUNK_DATA] }).unwrap();
+    for raw in half.iter_mut() {
+        // A connection already refused may be closed: the write may fail.
+        let _ = raw.send_bytes(&chunk[..chunk.len() - 8]);
+    }
+    // What the relay holds while the chunks wait for their last bytes, then who was refused.
+    thread::sleep(Duration::from_millis(1500));
+    let held = relay.rss_mib() - before;
+    // Refused: told RelayFull, or closed (a socket closed with the chunk's rest unread sends a
+    // reset, which may overtake the error frame).
+    let mut refused = 0;
+    for raw in half.iter_mut() {
+        let deadline = Instant::now() + Duration::from_millis(300);
+        refused += loop {
+            match raw.recv(deadline.saturating_duration_since(Instant::now())) {
+                Got::Frame(Frame::Error { code: ErrorCode::RelayFull, .. })
+                | Got::Closed
+                | Got::Broken(_) => break 1,
+                Got::Frame(_) => {}
+                Got::Timeout => break 0,
+            }
+        };
+    }
+    assert_alive(&mut relay, class);
+    println!(
+        "abuse: {class}: {ATTACKERS} half-sent chunks: {refused} refused, relay holds {held:.1} MiB more"
+    );
+    // 8 MiB of budget, the first 128 KiB of each of the 48 readers, and their connections.
+    check!(
+        held < 24.0,
+        "{class}: the relay holds {held:.1} MiB more for {ATTACKERS} half-sent chunks{}",
+        relay.context()
+    );
+    check!(
+        refused >= ATTACKERS - 10,
+        "{class}: only {refused} of {ATTACKERS} were refused (about 9 fit in 8 MiB)"
+    );
+    assert_latency(&latency.finish(), class, true);
+    drop(half);
+    assert_file_round_trip(&relay, class, "hs", 1024 * 1024);
     assert_memory(&mut relay, class);
 }

@@ -111,6 +111,10 @@ pub struct ServerCli {
     /// Bytes queued for all clients together past which slow clients are disconnected.
     #[arg(long, default_value = "96M", value_parser = parse_size)]
     pub max_queued_total: u64,
+    /// Bytes all connections together may hold for frames being read past what chat needs (the
+    /// rest of a file chunk); a frame with no room is refused with RelayFull.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub max_reading_total: u64,
     /// Require this password from everyone who connects.
     #[arg(long, env = "RELAYCHAT_ACCESS_PASSWORD", hide_env_values = true)]
     pub access_password: Option<String>,
@@ -169,6 +173,7 @@ pub fn run(cli: ServerCli) -> anyhow::Result<Exit> {
         accounts_per_address_per_hour: cli.accounts_per_hour,
         max_queued_bytes: usize::try_from(cli.max_queued_bytes).unwrap_or(usize::MAX),
         max_queued_total: usize::try_from(cli.max_queued_total).unwrap_or(usize::MAX),
+        max_reading_total: usize::try_from(cli.max_reading_total).unwrap_or(usize::MAX),
         access_password: cli.access_password.filter(|p| !p.is_empty()),
         retention: cli.retention,
         history: cli.history,

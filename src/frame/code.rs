@@ -44,7 +44,9 @@ pub enum ErrorCode {
     AccessDenied,
     /// The name belongs to an account and the password is missing or wrong.
     BadPassword,
-    /// The relay has no room for another connection (in all, or from this address).
+    /// The relay has no room for another connection (in all, or from this address), or, for a
+    /// joined client, for the big frame it is sending (the relay's memory for frames being read
+    /// is in use: try again in a moment).
     RelayFull,
     /// Too many logins are being checked right now; try again in a moment.
     LoginBusy,

@@ -43,7 +43,7 @@ use super::login::HashPool;
 use super::throttle::{Bucket, Rates, SharedThrottle, Throttle};
 use super::ServerConfig;
 use crate::frame::{ErrorCode, Frame};
-use crate::wire::write_frame;
+use crate::wire::{write_frame, ReadBudget};
 
 /// File descriptors kept back from the connection cap: the listener, the database and its WAL
 /// (opened twice: by the hub and by the store's checkpointer), the log, files being moved by the hub, the janitor's and the signal thread's needs.
@@ -322,6 +322,7 @@ pub(crate) fn accept_loop(
         Rates::from_config(config),
     );
     let mut next_id: u64 = 0;
+    let reading = Arc::new(ReadBudget::new(config.max_reading_total));
     for incoming in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -353,7 +354,7 @@ pub(crate) fn accept_loop(
             }
         };
         let departure = admissions.departure(next_id);
-        let info = conn::ConnInfo { id: next_id, addr, throttle };
+        let info = conn::ConnInfo { id: next_id, addr, throttle, reading: reading.clone() };
         if let Some(handle) = start_connection(stream, info, to_hub, pool, config, tls, departure) {
             admissions.admit(next_id, key, handle);
         }

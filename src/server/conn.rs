@@ -34,7 +34,7 @@ use crate::frame::{ErrorCode, Frame, PROTOCOL_VERSION};
 use crate::outbox::{self, Bulk, ToWriter};
 use crate::rules;
 use crate::tls::{TlsStream, TLS_HANDSHAKE_BYTE};
-use crate::wire::{write_frame, FrameReader, Socket, Stream};
+use crate::wire::{write_frame, FrameReader, ReadBudget, Socket, Stream};
 
 /// Frames in a connection's bulk queue (file chunks of up to 256 KiB, and upload answers).
 const BULK_QUEUE: usize = 4;
@@ -45,6 +45,8 @@ pub(crate) struct ConnInfo {
     pub addr: SocketAddr,
     /// The rate limits of this connection's address, shared with its other connections.
     pub throttle: SharedThrottle,
+    /// What all connections' readers may hold for big frames, shared by every connection.
+    pub reading: Arc<ReadBudget>,
 }
 
 /// Serves one TCP connection to its end. Runs on the connection's own thread.
@@ -313,6 +315,9 @@ fn joined_phase<S: Stream>(
 ) -> Option<JoinHandle<()>> {
     let addr = info.addr;
     let id = info.id;
+    // From here on a frame may be up to 1 MiB; what a reader holds for one past what chat needs
+    // comes from the relay's shared budget (`wire::ReadBudget`).
+    reader.share_budget(info.reading.clone());
     let writer_stream = match prepare_writer_stream(&reader, config) {
         Ok(stream) => stream,
         Err(e) => {

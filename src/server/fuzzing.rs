@@ -59,7 +59,7 @@ use super::login::HashPool;
 use super::store::{Store, StoreLimits};
 use super::ServerConfig;
 use crate::frame::{self, encode_to_vec, Frame};
-use crate::wire::{Closer, Stream};
+use crate::wire::{Closer, ReadBudget, Stream};
 
 /// Inputs served by one hub before it is shut down and a fresh one (with an empty store) started.
 pub const RESTART_EVERY: u64 = 4096;
@@ -203,7 +203,8 @@ impl Relay {
             (Output::new(4096), to_hub.clone(), pool.clone(), config.clone());
         let stream = MemStream::new(hello("watcher"), Then::WaitFor(wait), output.clone());
         let throttle = Throttle::shared(Rates::from_config(&config));
-        let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)), throttle };
+        let reading = Arc::new(ReadBudget::new(config.max_reading_total));
+        let info = ConnInfo { id: 1, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)), throttle, reading };
         let watcher = thread::spawn(move || conn::serve(stream, info, to_hub_w, pool_w, config_w));
         let ids = Ids::default();
         let relay = Relay {
@@ -245,8 +246,9 @@ impl Relay {
         let port = (self.next_id % 60_000) as u16 + 1024;
         // A fresh set of buckets per input, as for a new address: one input never slows the next.
         let throttle = Throttle::shared(Rates::from_config(&self.config));
-        let info =
-            ConnInfo { id: self.next_id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), throttle };
+        let reading = Arc::new(ReadBudget::new(self.config.max_reading_total));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let info = ConnInfo { id: self.next_id, addr, throttle, reading };
         conn::serve(stream, info, self.to_hub.clone(), self.pool.clone(), self.config.clone());
         output.bytes()
     }

@@ -103,6 +103,13 @@ impl Session {
                     log::info!("{}: read ended: {e}", self.addr);
                     Flow::Stop
                 }
+                Err(e @ ReadError::NoRoom { .. }) => {
+                    // Not the client's fault: many big frames are being read at once (or held
+                    // half-sent by someone). RelayFull tells a client to come back a little later,
+                    // and an upload resumes from what the relay has.
+                    log::warn!("{}: {e}; closing", self.addr);
+                    self.fail(ErrorCode::RelayFull, format!("{e}; try again in a moment"))
+                }
                 Err(e) => {
                     log::warn!("{}: {e}", self.addr);
                     self.fail(ErrorCode::Protocol, e.to_string())

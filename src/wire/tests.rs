@@ -125,3 +125,64 @@ fn has_frame_says_whether_the_next_frame_needs_a_read() {
     assert_eq!(r.read_frame().unwrap(), Some(Frame::say("c")));
     assert!(!r.has_frame());
 }
+
+/// With a shared budget ([`ReadBudget`]), a big frame's buffer is taken from it before it grows:
+/// chat-sized frames never touch it, a frame the budget has no room for fails with `NoRoom`
+/// (never growing past the budget), and what a reader took comes back when it shrinks and when
+/// it is dropped.
+#[test]
+fn big_frames_take_their_room_from_the_shared_budget_and_give_it_back() {
+    let chunk =
+        |size: usize| encode_to_vec(&Frame::UploadChunk { upload_id: 1, data: vec![7; size] }).unwrap();
+    let line = encode_to_vec(&Frame::say(&"z".repeat(60 * 1024))).unwrap();
+
+    // No room at all past the free part: a long chat line still reads, a 1 MiB chunk does not.
+    let none = Arc::new(ReadBudget::new(0));
+    let bytes = [&line[..], &chunk(1000 * 1024)[..]].concat();
+    let mut reader = FrameReader::new(&bytes[..]);
+    reader.share_budget(none.clone());
+    assert!(matches!(reader.read_frame(), Ok(Some(Frame::Say { .. }))));
+    assert!(matches!(reader.read_frame(), Err(ReadError::NoRoom { .. })));
+    assert!(reader.buf.len() <= budget::FREE_BELOW, "grew to {} without room", reader.buf.len());
+    assert_eq!(none.used(), 0);
+
+    // Room for one: the first reader holds it while it reads, the second is refused meanwhile.
+    let one = Arc::new(ReadBudget::new(1024 * 1024));
+    let big = chunk(900 * 1024);
+    let mut first = FrameReader::new(&big[..]);
+    first.share_budget(one.clone());
+    assert!(matches!(first.read_frame(), Ok(Some(Frame::UploadChunk { .. }))));
+    let held = one.used();
+    assert!(held >= 900 * 1024 - budget::FREE_BELOW, "the reader holds {held} bytes of it");
+    let mut second = FrameReader::new(&big[..]);
+    second.share_budget(one.clone());
+    assert!(matches!(second.read_frame(), Err(ReadError::NoRoom { .. })));
+    assert!(one.used() <= 1024 * 1024, "never past the budget: {}", one.used());
+    drop(second); // the relay closes a refused connection: what it had grown to comes back
+    assert_eq!(one.used(), held);
+    drop(first);
+    assert_eq!(one.used(), 0, "a dropped reader gives back what it held");
+    let mut third = FrameReader::new(&big[..]);
+    third.share_budget(one.clone());
+    assert!(matches!(third.read_frame(), Ok(Some(Frame::UploadChunk { .. }))));
+
+    // Shrinking gives back too: a chunk, then a pause, then a line, on a socket.
+    let budget = Arc::new(ReadBudget::new(4 * 1024 * 1024));
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut reader = FrameReader::new(theirs);
+    reader.share_budget(budget.clone());
+    let small = encode_to_vec(&Frame::say("hi")).unwrap();
+    let big = big.clone();
+    std::thread::spawn(move || {
+        ours.write_all(&big).unwrap();
+        std::thread::sleep(QUIET_AFTER + Duration::from_millis(500));
+        ours.write_all(&small).unwrap();
+        std::thread::sleep(Duration::from_secs(5)); // keeps the socket open meanwhile
+    });
+    assert!(matches!(reader.read_frame(), Ok(Some(Frame::UploadChunk { .. }))));
+    assert!(budget.used() > 0);
+    assert!(matches!(reader.read_frame(), Ok(Some(Frame::Say { .. }))));
+    reader.inner.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    assert!(reader.read_frame().is_err());
+    assert_eq!(budget.used(), 0, "the small buffer costs nothing");
+}
