@@ -18,6 +18,7 @@
 //! | `class07_…` (two) | 7. chat floods: the per-sender token bucket, and `--min-free` for history |
 //! | `class08_…` | 8. client ids ≥ 2^63 in the same commit batch as someone else's messages, across a restart |
 //! | `class12_…` | 12. ten clients that never read, sent 64 KiB messages |
+//! | `an_oversized_…` | found in review: 1 MiB lines waiting on the text rate |
 //!
 //! `class07_chat_history_stops_at_min_free` mounts its own tmpfs (root only, as in CI); elsewhere
 //! it prints a skip line.
@@ -401,5 +402,43 @@ fn class12_clients_that_never_read_cost_bounded_memory() {
     );
     assert_latency(&latency.finish(), class, false);
     drop((tally, flooder, sinks));
+    assert_memory(&mut relay, class);
+}
+
+/// Found by a review in stop 19: a Say is paced by its length (the address's text bucket) before
+/// its text is checked, so a frame of a mebibyte of "text" (far past the 64 KiB a line may have)
+/// slept in the pause holding its decoded text as well as the reader's buffer. 32 connections
+/// from two addresses, a slow text rate, one 1 MiB line each: while they all wait their turn,
+/// the relay must hold no more than their read buffers (which the shared reading budget counts),
+/// not a second mebibyte of text each. (Measured: +59 MiB before, when the text was kept.)
+#[test]
+fn an_oversized_line_waits_its_turn_without_its_text() {
+    const PEOPLE: usize = 32;
+    let _test = begin();
+    let class = "1 MiB lines, paced";
+    let mut relay = RelayOptions::for_attacks().flag("--text-rate", "100K").watched(class);
+    let mut people: Vec<Raw> = (0..PEOPLE)
+        .map(|i| Raw::join(lo(140 + (i / 16) as u8), relay.addr, &format!("long{i}"), "lobby"))
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let before = relay.rss_mib();
+    let line = encode_to_vec(&Frame::say(&"x".repeat(1000 * 1024))).unwrap();
+    for raw in people.iter_mut() {
+        raw.send_bytes(&line).expect("the line goes");
+    }
+    // Each address's bucket now owes ten seconds per line: every connection is waiting.
+    thread::sleep(Duration::from_millis(2000));
+    let held = relay.rss_mib() - before;
+    assert_alive(&mut relay, class);
+    println!(
+        "abuse: {class}: {PEOPLE} connections waiting with a 1 MiB line each: relay holds {held:.1} MiB more"
+    );
+    // Their buffers: about 1 MiB each; with the text too it was twice that.
+    check!(
+        held < 48.0,
+        "{class}: the relay holds {held:.1} MiB more for {PEOPLE} paced 1 MiB lines{}",
+        relay.context()
+    );
+    drop(people);
     assert_memory(&mut relay, class);
 }

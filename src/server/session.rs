@@ -128,6 +128,17 @@ impl Session {
 
     fn handle(&mut self, frame: Frame) -> Flow {
         let id = self.id;
+        // A line the rules refuse (a frame may carry a mebibyte of "text", sixteen times what a
+        // line may have) still costs its length in the address's text bucket, but its text is
+        // let go before the pause: a throttled connection must not sleep holding it.
+        if let Frame::Say { text, .. } = &frame {
+            if let Err(e) = rules::check_text(text) {
+                let bytes = text.len();
+                drop(frame);
+                pace(&self.throttle, |t| t.message(bytes));
+                return self.hub(ToHub::Warn { id, code: ErrorCode::BadText, message: e.to_string() });
+            }
+        }
         match &frame {
             Frame::Say { text, .. } => pace(&self.throttle, |t| t.message(text.len())),
             Frame::UploadChunk { .. } | Frame::UploadEnd { .. } => {}
@@ -135,10 +146,8 @@ impl Session {
             _ => pace(&self.throttle, |t| t.request()),
         }
         match frame {
-            Frame::Say { client_id, to, text } => match rules::check_text(&text) {
-                Ok(()) => self.hub(ToHub::Say { id, client_id, to, text }),
-                Err(e) => self.hub(ToHub::Warn { id, code: ErrorCode::BadText, message: e.to_string() }),
-            },
+            // Its text passed the rules above.
+            Frame::Say { client_id, to, text } => self.hub(ToHub::Say { id, client_id, to, text }),
             Frame::Seen { message_id } => self.hub(ToHub::Seen { id, message_id }),
             Frame::Leave => {
                 let _ = self.hub(ToHub::Leave { id });
