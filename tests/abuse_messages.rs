@@ -30,7 +30,7 @@
 mod common;
 
 use common::abuse::*;
-use common::attacker::{lo, Got, Raw, Tally};
+use common::attacker::{lo, lo_for, Got, Raw, Tally};
 use common::latency::Latency;
 use common::relay::RelayOptions;
 use common::SmallDisk;
@@ -417,9 +417,8 @@ fn an_oversized_line_waits_its_turn_without_its_text() {
     let _test = begin();
     let class = "1 MiB lines, paced";
     let mut relay = RelayOptions::for_attacks().flag("--text-rate", "100K").watched(class);
-    let mut people: Vec<Raw> = (0..PEOPLE)
-        .map(|i| Raw::join(lo(140 + (i / 16) as u8), relay.addr, &format!("long{i}"), "lobby"))
-        .collect();
+    let mut people: Vec<Raw> =
+        (0..PEOPLE).map(|i| Raw::join(lo_for(140, i), relay.addr, &format!("long{i}"), "lobby")).collect();
     thread::sleep(Duration::from_millis(1500));
     let before = relay.rss_mib();
     let line = encode_to_vec(&Frame::say(&"x".repeat(1000 * 1024))).unwrap();

@@ -30,7 +30,7 @@
 mod common;
 
 use common::abuse::*;
-use common::attacker::{lo, Got, Raw, Tally};
+use common::attacker::{lo, lo_for, Got, Raw, Tally};
 use common::client_config;
 use common::free_bytes;
 use common::latency::Latency;
@@ -445,9 +445,8 @@ fn half_sent_big_frames_hold_no_more_than_the_reading_budget() {
     let class = "half-sent 1 MiB frames";
     let mut relay = RelayOptions::for_attacks().flag("--max-reading-total", "8M").watched(class);
     let latency = Latency::start(&relay, "hs");
-    let mut half: Vec<Raw> = (0..ATTACKERS)
-        .map(|i| Raw::join(lo(120 + (i / 16) as u8), relay.addr, &format!("half{i}"), "lobby"))
-        .collect();
+    let mut half: Vec<Raw> =
+        (0..ATTACKERS).map(|i| Raw::join(lo_for(120, i), relay.addr, &format!("half{i}"), "lobby")).collect();
     thread::sleep(Duration::from_millis(1500));
     let before = relay.rss_mib();
     let chunk =

@@ -13,7 +13,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::attacker::{lo, Got, Raw};
+use common::attacker::{lo, lo_for, Got, Raw};
 use common::relay::RelayOptions;
 use common::tls_attack::{one_at_a_time, TlsConn};
 use common::watched::WatchedRelay;
@@ -84,7 +84,7 @@ impl Person for TlsConn {
 fn kept_after_a_long_line<P: Person>(class: &str, people: usize, long: usize) -> (f64, WatchedRelay) {
     let relay = RelayOptions::for_attacks().flag("--msg-rate", 0).flag("--text-rate", 0).watched(class);
     let mut people: Vec<P> =
-        (0..people).map(|i| P::join(lo(100 + (i / 16) as u8), relay.addr, &format!("p{i}"), "big")).collect();
+        (0..people).map(|i| P::join(lo_for(100, i), relay.addr, &format!("p{i}"), "big")).collect();
     let mut speaker = P::join(lo(90), relay.addr, "speaker", "big");
     // Everyone hears one round of short lines (every writer has written, the store has a page),
     // with quiet seconds between, so what is measured next is only what a long line leaves.

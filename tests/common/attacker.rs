@@ -26,6 +26,13 @@ pub fn lo(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
 
+/// The source address of the `i`-th of many connections, from `127.0.0.<first>` on: as many
+/// from each address as the relay lets one address have ([`PER_ADDRESS`](super::abuse::PER_ADDRESS)),
+/// then the next address.
+pub fn lo_for(first: u8, i: usize) -> Ipv4Addr {
+    lo(first + (i / super::abuse::PER_ADDRESS) as u8)
+}
+
 /// What came back on a raw connection.
 #[derive(Debug)]
 pub enum Got {
