@@ -133,9 +133,20 @@ fn receive_with_nothing_waiting_and_a_second_receive_while_busy() {
     let (paths, failures) = receive_into(&bob, &dl.path);
     assert!(paths.is_empty() && failures.is_empty());
 
+    // A receive that has something to download, so it is surely still going when the second
+    // one is asked for. (With nothing waiting, the relay's empty list could come back first when
+    // this thread was descheduled for a moment, and the second receive would rightly start: CI
+    // saw that once.)
+    let alice = server.client("alice", "lobby");
+    let src = TempDir::new("src");
+    let path = random_file(&src.path, "big.bin", 16 * 1024 * 1024, 3);
+    alice.send_file(&path, Some("bob")).unwrap();
+    wait_uploaded(&alice, "big.bin");
+    wait_new_file(&bob);
     bob.receive_all(&dl.path).unwrap();
     assert!(matches!(bob.receive_all(&dl.path), Err(ClientError::Busy)));
     wait_for(&bob, "the end of the receive", |e| matches!(e, Event::ReceiveFinished { .. }).then_some(()));
+    assert_eq!(common::sha256(&dl.path.join("big.bin")), common::sha256(&path), "the first receive went on");
 }
 
 #[test]
